@@ -1,0 +1,65 @@
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// The attention geometry a cache is built for; one cache serves every layer of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    /// Number of transformer layers.
+    pub layers: usize,
+    /// Query heads per layer.
+    pub q_heads: usize,
+    /// Key/value heads per layer (grouped-query attention when fewer than `q_heads`).
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Query heads that share one key/value head.
+    pub fn group_size(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+
+    /// Bytes one token's keys and values take in every layer at 16-bit precision: the
+    /// reference against which compression ratios are stated.
+    pub fn fp16_bytes_per_token(&self) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim * 2
+    }
+}
+
+/// One sequence's key/value state across all layers, and the attention over it.
+///
+/// The model calls [`KvCache::attend`] for layer 0, 1, … of a chunk, all with the same
+/// `pos`, then moves on to the next chunk. Queries and keys arrive *before* RoPE, so a
+/// policy can cache keys rotated at their absolute positions (the usual case) or re-index
+/// positions inside the cache.
+pub trait KvCache: Send {
+    /// The geometry this cache was built for.
+    fn shape(&self) -> KvShape;
+
+    /// Prepare storage for a sequence of `tokens` in total, so that no growth happens
+    /// while it runs. A hint: exceeding it still works.
+    fn reserve(&mut self, tokens: usize) -> Result<()>;
+
+    /// Store this chunk's keys and values for `layer` and return the attention output.
+    ///
+    /// `q` is `[q_heads, t, head_dim]`, `k` and `v` are `[kv_heads, t, head_dim]`, none
+    /// rotated yet; `pos` is the absolute position of the chunk's first token. Returns
+    /// `[q_heads, t, head_dim]`; token `i` of the chunk attends causally to everything
+    /// the policy exposes up to and including itself.
+    fn attend(&mut self, layer: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor)
+        -> Result<Tensor>;
+
+    /// Told once the whole prompt has been processed; post-prefill policies evict here.
+    fn end_prefill(&mut self) -> Result<()>;
+
+    /// Bytes really held by this cache's storage (allocated capacity included).
+    fn stored_bytes(&self) -> usize;
+
+    /// Tokens whose keys/values `layer` currently keeps.
+    fn kept_tokens(&self, layer: usize) -> usize;
+
+    /// Forget the sequence, keeping allocations for reuse.
+    fn reset(&mut self);
+}

@@ -1,0 +1,67 @@
+//! Weights, tokenizers, chat templates and model architectures behind one
+//! [`LanguageModel`] trait, so that generation, tasks and benchmarks are written once.
+
+mod chat;
+pub mod config;
+mod error;
+mod generate;
+pub mod gguf;
+mod linear;
+mod llama;
+mod quant;
+mod load;
+mod tokenizer;
+
+use candle_core::Tensor;
+
+pub use chat::ChatTemplate;
+pub use error::{ModelError, Result};
+pub use generate::{argmax, generate_greedy, Generation, GenerationSettings, StopReason};
+pub use llama::{LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
+pub use load::{load_model, resolve_model_path, LoadedModel};
+pub use tokenizer::TextTokenizer;
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's (prefill before generation).
+    Last,
+    /// Every position's (perplexity, reference comparisons).
+    All,
+}
+
+/// A language model holding one sequence's state (a KV cache, or a recurrent state).
+pub trait LanguageModel {
+    /// Feed `tokens` after those already seen; returns f32 logits `[positions, vocab]`.
+    fn append(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor>;
+
+    /// Mark the end of the prompt (post-prefill cache policies act here).
+    fn end_prefill(&mut self) -> Result<()>;
+
+    /// Size the state for a sequence of `tokens` in total.
+    fn reserve(&mut self, tokens: usize) -> Result<()>;
+
+    /// Tokens fed so far.
+    fn seen_tokens(&self) -> usize;
+
+    /// Most tokens a sequence may hold.
+    fn context_limit(&self) -> usize;
+
+    /// Bytes of sequence state really held (KV cache or recurrent state).
+    fn state_bytes(&self) -> usize;
+
+    /// Start a new sequence.
+    fn reset(&mut self);
+
+    /// Process a whole prompt; returns the last position's logits `[1, vocab]`.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let logits = self.append(tokens, Logits::Last)?;
+        self.end_prefill()?;
+        Ok(logits)
+    }
+
+    /// Feed one generated token; returns its logits `[1, vocab]`.
+    fn step(&mut self, token: u32) -> Result<Tensor> {
+        self.append(&[token], Logits::Last)
+    }
+}

@@ -1,0 +1,106 @@
+//! One entry point that turns `--model PATH` into a runnable model, its tokenizer and its
+//! chat template, whether PATH is a GGUF file, a Hugging Face directory or a cached hub id.
+
+use std::path::{Path, PathBuf};
+
+use crate::gguf::GgufFile;
+use crate::{ChatTemplate, LlamaModel, LoadOptions, ModelError, Result, TextTokenizer};
+
+/// A model ready to run, with what is needed to talk to it.
+pub struct LoadedModel {
+    /// The network and its sequence state.
+    pub model: LlamaModel,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Its chat template, when the weights ship one.
+    pub chat: Option<ChatTemplate>,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// Token ids of a prompt, wrapped in the chat template when `chat` is set.
+    pub fn prompt_tokens(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        match (&self.chat, chat) {
+            (Some(template), true) => self.tokenizer.encode(&template.user_prompt(text)?, true),
+            (None, true) => Err(ModelError::ChatTemplate(format!(
+                "{} ships no chat template; run with --no-chat",
+                self.source.display()
+            ))),
+            (_, false) => self.tokenizer.encode(text, true),
+        }
+    }
+}
+
+/// Find the files behind `spec`: an existing path, or an `org/name` id in the local
+/// Hugging Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+pub fn resolve_model_path(spec: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(spec);
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let hub = std::env::var_os("HF_HOME")
+        .map(|h| PathBuf::from(h).join("hub"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
+    if let (Some(hub), Some((org, name))) = (hub, spec.split_once('/')) {
+        let snapshots = hub.join(format!("models--{org}--{name}")).join("snapshots");
+        if let Ok(entries) = std::fs::read_dir(&snapshots) {
+            let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").exists()).collect();
+            dirs.sort();
+            if let Some(dir) = dirs.pop() {
+                return Ok(dir);
+            }
+        }
+    }
+    Err(ModelError::Io {
+        path: direct,
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or directory, and no such model id in the local Hugging Face cache; pass a GGUF file or a directory with config.json",
+        ),
+    })
+}
+
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+/// Load a model from a GGUF file or a Hugging Face directory.
+pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    if path.is_dir() {
+        if !path.join("config.json").exists() {
+            return Err(ModelError::BadCheckpoint { path: path.into(), reason: "a model directory needs config.json, *.safetensors and tokenizer.json".into() });
+        }
+        let model = LlamaModel::from_hf_dir(path, options)?;
+        let tokenizer = TextTokenizer::from_hf_dir(path)?;
+        let config: serde_json::Value = std::fs::read_to_string(path.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let chat = match config.get("chat_template").and_then(|t| t.as_str()) {
+            Some(src) => Some(template(src, &tokenizer)?),
+            None => None,
+        };
+        return Ok(LoadedModel { model, tokenizer, chat, source: path.into() });
+    }
+    if !is_gguf(path) {
+        return Err(ModelError::BadGguf { path: path.into(), reason: "--model must be a GGUF file or a Hugging Face model directory".into() });
+    }
+    let gguf = GgufFile::open(path)?;
+    // The architecture is checked before anything else, so an unsupported model says so first.
+    crate::config::LlamaConfig::from_gguf(&gguf)?;
+    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let chat = match gguf.get_str("tokenizer.chat_template") {
+        Ok(src) => Some(template(src, &tokenizer)?),
+        Err(_) => None,
+    };
+    let model = LlamaModel::from_gguf(gguf, options)?;
+    Ok(LoadedModel { model, tokenizer, chat, source: path.into() })
+}
+
+fn template(src: &str, tokenizer: &TextTokenizer) -> Result<ChatTemplate> {
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+    ChatTemplate::new(src.to_string(), name(tokenizer.bos_token()), name(tokenizer.stop_tokens().first().copied()))
+}

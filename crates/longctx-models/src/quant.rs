@@ -1,0 +1,252 @@
+//! Mat-vec products straight from GGUF's quantized blocks, for decoding.
+//!
+//! Decoding one token reads every weight once, so it is bound by memory bandwidth: reading
+//! 4.5-bit blocks instead of f32 is what makes it fast. Each block is dequantized in
+//! registers and multiplied with the f32 activations (which stay f32: no activation
+//! quantization error, unlike llama.cpp's Q8 activations). Types without a kernel here are
+//! served by the dense f32 path.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per quantization block for the types handled here.
+const BLOCK: usize = 32;
+
+/// Block layouts with a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    /// d: f16, m: f16, 16 bytes of nibbles; value = d·q + m (q in 0..16).
+    Q4_1,
+    /// d: f16, 32 signed bytes; value = d·q.
+    Q8_0,
+}
+
+impl QuantKind {
+    /// The kind for a GGUF storage type, if a kernel exists.
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix of quantized blocks, row-major.
+pub struct QuantMatrix {
+    kind: QuantKind,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Output rows computed per parallel task.
+const ROWS_PER_TASK: usize = 16;
+
+impl QuantMatrix {
+    /// Wrap raw GGUF block bytes; `None` when the shape does not fit whole blocks.
+    pub fn new(kind: QuantKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
+        let expected = rows * (cols / BLOCK) * kind.block_bytes();
+        (cols % BLOCK == 0 && data.len() == expected).then(|| Self { kind, rows, cols, data: data.to_vec() })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `out = W x` for one input vector `x` of length `cols`.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "input length");
+        assert_eq!(out.len(), self.rows, "output length");
+        let row_bytes = self.cols / BLOCK * self.kind.block_bytes();
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+        let dot = dot_kernel(self.kind);
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+            for (i, o) in chunk.iter_mut().enumerate() {
+                let r = task * ROWS_PER_TASK + i;
+                *o = dot(&self.data[r * row_bytes..(r + 1) * row_bytes], x, &sums);
+            }
+        });
+    }
+}
+
+type DotFn = fn(&[u8], &[f32], &[f32]) -> f32;
+
+/// The fastest dot product this CPU supports for `kind`.
+fn dot_kernel(kind: QuantKind) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return match kind {
+            QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1(r, x, s) },
+            QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0(r, x, s) },
+        };
+    }
+    match kind {
+        QuantKind::Q4_1 => dot_q4_1,
+        QuantKind::Q8_0 => dot_q8_0,
+    }
+}
+
+#[inline(always)]
+fn half(bytes: &[u8]) -> f32 {
+    f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+/// Σ over blocks of d·Σ(q·x) + m·Σx.
+#[inline(always)]
+fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let mut total = 0f32;
+    for ((block, xs), s) in row.chunks_exact(20).zip(x.chunks_exact(BLOCK)).zip(sums) {
+        let (d, m) = (half(&block[0..2]), half(&block[2..4]));
+        let qs = &block[4..20];
+        let mut acc = [0f32; 16];
+        for j in 0..16 {
+            acc[j] = (qs[j] & 0x0f) as f32 * xs[j] + (qs[j] >> 4) as f32 * xs[j + 16];
+        }
+        total += d * acc.iter().sum::<f32>() + m * s;
+    }
+    total
+}
+
+/// Σ over blocks of d·Σ(q·x).
+#[inline(always)]
+fn dot_q8_0(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+    let mut total = 0f32;
+    for (block, xs) in row.chunks_exact(34).zip(x.chunks_exact(BLOCK)) {
+        let d = half(&block[0..2]);
+        let mut acc = [0f32; 32];
+        for j in 0..32 {
+            acc[j] = (block[2 + j] as i8) as f32 * xs[j];
+        }
+        total += d * acc.iter().sum::<f32>();
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX2 + FMA kernels: each block's integers widened to f32 lanes and fused-multiplied
+    //! with the activations; one horizontal sum per row.
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 8 unsigned bytes at the low end of `v`, as f32 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn u8x8(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `row` holds `x.len() / 32` Q4_1 blocks and `sums` one sum per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for (b, block) in row.chunks_exact(20).enumerate() {
+            let d = super::half(&block[0..2]);
+            let m = super::half(&block[2..4]);
+            let qs = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
+            let lo = _mm_and_si128(qs, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+            let xp = x.as_ptr().add(b * 32);
+            let mut s = _mm256_mul_ps(u8x8(lo), _mm256_loadu_ps(xp));
+            s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), s);
+            s = _mm256_fmadd_ps(u8x8(hi), _mm256_loadu_ps(xp.add(16)), s);
+            s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), s);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            offsets += m * sums[b];
+        }
+        hsum(acc) + offsets
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `row` holds `x.len() / 32` Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q8_0(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (b, block) in row.chunks_exact(34).enumerate() {
+            let d = super::half(&block[0..2]);
+            let q = block.as_ptr().add(2);
+            let xp = x.as_ptr().add(b * 32);
+            let mut s = _mm256_setzero_ps();
+            for k in 0..4 {
+                let bytes = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                s = _mm256_fmadd_ps(f, _mm256_loadu_ps(xp.add(8 * k)), s);
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+        }
+        hsum(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+    use candle_core::{Device, Tensor};
+
+    fn check(kind: QuantKind, dtype: GgmlDType) {
+        let (rows, cols) = (37, 256);
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
+        let raw = q.data().unwrap().to_vec();
+        // Round-trip through candle's own GGUF constructor so the layout is the file's.
+        let dense = qtensor_from_ggml(dtype, &raw, vec![rows, cols], &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (cols,), &Device::Cpu).unwrap();
+        let want: Vec<f32> = dense.matmul(&x.unsqueeze(1).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let m = QuantMatrix::new(kind, rows, cols, &raw).unwrap();
+        let mut got = vec![0f32; rows];
+        m.matvec(&x.to_vec1().unwrap(), &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        dot_kernel(kind);
+        let plain = match kind {
+            QuantKind::Q4_1 => dot_q4_1,
+            QuantKind::Q8_0 => dot_q8_0,
+        };
+        let xs: Vec<f32> = x.to_vec1().unwrap();
+        let sums: Vec<f32> = xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+        let first = plain(&raw[..cols / BLOCK * kind.block_bytes()], &xs, &sums);
+        assert!((first - want[0]).abs() < 1e-3 * (1.0 + want[0].abs()));
+    }
+
+    #[test]
+    fn q4_1_matvec_equals_dequantized_matmul() {
+        check(QuantKind::Q4_1, GgmlDType::Q4_1);
+    }
+
+    #[test]
+    fn q8_0_matvec_equals_dequantized_matmul() {
+        check(QuantKind::Q8_0, GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn wrong_sizes_are_refused() {
+        assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 32, &[0u8; 39]).is_none());
+        assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 33, &[0u8; 40]).is_none());
+    }
+}

@@ -1,0 +1,98 @@
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use longctx_models::{argmax, LanguageModel};
+use serde::Serialize;
+
+use super::ModelArgs;
+use crate::memory;
+
+/// `longctx bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Prompt lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "512,2048,4096,8192")]
+    contexts: Vec<usize>,
+    /// Tokens decoded after each prompt.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// One context length's measurements.
+#[derive(Serialize)]
+struct BenchRow {
+    context: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    kv_bytes: usize,
+    kv_fp16_equivalent_bytes: usize,
+    peak_rss_bytes: u64,
+}
+
+/// Deterministic prompt tokens (a fixed-seed LCG over the vocabulary, as llama-bench uses random tokens).
+fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let mut loaded = args.model.load()?;
+    let limit = loaded.model.context_limit();
+    if let Some(&too_long) = args.contexts.iter().find(|&&c| c + args.decode_tokens > limit || c == 0) {
+        anyhow::bail!("--contexts {too_long}: a context plus --decode-tokens ({}) must be between 1 and the model's context of {limit} tokens", args.decode_tokens);
+    }
+    let vocab = loaded.model.config().vocab;
+    let shape = loaded.model.config().kv_shape();
+    let model = &mut loaded.model;
+    if !args.json {
+        println!("| context | prefill tok/s | decode tok/s | KV bytes | KV fp16-equivalent | peak RSS MiB |");
+        println!("|--:|--:|--:|--:|--:|--:|");
+    }
+    for &context in &args.contexts {
+        let tokens = prompt(context, vocab);
+        model.reset();
+        memory::reset_peak();
+        model.reserve(context + args.decode_tokens)?;
+        let start = Instant::now();
+        let mut logits = model.prefill(&tokens)?;
+        let prefill = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..args.decode_tokens {
+            logits = model.step(argmax(&logits)?)?;
+        }
+        let decode = start.elapsed().as_secs_f64();
+        let row = BenchRow {
+            context,
+            prefill_tokens_per_s: context as f64 / prefill,
+            decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
+            kv_bytes: model.state_bytes(),
+            kv_fp16_equivalent_bytes: shape.fp16_bytes_per_token() * (context + args.decode_tokens),
+            peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "| {} | {:.1} | {:.1} | {} | {} | {} |",
+                row.context,
+                row.prefill_tokens_per_s,
+                row.decode_tokens_per_s,
+                row.kv_bytes,
+                row.kv_fp16_equivalent_bytes,
+                memory::mib(row.peak_rss_bytes)
+            );
+        }
+    }
+    Ok(())
+}

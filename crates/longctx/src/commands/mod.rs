@@ -1,0 +1,98 @@
+//! Subcommands and the options they share.
+
+pub mod bench;
+pub mod generate;
+pub mod perplexity;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use longctx_models::{load_model, resolve_model_path, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK};
+
+use crate::assets;
+
+/// Long-context efficiency workbench: what a KV-cache method costs in quality and saves in memory and time.
+#[derive(Parser)]
+#[command(name = "longctx", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download and verify the default model and the needle haystack into the cache.
+    Fetch,
+    /// Generate an answer to a prompt (greedy).
+    Generate(generate::GenerateArgs),
+    /// Perplexity of a text file over consecutive non-overlapping windows.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prefill and decode speed, KV bytes and peak memory at several context lengths.
+    Bench(bench::BenchArgs),
+}
+
+/// Options that choose and configure the model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, a Hugging Face model directory, or an id in the local Hugging Face cache
+    /// [default: SmolLM2-135M-Instruct, fetched on first use].
+    #[arg(long)]
+    model: Option<String>,
+    /// Worker threads for matrix products [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override the RoPE base θ (to reach past the trained context, with --context).
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// Allow sequences up to this many tokens instead of the model's trained context.
+    #[arg(long)]
+    context: Option<usize>,
+    /// Tokens per prefill chunk (bounds activation memory).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
+    /// Keep no dense f32 weight copies (less memory, slower prefill).
+    #[arg(long)]
+    no_dense_weights: bool,
+}
+
+impl ModelArgs {
+    /// Set up threads, fetch the default model if needed, and load.
+    pub fn load(&self) -> Result<LoadedModel> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                anyhow::bail!("--threads must be at least 1");
+            }
+            // candle's CPU kernels size their pools from this variable at first use.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        }
+        let path: PathBuf = match &self.model {
+            Some(spec) => resolve_model_path(spec)?,
+            None => assets::default_model()?,
+        };
+        let options = LoadOptions {
+            rope_theta: self.rope_theta,
+            context: self.context,
+            prefill_chunk: self.prefill_chunk,
+            dense_prefill_weights: !self.no_dense_weights,
+        };
+        load_model(&path, &options).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fetch => {
+            let model = assets::default_model()?;
+            println!("model     {}", model.display());
+            let haystack = assets::haystack_dir()?;
+            println!("haystack  {}", haystack.display());
+            Ok(())
+        }
+        Command::Generate(args) => generate::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

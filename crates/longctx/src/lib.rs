@@ -1,0 +1,6 @@
+//! The workbench that binds models, KV-cache methods and tasks: fetching default assets,
+//! the command line, and (in later modules) the runner, store and report.
+
+pub mod assets;
+pub mod commands;
+pub mod memory;

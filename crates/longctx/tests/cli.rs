@@ -1,0 +1,81 @@
+//! Bad input at the command line: one line naming the problem, a non-zero exit, no panic.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn longctx(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_one_line_error(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error:"), "{stderr}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("longctx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A GGUF header with one string of metadata, general.architecture = `arch`, and no tensors.
+fn gguf_with_architecture(arch: &str) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    let key = b"general.architecture";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+    b.extend_from_slice(arch.as_bytes());
+    b
+}
+
+#[test]
+fn unknown_flag() {
+    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--frobnicate"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "--frobnicate");
+}
+
+#[test]
+fn truncated_gguf() {
+    let model = longctx::assets::default_model().expect("fetching the default model");
+    let bytes = std::fs::read(model).unwrap();
+    let path = temp_file("truncated.gguf", &bytes[..bytes.len() / 3]);
+    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "truncated");
+}
+
+#[test]
+fn unsupported_architecture() {
+    let path = temp_file("mamba.gguf", &gguf_with_architecture("mamba"));
+    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "\"mamba\"");
+}
+
+#[test]
+fn missing_model_path() {
+    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", "/nonexistent/model.gguf"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let prompt = "lorem ipsum ".repeat(5000);
+    let (code, stderr) = longctx(&["generate", "--no-chat", "--prompt", &prompt]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "the model's context is 8192");
+}

