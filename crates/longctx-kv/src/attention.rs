@@ -13,7 +13,12 @@ pub const ATTENTION_QUERY_BLOCK: usize = 256;
 /// preallocated storage. Query `i` sits at key index `first_query_key + i` and sees keys
 /// `0..=first_query_key + i`. Query head `h` reads key/value head `h / (q_heads / kv_heads)`,
 /// as Llama's `repeat_kv` does, without copying any key.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, first_query_key: usize) -> Result<Tensor> {
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first_query_key: usize,
+) -> Result<Tensor> {
     let (q_heads, t, d) = q.dims3()?;
     let (kv_heads, n, _) = k.dims3()?;
     if q_heads % kv_heads != 0 || first_query_key + t > n {
@@ -41,12 +46,16 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, first_query_key: usi
         let scores = (q_block.matmul(&keys.t()?)? * scale)?;
         let scores = if len > 1 {
             let mask = causal_mask(len, visible, q.device())?;
-            scores.reshape((kv_heads, group, len, visible))?.broadcast_add(&mask)?
+            scores
+                .reshape((kv_heads, group, len, visible))?
+                .broadcast_add(&mask)?
         } else {
             scores
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.reshape((kv_heads, group * len, visible))?.matmul(&values)?;
+        let out = probs
+            .reshape((kv_heads, group * len, visible))?
+            .matmul(&values)?;
         blocks.push(out.reshape((q_heads, len, d))?);
     }
     Ok(Tensor::cat(&blocks, 1)?)
@@ -58,7 +67,12 @@ const PARALLEL_MIN_KEYS: usize = 1024;
 /// The decoding step's attention (one query per head) read straight from the cache buffers:
 /// no score tensor, no copy of the keys or values, one pass per head. `None` when the
 /// buffers are not f32 rows in CPU memory (the tensor path then serves).
-fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: usize) -> Result<Option<Tensor>> {
+fn single_query_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    visible: usize,
+) -> Result<Option<Tensor>> {
     let (q_heads, _, d) = q.dims3()?;
     let kv_heads = k.dim(0)?;
     let group = q_heads / kv_heads;
@@ -93,7 +107,9 @@ fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: usize) ->
 
 /// `count` rows of `width` floats starting at `base`, `stride` apart.
 fn rows(data: &[f32], base: usize, stride: usize, count: usize, width: usize) -> Vec<&[f32]> {
-    (0..count).map(|j| &data[base + j * stride..base + j * stride + width]).collect()
+    (0..count)
+        .map(|j| &data[base + j * stride..base + j * stride + width])
+        .collect()
 }
 
 mod kernels {
@@ -104,7 +120,12 @@ mod kernels {
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [0f32; 16];
         let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+        let tail: f32 = ac
+            .remainder()
+            .iter()
+            .zip(bc.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
         for (x, y) in ac.zip(bc) {
             for i in 0..16 {
                 acc[i] += x[i] * y[i];
@@ -141,7 +162,8 @@ mod kernels {
     /// Softmax(q·Kᵀ·scale)·V for one head.
     pub fn attend_one(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { attend_avx2(q, keys, values, scale) };
         }
@@ -153,14 +175,28 @@ mod kernels {
 fn causal_mask(len: usize, visible: usize, device: &Device) -> Result<Tensor> {
     let earlier = visible - len;
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..visible).map(move |j| if j > earlier + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..visible).map(move |j| {
+                if j > earlier + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (len, visible), device)?)
 }
 
 /// Softmax-weighted sum recomputed naively, one query at a time: the oracle for tests.
 #[cfg(test)]
-pub(crate) fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, first_query_key: usize) -> Vec<f32> {
+#[allow(clippy::needless_range_loop)] // index arithmetic mirrors the formula, which is the point of an oracle
+pub(crate) fn naive_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first_query_key: usize,
+) -> Vec<f32> {
     let (q_heads, t, d) = q.dims3().unwrap();
     let kv_heads = k.dim(0).unwrap();
     let q: Vec<Vec<Vec<f32>>> = q.to_vec3().unwrap();
@@ -172,13 +208,22 @@ pub(crate) fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, first_query_ke
         for i in 0..t {
             let seen = first_query_key + i + 1;
             let s: Vec<f64> = (0..seen)
-                .map(|j| (0..d).map(|x| (q[h][i][x] * k[kh][j][x]) as f64).sum::<f64>() / (d as f64).sqrt())
+                .map(|j| {
+                    (0..d)
+                        .map(|x| (q[h][i][x] * k[kh][j][x]) as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = w.iter().sum();
             for x in 0..d {
-                out.push((0..seen).map(|j| w[j] / z * v[kh][j][x] as f64).sum::<f64>() as f32);
+                out.push(
+                    (0..seen)
+                        .map(|j| w[j] / z * v[kh][j][x] as f64)
+                        .sum::<f64>() as f32,
+                );
             }
         }
     }
@@ -197,9 +242,18 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (6, t, 8), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (2, n, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, n, 8), &dev).unwrap();
-        let got: Vec<f32> = causal_attention(&q, &k, &v, 11).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = causal_attention(&q, &k, &v, 11)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want = naive_attention(&q, &k, &v, 11);
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-5, "max abs difference {worst}");
     }
 
@@ -208,12 +262,27 @@ mod tests {
         let dev = Device::Cpu;
         for n in [5, PARALLEL_MIN_KEYS + 3] {
             // Keys live in a larger buffer, as in a cache with spare capacity.
-            let k = Tensor::randn(0f32, 1.0, (2, n + 9, 8), &dev).unwrap().narrow(1, 0, n).unwrap();
-            let v = Tensor::randn(0f32, 1.0, (2, n + 9, 8), &dev).unwrap().narrow(1, 0, n).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, n + 9, 8), &dev)
+                .unwrap()
+                .narrow(1, 0, n)
+                .unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, n + 9, 8), &dev)
+                .unwrap()
+                .narrow(1, 0, n)
+                .unwrap();
             let q = Tensor::randn(0f32, 1.0, (6, 1, 8), &dev).unwrap();
-            let got: Vec<f32> = causal_attention(&q, &k, &v, n - 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = causal_attention(&q, &k, &v, n - 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let want = naive_attention(&q, &k, &v, n - 1);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 1e-5, "n={n}: max abs difference {worst}");
         }
     }
@@ -223,6 +292,9 @@ mod tests {
         let dev = Device::Cpu;
         let q = Tensor::zeros((2, 4, 8), candle_core::DType::F32, &dev).unwrap();
         let k = Tensor::zeros((1, 4, 8), candle_core::DType::F32, &dev).unwrap();
-        assert!(matches!(causal_attention(&q, &k, &k, 1), Err(KvError::Invalid(_))));
+        assert!(matches!(
+            causal_attention(&q, &k, &k, 1),
+            Err(KvError::Invalid(_))
+        ));
     }
 }

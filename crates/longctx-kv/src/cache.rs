@@ -48,8 +48,14 @@ pub trait KvCache: Send {
     /// rotated yet; `pos` is the absolute position of the chunk's first token. Returns
     /// `[q_heads, t, head_dim]`; token `i` of the chunk attends causally to everything
     /// the policy exposes up to and including itself.
-    fn attend(&mut self, layer: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor)
-        -> Result<Tensor>;
+    fn attend(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor>;
 
     /// Told once the whole prompt has been processed; post-prefill policies evict here.
     fn end_prefill(&mut self) -> Result<()>;

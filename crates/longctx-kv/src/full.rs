@@ -27,22 +27,37 @@ const MIN_CAPACITY: usize = 256;
 impl FullCache {
     /// An empty cache; storage is allocated on `reserve` or the first chunk.
     pub fn new(shape: KvShape, rope: Arc<RopeTable>, device: &Device) -> Self {
-        Self { shape, rope, device: device.clone(), layers: (0..shape.layers).map(|_| None).collect(), reserved: 0 }
+        Self {
+            shape,
+            rope,
+            device: device.clone(),
+            layers: (0..shape.layers).map(|_| None).collect(),
+            reserved: 0,
+        }
     }
 
     fn allocate(&self, capacity: usize) -> Result<(Tensor, Tensor)> {
         let dims = (self.shape.kv_heads, capacity, self.shape.head_dim);
-        Ok((Tensor::zeros(dims, DType::F32, &self.device)?, Tensor::zeros(dims, DType::F32, &self.device)?))
+        Ok((
+            Tensor::zeros(dims, DType::F32, &self.device)?,
+            Tensor::zeros(dims, DType::F32, &self.device)?,
+        ))
     }
 
     /// Make room for `extra` more tokens in `layer`, growing geometrically.
     fn ensure_room(&mut self, layer: usize, extra: usize) -> Result<()> {
         let needed = self.layers[layer].as_ref().map_or(0, |b| b.len) + extra;
-        let capacity = self.layers[layer].as_ref().map_or(0, |b| b.keys.dim(1).unwrap_or(0));
+        let capacity = self.layers[layer]
+            .as_ref()
+            .map_or(0, |b| b.keys.dim(1).unwrap_or(0));
         if needed <= capacity {
             return Ok(());
         }
-        let new_capacity = needed.max(2 * capacity).max(self.reserved).max(MIN_CAPACITY);
+        let new_capacity = match (capacity, self.reserved) {
+            (0, 0) => needed.max(MIN_CAPACITY),
+            (0, reserved) => needed.max(reserved),
+            _ => needed.max(2 * capacity),
+        };
         let (keys, values) = self.allocate(new_capacity)?;
         let len = match self.layers[layer].take() {
             Some(old) => {
@@ -66,26 +81,46 @@ impl KvCache for FullCache {
         self.reserved = tokens;
         for layer in 0..self.shape.layers {
             let len = self.layers[layer].as_ref().map_or(0, |b| b.len);
+            if len == 0 {
+                // A new sequence holds exactly what it asked for, whatever an earlier one held.
+                self.layers[layer] = None;
+            }
             self.ensure_room(layer, tokens.saturating_sub(len))?;
         }
         Ok(())
     }
 
-    fn attend(&mut self, layer: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
         if layer >= self.shape.layers {
-            return Err(KvError::Invalid(format!("layer {layer} of a {}-layer cache", self.shape.layers)));
+            return Err(KvError::Invalid(format!(
+                "layer {layer} of a {}-layer cache",
+                self.shape.layers
+            )));
         }
         let held = self.layers[layer].as_ref().map_or(0, |b| b.len);
         if pos != held {
-            return Err(KvError::Invalid(format!("layer {layer} holds {held} tokens but the chunk starts at {pos}")));
+            return Err(KvError::Invalid(format!(
+                "layer {layer} holds {held} tokens but the chunk starts at {pos}"
+            )));
         }
         let t = k.dim(1)?;
         let q = self.rope.apply(q, pos)?;
         let k = self.rope.apply(k, pos)?;
         self.ensure_room(layer, t)?;
-        let buffers = self.layers[layer].as_mut().expect("ensure_room allocated the layer");
+        let buffers = self.layers[layer]
+            .as_mut()
+            .expect("ensure_room allocated the layer");
         buffers.keys.slice_set(&k.contiguous()?, 1, pos)?;
-        buffers.values.slice_set(&v.to_dtype(DType::F32)?.contiguous()?, 1, pos)?;
+        buffers
+            .values
+            .slice_set(&v.to_dtype(DType::F32)?.contiguous()?, 1, pos)?;
         buffers.len = pos + t;
         let keys = buffers.keys.narrow(1, 0, buffers.len)?;
         let values = buffers.values.narrow(1, 0, buffers.len)?;
@@ -105,7 +140,10 @@ impl KvCache for FullCache {
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {
-        self.layers.get(layer).and_then(|b| b.as_ref()).map_or(0, |b| b.len)
+        self.layers
+            .get(layer)
+            .and_then(|b| b.as_ref())
+            .map_or(0, |b| b.len)
     }
 
     fn reset(&mut self) {
@@ -121,9 +159,24 @@ mod tests {
     use crate::{RopeSettings, RopeStyle};
 
     fn cache(max_positions: usize) -> FullCache {
-        let shape = KvShape { layers: 2, q_heads: 4, kv_heads: 2, head_dim: 8 };
-        let settings = RopeSettings { theta: 10000.0, head_dim: 8, style: RopeStyle::Half, scaling: None, max_positions };
-        FullCache::new(shape, Arc::new(RopeTable::new(&settings, &Device::Cpu).unwrap()), &Device::Cpu)
+        let shape = KvShape {
+            layers: 2,
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let settings = RopeSettings {
+            theta: 10000.0,
+            head_dim: 8,
+            style: RopeStyle::Half,
+            scaling: None,
+            max_positions,
+        };
+        FullCache::new(
+            shape,
+            Arc::new(RopeTable::new(&settings, &Device::Cpu).unwrap()),
+            &Device::Cpu,
+        )
     }
 
     #[test]
@@ -133,17 +186,38 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev).unwrap();
         let mut whole = cache(64);
-        let one: Vec<f32> = whole.attend(0, 0, &q, &k, &v).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let one: Vec<f32> = whole
+            .attend(0, 0, &q, &k, &v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let mut parts = cache(64);
         let mut pieces = Vec::new();
         for (start, len) in [(0, 7), (7, 1), (8, 12)] {
             let out = parts
-                .attend(0, start, &q.narrow(1, start, len).unwrap(), &k.narrow(1, start, len).unwrap(), &v.narrow(1, start, len).unwrap())
+                .attend(
+                    0,
+                    start,
+                    &q.narrow(1, start, len).unwrap(),
+                    &k.narrow(1, start, len).unwrap(),
+                    &v.narrow(1, start, len).unwrap(),
+                )
                 .unwrap();
             pieces.push(out);
         }
-        let chunked: Vec<f32> = Tensor::cat(&pieces, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let worst = one.iter().zip(&chunked).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let chunked: Vec<f32> = Tensor::cat(&pieces, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let worst = one
+            .iter()
+            .zip(&chunked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-5, "max abs difference {worst}");
     }
 
@@ -157,12 +231,30 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (4, 300, 8), &dev).unwrap();
         let first = c.attend(0, 0, &q, &k, &k).unwrap();
         // One more token forces growth; the earlier output must be reproducible from the grown store.
-        c.attend(0, 300, &q.narrow(1, 0, 1).unwrap(), &k.narrow(1, 0, 1).unwrap(), &k.narrow(1, 0, 1).unwrap()).unwrap();
+        c.attend(
+            0,
+            300,
+            &q.narrow(1, 0, 1).unwrap(),
+            &k.narrow(1, 0, 1).unwrap(),
+            &k.narrow(1, 0, 1).unwrap(),
+        )
+        .unwrap();
         assert_eq!(c.kept_tokens(0), 301);
         assert!(c.stored_bytes() > 2 * 2 * (2 * 300 * 8) * 4);
+        // A new sequence that reserves less holds exactly that.
+        c.reset();
+        c.reserve(100).unwrap();
+        assert_eq!(c.stored_bytes(), 2 * 2 * (2 * 100 * 8) * 4);
         let mut fresh = cache(4096);
         let again = fresh.attend(0, 0, &q, &k, &k).unwrap();
-        let diff = (first - again).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (first - again)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
     }
 
@@ -172,7 +264,13 @@ mod tests {
         let mut c = cache(64);
         let q = Tensor::zeros((4, 2, 8), DType::F32, &dev).unwrap();
         let k = Tensor::zeros((2, 2, 8), DType::F32, &dev).unwrap();
-        assert!(matches!(c.attend(0, 5, &q, &k, &k), Err(KvError::Invalid(_))));
-        assert!(matches!(c.attend(9, 0, &q, &k, &k), Err(KvError::Invalid(_))));
+        assert!(matches!(
+            c.attend(0, 5, &q, &k, &k),
+            Err(KvError::Invalid(_))
+        ));
+        assert!(matches!(
+            c.attend(9, 0, &q, &k, &k),
+            Err(KvError::Invalid(_))
+        ));
     }
 }

@@ -148,14 +148,26 @@ mod tests {
     use super::*;
 
     fn settings(style: RopeStyle) -> RopeSettings {
-        RopeSettings { theta: 10000.0, head_dim: 4, style, scaling: None, max_positions: 8 }
+        RopeSettings {
+            theta: 10000.0,
+            head_dim: 4,
+            style,
+            scaling: None,
+            max_positions: 8,
+        }
     }
 
     #[test]
     fn half_style_rotates_pairs_i_and_i_plus_half() {
         let table = RopeTable::new(&settings(RopeStyle::Half), &Device::Cpu).unwrap();
         let x = Tensor::new(&[[[1f32, 0.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
-        let y: Vec<f32> = table.apply(&x, 3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = table
+            .apply(&x, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // Pair 0 has frequency 1: (1, 0) at angle 3 becomes (cos 3, sin 3) in slots 0 and 2.
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
         assert!(y[1].abs() < 1e-7 && y[3].abs() < 1e-7);
@@ -165,7 +177,13 @@ mod tests {
     fn interleaved_style_rotates_adjacent_pairs() {
         let table = RopeTable::new(&settings(RopeStyle::Interleaved), &Device::Cpu).unwrap();
         let x = Tensor::new(&[[[1f32, 0.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
-        let y: Vec<f32> = table.apply(&x, 3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = table
+            .apply(&x, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[1] - 3f32.sin()).abs() < 1e-6);
     }
 
@@ -173,7 +191,13 @@ mod tests {
     fn positions_past_the_table_are_an_error() {
         let table = RopeTable::new(&settings(RopeStyle::Half), &Device::Cpu).unwrap();
         let x = Tensor::zeros((1, 2, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(table.apply(&x, 7), Err(KvError::ContextExceeded { position: 8, limit: 8 })));
+        assert!(matches!(
+            table.apply(&x, 7),
+            Err(KvError::ContextExceeded {
+                position: 8,
+                limit: 8
+            })
+        ));
     }
 
     #[test]

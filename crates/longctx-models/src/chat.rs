@@ -14,7 +14,11 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Wrap the template text; it is parsed on first use so a bad template names itself then.
     pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
-        let template = Self { source, bos_token, eos_token };
+        let template = Self {
+            source,
+            bos_token,
+            eos_token,
+        };
         template.environment()?;
         Ok(template)
     }
@@ -23,17 +27,23 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.source).map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", &self.source)
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         Ok(env)
     }
 
     /// The prompt for one user message, ending where the assistant's answer begins.
     pub fn user_prompt(&self, message: &str) -> Result<String> {
         let env = self.environment()?;
-        let template = env.get_template("chat").map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        let template = env
+            .get_template("chat")
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         template
             .render(context! {
                 messages => vec![context! { role => "user", content => message }],
@@ -53,7 +63,10 @@ mod tests {
     fn renders_a_chatml_template() {
         let src = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let t = ChatTemplate::new(src.into(), String::new(), String::new()).unwrap();
-        assert_eq!(t.user_prompt(" hi ").unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            t.user_prompt(" hi ").unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

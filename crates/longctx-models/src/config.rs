@@ -51,16 +51,34 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// The attention geometry caches are built for.
     pub fn kv_shape(&self) -> KvShape {
-        KvShape { layers: self.layers, q_heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+        KvShape {
+            layers: self.layers,
+            q_heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     fn check(self, source: &Path) -> Result<Self> {
-        let bad = |reason: String| ModelError::BadCheckpoint { path: source.into(), reason };
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            return Err(bad(format!("{} attention heads cannot be grouped over {} key/value heads", self.heads, self.kv_heads)));
+        let bad = |reason: String| ModelError::BadCheckpoint {
+            path: source.into(),
+            reason,
+        };
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(bad(format!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                self.heads, self.kv_heads
+            )));
         }
-        if self.head_dim % 2 != 0 || self.layers == 0 || self.hidden == 0 || self.context == 0 {
-            return Err(bad("hidden size, layer count, context and an even head dimension must be positive".into()));
+        if !self.head_dim.is_multiple_of(2)
+            || self.layers == 0
+            || self.hidden == 0
+            || self.context == 0
+        {
+            return Err(bad(
+                "hidden size, layer count, context and an even head dimension must be positive"
+                    .into(),
+            ));
         }
         Ok(self)
     }
@@ -82,18 +100,27 @@ impl LlamaConfig {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
         let heads = g.get_usize(&key("attention.head_count"))?;
-        let kv_heads = g.get_usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = g.get_usize(&key("rope.dimension_count")).unwrap_or(hidden / heads.max(1));
+        let kv_heads = g
+            .get_usize(&key("attention.head_count_kv"))
+            .unwrap_or(heads);
+        let head_dim = g
+            .get_usize(&key("rope.dimension_count"))
+            .unwrap_or(hidden / heads.max(1));
         let context = g.get_usize(&key("context_length"))?;
         let vocab = match g.get_usize(&key("vocab_size")) {
             Ok(v) => v,
             Err(_) => g.get_strings("tokenizer.ggml.tokens")?.len(),
         };
         let scaling = match g.get_str(&key("rope.scaling.type")) {
-            Ok("linear") => Some(RopeScaling::Linear { factor: g.get_f64(&key("rope.scaling.factor"))? }),
+            Ok("linear") => Some(RopeScaling::Linear {
+                factor: g.get_f64(&key("rope.scaling.factor"))?,
+            }),
             Ok("none") | Err(_) => None,
             Ok(other) => {
-                return Err(ModelError::Unsupported { what: format!("RoPE scaling \"{other}\""), hint: "linear and Llama-3 scaling are implemented".into() })
+                return Err(ModelError::Unsupported {
+                    what: format!("RoPE scaling \"{other}\""),
+                    hint: "linear and Llama-3 scaling are implemented".into(),
+                })
             }
         };
         Self {
@@ -107,7 +134,13 @@ impl LlamaConfig {
             vocab,
             rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             context,
-            rope: RopeSettings { theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0), head_dim, style, scaling, max_positions: context },
+            rope: RopeSettings {
+                theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
+                head_dim,
+                style,
+                scaling,
+                max_positions: context,
+            },
             qkv_bias: architecture == Architecture::Qwen2,
         }
         .check(g.path())
@@ -115,10 +148,22 @@ impl LlamaConfig {
 
     /// Read from a Hugging Face `config.json` (transformers 4.x and 5.x layouts).
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-        let bad = |reason: String| ModelError::BadCheckpoint { path: path.into(), reason };
-        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let num = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| bad(format!("missing integer field \"{k}\"")));
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |reason: String| ModelError::BadCheckpoint {
+            path: path.into(),
+            reason,
+        };
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| bad(format!("missing integer field \"{k}\"")))
+        };
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
             "llama" => Architecture::Llama,
@@ -134,22 +179,43 @@ impl LlamaConfig {
         let hidden = num("hidden_size")?;
         let heads = num("num_attention_heads")?;
         let kv_heads = num("num_key_value_heads").unwrap_or(heads);
-        let head_dim = v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(hidden / heads.max(1));
+        let head_dim = v
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(hidden / heads.max(1));
         // transformers 5 moves rope_theta and rope_scaling into `rope_parameters`.
-        let rope_params = v.get("rope_parameters").or_else(|| v.get("rope_scaling")).filter(|p| !p.is_null());
+        let rope_params = v
+            .get("rope_parameters")
+            .or_else(|| v.get("rope_scaling"))
+            .filter(|p| !p.is_null());
         let theta = v
             .get("rope_theta")
             .and_then(Value::as_f64)
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10000.0);
         let scaling = match rope_params {
             None => None,
             Some(p) => {
-                let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-                let f = |k: &str| p.get(k).and_then(Value::as_f64).ok_or_else(|| bad(format!("rope scaling needs \"{k}\"")));
+                let kind = p
+                    .get("rope_type")
+                    .or_else(|| p.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let f = |k: &str| {
+                    p.get(k)
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| bad(format!("rope scaling needs \"{k}\"")))
+                };
                 match kind {
                     "default" => None,
-                    "linear" => Some(RopeScaling::Linear { factor: f("factor")? }),
+                    "linear" => Some(RopeScaling::Linear {
+                        factor: f("factor")?,
+                    }),
                     "llama3" => Some(RopeScaling::Llama3 {
                         factor: f("factor")?,
                         low_freq_factor: f("low_freq_factor")?,
@@ -157,13 +223,19 @@ impl LlamaConfig {
                         original_max_positions: f("original_max_position_embeddings")? as usize,
                     }),
                     other => {
-                        return Err(ModelError::Unsupported { what: format!("rope scaling \"{other}\""), hint: "linear and llama3 are implemented".into() })
+                        return Err(ModelError::Unsupported {
+                            what: format!("rope scaling \"{other}\""),
+                            hint: "linear and llama3 are implemented".into(),
+                        })
                     }
                 }
             }
         };
         let context = num("max_position_embeddings")?;
-        let qkv_bias = architecture == Architecture::Qwen2 || v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let qkv_bias = architecture == Architecture::Qwen2
+            || v.get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         Self {
             architecture,
             hidden,
@@ -173,9 +245,18 @@ impl LlamaConfig {
             kv_heads,
             head_dim,
             vocab: num("vocab_size")?,
-            rms_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             context,
-            rope: RopeSettings { theta, head_dim, style: RopeStyle::Half, scaling, max_positions: context },
+            rope: RopeSettings {
+                theta,
+                head_dim,
+                style: RopeStyle::Half,
+                scaling,
+                max_positions: context,
+            },
             qkv_bias,
         }
         .check(path)

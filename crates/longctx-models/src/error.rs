@@ -5,7 +5,10 @@ use std::path::PathBuf;
 pub enum ModelError {
     /// A file could not be opened or read.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A GGUF file is truncated, corrupt or not GGUF at all.
     #[error("{path} is not a valid GGUF file: {reason}")]
     BadGguf { path: PathBuf, reason: String },

@@ -94,5 +94,12 @@ pub fn generate_greedy(
         logits = model.step(next)?;
         steps += 1;
     };
-    Ok(Generation { tokens, prompt_tokens: prompt.len(), prefill, decode: start.elapsed(), decode_steps: steps, stop })
+    Ok(Generation {
+        tokens,
+        prompt_tokens: prompt.len(),
+        prefill,
+        decode: start.elapsed(),
+        decode_steps: steps,
+        stop,
+    })
 }

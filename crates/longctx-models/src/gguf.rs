@@ -57,40 +57,64 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("truncated: {what} needs {n} bytes at offset {} but the file has {}", self.at, self.bytes.len())
-        })?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                format!(
+                    "truncated: {what} needs {n} bytes at offset {} but the file has {}",
+                    self.at,
+                    self.bytes.len()
+                )
+            })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
     fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
     /// A count that must be satisfiable by the bytes left (each item takes ≥ `min_item` bytes).
     fn count(&mut self, what: &str, min_item: usize) -> std::result::Result<usize, String> {
         let n = self.u64(what)?;
         let left = (self.bytes.len() - self.at) as u64;
         if n.saturating_mul(min_item as u64) > left {
-            return Err(format!("corrupt: {what} claims {n} items but only {left} bytes remain"));
+            return Err(format!(
+                "corrupt: {what} claims {n} items but only {left} bytes remain"
+            ));
         }
         Ok(n as usize)
     }
     fn string(&mut self, what: &str) -> std::result::Result<String, String> {
         let n = self.count(what, 1)?;
-        String::from_utf8(self.take(n, what)?.to_vec()).map_err(|_| format!("corrupt: {what} is not UTF-8"))
+        String::from_utf8(self.take(n, what)?.to_vec())
+            .map_err(|_| format!("corrupt: {what} is not UTF-8"))
     }
-    fn value(&mut self, kind: u32, key: &str, depth: usize) -> std::result::Result<MetaValue, String> {
+    fn value(
+        &mut self,
+        kind: u32,
+        key: &str,
+        depth: usize,
+    ) -> std::result::Result<MetaValue, String> {
         let mut int = |n: usize, signed: bool| -> std::result::Result<MetaValue, String> {
             let b = self.take(n, key)?;
             let mut raw = [0u8; 8];
             raw[..n].copy_from_slice(b);
             let unsigned = u64::from_le_bytes(raw) as i128;
             let shift = 64 - 8 * n as u32;
-            Ok(MetaValue::Int(if signed { ((unsigned as i64) << shift >> shift) as i128 } else { unsigned }))
+            Ok(MetaValue::Int(if signed {
+                ((unsigned as i64) << shift >> shift) as i128
+            } else {
+                unsigned
+            }))
         };
         Ok(match kind {
             0 => int(1, false)?,
@@ -101,8 +125,12 @@ impl<'a> Cursor<'a> {
             5 => int(4, true)?,
             10 => int(8, false)?,
             11 => int(8, true)?,
-            6 => MetaValue::Float(f32::from_le_bytes(self.take(4, key)?.try_into().expect("4 bytes")) as f64),
-            12 => MetaValue::Float(f64::from_le_bytes(self.take(8, key)?.try_into().expect("8 bytes"))),
+            6 => MetaValue::Float(f32::from_le_bytes(
+                self.take(4, key)?.try_into().expect("4 bytes"),
+            ) as f64),
+            12 => MetaValue::Float(f64::from_le_bytes(
+                self.take(8, key)?.try_into().expect("8 bytes"),
+            )),
             7 => MetaValue::Bool(self.take(1, key)?[0] != 0),
             8 => MetaValue::Str(self.string(key)?),
             9 if depth < 2 => {
@@ -114,7 +142,11 @@ impl<'a> Cursor<'a> {
                 }
                 MetaValue::Array(items)
             }
-            other => return Err(format!("corrupt: metadata {key} has unknown value type {other}")),
+            other => {
+                return Err(format!(
+                    "corrupt: metadata {key} has unknown value type {other}"
+                ))
+            }
         })
     }
 }
@@ -143,24 +175,43 @@ fn ggml_dtype(code: u32) -> Option<GgmlDType> {
 impl GgufFile {
     /// Open and validate a GGUF file: header, metadata, tensor directory and data bounds.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        let file = File::open(path).map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?;
         // SAFETY: the map is read-only and the file is not modified by this process; a file
         // truncated underneath a running process is outside what any reader can guard.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.into(), source })?;
-        let bad = |reason: String| ModelError::BadGguf { path: path.into(), reason };
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |reason: String| ModelError::BadGguf {
+            path: path.into(),
+            reason,
+        };
         let (metadata, tensors) = Self::parse(&map).map_err(bad)?;
-        Ok(Self { path: path.into(), map, metadata, tensors })
+        Ok(Self {
+            path: path.into(),
+            map,
+            metadata,
+            tensors,
+        })
     }
 
     #[allow(clippy::type_complexity)]
-    fn parse(bytes: &[u8]) -> std::result::Result<(BTreeMap<String, MetaValue>, BTreeMap<String, TensorInfo>), String> {
+    fn parse(
+        bytes: &[u8],
+    ) -> std::result::Result<(BTreeMap<String, MetaValue>, BTreeMap<String, TensorInfo>), String>
+    {
         let mut c = Cursor { bytes, at: 0 };
         if c.take(4, "magic")? != b"GGUF" {
             return Err("the file does not start with the GGUF magic bytes".into());
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
+            return Err(format!(
+                "GGUF version {version} is not supported (2 and 3 are)"
+            ));
         }
         let tensor_count = c.count("tensor count", 24)?;
         let kv_count = c.count("metadata count", 12)?;
@@ -178,34 +229,56 @@ impl GgufFile {
             if n_dims == 0 || n_dims > 4 {
                 return Err(format!("corrupt: tensor {name} has {n_dims} dimensions"));
             }
-            let dims = (0..n_dims).map(|_| c.u64(&name).map(|d| d as usize)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64(&name).map(|d| d as usize))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let code = c.u32(&name)?;
-            let dtype = ggml_dtype(code).ok_or_else(|| format!("tensor {name} has storage type {code}, which is not supported"))?;
+            let dtype = ggml_dtype(code).ok_or_else(|| {
+                format!("tensor {name} has storage type {code}, which is not supported")
+            })?;
             let offset = c.u64(&name)? as usize;
             infos.push((name, dims, dtype, offset));
         }
         let alignment = match metadata.get("general.alignment") {
             Some(MetaValue::Int(a)) if *a > 0 && *a % 8 == 0 && *a <= 1 << 20 => *a as usize,
-            Some(other) => return Err(format!("general.alignment {other:?} must be a positive multiple of 8")),
+            Some(other) => {
+                return Err(format!(
+                    "general.alignment {other:?} must be a positive multiple of 8"
+                ))
+            }
             None => 32,
         };
         let data_start = c.at.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, dims, dtype, offset) in infos {
-            let elems = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("corrupt: tensor {name} is impossibly large"))?;
+            let elems = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| format!("corrupt: tensor {name} is impossibly large"))?;
             if elems % dtype.block_size() != 0 {
                 return Err(format!("corrupt: tensor {name} has {elems} elements, not a whole number of {dtype:?} blocks"));
             }
             let size = elems / dtype.block_size() * dtype.type_size();
-            let start = data_start.checked_add(offset).filter(|s| s % 8 == 0).ok_or_else(|| format!("corrupt: tensor {name} has a misaligned offset"))?;
-            let end = start.checked_add(size).unwrap_or(usize::MAX);
+            let start = data_start
+                .checked_add(offset)
+                .filter(|s| s % 8 == 0)
+                .ok_or_else(|| format!("corrupt: tensor {name} has a misaligned offset"))?;
+            let end = start.saturating_add(size);
             if end > bytes.len() {
                 return Err(format!(
                     "truncated: tensor {name} needs bytes up to {end} but the file has {} (re-download the file)",
                     bytes.len()
                 ));
             }
-            tensors.insert(name, TensorInfo { dims, dtype, offset: start, size });
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dims,
+                    dtype,
+                    offset: start,
+                    size,
+                },
+            );
         }
         Ok((metadata, tensors))
     }
@@ -217,7 +290,10 @@ impl GgufFile {
 
     /// A metadata value, or an error naming the missing key.
     pub fn get(&self, key: &str) -> Result<&MetaValue> {
-        self.metadata.get(key).ok_or_else(|| ModelError::BadGguf { path: self.path.clone(), reason: format!("metadata key {key} is missing") })
+        self.metadata.get(key).ok_or_else(|| ModelError::BadGguf {
+            path: self.path.clone(),
+            reason: format!("metadata key {key} is missing"),
+        })
     }
 
     /// An integer metadata value.
@@ -275,12 +351,21 @@ impl GgufFile {
 
     fn wrong_type(&self, key: &str, want: &str, got: &MetaValue) -> ModelError {
         let shown = format!("{got:?}");
-        ModelError::BadGguf { path: self.path.clone(), reason: format!("metadata {key} should be {want}, found {}", &shown[..shown.len().min(60)]) }
+        ModelError::BadGguf {
+            path: self.path.clone(),
+            reason: format!(
+                "metadata {key} should be {want}, found {}",
+                &shown[..shown.len().min(60)]
+            ),
+        }
     }
 
     /// Load a tensor in its stored quantization; dims are returned in row-major order.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let info = self.tensors.get(name).ok_or_else(|| ModelError::BadGguf { path: self.path.clone(), reason: format!("tensor {name} is missing") })?;
+        let info = self.tensors.get(name).ok_or_else(|| ModelError::BadGguf {
+            path: self.path.clone(),
+            reason: format!("tensor {name} is missing"),
+        })?;
         let raw = &self.map[info.offset..info.offset + info.size];
         let dims: Vec<usize> = info.dims.iter().rev().copied().collect();
         Ok(qtensor_from_ggml(info.dtype, raw, dims, device)?)
@@ -340,7 +425,11 @@ pub(crate) mod tests {
             pub fn new() -> Self {
                 use std::sync::atomic::{AtomicUsize, Ordering};
                 static N: AtomicUsize = AtomicUsize::new(0);
-                let p = std::env::temp_dir().join(format!("longctx-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+                let p = std::env::temp_dir().join(format!(
+                    "longctx-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
                 std::fs::create_dir_all(&p).unwrap();
                 Self(p)
             }
@@ -359,7 +448,13 @@ pub(crate) mod tests {
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
         let t = g.tensor("w", &Device::Cpu).unwrap();
         assert_eq!(t.shape().dims(), &[2, 4]);
-        let v: Vec<f32> = t.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = t
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(v, (0..8).map(|i| i as f32).collect::<Vec<_>>());
     }
 

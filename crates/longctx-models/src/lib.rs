@@ -8,8 +8,8 @@ mod generate;
 pub mod gguf;
 mod linear;
 mod llama;
-mod quant;
 mod load;
+mod quant;
 mod tokenizer;
 
 use candle_core::Tensor;

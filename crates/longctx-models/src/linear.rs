@@ -26,20 +26,34 @@ impl Linear {
             Some(kind) if dims.len() == 2 => QuantMatrix::new(kind, dims[0], dims[1], &q.data()?),
             _ => None,
         };
-        let dense = if keep_dense || quantized.is_none() { Some(q.dequantize(&Device::Cpu)?) } else { None };
-        Ok(Self { quantized, dense, bias })
+        let dense = if keep_dense || quantized.is_none() {
+            Some(q.dequantize(&Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            quantized,
+            dense,
+            bias,
+        })
     }
 
     /// From an unquantized `[out, in]` weight (Hugging Face checkpoints).
     pub fn from_dense(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { quantized: None, dense: Some(weight), bias }
+        Self {
+            quantized: None,
+            dense: Some(weight),
+            bias,
+        }
     }
 
     /// Apply to `x` (`[rows, in]`), choosing the kernel by the number of rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         let y = match (&self.quantized, &self.dense) {
-            (_, Some(w)) if rows >= DENSE_MIN_ROWS || self.quantized.is_none() => x.matmul(&w.t()?)?,
+            (_, Some(w)) if rows >= DENSE_MIN_ROWS || self.quantized.is_none() => {
+                x.matmul(&w.t()?)?
+            }
             (Some(q), _) => {
                 let input: Vec<Vec<f32>> = x.to_vec2()?;
                 let mut out = vec![0f32; rows * q.rows()];
@@ -58,6 +72,10 @@ impl Linear {
 
     /// Bytes of weight storage held (quantized and dense forms together).
     pub fn bytes(&self) -> usize {
-        self.quantized.as_ref().map_or(0, QuantMatrix::bytes) + self.dense.as_ref().map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
+        self.quantized.as_ref().map_or(0, QuantMatrix::bytes)
+            + self
+                .dense
+                .as_ref()
+                .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
     }
 }

@@ -31,7 +31,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { rope_theta: None, context: None, prefill_chunk: DEFAULT_PREFILL_CHUNK, dense_prefill_weights: true }
+        Self {
+            rope_theta: None,
+            context: None,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            dense_prefill_weights: true,
+        }
     }
 }
 
@@ -74,7 +79,10 @@ impl Weights {
             Weights::Safetensors(st, dir) => st
                 .load(hf, &Device::Cpu)
                 .and_then(|t| t.to_dtype(DType::F32))
-                .map_err(|e| ModelError::BadCheckpoint { path: dir.clone(), reason: format!("tensor {hf}: {e}") }),
+                .map_err(|e| ModelError::BadCheckpoint {
+                    path: dir.clone(),
+                    reason: format!("tensor {hf}: {e}"),
+                }),
         }
     }
 
@@ -85,7 +93,13 @@ impl Weights {
         }
     }
 
-    fn linear(&self, gguf: &str, hf: &str, bias: Option<(&str, &str)>, dense: bool) -> Result<Linear> {
+    fn linear(
+        &self,
+        gguf: &str,
+        hf: &str,
+        bias: Option<(&str, &str)>,
+        dense: bool,
+    ) -> Result<Linear> {
         let bias = match bias {
             Some((gb, hb)) => Some(self.vector(gb, hb)?),
             None => None,
@@ -102,7 +116,10 @@ impl LlamaModel {
     pub fn from_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Self> {
         let mut config = LlamaConfig::from_gguf(&gguf)?;
         if gguf.has_tensor("rope_freqs.weight") {
-            let factors: Vec<f32> = gguf.tensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.to_vec1()?;
+            let factors: Vec<f32> = gguf
+                .tensor("rope_freqs.weight", &Device::Cpu)?
+                .dequantize(&Device::Cpu)?
+                .to_vec1()?;
             config.rope.scaling = Some(RopeScaling::FreqFactors(factors));
         }
         Self::build(config, Weights::Gguf(gguf), options)
@@ -112,17 +129,26 @@ impl LlamaModel {
     pub fn from_hf_dir(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| ModelError::Io { path: dir.into(), source })?
+            .map_err(|source| ModelError::Io {
+                path: dir.into(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(ModelError::BadCheckpoint { path: dir.into(), reason: "no *.safetensors files".into() });
+            return Err(ModelError::BadCheckpoint {
+                path: dir.into(),
+                reason: "no *.safetensors files".into(),
+            });
         }
         // SAFETY: read-only maps of files this process does not modify.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| ModelError::BadCheckpoint { path: dir.into(), reason: format!("unreadable safetensors: {e}") })?;
+        let st =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadCheckpoint {
+                path: dir.into(),
+                reason: format!("unreadable safetensors: {e}"),
+            })?;
         Self::build(config, Weights::Safetensors(st, dir.into()), options)
     }
 
@@ -141,8 +167,18 @@ impl LlamaModel {
             let g = |n: &str| format!("blk.{i}.{n}");
             let h = |n: &str| format!("model.layers.{i}.{n}");
             let lin = |gn: &str, hn: &str, with_bias: bool| {
-                let bias = with_bias.then(|| (g(&gn.replace("weight", "bias")), h(&hn.replace("weight", "bias"))));
-                w.linear(&g(gn), &h(hn), bias.as_ref().map(|(a, c)| (a.as_str(), c.as_str())), dense)
+                let bias = with_bias.then(|| {
+                    (
+                        g(&gn.replace("weight", "bias")),
+                        h(&hn.replace("weight", "bias")),
+                    )
+                });
+                w.linear(
+                    &g(gn),
+                    &h(hn),
+                    bias.as_ref().map(|(a, c)| (a.as_str(), c.as_str())),
+                    dense,
+                )
             };
             let qkv_bias = config.qkv_bias;
             blocks.push(Block {
@@ -165,11 +201,34 @@ impl LlamaModel {
             w.linear("token_embd.weight", "model.embed_tokens.weight", None, true)?
         };
         let rope = Arc::new(RopeTable::new(&config.rope, &Device::Cpu)?);
-        let cache: Box<dyn KvCache> = Box::new(FullCache::new(config.kv_shape(), rope.clone(), &Device::Cpu));
+        let cache: Box<dyn KvCache> = Box::new(FullCache::new(
+            config.kv_shape(),
+            rope.clone(),
+            &Device::Cpu,
+        ));
         let weight_bytes = embeddings.elem_count() * 4
             + lm_head.bytes()
-            + blocks.iter().map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].iter().map(|l| l.bytes()).sum::<usize>()).sum::<usize>();
-        Ok(Self { config, embeddings, blocks, final_norm, lm_head, rope, cache, seen: 0, prefill_chunk: options.prefill_chunk.max(1), weight_bytes })
+            + blocks
+                .iter()
+                .map(|b| {
+                    [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]
+                        .iter()
+                        .map(|l| l.bytes())
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
+        Ok(Self {
+            config,
+            embeddings,
+            blocks,
+            final_norm,
+            lm_head,
+            rope,
+            cache,
+            seen: 0,
+            prefill_chunk: options.prefill_chunk.max(1),
+            weight_bytes,
+        })
     }
 
     /// Hyper-parameters (after any overrides).
@@ -224,14 +283,24 @@ impl LlamaModel {
 impl LanguageModel for LlamaModel {
     fn append(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
         if tokens.is_empty() {
-            return Err(ModelError::Tokenizer("cannot run the model on an empty token sequence".into()));
+            return Err(ModelError::Tokenizer(
+                "cannot run the model on an empty token sequence".into(),
+            ));
         }
         let needed = self.seen + tokens.len();
         if needed > self.config.context {
-            return Err(ModelError::ContextTooLong { needed, limit: self.config.context });
+            return Err(ModelError::ContextTooLong {
+                needed,
+                limit: self.config.context,
+            });
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.embeddings.dim(0).unwrap_or(0)) {
-            return Err(ModelError::Tokenizer(format!("token id {bad} is outside the model's vocabulary")));
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.embeddings.dim(0).unwrap_or(0))
+        {
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is outside the model's vocabulary"
+            )));
         }
         let mut outputs = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
@@ -240,7 +309,10 @@ impl LanguageModel for LlamaModel {
             let hidden = self.forward_chunk(chunk)?;
             match logits {
                 Logits::All => outputs.push(self.lm_head.forward(&hidden)?),
-                Logits::Last if i == last => outputs.push(self.lm_head.forward(&hidden.narrow(0, chunk.len() - 1, 1)?)?),
+                Logits::Last if i == last => outputs.push(
+                    self.lm_head
+                        .forward(&hidden.narrow(0, chunk.len() - 1, 1)?)?,
+                ),
                 Logits::Last => {}
             }
         }

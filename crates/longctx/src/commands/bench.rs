@@ -40,7 +40,9 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -49,7 +51,11 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let mut loaded = args.model.load()?;
     let limit = loaded.model.context_limit();
-    if let Some(&too_long) = args.contexts.iter().find(|&&c| c + args.decode_tokens > limit || c == 0) {
+    if let Some(&too_long) = args
+        .contexts
+        .iter()
+        .find(|&&c| c + args.decode_tokens > limit || c == 0)
+    {
         anyhow::bail!("--contexts {too_long}: a context plus --decode-tokens ({}) must be between 1 and the model's context of {limit} tokens", args.decode_tokens);
     }
     let vocab = loaded.model.config().vocab;

@@ -25,7 +25,10 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let mut loaded = args.model.load()?;
     let prompt = loaded.prompt_tokens(&args.prompt, !args.no_chat)?;
-    let settings = GenerationSettings { max_new_tokens: args.max_new_tokens, stop_tokens: loaded.tokenizer.stop_tokens().to_vec() };
+    let settings = GenerationSettings {
+        max_new_tokens: args.max_new_tokens,
+        stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
+    };
     let tokenizer = &loaded.tokenizer;
     let mut shown = 0;
     let mut produced = Vec::new();

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use longctx_models::{load_model, resolve_model_path, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK};
+use longctx_models::{
+    load_model, resolve_model_path, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK,
+};
 
 use crate::assets;
 
@@ -65,7 +67,9 @@ impl ModelArgs {
             }
             // candle's CPU kernels size their pools from this variable at first use.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
         }
         let path: PathBuf = match &self.model {
             Some(spec) => resolve_model_path(spec)?,

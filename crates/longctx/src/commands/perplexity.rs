@@ -26,7 +26,11 @@ pub fn window_nll(model: &mut dyn LanguageModel, window: &[u32]) -> Result<(f64,
     let logits = model.append(window, Logits::All)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
     let rows: Vec<Vec<f32>> = log_probs.to_vec2()?;
-    let nll: f64 = window[1..].iter().enumerate().map(|(i, &next)| -(rows[i][next as usize] as f64)).sum();
+    let nll: f64 = window[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, &next)| -(rows[i][next as usize] as f64))
+        .sum();
     Ok((nll, window.len() - 1))
 }
 
@@ -34,21 +38,37 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     if args.ctx < 2 {
         anyhow::bail!("--ctx must be at least 2 tokens");
     }
-    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading --text {}", args.text.display()))?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading --text {}", args.text.display()))?;
     let mut loaded = args.model.load()?;
     let tokens = loaded.tokenizer.encode(&text, true)?;
     if tokens.len() < 2 {
-        anyhow::bail!("{} has fewer than 2 tokens; nothing to score", args.text.display());
+        anyhow::bail!(
+            "{} has fewer than 2 tokens; nothing to score",
+            args.text.display()
+        );
     }
     // Whole windows only, so every window is scored in the same conditions; a text shorter
     // than one window is scored as a single window.
-    let windows: Vec<&[u32]> = if tokens.len() < args.ctx { vec![&tokens[..]] } else { tokens.chunks_exact(args.ctx).collect() };
+    let windows: Vec<&[u32]> = if tokens.len() < args.ctx {
+        vec![&tokens[..]]
+    } else {
+        tokens.chunks_exact(args.ctx).collect()
+    };
     let (mut nll, mut count) = (0.0, 0);
     for window in &windows {
         let (n, c) = window_nll(&mut loaded.model, window)?;
         nll += n;
         count += c;
     }
-    println!("tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}", tokens.len(), windows.len(), windows[0].len(), count, nll / count as f64, (nll / count as f64).exp());
+    println!(
+        "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}",
+        tokens.len(),
+        windows.len(),
+        windows[0].len(),
+        count,
+        nll / count as f64,
+        (nll / count as f64).exp()
+    );
     Ok(())
 }
