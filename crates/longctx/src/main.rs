@@ -4,6 +4,13 @@ use clap::Parser;
 use longctx::commands;
 
 fn main() {
+    // Die quietly when the reader of our output goes away (`longctx tasks | head`), as
+    // command-line tools do, instead of panicking on a failed print.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match commands::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(),

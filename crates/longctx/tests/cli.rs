@@ -158,3 +158,72 @@ fn fetch_without_the_package_index_says_what_to_do() {
         "{stderr}"
     );
 }
+
+/// The expected numbers were printed by LongBench's eval.py (`scorer`, and `scorer_e` for
+/// `--e`) over its metrics.py, with rouge 1.0.1 and fuzzywuzzy 0.18.0 on CPython 3.11, run on
+/// `tests/fixtures/longbench_pred` (hand-made predictions in the official layout).
+#[test]
+fn score_reproduces_the_official_scorer() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/longbench_pred");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .arg("score")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    for (dataset, score) in [
+        ("hotpotqa", "50.79"),
+        ("lcc", "94.00"),
+        ("passage_count", "50.00"),
+        ("passage_retrieval_en", "75.00"),
+        ("samsum", "25.00"),
+        ("trec", "62.50"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {dataset} |")))
+            .unwrap_or_else(|| panic!("no row for {dataset}:\n{table}"));
+        assert!(row.ends_with(&format!("| {score} |")), "{row}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args(["score", "--e"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    for row in [
+        "| hotpotqa | NaN | 0.00 | 76.19 |",
+        "| samsum | 50.00 | 0.00 | NaN |",
+        "| trec | 50.00 | 50.00 | 100.00 |",
+    ] {
+        assert!(table.lines().any(|l| l == row), "missing {row} in\n{table}");
+    }
+}
+
+#[test]
+fn score_names_a_bad_prediction_line() {
+    let dir = std::env::temp_dir().join(format!("longctx-bad-pred-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("qasper.jsonl"),
+        "{\"pred\": \"x\", \"answers\": [\"x\"], \"all_classes\": null}\n{\"pred\": 3}\n",
+    )
+    .unwrap();
+    let (code, stderr) = longctx(&["score", dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "qasper.jsonl:2");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args(["score", "--skip-bad-lines"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("qasper.jsonl:2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| qasper | qa_f1 | 1 | 100.00 |"));
+}

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod generate;
 pub mod perplexity;
+pub mod score;
+pub mod tasks;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,10 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prefill and decode speed, KV bytes and peak memory at several context lengths.
     Bench(bench::BenchArgs),
+    /// Score LongBench prediction files (official layout) with the official metrics.
+    Score(score::ScoreArgs),
+    /// List the tasks with their category, metric, sample count and generation length.
+    Tasks(tasks::TasksArgs),
 }
 
 /// Options that choose and configure the model.
@@ -98,5 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Tasks(args) => tasks::run(args),
     }
 }
