@@ -3,4 +3,5 @@
 
 pub mod longbench;
 pub mod metrics;
+pub mod needle;
 pub mod predictions;

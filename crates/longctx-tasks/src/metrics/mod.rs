@@ -8,7 +8,8 @@ mod text;
 pub use difflib::sequence_matcher_ratio;
 pub use rouge::rouge_l_f;
 
-use text::{is_py_word, py_split_whitespace};
+use text::is_py_word;
+pub use text::{is_py_space, py_split_whitespace};
 
 /// The metrics LongBench uses, by the names of its `dataset2metric` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +78,15 @@ pub fn normalize_answer(s: &str) -> String {
         .chars()
         .filter(|c| !c.is_ascii_punctuation())
         .collect();
-    // `re.sub(r"\b(a|an|the)\b", " ", text)`: a whole run of word characters equal to an article.
-    let mut no_articles = String::with_capacity(no_punct.len());
-    let chars: Vec<char> = no_punct.chars().collect();
+    let no_articles = remove_articles(&no_punct, " ");
+    py_split_whitespace(&no_articles).join(" ")
+}
+
+/// `re.sub(r"\b(a|an|the)\b", replacement, text)`: every whole run of word characters
+/// equal to an article is replaced.
+pub fn remove_articles(text: &str, replacement: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
         if is_py_word(chars[i]) {
@@ -88,17 +95,17 @@ pub fn normalize_answer(s: &str) -> String {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
-            if matches!(word.as_str(), "a" | "an" | "the") {
-                no_articles.push(' ');
+            out.push_str(if matches!(word.as_str(), "a" | "an" | "the") {
+                replacement
             } else {
-                no_articles.push_str(&word);
-            }
+                &word
+            });
         } else {
-            no_articles.push(chars[i]);
+            out.push(chars[i]);
             i += 1;
         }
     }
-    py_split_whitespace(&no_articles).join(" ")
+    out
 }
 
 /// Token-level F1 of two token lists (multiset overlap).
