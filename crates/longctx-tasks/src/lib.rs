@@ -5,3 +5,5 @@ pub mod longbench;
 pub mod metrics;
 pub mod needle;
 pub mod predictions;
+mod rng;
+pub mod synthetic;

@@ -95,6 +95,11 @@ impl Haystack {
         Ok(Self { essays })
     }
 
+    /// The essays, in order.
+    pub fn texts(&self) -> &[String] {
+        &self.essays
+    }
+
     /// A haystack from texts already in order (tests, other corpora).
     pub fn from_texts(essays: Vec<String>) -> Self {
         Self { essays }
@@ -243,23 +248,9 @@ impl NeedleSample {
     }
 }
 
-/// splitmix64: a small, well-mixed generator, so keys need no dependency and never change.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// Seven independent random digits for one (seed, length, depth, trial).
 fn passkey(seed: u64, length: u64, depth: u64, trial: u64) -> String {
-    let mut state = splitmix(seed ^ splitmix(length ^ splitmix(depth ^ splitmix(trial))));
-    (0..7)
-        .map(|_| {
-            state = splitmix(state);
-            char::from(b'0' + (state % 10) as u8)
-        })
-        .collect()
+    crate::rng::Rng::new(seed, &[length, depth, trial]).digits(7)
 }
 
 /// Exact match (the key appears in the normalized answer) and partial match (longest
@@ -300,4 +291,76 @@ fn normalize(s: &str) -> String {
         .collect();
     let spaced = crate::metrics::remove_articles(&kept, "");
     crate::metrics::py_split_whitespace(&spaced).join(" ")
+}
+
+/// One scored answer of the test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NeedleOutcome {
+    /// Haystack length in words.
+    pub length: usize,
+    /// Needle depth.
+    pub depth: f64,
+    /// Exact match, 0 or 1.
+    pub exact: f64,
+    /// Partial match in [0, 1].
+    pub partial: f64,
+}
+
+/// Mean exact and partial match over a group of outcomes, with its size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NeedleMean {
+    /// Mean exact match in [0, 1].
+    pub exact: f64,
+    /// Mean partial match in [0, 1].
+    pub partial: f64,
+    /// Outcomes averaged.
+    pub count: usize,
+}
+
+fn mean(outcomes: &[&NeedleOutcome]) -> NeedleMean {
+    let n = outcomes.len().max(1) as f64;
+    NeedleMean {
+        exact: outcomes.iter().map(|o| o.exact).sum::<f64>() / n,
+        partial: outcomes.iter().map(|o| o.partial).sum::<f64>() / n,
+        count: outcomes.len(),
+    }
+}
+
+/// Scores per cell (length × depth, over trials), per length (over depths and trials) and overall.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeedleSummary {
+    /// `(length, depth, mean)` in grid order.
+    pub cells: Vec<(usize, f64, NeedleMean)>,
+    /// `(length, mean)` in grid order.
+    pub lengths: Vec<(usize, NeedleMean)>,
+    /// Every outcome.
+    pub overall: NeedleMean,
+}
+
+/// Group outcomes as the paper's heatmaps and tables do.
+pub fn summarize(outcomes: &[NeedleOutcome]) -> NeedleSummary {
+    let mut cells: Vec<(usize, f64)> = Vec::new();
+    let mut lengths: Vec<usize> = Vec::new();
+    for o in outcomes {
+        if !cells.contains(&(o.length, o.depth)) {
+            cells.push((o.length, o.depth));
+        }
+        if !lengths.contains(&o.length) {
+            lengths.push(o.length);
+        }
+    }
+    let of = |keep: &dyn Fn(&NeedleOutcome) -> bool| {
+        mean(&outcomes.iter().filter(|o| keep(o)).collect::<Vec<_>>())
+    };
+    NeedleSummary {
+        cells: cells
+            .iter()
+            .map(|&(l, d)| (l, d, of(&|o| o.length == l && o.depth == d)))
+            .collect(),
+        lengths: lengths
+            .iter()
+            .map(|&l| (l, of(&|o| o.length == l)))
+            .collect(),
+        overall: of(&|_| true),
+    }
 }

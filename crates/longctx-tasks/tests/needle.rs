@@ -105,10 +105,10 @@ fn prompts_for_a_fixed_seed_are_pinned() {
     assert_eq!(samples[0].prompt, PINNED_FIRST_PROMPT);
 }
 
-const PINNED_KEYS: [&str; 4] = ["1880411", "0967493", "9733621", "5924395"];
-const PINNED_DIGEST: u64 = 0x69d4_c2ae_9dd2_fd46;
+const PINNED_KEYS: [&str; 4] = ["9213801", "6752387", "0691144", "8498788"];
+const PINNED_DIGEST: u64 = 0x55c7_68b9_0e71_d9ef;
 /// Depth 0: the benchmark's `' '.join` puts a space between the instruction and the needle.
-const PINNED_FIRST_PROMPT: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n The pass key is 1880411. Remember it. 1880411 is the pass key. Alpha beta gamma delta.\nEpsilon zeta eta theta iota kappa.\n\nLambda mu nu xi omicron pi rho  sigma tau upsilon \nWhat is the pass key? The pass key is ";
+const PINNED_FIRST_PROMPT: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n The pass key is 9213801. Remember it. 9213801 is the pass key. Alpha beta gamma delta.\nEpsilon zeta eta theta iota kappa.\n\nLambda mu nu xi omicron pi rho  sigma tau upsilon \nWhat is the pass key? The pass key is ";
 
 #[test]
 fn scores_match_the_benchmark_metrics() {
@@ -120,4 +120,41 @@ fn scores_match_the_benchmark_metrics() {
         score("0012345", "9912345 and 00123"),
         (0.0, 0.7142857142857143)
     );
+}
+
+#[test]
+fn summaries_group_by_cell_length_and_overall() {
+    use longctx_tasks::needle::{summarize, NeedleOutcome};
+    let o = |length, depth, exact, partial| NeedleOutcome {
+        length,
+        depth,
+        exact,
+        partial,
+    };
+    let s = summarize(&[
+        o(100, 0.0, 1.0, 1.0),
+        o(100, 0.0, 0.0, 0.5),
+        o(100, 1.0, 1.0, 1.0),
+        o(200, 0.0, 0.0, 0.0),
+    ]);
+    assert_eq!(s.cells.len(), 3);
+    assert_eq!(
+        (s.cells[0].2.exact, s.cells[0].2.partial, s.cells[0].2.count),
+        (0.5, 0.75, 2)
+    );
+    assert_eq!(s.lengths[0].1.exact, 2.0 / 3.0);
+    assert_eq!(s.lengths[1].1.exact, 0.0);
+    assert_eq!((s.overall.exact, s.overall.count), (0.5, 4));
+}
+
+#[test]
+fn fitted_grid_leaves_room_for_the_answer() {
+    let g = NeedleGrid::fitted(8192, 1.3, 0).unwrap();
+    let longest = *g.lengths.last().unwrap();
+    assert!(
+        (longest as f64 * 1.3) as usize + 96 + 256 <= 8192,
+        "{longest}"
+    );
+    assert_eq!(g.lengths[0], 512);
+    assert_eq!(g.lengths.len(), 10);
 }

@@ -3,6 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use longctx_tasks::longbench::{load, OnBadLine, DATASETS};
+use longctx_tasks::needle::{NeedleGrid, MAX_NEW_TOKENS};
+use longctx_tasks::synthetic::SyntheticTask;
 
 /// `longctx tasks`.
 #[derive(Args)]
@@ -38,6 +40,27 @@ pub fn run(args: TasksArgs) -> Result<()> {
             } else {
                 "no (raw)"
             }
+        );
+    }
+    let paper = NeedleGrid::paper(0);
+    println!(
+        "| needle/passkey (paper grid) | Needle | exact + partial match | {} ({} lengths {}..{} words x {} depths x {} trials) | {MAX_NEW_TOKENS} | yes |",
+        paper.lengths.len() * paper.depths.len() * paper.trials,
+        paper.lengths.len(),
+        paper.lengths[0],
+        paper.lengths[paper.lengths.len() - 1],
+        paper.depths.len(),
+        paper.trials
+    );
+    println!(
+        "| needle/passkey (fitted grid) | Needle | exact + partial match | 300 (10 lengths 512..W words, W the longest haystack that fits the model's context with the answer) | {MAX_NEW_TOKENS} | yes |"
+    );
+    for task in SyntheticTask::ALL {
+        println!(
+            "| synthetic/{} | Synthetic (generated) | {} | any (seeded) | {} | yes |",
+            task.name(),
+            task.metric_name(),
+            task.max_new_tokens()
         );
     }
     Ok(())
