@@ -497,3 +497,21 @@ mod tests {
         assert_eq!(length_bucket(8000), "8k+");
     }
 }
+
+#[cfg(test)]
+mod average_tests {
+    use super::*;
+
+    #[test]
+    fn averages_need_every_dataset_and_leave_passage_count_out_of_the_paper_mean() {
+        let mut scores: BTreeMap<&str, f64> = DATASETS.iter().map(|d| (d.name, 30.0)).collect();
+        scores.insert("passage_count", 0.0);
+        let (paper, categories) = averages(&scores);
+        assert_eq!(paper, Some(30.0));
+        // Synthetic = (0 + 30) / 2 = 15; the six category means average to (5 × 30 + 15) / 6.
+        assert_eq!(category_score(&scores, Category::Synthetic), Some(15.0));
+        assert_eq!(categories, Some(27.5));
+        scores.remove("lcc");
+        assert_eq!(averages(&scores), (None, None));
+    }
+}

@@ -4,3 +4,4 @@
 pub mod assets;
 pub mod commands;
 pub mod memory;
+pub mod tokenize;

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use longctx_tasks::longbench::OnBadLine;
+use std::collections::BTreeMap;
+
+use longctx_tasks::longbench::{averages, category_score, Category, OnBadLine};
 use longctx_tasks::predictions::score_directory;
 
 /// `longctx score`.
@@ -63,6 +65,27 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 r.score
             );
         }
+        let scores: BTreeMap<&str, f64> =
+            results.iter().map(|r| (r.dataset.name, r.score)).collect();
+        let shown =
+            |v: Option<f64>| v.map_or("n/a (datasets missing)".to_string(), |x| format!("{x:.2}"));
+        println!();
+        for category in Category::ALL {
+            println!(
+                "{}: {}",
+                category.title(),
+                shown(category_score(&scores, category))
+            );
+        }
+        let (paper, longbench) = averages(&scores);
+        println!(
+            "Paper average (15 datasets, passage_count left out): {}",
+            shown(paper)
+        );
+        println!(
+            "LongBench average (mean of the 6 categories): {}",
+            shown(longbench)
+        );
     }
     Ok(())
 }
