@@ -282,7 +282,7 @@ fn field_str(v: &Value, key: &str) -> Result<String, String> {
         .ok_or_else(|| format!("field \"{key}\" is missing or not a string"))
 }
 
-fn field_strings(v: &Value, key: &str, required: bool) -> Result<Vec<String>, String> {
+pub(crate) fn field_strings(v: &Value, key: &str, required: bool) -> Result<Vec<String>, String> {
     match v.get(key) {
         Some(Value::Array(items)) => items
             .iter()
@@ -299,15 +299,21 @@ fn field_strings(v: &Value, key: &str, required: bool) -> Result<Vec<String>, St
     }
 }
 
-/// Parse one line of an official data file.
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let answers = field_strings(&v, "answers", true)?;
+/// The `answers` field: a non-empty list of strings (a sample cannot be scored without one).
+pub(crate) fn answers_field(v: &Value) -> Result<Vec<String>, String> {
+    let answers = field_strings(v, "answers", true)?;
     if answers.is_empty() {
         return Err(
             "field \"answers\" is empty: a sample needs at least one reference answer".into(),
         );
     }
+    Ok(answers)
+}
+
+/// Parse one line of an official data file.
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let answers = answers_field(&v)?;
     Ok(Sample {
         input: field_str(&v, "input")?,
         context: field_str(&v, "context")?,

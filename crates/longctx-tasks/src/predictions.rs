@@ -8,7 +8,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::longbench::{
-    dataset_score, length_bucket, read_jsonl, Dataset, LongBenchError, OnBadLine,
+    answers_field, dataset_score, field_strings, length_bucket, read_jsonl, Dataset,
+    LongBenchError, OnBadLine,
 };
 
 /// One prediction line.
@@ -22,24 +23,7 @@ struct PredictionLine {
 
 fn parse_line(line: &str) -> Result<PredictionLine, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let strings = |key: &str| -> Result<Vec<String>, String> {
-        match v.get(key) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .ok_or(format!("field \"{key}\" holds a non-string"))
-                })
-                .collect(),
-            Some(Value::Null) => Ok(Vec::new()),
-            _ => Err(format!("field \"{key}\" is missing or not a list")),
-        }
-    };
-    let answers = strings("answers")?;
-    if answers.is_empty() {
-        return Err("field \"answers\" is empty".into());
-    }
+    let answers = answers_field(&v)?;
     Ok(PredictionLine {
         pred: v
             .get("pred")
@@ -47,7 +31,7 @@ fn parse_line(line: &str) -> Result<PredictionLine, String> {
             .ok_or("field \"pred\" is missing or not a string")?
             .to_string(),
         answers,
-        all_classes: strings("all_classes")?,
+        all_classes: field_strings(&v, "all_classes", false)?,
         length: v.get("length").and_then(Value::as_u64).map(|l| l as usize),
     })
 }
