@@ -58,3 +58,34 @@ fn synthetic_tasks_build_from_the_essays() {
         assert_eq!(task.score(&perfect, &s.answers), 1.0, "{}", task.name());
     }
 }
+
+#[test]
+fn the_fitted_grid_fits_the_default_model() {
+    use longctx_models::{load_model, LanguageModel, LoadOptions};
+    let loaded = load_model(
+        &longctx::assets::default_model().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let context = loaded.model.context_limit();
+    let grid =
+        longctx::tokenize::fitted_needle_grid(&loaded.tokenizer, context, &haystack(), 0).unwrap();
+    let longest = *grid.lengths.last().unwrap();
+    assert!(
+        longest > 4000,
+        "longest haystack {longest} words for an {context}-token model"
+    );
+    let one = NeedleGrid {
+        lengths: vec![longest],
+        depths: vec![0.5],
+        trials: 1,
+        seed: 0,
+    };
+    let prompt = &one.samples(&haystack())[0].prompt;
+    let tokens = loaded.prompt_tokens(prompt, true).unwrap().len();
+    eprintln!("fitted grid: longest {longest} words = {tokens} prompt tokens (context {context})");
+    assert!(
+        tokens + longctx_tasks::needle::MAX_NEW_TOKENS <= context,
+        "{tokens} prompt tokens"
+    );
+}
