@@ -16,11 +16,6 @@ pub struct KvShape {
 }
 
 impl KvShape {
-    /// Query heads that share one key/value head.
-    pub fn group_size(&self) -> usize {
-        self.q_heads / self.kv_heads
-    }
-
     /// Bytes one token's keys and values take in every layer at 16-bit precision: the
     /// reference against which compression ratios are stated.
     pub fn fp16_bytes_per_token(&self) -> usize {

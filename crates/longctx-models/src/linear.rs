@@ -47,6 +47,14 @@ impl Linear {
         }
     }
 
+    /// Use `dense` (an `[out, in]` f32 tensor, possibly shared) for the GEMM path.
+    pub fn with_dense(self, dense: Tensor) -> Self {
+        Self {
+            dense: Some(dense),
+            ..self
+        }
+    }
+
     /// Apply to `x` (`[rows, in]`), choosing the kernel by the number of rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;

@@ -194,11 +194,22 @@ impl LlamaModel {
             });
         }
         let final_norm = w.vector("output_norm.weight", "model.norm.weight")?;
-        let lm_head = if w.has("output.weight", "lm_head.weight") {
+        let tied = !w.has("output.weight", "lm_head.weight");
+        let lm_head = if !tied {
             w.linear("output.weight", "lm_head.weight", None, true)?
         } else {
-            // Tied embeddings: the output projection is the embedding matrix.
-            w.linear("token_embd.weight", "model.embed_tokens.weight", None, true)?
+            // Tied embeddings: the output projection is the embedding matrix, shared, not copied.
+            match &w {
+                Weights::Gguf(_) => w
+                    .linear(
+                        "token_embd.weight",
+                        "model.embed_tokens.weight",
+                        None,
+                        false,
+                    )?
+                    .with_dense(embeddings.clone()),
+                Weights::Safetensors(..) => Linear::from_dense(embeddings.clone(), None),
+            }
         };
         let rope = Arc::new(RopeTable::new(&config.rope, &Device::Cpu)?);
         let cache: Box<dyn KvCache> = Box::new(FullCache::new(
@@ -206,8 +217,8 @@ impl LlamaModel {
             rope.clone(),
             &Device::Cpu,
         ));
-        let weight_bytes = embeddings.elem_count() * 4
-            + lm_head.bytes()
+        let shared_embeddings = if tied { embeddings.elem_count() * 4 } else { 0 };
+        let weight_bytes = embeddings.elem_count() * 4 + lm_head.bytes() - shared_embeddings
             + blocks
                 .iter()
                 .map(|b| {

@@ -62,6 +62,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let shape = loaded.model.config().kv_shape();
     let model = &mut loaded.model;
     if !args.json {
+        println!(
+            "weights held: {} MiB (quantized blocks plus dense f32 copies for prefill)\n",
+            memory::mib(model.weight_bytes() as u64)
+        );
         println!("| context | prefill tok/s | decode tok/s | KV bytes | KV fp16-equivalent | peak RSS MiB |");
         println!("|--:|--:|--:|--:|--:|--:|");
     }
