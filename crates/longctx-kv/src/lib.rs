@@ -8,11 +8,13 @@
 mod attention;
 mod cache;
 mod error;
+mod flexgen;
 mod full;
 mod rope;
 
 pub use attention::{causal_attention, ATTENTION_QUERY_BLOCK};
 pub use cache::{KvCache, KvShape};
 pub use error::{KvError, Result};
+pub use flexgen::{FlexGenCache, FlexGenSettings, PackedRows};
 pub use full::FullCache;
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable};

@@ -253,6 +253,11 @@ impl LlamaModel {
         self.seen = 0;
     }
 
+    /// The RoPE table caches rotate with.
+    pub fn rope(&self) -> Arc<RopeTable> {
+        self.rope.clone()
+    }
+
     /// The cache in use (for byte and kept-token accounting).
     pub fn cache(&self) -> &dyn KvCache {
         self.cache.as_ref()

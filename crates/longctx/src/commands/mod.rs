@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod methods;
 pub mod perplexity;
 pub mod score;
 pub mod tasks;
@@ -34,6 +35,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prefill and decode speed, KV bytes and peak memory at several context lengths.
     Bench(bench::BenchArgs),
+    /// List the KV-cache methods and presets.
+    Methods,
     /// Score LongBench prediction files (official layout) with the official metrics.
     Score(score::ScoreArgs),
     /// List the tasks with their category, metric, sample count and generation length.
@@ -62,11 +65,16 @@ pub struct ModelArgs {
     /// Keep no dense f32 weight copies (less memory, slower prefill).
     #[arg(long)]
     no_dense_weights: bool,
+    /// KV-cache method: a preset or spec (see `longctx methods`).
+    #[arg(long, default_value = "baseline")]
+    method: String,
 }
 
 impl ModelArgs {
     /// Set up threads, fetch the default model if needed, and load.
     pub fn load(&self) -> Result<LoadedModel> {
+        // A bad method spec fails before anything is fetched or loaded.
+        let method = crate::methods::Method::parse(&self.method)?;
         if let Some(n) = self.threads {
             if n == 0 {
                 anyhow::bail!("--threads must be at least 1");
@@ -87,7 +95,15 @@ impl ModelArgs {
             prefill_chunk: self.prefill_chunk,
             dense_prefill_weights: !self.no_dense_weights,
         };
-        load_model(&path, &options).with_context(|| format!("loading {}", path.display()))
+        let mut loaded =
+            load_model(&path, &options).with_context(|| format!("loading {}", path.display()))?;
+        let shape = loaded.model.config().kv_shape();
+        let rope = loaded.model.rope();
+        let cache = method
+            .build_cache(shape, rope)
+            .with_context(|| format!("method \"{}\"", self.method))?;
+        loaded.model.set_cache(|_, _| cache);
+        Ok(loaded)
     }
 }
 
@@ -105,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
+        Command::Methods => methods::run(),
         Command::Tasks(args) => tasks::run(args),
     }
 }

@@ -1,0 +1,431 @@
+//! FlexGen's KV-cache quantization (Sheng et al., "FlexGen: High-Throughput Generative
+//! Inference of Large Language Models with a Single GPU", ICML 2023): every cached key and
+//! value row is quantized group-wise along its channels, asymmetric min–max, no residual
+//! window. Storage is really packed: `bits`-bit codes plus an f16 minimum and scale per
+//! group, so 4-bit groups of 32 hold 20 bytes where 16-bit values hold 64 (3.2×).
+//!
+//! Attention dequantizes what is stored; the chunk being processed attends to its own keys
+//! and values in full precision (with the whole prompt in one chunk this is the benchmark's
+//! "prefill in full precision, then compress").
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+
+use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
+
+/// Rows of `width` values quantized in groups, appended one token at a time.
+#[derive(Debug, Clone)]
+pub struct PackedRows {
+    bits: u32,
+    group: usize,
+    width: usize,
+    codes: Vec<u8>,
+    mins: Vec<f16>,
+    scales: Vec<f16>,
+    rows: usize,
+}
+
+impl PackedRows {
+    /// Empty storage for rows of `width` values, `group` values per group, `bits` per code.
+    pub fn new(bits: u32, group: usize, width: usize) -> Self {
+        Self {
+            bits,
+            group,
+            width,
+            codes: Vec::new(),
+            mins: Vec::new(),
+            scales: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn codes_per_row(&self) -> usize {
+        self.width * self.bits as usize / 8
+    }
+
+    /// Reserve room for `rows` more rows.
+    pub fn reserve(&mut self, rows: usize) {
+        let groups = rows * self.width / self.group;
+        self.codes.reserve(rows * self.codes_per_row());
+        self.mins.reserve(groups);
+        self.scales.reserve(groups);
+    }
+
+    /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
+    pub fn push(&mut self, row: &[f32]) {
+        let levels = ((1u32 << self.bits) - 1) as f32;
+        let per_byte = 8 / self.bits as usize;
+        let mut packed = vec![0u8; self.codes_per_row()];
+        for (g, values) in row.chunks_exact(self.group).enumerate() {
+            let min = values.iter().cloned().fold(f32::INFINITY, f32::min);
+            let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let (min16, scale16) = (f16::from_f32(min), f16::from_f32((max - min) / levels));
+            let (min, scale) = (min16.to_f32(), scale16.to_f32());
+            self.mins.push(min16);
+            self.scales.push(scale16);
+            for (i, v) in values.iter().enumerate() {
+                let code = if scale > 0.0 {
+                    ((v - min) / scale).round().clamp(0.0, levels) as u8
+                } else {
+                    0
+                };
+                let at = g * self.group + i;
+                packed[at / per_byte] |= code << ((at % per_byte) * self.bits as usize);
+            }
+        }
+        self.codes.extend_from_slice(&packed);
+        self.rows += 1;
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Every row dequantized, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let per_byte = 8 / self.bits as usize;
+        let mask = ((1u32 << self.bits) - 1) as u8;
+        let groups_per_row = self.width / self.group;
+        let mut out = Vec::with_capacity(self.rows * self.width);
+        for r in 0..self.rows {
+            let codes = &self.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
+            for at in 0..self.width {
+                let g = r * groups_per_row + at / self.group;
+                let code = (codes[at / per_byte] >> ((at % per_byte) * self.bits as usize)) & mask;
+                out.push(self.mins[g].to_f32() + code as f32 * self.scales[g].to_f32());
+            }
+        }
+        out
+    }
+
+    /// Bytes held by codes, minima and scales (allocated capacity included).
+    pub fn bytes(&self) -> usize {
+        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+    }
+
+    /// Forget every row, keeping allocations.
+    pub fn clear(&mut self) {
+        self.codes.clear();
+        self.mins.clear();
+        self.scales.clear();
+        self.rows = 0;
+    }
+}
+
+/// Settings of [`FlexGenCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlexGenSettings {
+    /// Bits per code: 2, 4 or 8.
+    pub bits: u32,
+    /// Channels per quantization group; must divide the head dimension.
+    pub group: usize,
+}
+
+impl FlexGenSettings {
+    /// Check the settings against a cache geometry.
+    pub fn validate(&self, shape: &KvShape) -> Result<()> {
+        if ![2, 4, 8].contains(&self.bits) {
+            return Err(KvError::Invalid(format!(
+                "bits={} must be 2, 4 or 8",
+                self.bits
+            )));
+        }
+        if self.group == 0 || !shape.head_dim.is_multiple_of(self.group) {
+            return Err(KvError::Setting(format!(
+                "group={} must divide the head dimension {}",
+                self.group, shape.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Full (16-bit) bytes over held bytes for one group: the nominal compression ratio.
+    pub fn nominal_ratio(&self) -> f64 {
+        (2 * self.group) as f64 / (self.group * self.bits as usize / 8 + 4) as f64
+    }
+}
+
+/// One head's packed keys and values, per layer.
+struct LayerRows {
+    keys: Vec<PackedRows>,
+    values: Vec<PackedRows>,
+}
+
+/// The FlexGen policy: packed group-wise quantized keys and values.
+pub struct FlexGenCache {
+    shape: KvShape,
+    rope: Arc<RopeTable>,
+    device: Device,
+    layers: Vec<LayerRows>,
+}
+
+impl FlexGenCache {
+    /// A cache for `shape`; the settings are validated here.
+    pub fn new(
+        shape: KvShape,
+        rope: Arc<RopeTable>,
+        device: &Device,
+        settings: FlexGenSettings,
+    ) -> Result<Self> {
+        settings.validate(&shape)?;
+        let rows = || {
+            (0..shape.kv_heads)
+                .map(|_| PackedRows::new(settings.bits, settings.group, shape.head_dim))
+                .collect()
+        };
+        Ok(Self {
+            shape,
+            rope,
+            device: device.clone(),
+            layers: (0..shape.layers)
+                .map(|_| LayerRows {
+                    keys: rows(),
+                    values: rows(),
+                })
+                .collect(),
+        })
+    }
+
+    fn stored(&self, heads: &[PackedRows]) -> Result<Option<Tensor>> {
+        let len = heads[0].rows();
+        if len == 0 {
+            return Ok(None);
+        }
+        let data: Vec<f32> = heads.iter().flat_map(|h| h.dequantize()).collect();
+        Ok(Some(Tensor::from_vec(
+            data,
+            (self.shape.kv_heads, len, self.shape.head_dim),
+            &self.device,
+        )?))
+    }
+}
+
+fn push_rows(heads: &mut [PackedRows], x: &Tensor) -> Result<()> {
+    let rows: Vec<Vec<Vec<f32>>> = x.to_vec3()?;
+    for (h, head_rows) in heads.iter_mut().zip(rows) {
+        for row in head_rows {
+            h.push(&row);
+        }
+    }
+    Ok(())
+}
+
+impl KvCache for FlexGenCache {
+    fn shape(&self) -> KvShape {
+        self.shape
+    }
+
+    fn reserve(&mut self, tokens: usize) -> Result<()> {
+        for layer in &mut self.layers {
+            for h in layer.keys.iter_mut().chain(layer.values.iter_mut()) {
+                h.reserve(tokens.saturating_sub(h.rows()));
+            }
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let held = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| {
+                KvError::Invalid(format!(
+                    "layer {layer} of a {}-layer cache",
+                    self.shape.layers
+                ))
+            })?
+            .keys[0]
+            .rows();
+        if pos != held {
+            return Err(KvError::Invalid(format!(
+                "layer {layer} holds {held} tokens but the chunk starts at {pos}"
+            )));
+        }
+        let q = self.rope.apply(q, pos)?;
+        let k = self.rope.apply(k, pos)?.contiguous()?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let (keys, values) = match (
+            self.stored(&self.layers[layer].keys)?,
+            self.stored(&self.layers[layer].values)?,
+        ) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+            _ => (k.clone(), v.clone()),
+        };
+        let out = causal_attention(&q, &keys, &values, pos)?;
+        push_rows(&mut self.layers[layer].keys, &k)?;
+        push_rows(&mut self.layers[layer].values, &v)?;
+        Ok(out)
+    }
+
+    fn end_prefill(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.keys.iter().chain(&l.values))
+            .map(PackedRows::bytes)
+            .sum()
+    }
+
+    fn kept_tokens(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, |l| l.keys[0].rows())
+    }
+
+    fn reset(&mut self) {
+        for layer in &mut self.layers {
+            layer
+                .keys
+                .iter_mut()
+                .chain(layer.values.iter_mut())
+                .for_each(PackedRows::clear);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FullCache, RopeSettings, RopeStyle};
+
+    #[test]
+    fn dequantization_error_is_within_the_min_max_bound() {
+        for bits in [2, 4, 8] {
+            let mut rows = PackedRows::new(bits, 32, 64);
+            let data: Vec<f32> = (0..64 * 5)
+                .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
+                .collect();
+            for r in data.chunks_exact(64) {
+                rows.push(r);
+            }
+            let back = rows.dequantize();
+            for (g, (orig, deq)) in data.chunks_exact(32).zip(back.chunks_exact(32)).enumerate() {
+                let (min, max) = (
+                    orig.iter().cloned().fold(f32::INFINITY, f32::min),
+                    orig.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+                );
+                let scale = (max - min) / ((1u32 << bits) - 1) as f32;
+                // Half a step, plus the f16 rounding of the stored minimum and scale.
+                let bound = 0.5 * scale + 2e-3 * (min.abs() + max.abs()) + 1e-6;
+                let worst = orig
+                    .iter()
+                    .zip(deq)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst <= bound,
+                    "bits {bits}, group {g}: error {worst} > bound {bound}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn constant_groups_decode_exactly_without_dividing_by_zero() {
+        let mut rows = PackedRows::new(4, 32, 32);
+        rows.push(&[1.5; 32]);
+        assert_eq!(rows.dequantize(), vec![1.5; 32]);
+    }
+
+    #[test]
+    fn bytes_are_packed_codes_plus_f16_minimum_and_scale() {
+        let mut rows = PackedRows::new(4, 32, 64);
+        rows.reserve(10);
+        for _ in 0..10 {
+            rows.push(&[0.25; 64]);
+        }
+        // 10 rows × (32 bytes of codes + 2 groups × 4 bytes).
+        assert_eq!(rows.bytes(), 10 * (32 + 8));
+        assert!((FlexGenSettings { bits: 4, group: 32 }.nominal_ratio() - 3.2).abs() < 1e-12);
+    }
+
+    fn shape() -> KvShape {
+        KvShape {
+            layers: 1,
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+        }
+    }
+
+    fn rope() -> Arc<RopeTable> {
+        Arc::new(
+            RopeTable::new(
+                &RopeSettings {
+                    theta: 10000.0,
+                    head_dim: 64,
+                    style: RopeStyle::Half,
+                    scaling: None,
+                    max_positions: 128,
+                },
+                &Device::Cpu,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn eight_bits_track_the_full_cache_closely() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (4, 40, 64), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
+        let mut full = FullCache::new(shape(), rope(), &dev);
+        let mut quant = FlexGenCache::new(
+            shape(),
+            rope(),
+            &dev,
+            FlexGenSettings { bits: 8, group: 32 },
+        )
+        .unwrap();
+        for (start, len) in [(0, 30), (30, 1), (31, 9)] {
+            let (qs, ks, vs) = (
+                q.narrow(1, start, len).unwrap(),
+                k.narrow(1, start, len).unwrap(),
+                v.narrow(1, start, len).unwrap(),
+            );
+            let a = full.attend(0, start, &qs, &ks, &vs).unwrap();
+            let b = quant.attend(0, start, &qs, &ks, &vs).unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 0.05, "chunk at {start}: {diff}");
+        }
+        assert_eq!(quant.kept_tokens(0), 40);
+        assert!(quant.stored_bytes() < full.stored_bytes() / 2);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(FlexGenCache::new(
+            shape(),
+            rope(),
+            &Device::Cpu,
+            FlexGenSettings { bits: 3, group: 32 }
+        )
+        .is_err());
+        assert!(FlexGenCache::new(
+            shape(),
+            rope(),
+            &Device::Cpu,
+            FlexGenSettings { bits: 4, group: 48 }
+        )
+        .is_err());
+    }
+}
