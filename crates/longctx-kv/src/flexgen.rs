@@ -101,6 +101,72 @@ impl PackedRows {
         out
     }
 
+    /// Codes of row `r`, unpacked into `out` (one value per channel).
+    #[inline(always)]
+    fn unpack(&self, r: usize, out: &mut [f32]) {
+        let bytes = &self.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
+        match self.bits {
+            8 => out.iter_mut().zip(bytes).for_each(|(o, b)| *o = *b as f32),
+            4 => {
+                for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = (b & 0x0f) as f32;
+                    pair[1] = (b >> 4) as f32;
+                }
+            }
+            _ => {
+                for (quad, b) in out.chunks_exact_mut(4).zip(bytes) {
+                    for (i, o) in quad.iter_mut().enumerate() {
+                        *o = ((b >> (2 * i)) & 0x03) as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `row r · x`, dequantizing in place: per group, min·Σx + scale·Σ code·x. `codes` is
+    /// scratch space of one row.
+    pub fn dot(&self, r: usize, x: &[f32], codes: &mut [f32]) -> f32 {
+        self.unpack(r, codes);
+        let groups = self.width / self.group;
+        let mut total = 0f32;
+        for (g, (c, xs)) in codes
+            .chunks_exact(self.group)
+            .zip(x.chunks_exact(self.group))
+            .enumerate()
+        {
+            let (min, scale) = (
+                self.mins[r * groups + g].to_f32(),
+                self.scales[r * groups + g].to_f32(),
+            );
+            let (mut sum, mut coded) = (0f32, 0f32);
+            for (ci, xi) in c.iter().zip(xs) {
+                sum += xi;
+                coded += ci * xi;
+            }
+            total += min * sum + scale * coded;
+        }
+        total
+    }
+
+    /// `out += w · row r`, dequantizing in place; `codes` is scratch space of one row.
+    pub fn add_scaled(&self, r: usize, w: f32, out: &mut [f32], codes: &mut [f32]) {
+        self.unpack(r, codes);
+        let groups = self.width / self.group;
+        for (g, (c, o)) in codes
+            .chunks_exact(self.group)
+            .zip(out.chunks_exact_mut(self.group))
+            .enumerate()
+        {
+            let (min, scale) = (
+                w * self.mins[r * groups + g].to_f32(),
+                w * self.scales[r * groups + g].to_f32(),
+            );
+            for (ci, oi) in c.iter().zip(o) {
+                *oi += min + scale * ci;
+            }
+        }
+    }
+
     /// Bytes held by codes, minima and scales (allocated capacity included).
     pub fn bytes(&self) -> usize {
         self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
@@ -203,6 +269,50 @@ impl FlexGenCache {
     }
 }
 
+impl FlexGenCache {
+    /// One query per head over the packed rows, read in place (no dequantized copy of the
+    /// cache); the new token's own key and value enter in full precision.
+    fn decode_step(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (q_heads, d) = (self.shape.q_heads, self.shape.head_dim);
+        let group = q_heads / self.shape.kv_heads;
+        let (query, new_k, new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            q.flatten_all()?.to_vec1()?,
+            k.flatten_all()?.to_vec1()?,
+            v.flatten_all()?.to_vec1()?,
+        );
+        let stored = &self.layers[layer];
+        let scale = 1.0 / (d as f32).sqrt();
+        let out: Vec<f32> = (0..q_heads)
+            .into_par_iter()
+            .flat_map_iter(|h| {
+                let g = h / group;
+                let qh = &query[h * d..(h + 1) * d];
+                let (keys, values) = (&stored.keys[g], &stored.values[g]);
+                let own_k = &new_k[g * d..(g + 1) * d];
+                let mut codes = vec![0f32; d];
+                let mut scores: Vec<f32> = (0..keys.rows())
+                    .map(|r| keys.dot(r, qh, &mut codes) * scale)
+                    .collect();
+                scores.push(qh.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>() * scale);
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f32 = weights.iter().sum();
+                let mut acc = vec![0f32; d];
+                for (r, w) in weights[..keys.rows()].iter().enumerate() {
+                    values.add_scaled(r, w / total, &mut acc, &mut codes);
+                }
+                let w_own = weights[keys.rows()] / total;
+                for (a, x) in acc.iter_mut().zip(&new_v[g * d..(g + 1) * d]) {
+                    *a += w_own * x;
+                }
+                acc
+            })
+            .collect();
+        Ok(Tensor::from_vec(out, (q_heads, 1, d), &self.device)?)
+    }
+}
+
 fn push_rows(heads: &mut [PackedRows], x: &Tensor) -> Result<()> {
     let rows: Vec<Vec<Vec<f32>>> = x.to_vec3()?;
     for (h, head_rows) in heads.iter_mut().zip(rows) {
@@ -254,6 +364,12 @@ impl KvCache for FlexGenCache {
         let q = self.rope.apply(q, pos)?;
         let k = self.rope.apply(k, pos)?.contiguous()?;
         let v = v.to_dtype(DType::F32)?.contiguous()?;
+        if q.dim(1)? == 1 && held > 0 {
+            let out = self.decode_step(layer, &q, &k, &v)?;
+            push_rows(&mut self.layers[layer].keys, &k)?;
+            push_rows(&mut self.layers[layer].values, &v)?;
+            return Ok(out);
+        }
         let (keys, values) = match (
             self.stored(&self.layers[layer].keys)?,
             self.stored(&self.layers[layer].values)?,
@@ -409,6 +525,64 @@ mod tests {
         }
         assert_eq!(quant.kept_tokens(0), 40);
         assert!(quant.stored_bytes() < full.stored_bytes() / 2);
+    }
+
+    #[test]
+    fn decode_step_in_place_equals_attention_over_dequantized_rows() {
+        let dev = Device::Cpu;
+        let settings = FlexGenSettings { bits: 4, group: 32 };
+        let q = Tensor::randn(0f32, 1.0, (4, 21, 64), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
+        let mut cache = FlexGenCache::new(shape(), rope(), &dev, settings).unwrap();
+        cache
+            .attend(
+                0,
+                0,
+                &q.narrow(1, 0, 20).unwrap(),
+                &k.narrow(1, 0, 20).unwrap(),
+                &v.narrow(1, 0, 20).unwrap(),
+            )
+            .unwrap();
+        // Reference: the stored rows dequantized, the new token in full precision.
+        let q_r = cache.rope.apply(&q.narrow(1, 20, 1).unwrap(), 20).unwrap();
+        let k_new = cache.rope.apply(&k.narrow(1, 20, 1).unwrap(), 20).unwrap();
+        let keys = Tensor::cat(
+            &[
+                &cache.stored(&cache.layers[0].keys).unwrap().unwrap(),
+                &k_new,
+            ],
+            1,
+        )
+        .unwrap();
+        let values = Tensor::cat(
+            &[
+                &cache.stored(&cache.layers[0].values).unwrap().unwrap(),
+                &v.narrow(1, 20, 1).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let want = causal_attention(&q_r, &keys, &values, 20).unwrap();
+        let got = cache
+            .attend(
+                0,
+                20,
+                &q.narrow(1, 20, 1).unwrap(),
+                &k.narrow(1, 20, 1).unwrap(),
+                &v.narrow(1, 20, 1).unwrap(),
+            )
+            .unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        assert_eq!(cache.kept_tokens(0), 21);
     }
 
     #[test]
