@@ -1,6 +1,6 @@
 use candle_core::Tensor;
 
-use crate::Result;
+use crate::{KvError, Result};
 
 /// The attention geometry a cache is built for; one cache serves every layer of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,4 +63,21 @@ pub trait KvCache: Send {
 
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
+}
+
+/// The calling contract every policy enforces in `attend`: a layer the cache has, and chunks
+/// in order (`pos` equals the tokens the layer holds).
+pub(crate) fn check_chunk(shape: &KvShape, layer: usize, pos: usize, held: usize) -> Result<()> {
+    if layer >= shape.layers {
+        return Err(KvError::Invalid(format!(
+            "layer {layer} of a {}-layer cache",
+            shape.layers
+        )));
+    }
+    if pos != held {
+        return Err(KvError::Invalid(format!(
+            "layer {layer} holds {held} tokens but the chunk starts at {pos}"
+        )));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
+use crate::cache::check_chunk;
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Rows of `width` values quantized in groups, appended one token at a time.
@@ -194,7 +195,7 @@ impl FlexGenSettings {
     /// Check the settings against a cache geometry.
     pub fn validate(&self, shape: &KvShape) -> Result<()> {
         if ![2, 4, 8].contains(&self.bits) {
-            return Err(KvError::Invalid(format!(
+            return Err(KvError::Setting(format!(
                 "bits={} must be 2, 4 or 8",
                 self.bits
             )));
@@ -345,22 +346,8 @@ impl KvCache for FlexGenCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        let held = self
-            .layers
-            .get(layer)
-            .ok_or_else(|| {
-                KvError::Invalid(format!(
-                    "layer {layer} of a {}-layer cache",
-                    self.shape.layers
-                ))
-            })?
-            .keys[0]
-            .rows();
-        if pos != held {
-            return Err(KvError::Invalid(format!(
-                "layer {layer} holds {held} tokens but the chunk starts at {pos}"
-            )));
-        }
+        let held = self.kept_tokens(layer);
+        check_chunk(&self.shape, layer, pos, held)?;
         let q = self.rope.apply(q, pos)?;
         let k = self.rope.apply(k, pos)?.contiguous()?;
         let v = v.to_dtype(DType::F32)?.contiguous()?;

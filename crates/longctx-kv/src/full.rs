@@ -2,7 +2,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
+use crate::cache::check_chunk;
+use crate::{causal_attention, KvCache, KvShape, Result, RopeTable};
 
 /// Keys and values of one layer in preallocated `[kv_heads, capacity, head_dim]` buffers,
 /// written in place; growth (rare, when `reserve` was too small) doubles the capacity.
@@ -98,18 +99,7 @@ impl KvCache for FullCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        if layer >= self.shape.layers {
-            return Err(KvError::Invalid(format!(
-                "layer {layer} of a {}-layer cache",
-                self.shape.layers
-            )));
-        }
-        let held = self.layers[layer].as_ref().map_or(0, |b| b.len);
-        if pos != held {
-            return Err(KvError::Invalid(format!(
-                "layer {layer} holds {held} tokens but the chunk starts at {pos}"
-            )));
-        }
+        check_chunk(&self.shape, layer, pos, self.kept_tokens(layer))?;
         let t = k.dim(1)?;
         let q = self.rope.apply(q, pos)?;
         let k = self.rope.apply(k, pos)?;
@@ -156,7 +146,7 @@ impl KvCache for FullCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RopeSettings, RopeStyle};
+    use crate::{KvError, RopeSettings, RopeStyle};
 
     fn cache(max_positions: usize) -> FullCache {
         let shape = KvShape {
