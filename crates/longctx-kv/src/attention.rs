@@ -19,6 +19,31 @@ pub fn causal_attention(
     v: &Tensor,
     first_query_key: usize,
 ) -> Result<Tensor> {
+    blocked_attention(q, k, v, first_query_key, None)
+}
+
+/// [`causal_attention`] that also returns, per key/value head, the attention each key
+/// received summed over the queries and the head's group of query heads (`[kv_heads][n]`):
+/// the signal attention-guided eviction policies (H2O, SnapKV, TOVA, InfLLM) rank tokens by.
+pub fn causal_attention_with_weights(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first_query_key: usize,
+) -> Result<(Tensor, Vec<Vec<f32>>)> {
+    let (kv_heads, n, _) = k.dims3()?;
+    let mut weights = vec![vec![0f32; n]; kv_heads];
+    let out = blocked_attention(q, k, v, first_query_key, Some(&mut weights))?;
+    Ok((out, weights))
+}
+
+fn blocked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first_query_key: usize,
+    mut weights: Option<&mut Vec<Vec<f32>>>,
+) -> Result<Tensor> {
     let (q_heads, t, d) = q.dims3()?;
     let (kv_heads, n, _) = k.dims3()?;
     if q_heads % kv_heads != 0 || first_query_key + t > n {
@@ -27,7 +52,7 @@ pub fn causal_attention(
         )));
     }
     let group = q_heads / kv_heads;
-    if t == 1 {
+    if t == 1 && weights.is_none() {
         if let Some(out) = single_query_attention(q, k, v, first_query_key + 1)? {
             return Ok(out);
         }
@@ -53,12 +78,59 @@ pub fn causal_attention(
             scores
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .reshape((kv_heads, group * len, visible))?
-            .matmul(&values)?;
+        let probs = probs.reshape((kv_heads, group * len, visible))?;
+        if let Some(weights) = weights.as_deref_mut() {
+            let received: Vec<Vec<f32>> = probs.sum(1)?.to_vec2()?;
+            for (total, head) in weights.iter_mut().zip(received) {
+                total.iter_mut().zip(head).for_each(|(w, p)| *w += p);
+            }
+        }
+        let out = probs.matmul(&values)?;
         blocks.push(out.reshape((q_heads, len, d))?);
     }
     Ok(Tensor::cat(&blocks, 1)?)
+}
+
+/// One decoding query per head over plain row-major key/value rows of each kv head
+/// (`keys[g]` holds `n` rows of `d`): returns the output `[q_heads * d]` and adds each key's
+/// attention, summed over the head's group of query heads, into `weights[g]`.
+pub(crate) fn attend_rows(
+    query: &[f32],
+    keys: &[&[f32]],
+    values: &[&[f32]],
+    d: usize,
+    weights: &mut [Vec<f32>],
+) -> Vec<f32> {
+    let kv_heads = keys.len();
+    let q_heads = query.len() / d;
+    let group = q_heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let per_group: Vec<(Vec<f32>, Vec<f32>)> = (0..kv_heads)
+        .into_par_iter()
+        .map(|g| {
+            let n = keys[g].len() / d;
+            let key_rows = rows(keys[g], 0, d, n, d);
+            let value_rows = rows(values[g], 0, d, n, d);
+            let mut received = vec![0f32; n];
+            let mut out = Vec::with_capacity(group * d);
+            for h in g * group..(g + 1) * group {
+                out.extend(kernels::attend_one(
+                    &query[h * d..(h + 1) * d],
+                    &key_rows,
+                    &value_rows,
+                    scale,
+                    Some(&mut received),
+                ));
+            }
+            (out, received)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(q_heads * d);
+    for ((o, received), total) in per_group.into_iter().zip(weights.iter_mut()) {
+        out.extend(o);
+        total.iter_mut().zip(received).for_each(|(w, p)| *w += p);
+    }
+    out
 }
 
 /// Keys below which one query's heads run on one thread (thread hand-off costs more).
@@ -95,7 +167,13 @@ fn single_query_attention(
         let g = h / group;
         let key_rows = rows(keys, k0 + g * ks[0], ks[1], visible, d);
         let value_rows = rows(values, v0 + g * vs[0], vs[1], visible, d);
-        kernels::attend_one(&query[h * d..(h + 1) * d], &key_rows, &value_rows, scale)
+        kernels::attend_one(
+            &query[h * d..(h + 1) * d],
+            &key_rows,
+            &value_rows,
+            scale,
+            None,
+        )
     };
     let out: Vec<f32> = if visible >= PARALLEL_MIN_KEYS {
         (0..q_heads).into_par_iter().flat_map_iter(head).collect()
@@ -135,13 +213,24 @@ mod kernels {
     }
 
     #[inline(always)]
-    fn attend_generic(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> Vec<f32> {
+    fn attend_generic(
+        q: &[f32],
+        keys: &[&[f32]],
+        values: &[&[f32]],
+        scale: f32,
+        received: Option<&mut [f32]>,
+    ) -> Vec<f32> {
         let mut scores: Vec<f32> = keys.iter().map(|k| dot(q, k) * scale).collect();
         let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0f32;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
             total += *s;
+        }
+        if let Some(received) = received {
+            for (r, s) in received.iter_mut().zip(&scores) {
+                *r += s / total;
+            }
         }
         let mut out = vec![0f32; q.len()];
         for (p, v) in scores.iter().zip(values) {
@@ -155,19 +244,31 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> Vec<f32> {
-        attend_generic(q, keys, values, scale)
+    unsafe fn attend_avx2(
+        q: &[f32],
+        keys: &[&[f32]],
+        values: &[&[f32]],
+        scale: f32,
+        received: Option<&mut [f32]>,
+    ) -> Vec<f32> {
+        attend_generic(q, keys, values, scale, received)
     }
 
-    /// Softmax(q·Kᵀ·scale)·V for one head.
-    pub fn attend_one(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> Vec<f32> {
+    /// Softmax(q·Kᵀ·scale)·V for one head; adds each key's probability into `received`.
+    pub fn attend_one(
+        q: &[f32],
+        keys: &[&[f32]],
+        values: &[&[f32]],
+        scale: f32,
+        received: Option<&mut [f32]>,
+    ) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { attend_avx2(q, keys, values, scale) };
+            return unsafe { attend_avx2(q, keys, values, scale, received) };
         }
-        attend_generic(q, keys, values, scale)
+        attend_generic(q, keys, values, scale, received)
     }
 }
 

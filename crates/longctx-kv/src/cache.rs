@@ -33,9 +33,12 @@ pub trait KvCache: Send {
     /// The geometry this cache was built for.
     fn shape(&self) -> KvShape;
 
-    /// Prepare storage for a sequence of `tokens` in total, so that no growth happens
-    /// while it runs. A hint: exceeding it still works.
-    fn reserve(&mut self, tokens: usize) -> Result<()>;
+    /// Start a sequence of `prompt_tokens` followed by up to `new_tokens` generated ones.
+    ///
+    /// Policies size their storage here so that no growth happens while it runs (exceeding
+    /// the total still works), and token-dropping policies derive their per-input budget
+    /// (prompt tokens / ratio) from `prompt_tokens`.
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()>;
 
     /// Store this chunk's keys and values for `layer` and return the attention output.
     ///
@@ -55,8 +58,23 @@ pub trait KvCache: Send {
     /// Told once the whole prompt has been processed; post-prefill policies evict here.
     fn end_prefill(&mut self) -> Result<()>;
 
-    /// Bytes really held by this cache's storage (allocated capacity included).
+    /// Bytes really held by the storage attention reads from (allocated capacity included).
     fn stored_bytes(&self) -> usize;
+
+    /// Bytes of evicted context a retrieval policy keeps in a cheaper store to bring back
+    /// later (InfLLM's offloaded blocks); zero for every policy that truly forgets.
+    fn offloaded_bytes(&self) -> usize {
+        0
+    }
+
+    /// Bytes one token's keys and values take across all layers in the format this policy
+    /// compresses from: what "uncompressed" means for its measured compression ratio (tokens
+    /// seen × this / [`KvCache::stored_bytes`]). The engine's f32 by default; quantizers are
+    /// defined against 16-bit keys and values, as in their papers.
+    fn uncompressed_bytes_per_token(&self) -> usize {
+        let s = self.shape();
+        2 * s.layers * s.kv_heads * s.head_dim * 4
+    }
 
     /// Tokens whose keys/values `layer` currently keeps.
     fn kept_tokens(&self, layer: usize) -> usize;

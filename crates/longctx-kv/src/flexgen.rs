@@ -49,9 +49,9 @@ impl PackedRows {
     /// Reserve room for `rows` more rows.
     pub fn reserve(&mut self, rows: usize) {
         let groups = rows * self.width / self.group;
-        self.codes.reserve(rows * self.codes_per_row());
-        self.mins.reserve(groups);
-        self.scales.reserve(groups);
+        self.codes.reserve_exact(rows * self.codes_per_row());
+        self.mins.reserve_exact(groups);
+        self.scales.reserve_exact(groups);
     }
 
     /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
@@ -150,6 +150,7 @@ impl PackedRows {
     }
 
     /// `out += w · row r`, dequantizing in place; `codes` is scratch space of one row.
+    #[inline]
     pub fn add_scaled(&self, r: usize, w: f32, out: &mut [f32], codes: &mut [f32]) {
         self.unpack(r, codes);
         let groups = self.width / self.group;
@@ -329,7 +330,8 @@ impl KvCache for FlexGenCache {
         self.shape
     }
 
-    fn reserve(&mut self, tokens: usize) -> Result<()> {
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+        let tokens = prompt_tokens + new_tokens;
         for layer in &mut self.layers {
             for h in layer.keys.iter_mut().chain(layer.values.iter_mut()) {
                 h.reserve(tokens.saturating_sub(h.rows()));
@@ -380,6 +382,10 @@ impl KvCache for FlexGenCache {
             .flat_map(|l| l.keys.iter().chain(&l.values))
             .map(PackedRows::bytes)
             .sum()
+    }
+
+    fn uncompressed_bytes_per_token(&self) -> usize {
+        self.shape.fp16_bytes_per_token()
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {

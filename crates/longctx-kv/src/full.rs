@@ -78,7 +78,8 @@ impl KvCache for FullCache {
         self.shape
     }
 
-    fn reserve(&mut self, tokens: usize) -> Result<()> {
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+        let tokens = prompt_tokens + new_tokens;
         self.reserved = tokens;
         for layer in 0..self.shape.layers {
             let len = self.layers[layer].as_ref().map_or(0, |b| b.len);
@@ -215,7 +216,7 @@ mod tests {
     fn stored_bytes_are_the_reserved_buffers_and_growth_keeps_contents() {
         let dev = Device::Cpu;
         let mut c = cache(4096);
-        c.reserve(300).unwrap();
+        c.reserve(300, 0).unwrap();
         assert_eq!(c.stored_bytes(), 2 * 2 * (2 * 300 * 8) * 4);
         let k = Tensor::randn(0f32, 1.0, (2, 300, 8), &dev).unwrap();
         let q = Tensor::randn(0f32, 1.0, (4, 300, 8), &dev).unwrap();
@@ -233,7 +234,7 @@ mod tests {
         assert!(c.stored_bytes() > 2 * 2 * (2 * 300 * 8) * 4);
         // A new sequence that reserves less holds exactly that.
         c.reset();
-        c.reserve(100).unwrap();
+        c.reserve(90, 10).unwrap();
         assert_eq!(c.stored_bytes(), 2 * 2 * (2 * 100 * 8) * 4);
         let mut fresh = cache(4096);
         let again = fresh.attend(0, 0, &q, &k, &k).unwrap();

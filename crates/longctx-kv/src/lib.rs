@@ -7,14 +7,23 @@
 
 mod attention;
 mod cache;
+mod dropping;
 mod error;
 mod flexgen;
 mod full;
+mod infllm;
+mod kivi;
 mod rope;
+mod rows;
+#[cfg(test)]
+mod testutil;
 
-pub use attention::{causal_attention, ATTENTION_QUERY_BLOCK};
+pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
 pub use cache::{KvCache, KvShape};
+pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenSettings, PackedRows};
 pub use full::FullCache;
+pub use infllm::{InfLlmCache, InfLlmSettings};
+pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable};

@@ -66,7 +66,7 @@ pub fn generate_greedy(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
     model.reset();
-    model.reserve(prompt.len() + settings.max_new_tokens)?;
+    model.reserve(prompt.len(), settings.max_new_tokens)?;
     let start = Instant::now();
     let mut logits = model.prefill(prompt)?;
     let prefill = start.elapsed();

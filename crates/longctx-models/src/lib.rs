@@ -38,8 +38,9 @@ pub trait LanguageModel {
     /// Mark the end of the prompt (post-prefill cache policies act here).
     fn end_prefill(&mut self) -> Result<()>;
 
-    /// Size the state for a sequence of `tokens` in total.
-    fn reserve(&mut self, tokens: usize) -> Result<()>;
+    /// Start a sequence of `prompt_tokens` then up to `new_tokens` generated ones: sizes the
+    /// state and gives token-dropping caches the prompt length their budget derives from.
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()>;
 
     /// Tokens fed so far.
     fn seen_tokens(&self) -> usize;

@@ -339,8 +339,9 @@ impl LanguageModel for LlamaModel {
         Ok(self.cache.end_prefill()?)
     }
 
-    fn reserve(&mut self, tokens: usize) -> Result<()> {
-        Ok(self.cache.reserve(tokens.min(self.config.context))?)
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+        let new_tokens = new_tokens.min(self.config.context.saturating_sub(prompt_tokens));
+        Ok(self.cache.reserve(prompt_tokens, new_tokens)?)
     }
 
     fn seen_tokens(&self) -> usize {

@@ -1,45 +1,99 @@
-//! The method registry: spec strings such as `baseline`, `flexgen-4bit` or
-//! `flexgen:bits=4,group=32`, parsed once, with an error naming any unknown method or key,
-//! missing value or value out of range, never a silent default. Methods land here as their
-//! policies are implemented.
+//! The method registry: spec strings such as `baseline`, `kivi-2bit`, `h2o-4x` or
+//! `snapkv:ratio=4,window=32,kernel=7`, parsed once, with an error naming any unknown method
+//! or key, missing value or value out of range, never a silent default. A parsed method
+//! prints back as its full spec ([`Method`]'s `Display`), which is what results record.
 
+use std::fmt;
 use std::sync::Arc;
 
 use candle_core::Device;
-use longctx_kv::{FlexGenCache, FlexGenSettings, FullCache, KvCache, KvError, KvShape, RopeTable};
+use longctx_kv::{
+    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenSettings, FullCache,
+    InfLlmCache, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvError, KvShape, RopeTable,
+    Sinks,
+};
 
 /// A parsed method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
     /// The uncompressed cache.
     Baseline,
     /// FlexGen's group-wise quantization of keys and values.
     FlexGen(FlexGenSettings),
+    /// KIVI's per-channel keys, per-token values and full-precision residual window.
+    Kivi(KiviSettings),
+    /// A token-dropping policy (StreamingLLM, H2O, SnapKV, PyramidKV, TOVA).
+    Drop(DropSettings),
+    /// InfLLM's sinks, local window and retrieved memory blocks.
+    InfLlm(InfLlmSettings),
 }
 
 /// A preset: a name that stands for a fully specified method (the paper's settings).
+#[derive(Debug, Clone)]
 pub struct Preset {
     /// The name users type.
-    pub name: &'static str,
+    pub name: String,
     /// The spec it stands for.
-    pub spec: &'static str,
-    /// The method's school.
-    pub school: &'static str,
+    pub spec: String,
+    /// The ratio the paper states for it, where it states one.
+    pub paper_ratio: Option<f64>,
 }
 
-/// Every preset, in listing order.
-pub const PRESETS: [Preset; 2] = [
-    Preset {
-        name: "baseline",
-        spec: "baseline",
-        school: "none (full 16-bit-equivalent cache, stored as f32)",
-    },
-    Preset {
-        name: "flexgen-4bit",
-        spec: "flexgen:bits=4,group=32",
-        school: "KV quantization",
-    },
+/// The compression ratios of the paper's token-dropping presets.
+pub const DROP_RATIOS: [u32; 4] = [2, 4, 6, 8];
+
+/// The token-dropping methods' specs at ratio `r`, by name (the paper's settings; SnapKV,
+/// PyramidKV and TOVA at their own papers' defaults).
+fn dropping_spec(name: &str, r: u32) -> String {
+    match name {
+        "streamingllm" => format!("streamingllm:ratio={r},sinks=0.021,reindex=true"),
+        "streamingllm-4sinks" => format!("streamingllm:ratio={r},sinks=4,reindex=true"),
+        "h2o" => format!("h2o:ratio={r},count_prefill=true"),
+        "infllm" => {
+            format!("infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4")
+        }
+        "snapkv" => format!("snapkv:ratio={r},window=32,kernel=7"),
+        "pyramidkv" => format!("pyramidkv:ratio={r},window=32,kernel=7,beta=20"),
+        "tova" => format!("tova:ratio={r}"),
+        _ => unreachable!("dropping_spec called with {name}"),
+    }
+}
+
+/// Token-dropping families with presets at every ratio of [`DROP_RATIOS`].
+pub const DROPPING_FAMILIES: [&str; 7] = [
+    "streamingllm",
+    "streamingllm-4sinks",
+    "h2o",
+    "infllm",
+    "snapkv",
+    "pyramidkv",
+    "tova",
 ];
+
+/// Every preset, in listing order.
+pub fn presets() -> Vec<Preset> {
+    let fixed = |name: &str, spec: &str, paper_ratio| Preset {
+        name: name.into(),
+        spec: spec.into(),
+        paper_ratio,
+    };
+    let mut all = vec![
+        fixed("baseline", "baseline", Some(1.0)),
+        fixed("kivi-2bit", "kivi:bits=2,group=32,residual=128", Some(5.05)),
+        fixed("kivi-4bit", "kivi:bits=4,group=32,residual=128", Some(3.11)),
+        fixed("flexgen-4bit", "flexgen:bits=4,group=32", Some(3.20)),
+    ];
+    for family in DROPPING_FAMILIES {
+        for r in DROP_RATIOS {
+            all.push(Preset {
+                name: format!("{family}-{r}x"),
+                spec: dropping_spec(family, r),
+                paper_ratio: Some(r as f64),
+            });
+        }
+    }
+    all
+}
 
 /// A spec that cannot be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -77,28 +131,94 @@ impl<'a> Settings<'a> {
         Ok(Self { spec, pairs })
     }
 
-    fn take_u64(&mut self, key: &str) -> Result<u64, MethodError> {
-        let at = self
-            .pairs
-            .iter()
-            .position(|(k, _)| *k == key)
-            .ok_or_else(|| MethodError::Setting {
-                spec: self.spec.into(),
-                reason: format!("missing required key \"{key}\""),
-            })?;
-        let (_, v) = self.pairs.remove(at);
-        v.parse().map_err(|_| MethodError::Setting {
+    fn error(&self, reason: String) -> MethodError {
+        MethodError::Setting {
             spec: self.spec.into(),
-            reason: format!("{key}={v} is not a whole number"),
-        })
+            reason,
+        }
+    }
+
+    fn take_optional(&mut self, key: &str) -> Option<&'a str> {
+        let at = self.pairs.iter().position(|(k, _)| *k == key)?;
+        Some(self.pairs.remove(at).1)
+    }
+
+    fn take(&mut self, key: &str) -> Result<&'a str, MethodError> {
+        self.take_optional(key)
+            .ok_or_else(|| self.error(format!("missing required key \"{key}\"")))
+    }
+
+    fn take_u64(&mut self, key: &str) -> Result<u64, MethodError> {
+        let v = self.take(key)?;
+        v.parse()
+            .map_err(|_| self.error(format!("{key}={v} is not a whole number")))
+    }
+
+    fn take_f64(&mut self, key: &str) -> Result<f64, MethodError> {
+        let v = self.take(key)?;
+        v.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| self.error(format!("{key}={v} is not a number")))
+    }
+
+    fn take_bool(&mut self, key: &str) -> Result<bool, MethodError> {
+        match self.take(key)? {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            v => Err(self.error(format!("{key}={v} must be true or false"))),
+        }
+    }
+
+    fn take_bits(&mut self) -> Result<u32, MethodError> {
+        let bits = self.take_u64("bits")?;
+        if ![2, 4, 8].contains(&bits) {
+            return Err(self.error(format!("bits={bits} must be 2, 4 or 8")));
+        }
+        Ok(bits as u32)
+    }
+
+    fn take_positive(&mut self, key: &str) -> Result<usize, MethodError> {
+        match self.take_u64(key)? {
+            0 => Err(self.error(format!("{key} must be positive"))),
+            n => Ok(n as usize),
+        }
+    }
+
+    /// `ratio=R` (prompt tokens / kept tokens, at least 1) or `budget=N` tokens, not both.
+    fn take_budget(&mut self) -> Result<Budget, MethodError> {
+        match (self.take_optional("ratio"), self.take_optional("budget")) {
+            (Some(_), Some(_)) => Err(self.error("give ratio or budget, not both".into())),
+            (None, None) => Err(self.error(
+                "missing required key \"ratio\" (prompt tokens / kept tokens) or \"budget\" (tokens)"
+                    .into(),
+            )),
+            (Some(r), None) => match r.parse::<f64>() {
+                Ok(x) if x >= 1.0 && x.is_finite() => Ok(Budget::Ratio(x)),
+                _ => Err(self.error(format!(
+                    "ratio={r} must be a number of at least 1 (ratio = prompt tokens / kept tokens)"
+                ))),
+            },
+            (None, Some(b)) => match b.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Budget::Tokens(n)),
+                _ => Err(self.error(format!("budget={b} must be a positive whole number"))),
+            },
+        }
+    }
+
+    /// SnapKV-style observation window and odd pooling kernel.
+    fn take_window_kernel(&mut self) -> Result<(usize, usize), MethodError> {
+        let window = self.take_positive("window")?;
+        let kernel = self.take_positive("kernel")?;
+        if kernel % 2 == 0 {
+            return Err(self.error(format!("kernel={kernel} must be odd")));
+        }
+        Ok((window, kernel))
     }
 
     fn finish(self) -> Result<(), MethodError> {
         match self.pairs.first() {
-            Some((k, _)) => Err(MethodError::Setting {
-                spec: self.spec.into(),
-                reason: format!("unknown key \"{k}\""),
-            }),
+            Some((k, _)) => Err(self.error(format!("unknown key \"{k}\""))),
             None => Ok(()),
         }
     }
@@ -107,45 +227,149 @@ impl<'a> Settings<'a> {
 impl Method {
     /// Parse a spec or preset name.
     pub fn parse(spec: &str) -> Result<Self, MethodError> {
-        let expanded = PRESETS
-            .iter()
-            .find(|p| p.name == spec)
-            .map_or(spec, |p| p.spec);
+        let preset = presets().into_iter().find(|p| p.name == spec);
+        let expanded = preset.as_ref().map_or(spec, |p| p.spec.as_str());
         let (name, rest) = expanded.split_once(':').unwrap_or((expanded, ""));
-        let mut settings = Settings::parse(spec, rest)?;
+        let mut s = Settings::parse(spec, rest)?;
         let method = match name {
             "baseline" => Method::Baseline,
-            "flexgen" => {
-                let bits = settings.take_u64("bits")?;
-                let group = settings.take_u64("group")?;
-                if ![2, 4, 8].contains(&bits) {
-                    return Err(MethodError::Setting {
-                        spec: spec.into(),
-                        reason: format!("bits={bits} must be 2, 4 or 8"),
-                    });
+            "flexgen" => Method::FlexGen(FlexGenSettings {
+                bits: s.take_bits()?,
+                group: s.take_positive("group")?,
+            }),
+            "kivi" => {
+                let (bits, group) = (s.take_bits()?, s.take_positive("group")?);
+                let residual = s.take_positive("residual")?;
+                if residual % group != 0 {
+                    return Err(s.error(format!(
+                        "residual={residual} must be a multiple of group={group}"
+                    )));
                 }
-                if group == 0 {
-                    return Err(MethodError::Setting {
-                        spec: spec.into(),
-                        reason: "group must be positive".into(),
-                    });
-                }
-                Method::FlexGen(FlexGenSettings {
-                    bits: bits as u32,
-                    group: group as usize,
+                Method::Kivi(KiviSettings {
+                    bits,
+                    group,
+                    residual,
                 })
+            }
+            "streamingllm" => {
+                let budget = s.take_budget()?;
+                let sinks = s.take("sinks")?;
+                let sinks = if sinks.contains('.') {
+                    match sinks.parse::<f64>() {
+                        Ok(f) if (0.0..1.0).contains(&f) => Sinks::Fraction(f),
+                        _ => {
+                            return Err(s.error(format!(
+                                "sinks={sinks} must be a fraction of the budget in [0, 1) or a whole count"
+                            )))
+                        }
+                    }
+                } else {
+                    Sinks::Count(sinks.parse().map_err(|_| {
+                        s.error(format!(
+                            "sinks={sinks} must be a fraction of the budget in [0, 1) or a whole count"
+                        ))
+                    })?)
+                };
+                let reindex = s.take_bool("reindex")?;
+                Method::Drop(DropSettings {
+                    policy: DropPolicy::StreamingLlm { sinks, reindex },
+                    budget,
+                })
+            }
+            "h2o" => {
+                let budget = s.take_budget()?;
+                let count_prefill = s.take_bool("count_prefill")?;
+                Method::Drop(DropSettings {
+                    policy: DropPolicy::H2O { count_prefill },
+                    budget,
+                })
+            }
+            "snapkv" | "pyramidkv" => {
+                let budget = s.take_budget()?;
+                let (window, kernel) = s.take_window_kernel()?;
+                let policy = if name == "snapkv" {
+                    DropPolicy::SnapKv { window, kernel }
+                } else {
+                    DropPolicy::PyramidKv {
+                        window,
+                        kernel,
+                        beta: s.take_positive("beta")?,
+                    }
+                };
+                Method::Drop(DropSettings { policy, budget })
+            }
+            "tova" => Method::Drop(DropSettings {
+                policy: DropPolicy::Tova,
+                budget: s.take_budget()?,
+            }),
+            "infllm" => {
+                let budget = s.take_budget()?;
+                let settings = InfLlmSettings {
+                    budget,
+                    sinks: s.take_f64("sinks")?,
+                    retrieved: s.take_f64("retrieved")?,
+                    block: s.take_positive("block")?,
+                    representatives: s.take_positive("representatives")?,
+                };
+                settings.validate().map_err(|e| s.error(e.to_string()))?;
+                Method::InfLlm(settings)
             }
             other => return Err(MethodError::Unknown(other.to_string())),
         };
-        settings.finish()?;
+        s.finish()?;
         Ok(method)
     }
 
-    /// The compression ratio the method's settings promise against a 16-bit cache.
-    pub fn nominal_ratio(&self) -> f64 {
+    /// The method family's name (the part of the spec before `:`).
+    pub fn family(&self) -> &'static str {
         match self {
-            Method::Baseline => 1.0,
-            Method::FlexGen(s) => s.nominal_ratio(),
+            Method::Baseline => "baseline",
+            Method::FlexGen(_) => "flexgen",
+            Method::Kivi(_) => "kivi",
+            Method::Drop(d) => match d.policy {
+                DropPolicy::StreamingLlm { .. } => "streamingllm",
+                DropPolicy::H2O { .. } => "h2o",
+                DropPolicy::SnapKv { .. } => "snapkv",
+                DropPolicy::PyramidKv { .. } => "pyramidkv",
+                DropPolicy::Tova => "tova",
+            },
+            Method::InfLlm(_) => "infllm",
+        }
+    }
+
+    /// The method's school, as the paper groups methods.
+    pub fn school(&self) -> &'static str {
+        match self {
+            Method::Baseline => "none",
+            Method::FlexGen(_) | Method::Kivi(_) => "KV quantization",
+            Method::Drop(_) | Method::InfLlm(_) => "token dropping",
+        }
+    }
+
+    /// Whether the prompt is attended and stored uncompressed before the method compresses
+    /// (the property the paper found matters most).
+    pub fn compresses_after_prefill(&self) -> bool {
+        match self {
+            Method::Baseline | Method::Kivi(_) => true,
+            Method::FlexGen(_) | Method::InfLlm(_) => false,
+            Method::Drop(d) => d.prefills_in_full(),
+        }
+    }
+
+    /// The compression ratio the settings promise against a 16-bit cache: the token ratio
+    /// for dropping methods, the long-sequence byte ratio for quantization; `None` for a
+    /// fixed token budget (its ratio depends on the prompt).
+    pub fn nominal_ratio(&self) -> Option<f64> {
+        let budget = match self {
+            Method::Baseline => return Some(1.0),
+            Method::FlexGen(s) => return Some(s.nominal_ratio()),
+            Method::Kivi(s) => return Some(s.nominal_ratio()),
+            Method::Drop(d) => d.budget,
+            Method::InfLlm(s) => s.budget,
+        };
+        match budget {
+            Budget::Ratio(r) => Some(r),
+            Budget::Tokens(_) => None,
         }
     }
 
@@ -156,10 +380,74 @@ impl Method {
         shape: KvShape,
         rope: Arc<RopeTable>,
     ) -> Result<Box<dyn KvCache>, KvError> {
+        let cpu = &Device::Cpu;
         Ok(match self {
-            Method::Baseline => Box::new(FullCache::new(shape, rope, &Device::Cpu)),
-            Method::FlexGen(s) => Box::new(FlexGenCache::new(shape, rope, &Device::Cpu, *s)?),
+            Method::Baseline => Box::new(FullCache::new(shape, rope, cpu)),
+            Method::FlexGen(s) => Box::new(FlexGenCache::new(shape, rope, cpu, *s)?),
+            Method::Kivi(s) => Box::new(KiviCache::new(shape, rope, cpu, *s)?),
+            Method::Drop(s) => Box::new(DroppingCache::new(shape, rope, cpu, *s)?),
+            Method::InfLlm(s) => Box::new(InfLlmCache::new(shape, rope, cpu, *s)?),
         })
+    }
+}
+
+/// Display adapter for a budget's spec form.
+struct BudgetSpec<'a>(&'a Budget);
+
+impl fmt::Display for BudgetSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Budget::Ratio(r) => write!(f, "ratio={r}"),
+            Budget::Tokens(n) => write!(f, "budget={n}"),
+        }
+    }
+}
+
+/// The full spec, every setting spelled out: parsing it gives the same method back.
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Baseline => write!(f, "baseline"),
+            Method::FlexGen(s) => write!(f, "flexgen:bits={},group={}", s.bits, s.group),
+            Method::Kivi(s) => write!(
+                f,
+                "kivi:bits={},group={},residual={}",
+                s.bits, s.group, s.residual
+            ),
+            Method::Drop(d) => {
+                write!(f, "{}:{}", self.family(), BudgetSpec(&d.budget))?;
+                match d.policy {
+                    DropPolicy::StreamingLlm { sinks, reindex } => {
+                        match sinks {
+                            Sinks::Fraction(x) => write!(f, ",sinks={x:?}")?,
+                            Sinks::Count(n) => write!(f, ",sinks={n}")?,
+                        }
+                        write!(f, ",reindex={reindex}")
+                    }
+                    DropPolicy::H2O { count_prefill } => {
+                        write!(f, ",count_prefill={count_prefill}")
+                    }
+                    DropPolicy::SnapKv { window, kernel } => {
+                        write!(f, ",window={window},kernel={kernel}")
+                    }
+                    DropPolicy::PyramidKv {
+                        window,
+                        kernel,
+                        beta,
+                    } => write!(f, ",window={window},kernel={kernel},beta={beta}"),
+                    DropPolicy::Tova => Ok(()),
+                }
+            }
+            Method::InfLlm(s) => write!(
+                f,
+                "infllm:{},sinks={:?},retrieved={:?},block={},representatives={}",
+                BudgetSpec(&s.budget),
+                s.sinks,
+                s.retrieved,
+                s.block,
+                s.representatives
+            ),
+        }
     }
 }
 
@@ -168,17 +456,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_and_specs_parse() {
-        assert_eq!(Method::parse("baseline").unwrap(), Method::Baseline);
-        assert_eq!(
-            Method::parse("flexgen-4bit").unwrap(),
-            Method::FlexGen(FlexGenSettings { bits: 4, group: 32 })
-        );
+    fn every_preset_parses_and_prints_back_to_itself() {
+        for p in presets() {
+            let m = Method::parse(&p.name).unwrap();
+            assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
+            assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
+        }
+        assert_eq!(presets().len(), 4 + 7 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8").unwrap(),
             Method::FlexGen(FlexGenSettings { bits: 8, group: 64 })
         );
-        assert!((Method::parse("flexgen-4bit").unwrap().nominal_ratio() - 3.2).abs() < 1e-12);
+        assert!(
+            (Method::parse("flexgen-4bit")
+                .unwrap()
+                .nominal_ratio()
+                .unwrap()
+                - 3.2)
+                .abs()
+                < 1e-12
+        );
+        assert_eq!(Method::parse("h2o-6x").unwrap().nominal_ratio(), Some(6.0));
+        assert_eq!(
+            Method::parse("tova:budget=512").unwrap().nominal_ratio(),
+            None
+        );
     }
 
     #[test]
@@ -192,5 +494,20 @@ mod tests {
         assert!(err("flexgen:bits=4,bits=4,group=32").contains("given twice"));
         assert!(err("flexgen:bits").contains("not key=value"));
         assert!(err("baseline:bits=4").contains("unknown key \"bits\""));
+        assert!(err("kivi:bits=2,group=32,residual=100")
+            .contains("residual=100 must be a multiple of group=32"));
+        assert!(err("h2o:ratio=0.5,count_prefill=true")
+            .contains("ratio=0.5 must be a number of at least 1"));
+        assert!(err("h2o:count_prefill=true").contains("missing required key \"ratio\""));
+        assert!(err("h2o:ratio=4,budget=9,count_prefill=true").contains("not both"));
+        assert!(err("h2o:ratio=4,count_prefill=yes").contains("must be true or false"));
+        // The fault the digest records: a missing ratio must never mean "keep everything".
+        assert!(err("streamingllm:sinks=4,reindex=true").contains("missing required key \"ratio\""));
+        assert!(err("streamingllm:ratio=4,sinks=1.5,reindex=true").contains("sinks=1.5"));
+        assert!(err("snapkv:ratio=4,window=32,kernel=6").contains("kernel=6 must be odd"));
+        assert!(
+            err("infllm:ratio=4,sinks=0.5,retrieved=0.6,block=128,representatives=4")
+                .contains("summing below 1")
+        );
     }
 }

@@ -27,10 +27,20 @@ pub struct BenchArgs {
 /// One context length's measurements.
 #[derive(Serialize)]
 struct BenchRow {
+    method: String,
     context: usize,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
+    /// Tokens layer 0 keeps after the run.
+    kept_tokens: usize,
+    /// Bytes attention reads from.
     kv_bytes: usize,
+    /// Bytes of evicted context kept for retrieval (InfLLM).
+    offloaded_bytes: usize,
+    /// Every token seen in the method's uncompressed format.
+    uncompressed_bytes: usize,
+    /// `uncompressed_bytes / kv_bytes`.
+    measured_ratio: f64,
     kv_fp16_equivalent_bytes: usize,
     peak_rss_bytes: u64,
 }
@@ -66,14 +76,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "weights held: {} MiB (quantized blocks plus dense f32 copies for prefill)\n",
             memory::mib(model.weight_bytes() as u64)
         );
-        println!("| context | prefill tok/s | decode tok/s | KV bytes | KV fp16-equivalent | peak RSS MiB |");
-        println!("|--:|--:|--:|--:|--:|--:|");
+        println!("method: {}\n", args.model.method_spec()?);
+        println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
+        println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     }
     for &context in &args.contexts {
         let tokens = prompt(context, vocab);
         model.reset();
         memory::reset_peak();
-        model.reserve(context + args.decode_tokens)?;
+        model.reserve(context, args.decode_tokens)?;
         let start = Instant::now();
         let mut logits = model.prefill(&tokens)?;
         let prefill = start.elapsed().as_secs_f64();
@@ -82,23 +93,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
             logits = model.step(argmax(&logits)?)?;
         }
         let decode = start.elapsed().as_secs_f64();
+        let seen = context + args.decode_tokens;
+        let cache = model.cache();
         let row = BenchRow {
+            method: args.model.method_spec()?,
             context,
             prefill_tokens_per_s: context as f64 / prefill,
             decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
-            kv_bytes: model.state_bytes(),
-            kv_fp16_equivalent_bytes: shape.fp16_bytes_per_token() * (context + args.decode_tokens),
+            kept_tokens: cache.kept_tokens(0),
+            kv_bytes: cache.stored_bytes(),
+            offloaded_bytes: cache.offloaded_bytes(),
+            uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
+            measured_ratio: (cache.uncompressed_bytes_per_token() * seen) as f64
+                / cache.stored_bytes().max(1) as f64,
+            kv_fp16_equivalent_bytes: shape.fp16_bytes_per_token() * seen,
             peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
         };
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             println!(
-                "| {} | {:.1} | {:.1} | {} | {} | {} |",
+                "| {} | {:.1} | {:.1} | {} | {} | {} | {:.2}x | {} | {} |",
                 row.context,
                 row.prefill_tokens_per_s,
                 row.decode_tokens_per_s,
+                row.kept_tokens,
                 row.kv_bytes,
+                row.offloaded_bytes,
+                row.measured_ratio,
                 row.kv_fp16_equivalent_bytes,
                 memory::mib(row.peak_rss_bytes)
             );

@@ -1,21 +1,45 @@
 use anyhow::Result;
 
-use crate::methods::{Method, PRESETS};
+use crate::methods::{presets, Method};
 
-/// `longctx methods`: every preset with its school, nominal ratio and spec.
+/// `longctx methods`: every preset with its school, nominal ratio and full spec.
 pub fn run() -> Result<()> {
-    println!("| method | school | nominal ratio (vs 16-bit) | settings |");
-    println!("|---|---|--:|---|");
-    for p in PRESETS {
-        let method = Method::parse(p.name)?;
+    println!("| preset | school | compresses | nominal ratio | paper ratio | spec |");
+    println!("|---|---|---|--:|--:|---|");
+    for p in presets() {
+        let method = Method::parse(&p.name)?;
         println!(
-            "| {} | {} | {:.2}x | `{}` |",
+            "| {} | {} | {} | {} | {} | `{}` |",
             p.name,
-            p.school,
-            method.nominal_ratio(),
-            p.spec
+            method.school(),
+            if method.compresses_after_prefill() {
+                "after prefill"
+            } else {
+                "during prefill"
+            },
+            method
+                .nominal_ratio()
+                .map_or("per input".into(), |r| format!("{r:.2}x")),
+            p.paper_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            method
         );
     }
-    println!("\nSpecs take explicit settings too, e.g. `flexgen:bits=8,group=64` (bits 2|4|8; group must divide the head dimension).");
+    println!(
+        "
+Specs take explicit settings too; every key is required and checked:
+  kivi:bits=2|4|8,group=G,residual=R          G divides the head dimension, R a multiple of G
+  flexgen:bits=2|4|8,group=G
+  streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4)
+  h2o:ratio=X,count_prefill=B
+  snapkv:ratio=X,window=W,kernel=K            K odd (max-pooling width)
+  pyramidkv:ratio=X,window=W,kernel=K,beta=BETA
+  tova:ratio=X
+  infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N
+Token-dropping methods take ratio=X (prompt tokens / kept tokens, X >= 1) or budget=N (tokens).
+Nominal ratios: token ratio for dropping; long-sequence bytes vs 16-bit for quantization. The
+measured ratio (bench, run) is uncompressed bytes of every token seen / bytes held, where
+uncompressed means the format the method compresses from: 16-bit for quantizers, the
+engine's f32 for the baseline and token dropping."
+    );
     Ok(())
 }

@@ -71,6 +71,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The method's full spec, every setting spelled out (what results record).
+    pub fn method_spec(&self) -> Result<String> {
+        Ok(crate::methods::Method::parse(&self.method)?.to_string())
+    }
+
     /// Set up threads, fetch the default model if needed, and load.
     pub fn load(&self) -> Result<LoadedModel> {
         // A bad method spec fails before anything is fetched or loaded.

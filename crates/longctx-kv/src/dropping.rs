@@ -1,0 +1,842 @@
+//! Token-dropping policies: the cache keeps a per-input budget of tokens (prompt tokens /
+//! ratio) and forgets the rest. One storage and attention engine serves them all; a
+//! policy only decides *when* to evict and *which* tokens survive:
+//!
+//! - **StreamingLLM** (Xiao et al., "Efficient Streaming Language Models with Attention
+//!   Sinks", ICLR 2024): the first tokens ("sinks") and a recent window, evicting after every
+//!   prefill chunk and decoding step; positions optionally re-indexed inside the cache.
+//! - **H2O** (Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of
+//!   Large Language Models", NeurIPS 2023): full prefill, then a recent window plus the
+//!   "heavy hitters" with the largest accumulated attention, per key/value head; evicting
+//!   again at every decoding step.
+//! - **SnapKV** (Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation",
+//!   2024): after prefill, the attention of the last `window` prompt queries, max-pooled
+//!   over neighbouring tokens, picks what each key/value head keeps; no eviction while
+//!   decoding.
+//! - **PyramidKV** (Cai et al., "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
+//!   Information Funneling", 2024): SnapKV's selection with budgets falling linearly from
+//!   the first layer to the last.
+//! - **TOVA** (Oren et al., "Transformers are Multi-State RNNs", 2024): full prefill, then
+//!   at every step drop the tokens with the lowest attention from the current query,
+//!   averaged over the layer's heads.
+//!
+//! Storage is budget-sized: evicting compacts rows in place, and policies that prefill in
+//! full shrink their allocation to the budget once the prompt is done, so the memory is
+//! really returned, not masked.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::attend_rows;
+use crate::cache::check_chunk;
+use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
+use crate::{
+    causal_attention, causal_attention_with_weights, KvCache, KvError, KvShape, Result, RopeTable,
+};
+
+/// How many tokens a policy keeps for one input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// Keep prompt tokens / ratio (rounded, at least 1): the same ratio on every input.
+    Ratio(f64),
+    /// Keep this many tokens whatever the prompt length.
+    Tokens(usize),
+}
+
+impl Budget {
+    /// Tokens kept for a prompt of `prompt_tokens`.
+    pub fn tokens(&self, prompt_tokens: usize) -> usize {
+        match *self {
+            Budget::Ratio(r) => ((prompt_tokens as f64 / r).round() as usize).max(1),
+            Budget::Tokens(n) => n.max(1),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match *self {
+            Budget::Ratio(r) if !(r >= 1.0 && r.is_finite()) => Err(KvError::Setting(format!(
+                "ratio={r} must be at least 1 (ratio = prompt tokens / kept tokens)"
+            ))),
+            Budget::Tokens(0) => Err(KvError::Setting("budget must be positive".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// StreamingLLM's number of sink tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sinks {
+    /// A fraction of the budget, rounded down (the benchmark's 0.021).
+    Fraction(f64),
+    /// A fixed count (the original method's 4).
+    Count(usize),
+}
+
+/// Which tokens survive, and when the choice is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DropPolicy {
+    /// Sinks plus a recent window; `reindex` rotates keys at their index in the cache
+    /// instead of their position in the text.
+    StreamingLlm { sinks: Sinks, reindex: bool },
+    /// Heavy hitters plus a recent window, each half the budget; `count_prefill` says
+    /// whether prompt attention counts toward the scores (the original code counts it;
+    /// without it the prompt is cut at the first decoding step by that step's attention).
+    H2O { count_prefill: bool },
+    /// Observation `window` queries, max-pooling `kernel`.
+    SnapKv { window: usize, kernel: usize },
+    /// SnapKV's selection under layer budgets falling linearly; the last layer gets
+    /// 1/`beta` of the first's share outside the window.
+    PyramidKv {
+        window: usize,
+        kernel: usize,
+        beta: usize,
+    },
+    /// Lowest current attention, averaged over the layer's heads, leaves first.
+    Tova,
+}
+
+/// Settings of a [`DroppingCache`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropSettings {
+    /// The policy.
+    pub policy: DropPolicy,
+    /// Its budget.
+    pub budget: Budget,
+}
+
+impl DropSettings {
+    /// Check the settings on their own (nothing here depends on the model).
+    pub fn validate(&self) -> Result<()> {
+        self.budget.validate()?;
+        match self.policy {
+            DropPolicy::StreamingLlm {
+                sinks: Sinks::Fraction(f),
+                ..
+            } if !(0.0..1.0).contains(&f) => Err(KvError::Setting(format!(
+                "sink fraction {f} must be in [0, 1)"
+            ))),
+            DropPolicy::SnapKv { window, kernel }
+            | DropPolicy::PyramidKv { window, kernel, .. }
+                if window == 0 || kernel == 0 || kernel.is_multiple_of(2) =>
+            {
+                Err(KvError::Setting(format!(
+                    "window={window} must be positive and kernel={kernel} odd"
+                )))
+            }
+            DropPolicy::PyramidKv { beta: 0, .. } => {
+                Err(KvError::Setting("beta must be positive".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the whole prompt is cached before the policy chooses (the school the paper
+    /// found matters most: "keeping prefill uncompressed").
+    pub fn prefills_in_full(&self) -> bool {
+        !matches!(self.policy, DropPolicy::StreamingLlm { .. })
+    }
+}
+
+/// The budget of one sequence, fixed by `reserve`.
+#[derive(Debug, Clone, Copy)]
+struct Sequence {
+    prompt: usize,
+    new_tokens: usize,
+    budget: usize,
+}
+
+/// A token-dropping cache: budget-sized f32 rows per layer and key/value head.
+pub struct DroppingCache {
+    shape: KvShape,
+    rope: Arc<RopeTable>,
+    device: Device,
+    settings: DropSettings,
+    /// `[layer][kv_head]` kept tokens.
+    layers: Vec<Vec<TokenRows>>,
+    /// Tokens each layer has been shown (kept or not).
+    processed: Vec<usize>,
+    /// The last rotated prompt queries per layer, for policies that choose after prefill.
+    recent_queries: Vec<Option<Tensor>>,
+    sequence: Option<Sequence>,
+    prefilled: bool,
+}
+
+impl DroppingCache {
+    /// A cache for `shape`; settings are validated here.
+    pub fn new(
+        shape: KvShape,
+        rope: Arc<RopeTable>,
+        device: &Device,
+        settings: DropSettings,
+    ) -> Result<Self> {
+        settings.validate()?;
+        Ok(Self {
+            shape,
+            rope,
+            device: device.clone(),
+            settings,
+            layers: (0..shape.layers)
+                .map(|_| {
+                    (0..shape.kv_heads)
+                        .map(|_| TokenRows::new(shape.head_dim))
+                        .collect()
+                })
+                .collect(),
+            processed: vec![0; shape.layers],
+            recent_queries: vec![None; shape.layers],
+            sequence: None,
+            prefilled: false,
+        })
+    }
+
+    /// Absolute positions of the tokens `layer`'s key/value `head` keeps, in order.
+    pub fn kept_positions(&self, layer: usize, head: usize) -> Vec<usize> {
+        self.layers[layer][head].positions().collect()
+    }
+
+    /// The budget of `layer` for the current sequence (PyramidKV's differ by layer).
+    pub fn layer_budget(&self, layer: usize) -> Option<usize> {
+        self.sequence.map(|s| self.budget_of(layer, s.budget))
+    }
+
+    fn budget_of(&self, layer: usize, budget: usize) -> usize {
+        let DropPolicy::PyramidKv { window, beta, .. } = self.settings.policy else {
+            return budget;
+        };
+        if budget <= window || self.shape.layers == 1 {
+            return budget;
+        }
+        // Outside the window each layer averages `budget - window`; the first gets `max`,
+        // the last `min`, in equal steps, so the layers' total equals the uniform budget.
+        let share = (budget - window) as f64;
+        let min = share / beta as f64;
+        let max = 2.0 * share - min;
+        let step = (max - min) / (self.shape.layers - 1) as f64;
+        window + (max - layer as f64 * step).round() as usize
+    }
+
+    /// How many queries the post-prefill choice reads.
+    fn query_window(&self) -> usize {
+        match self.settings.policy {
+            DropPolicy::SnapKv { window, .. } | DropPolicy::PyramidKv { window, .. } => window,
+            DropPolicy::Tova => 1,
+            _ => 0,
+        }
+    }
+
+    fn needs_weights(&self) -> bool {
+        match self.settings.policy {
+            DropPolicy::H2O { count_prefill } => count_prefill || self.prefilled,
+            DropPolicy::Tova => self.prefilled,
+            _ => false,
+        }
+    }
+
+    /// Whether a chunk is followed by eviction: StreamingLLM always, H2O and TOVA once the
+    /// prompt is done, SnapKV and PyramidKV only at the end of the prompt.
+    fn evicts_now(&self) -> bool {
+        match self.settings.policy {
+            DropPolicy::StreamingLlm { .. } => true,
+            DropPolicy::H2O { .. } | DropPolicy::Tova => self.prefilled,
+            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => false,
+        }
+    }
+
+    fn reindexed(&self) -> bool {
+        matches!(
+            self.settings.policy,
+            DropPolicy::StreamingLlm { reindex: true, .. }
+        )
+    }
+
+    /// Rows each head needs room for while the sequence runs.
+    fn working_capacity(&self, layer: usize, s: Sequence) -> usize {
+        let budget = self.budget_of(layer, s.budget);
+        match self.settings.policy {
+            _ if self.settings.prefills_in_full() && !self.prefilled => s.prompt + 1,
+            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => {
+                budget.min(s.prompt) + s.new_tokens
+            }
+            // One row beyond the budget: a decoding token is stored before the eviction.
+            _ => budget.min(s.prompt + s.new_tokens) + 1,
+        }
+    }
+
+    /// Which of `layer`'s tokens survive (per head, over the rows held), given this chunk's
+    /// scores already folded in; `None` keeps everything.
+    fn survivors(&self, layer: usize, budget: usize) -> Option<Vec<Vec<bool>>> {
+        let heads = &self.layers[layer];
+        let n = heads[0].len();
+        if n <= budget {
+            return None;
+        }
+        match self.settings.policy {
+            DropPolicy::StreamingLlm { sinks, .. } => {
+                let sinks = match sinks {
+                    Sinks::Fraction(f) => (f * budget as f64) as usize,
+                    Sinks::Count(c) => c,
+                }
+                .min(budget);
+                let window_from = n - (budget - sinks);
+                let keep: Vec<bool> = heads[0]
+                    .positions()
+                    .enumerate()
+                    .map(|(i, p)| p < sinks || i >= window_from)
+                    .collect();
+                Some(vec![keep; heads.len()])
+            }
+            DropPolicy::H2O { .. } => {
+                let recent = budget - budget / 2;
+                Some(
+                    heads
+                        .iter()
+                        .map(|h| {
+                            let older = &h.scores()[..n - recent];
+                            let mut keep = vec![false; n];
+                            for i in top_k(older, budget - recent) {
+                                keep[i] = true;
+                            }
+                            keep[n - recent..].iter_mut().for_each(|k| *k = true);
+                            keep
+                        })
+                        .collect(),
+                )
+            }
+            DropPolicy::Tova => {
+                let mut mean = vec![0f32; n];
+                for h in heads {
+                    mean.iter_mut().zip(h.scores()).for_each(|(m, s)| *m += s);
+                }
+                let mut keep = vec![false; n];
+                for i in top_k(&mean, budget) {
+                    keep[i] = true;
+                }
+                Some(vec![keep; heads.len()])
+            }
+            DropPolicy::SnapKv { window, kernel }
+            | DropPolicy::PyramidKv { window, kernel, .. } => {
+                let window = window.min(budget);
+                Some(
+                    heads
+                        .iter()
+                        .map(|h| {
+                            let pooled = max_pool(&h.scores()[..n - window], kernel);
+                            let mut keep = vec![false; n];
+                            for i in top_k(&pooled, budget - window) {
+                                keep[i] = true;
+                            }
+                            keep[n - window..].iter_mut().for_each(|k| *k = true);
+                            keep
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// Evict down to `layer`'s budget and release storage beyond the working capacity.
+    fn evict(&mut self, layer: usize) {
+        let Some(s) = self.sequence else { return };
+        let budget = self.budget_of(layer, s.budget);
+        if let Some(keep) = self.survivors(layer, budget) {
+            for (h, k) in self.layers[layer].iter_mut().zip(keep) {
+                h.retain(&k);
+            }
+        }
+        let capacity = self.working_capacity(layer, s);
+        self.layers[layer]
+            .iter_mut()
+            .for_each(|h| h.set_capacity(capacity));
+    }
+
+    /// The post-prefill choice: score the prompt by its last queries' attention.
+    fn score_by_recent_queries(&mut self, layer: usize) -> Result<()> {
+        let Some(q) = self.recent_queries[layer].take() else {
+            return Ok(());
+        };
+        let n = self.layers[layer][0].len();
+        let (keys, values) = stack_heads(&self.layers[layer], &self.device)?;
+        let (_, weights) = causal_attention_with_weights(&q, &keys, &values, n - q.dim(1)?)?;
+        for (h, w) in self.layers[layer].iter_mut().zip(weights) {
+            h.scores_mut().copy_from_slice(&w);
+        }
+        Ok(())
+    }
+
+    /// One decoding token over rows rotated at their absolute positions, read in place.
+    fn decode_in_place(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let d = self.shape.head_dim;
+        let (query, keys, values): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            q.flatten_all()?.to_vec1()?,
+            k.flatten_all()?.to_vec1()?,
+            v.flatten_all()?.to_vec1()?,
+        );
+        let heads = &mut self.layers[layer];
+        for (g, h) in heads.iter_mut().enumerate() {
+            h.push(
+                &keys[g * d..(g + 1) * d],
+                &values[g * d..(g + 1) * d],
+                pos,
+                0.0,
+            );
+        }
+        let n = heads[0].len();
+        let mut weights = vec![vec![0f32; n]; heads.len()];
+        let key_rows: Vec<&[f32]> = heads.iter().map(|h| h.keys()).collect();
+        let value_rows: Vec<&[f32]> = heads.iter().map(|h| h.values()).collect();
+        let out = attend_rows(&query, &key_rows, &value_rows, d, &mut weights);
+        self.fold_scores(layer, &weights);
+        Ok(Tensor::from_vec(
+            out,
+            (self.shape.q_heads, 1, d),
+            &self.device,
+        )?)
+    }
+
+    /// Fold a step's attention into each kept token's score: accumulated for H2O, the
+    /// latest for TOVA.
+    fn fold_scores(&mut self, layer: usize, weights: &[Vec<f32>]) {
+        let accumulate = matches!(self.settings.policy, DropPolicy::H2O { .. });
+        for (h, w) in self.layers[layer].iter_mut().zip(weights) {
+            for (s, x) in h.scores_mut().iter_mut().zip(w) {
+                *s = if accumulate { *s + x } else { *x };
+            }
+        }
+    }
+}
+
+/// Max over a centred window of `kernel` scores (SnapKV's pooling, padding at the edges).
+fn max_pool(scores: &[f32], kernel: usize) -> Vec<f32> {
+    let half = kernel / 2;
+    (0..scores.len())
+        .map(|i| {
+            scores[i.saturating_sub(half)..(i + half + 1).min(scores.len())]
+                .iter()
+                .cloned()
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect()
+}
+
+impl KvCache for DroppingCache {
+    fn shape(&self) -> KvShape {
+        self.shape
+    }
+
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+        let s = Sequence {
+            prompt: prompt_tokens,
+            new_tokens,
+            budget: self.settings.budget.tokens(prompt_tokens),
+        };
+        self.sequence = Some(s);
+        for layer in 0..self.shape.layers {
+            let capacity = self.working_capacity(layer, s);
+            self.layers[layer]
+                .iter_mut()
+                .for_each(|h| h.set_capacity(capacity));
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        check_chunk(&self.shape, layer, pos, self.processed[layer])?;
+        if self.sequence.is_none() {
+            return Err(KvError::Invalid(
+                "a token-dropping cache needs the prompt length: call reserve before the first chunk".into(),
+            ));
+        }
+        let t = q.dim(1)?;
+        let n = self.layers[layer][0].len();
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let out = if t == 1 && self.prefilled && !self.reindexed() {
+            let q = self.rope.apply(q, pos)?;
+            let k = self.rope.apply(k, pos)?;
+            self.decode_in_place(layer, &q, &k, &v, pos)?
+        } else {
+            // Reindexed keys are stored unrotated and rotated at their index in the cache.
+            let (q, k_stored) = if self.reindexed() {
+                (
+                    self.rope.apply(q, n)?,
+                    k.to_dtype(DType::F32)?.contiguous()?,
+                )
+            } else {
+                (
+                    self.rope.apply(q, pos)?,
+                    self.rope.apply(k, pos)?.contiguous()?,
+                )
+            };
+            let (keys, values) = if n == 0 {
+                (k_stored.clone(), v.clone())
+            } else {
+                let (held_k, held_v) = stack_heads(&self.layers[layer], &self.device)?;
+                (
+                    Tensor::cat(&[&held_k, &k_stored], 1)?,
+                    Tensor::cat(&[&held_v, &v], 1)?,
+                )
+            };
+            let keys = if self.reindexed() {
+                self.rope.apply(&keys, 0)?
+            } else {
+                keys
+            };
+            let (out, weights) = if self.needs_weights() {
+                let (out, w) = causal_attention_with_weights(&q, &keys, &values, n)?;
+                (out, Some(w))
+            } else {
+                (causal_attention(&q, &keys, &values, n)?, None)
+            };
+            let (ks, vs): (HeadRows, HeadRows) = (k_stored.to_vec3()?, v.to_vec3()?);
+            for (g, h) in self.layers[layer].iter_mut().enumerate() {
+                h.reserve_exact(t);
+                for i in 0..t {
+                    h.push(&ks[g][i], &vs[g][i], pos + i, 0.0);
+                }
+            }
+            if let Some(w) = weights {
+                self.fold_scores(layer, &w);
+            }
+            if !self.prefilled && self.query_window() > 0 {
+                let recent = match self.recent_queries[layer].take() {
+                    Some(prev) => Tensor::cat(&[&prev, &q], 1)?,
+                    None => q.clone(),
+                };
+                let keep = self.query_window().min(recent.dim(1)?);
+                self.recent_queries[layer] = Some(
+                    recent
+                        .narrow(1, recent.dim(1)? - keep, keep)?
+                        .contiguous()?,
+                );
+            }
+            out
+        };
+        self.processed[layer] = pos + t;
+        if self.evicts_now() {
+            self.evict(layer);
+        }
+        Ok(out)
+    }
+
+    fn end_prefill(&mut self) -> Result<()> {
+        if self.prefilled {
+            return Ok(());
+        }
+        self.prefilled = true;
+        for layer in 0..self.shape.layers {
+            match self.settings.policy {
+                DropPolicy::StreamingLlm { .. }
+                | DropPolicy::H2O {
+                    count_prefill: true,
+                } => self.evict(layer),
+                // Scores start at zero; the first decoding step chooses.
+                DropPolicy::H2O {
+                    count_prefill: false,
+                } => {}
+                DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Tova => {
+                    self.score_by_recent_queries(layer)?;
+                    self.evict(layer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> usize {
+        self.layers.iter().flatten().map(TokenRows::bytes).sum()
+    }
+
+    fn kept_tokens(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, |heads| heads[0].len())
+    }
+
+    fn reset(&mut self) {
+        self.layers.iter_mut().flatten().for_each(TokenRows::clear);
+        self.processed.iter_mut().for_each(|p| *p = 0);
+        self.recent_queries.iter_mut().for_each(|q| *q = None);
+        self.sequence = None;
+        self.prefilled = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn cache(policy: DropPolicy, budget: Budget) -> DroppingCache {
+        DroppingCache::new(
+            shape(),
+            rope(),
+            &Device::Cpu,
+            DropSettings { policy, budget },
+        )
+        .unwrap()
+    }
+
+    const SNAPKV: DropPolicy = DropPolicy::SnapKv {
+        window: 4,
+        kernel: 3,
+    };
+
+    const EVERY_POLICY: [DropPolicy; 7] = [
+        DropPolicy::StreamingLlm {
+            sinks: Sinks::Fraction(0.021),
+            reindex: true,
+        },
+        DropPolicy::StreamingLlm {
+            sinks: Sinks::Count(4),
+            reindex: false,
+        },
+        DropPolicy::H2O {
+            count_prefill: true,
+        },
+        DropPolicy::H2O {
+            count_prefill: false,
+        },
+        SNAPKV,
+        DropPolicy::PyramidKv {
+            window: 4,
+            kernel: 3,
+            beta: 20,
+        },
+        DropPolicy::Tova,
+    ];
+
+    /// Positions kept by each key/value head of layer 0.
+    fn kept(c: &DroppingCache) -> Vec<Vec<usize>> {
+        (0..2).map(|g| c.kept_positions(0, g)).collect()
+    }
+
+    #[test]
+    fn a_budget_covering_the_sequence_equals_the_full_cache() {
+        let data = sequence(30);
+        let chunks = [9, 15];
+        let want = full_outputs(&data, &chunks);
+        for policy in EVERY_POLICY {
+            let mut c = cache(policy, Budget::Tokens(30));
+            let (got, held) = run(&mut c, &data, &chunks, |c| c.kept_tokens(0));
+            let diff = max_difference(&got, &want);
+            assert!(diff < 1e-4, "{policy:?}: {diff}");
+            assert_eq!(held.last(), Some(&30), "{policy:?}");
+        }
+    }
+
+    /// H2O's rule on a list of live positions: the recent half of the budget plus the
+    /// highest scores among the rest.
+    fn h2o_choice(alive: &[usize], score: &[f64], budget: usize) -> Vec<usize> {
+        if alive.len() <= budget {
+            return alive.to_vec();
+        }
+        let recent = budget - budget / 2;
+        let older = &alive[..alive.len() - recent];
+        let heavy: Vec<f64> = older.iter().map(|&p| score[p]).collect();
+        let mut out: Vec<usize> = best(&heavy, budget - recent)
+            .into_iter()
+            .map(|i| older[i])
+            .collect();
+        out.extend(&alive[alive.len() - recent..]);
+        out
+    }
+
+    #[test]
+    fn h2o_keeps_what_a_brute_force_accumulation_selects() {
+        let data = sequence(30);
+        let mut c = cache(
+            DropPolicy::H2O {
+                count_prefill: true,
+            },
+            Budget::Tokens(8),
+        );
+        let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+        let (q, k) = rotated(&data.0, &data.1);
+        assert_eq!(
+            seen[1][0].len(),
+            24,
+            "the whole prompt is held until it ends"
+        );
+        for g in 0..2 {
+            let mut score = vec![0f64; 30];
+            for head in &q[2 * g..2 * g + 2] {
+                for (i, query) in head.iter().enumerate().take(24) {
+                    let keys: Vec<&Vec<f32>> = k[g][..=i].iter().collect();
+                    for (j, p) in probabilities(query, &keys).iter().enumerate() {
+                        score[j] += p;
+                    }
+                }
+            }
+            let mut alive = h2o_choice(&(0..24).collect::<Vec<_>>(), &score, 8);
+            for (step, p) in (24..30).enumerate() {
+                alive.push(p);
+                for head in &q[2 * g..2 * g + 2] {
+                    let keys: Vec<&Vec<f32>> = alive.iter().map(|&j| &k[g][j]).collect();
+                    for (&j, pr) in alive.iter().zip(probabilities(&head[p], &keys)) {
+                        score[j] += pr;
+                    }
+                }
+                alive = h2o_choice(&alive, &score, 8);
+                assert_eq!(seen[2 + step][g], alive, "head {g}, step {step}");
+            }
+        }
+        // Storage really shrank to the budget (plus the row a decoding token passes through).
+        assert_eq!(c.stored_bytes(), 2 * 2 * 9 * (64 + 64 + 2) * 4);
+    }
+
+    #[test]
+    fn tova_keeps_what_a_brute_force_ranking_selects() {
+        let data = sequence(30);
+        let mut c = cache(DropPolicy::Tova, Budget::Tokens(8));
+        let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+        let (q, k) = rotated(&data.0, &data.1);
+        // TOVA averages over every head of the layer, so both kv heads keep the same tokens.
+        let rank = |alive: &[usize], query: usize| -> Vec<usize> {
+            let mut score = vec![0f64; alive.len()];
+            for h in 0..4 {
+                let keys: Vec<&Vec<f32>> = alive.iter().map(|&j| &k[h / 2][j]).collect();
+                for (s, p) in score.iter_mut().zip(probabilities(&q[h][query], &keys)) {
+                    *s += p;
+                }
+            }
+            best(&score, 8).into_iter().map(|i| alive[i]).collect()
+        };
+        let mut alive = rank(&(0..24).collect::<Vec<_>>(), 23);
+        for (step, p) in (24..30).enumerate() {
+            alive.push(p);
+            alive = rank(&alive, p);
+            assert_eq!(
+                seen[2 + step],
+                vec![alive.clone(), alive.clone()],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn snapkv_keeps_what_brute_force_pooled_window_attention_selects() {
+        let data = sequence(28);
+        let mut c = cache(SNAPKV, Budget::Tokens(10));
+        let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+        let (q, k) = rotated(&data.0, &data.1);
+        for g in 0..2 {
+            let mut score = [0f64; 20];
+            for head in &q[2 * g..2 * g + 2] {
+                for (i, query) in head.iter().enumerate().take(24).skip(20) {
+                    let keys: Vec<&Vec<f32>> = k[g][..=i].iter().collect();
+                    for (s, p) in score.iter_mut().zip(probabilities(query, &keys)) {
+                        *s += p;
+                    }
+                }
+            }
+            let pooled: Vec<f64> = (0..20usize)
+                .map(|j| {
+                    score[j.saturating_sub(1)..(j + 2).min(20)]
+                        .iter()
+                        .cloned()
+                        .fold(f64::MIN, f64::max)
+                })
+                .collect();
+            let mut want = best(&pooled, 6);
+            want.extend(20..24);
+            // Decoding adds tokens without evicting.
+            want.push(24);
+            assert_eq!(seen[2][g], want, "head {g}");
+            assert_eq!(seen[5][g].len(), 14);
+        }
+    }
+
+    #[test]
+    fn streaming_keeps_sinks_and_the_recent_window_in_budget_sized_storage() {
+        let data = sequence(30);
+        let sinks = Sinks::Count(2);
+        for reindex in [false, true] {
+            let mut c = cache(
+                DropPolicy::StreamingLlm { sinks, reindex },
+                Budget::Tokens(8),
+            );
+            let (_, seen) = run(&mut c, &data, &[10, 14], |c| (kept(c), c.stored_bytes()));
+            let window =
+                |end: usize| -> Vec<usize> { [0, 1].into_iter().chain(end - 6..end).collect() };
+            assert_eq!(seen[0].0[0], window(10));
+            assert_eq!(seen[1].0[1], window(24));
+            assert_eq!(seen[7].0[0], window(30));
+            let row_bytes = (64 + 64 + 2) * 4;
+            for (_, bytes) in &seen {
+                assert_eq!(*bytes, 2 * 2 * 9 * row_bytes);
+            }
+        }
+        // The benchmark's sink count: int(0.021 · budget).
+        let mut c = cache(
+            DropPolicy::StreamingLlm {
+                sinks: Sinks::Fraction(0.021),
+                reindex: true,
+            },
+            Budget::Ratio(1.0),
+        );
+        let long = sequence(200);
+        run(&mut c, &long, &[100], |_| ());
+        // Budget 100 → 2 sinks; after 100 decoding steps the window is the last 98 tokens.
+        let want: Vec<usize> = [0, 1].into_iter().chain(102..200).collect();
+        assert_eq!(c.kept_positions(0, 0), want);
+    }
+
+    #[test]
+    fn pyramidkv_budgets_fall_by_layer_and_total_the_uniform_budget() {
+        let data = sequence(110);
+        let policy = DropPolicy::PyramidKv {
+            window: 4,
+            kernel: 3,
+            beta: 20,
+        };
+        let mut c = cache(policy, Budget::Tokens(40));
+        run(&mut c, &data, &[100], |_| ());
+        let (first, last) = (c.layer_budget(0).unwrap(), c.layer_budget(1).unwrap());
+        assert_eq!((first, last), (74, 6));
+        assert_eq!(first + last, 2 * 40);
+        assert_eq!(c.kept_tokens(0), 74 + 10);
+        assert_eq!(c.kept_tokens(1), 6 + 10);
+    }
+
+    #[test]
+    fn ratio_budgets_follow_the_prompt_and_bad_settings_are_refused() {
+        assert_eq!(Budget::Ratio(4.0).tokens(4096), 1024);
+        assert_eq!(Budget::Ratio(8.0).tokens(3), 1);
+        let bad = |policy, budget| {
+            DroppingCache::new(
+                shape(),
+                rope(),
+                &Device::Cpu,
+                DropSettings { policy, budget },
+            )
+            .is_err()
+        };
+        assert!(bad(DropPolicy::Tova, Budget::Ratio(0.5)));
+        assert!(bad(DropPolicy::Tova, Budget::Tokens(0)));
+        assert!(bad(
+            DropPolicy::SnapKv {
+                window: 4,
+                kernel: 4
+            },
+            Budget::Ratio(2.0)
+        ));
+        let mut c = cache(DropPolicy::Tova, Budget::Ratio(2.0));
+        let (q, k, v) = sequence(3);
+        assert!(matches!(
+            c.attend(0, 0, &q, &k, &v),
+            Err(KvError::Invalid(_))
+        ));
+    }
+}
