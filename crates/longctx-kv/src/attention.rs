@@ -1,4 +1,4 @@
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::{KvError, Result};
@@ -57,7 +57,7 @@ fn blocked_attention(
             return Ok(out);
         }
     }
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = 1.0 / (d as f32).sqrt();
     let mut blocks = Vec::with_capacity(t.div_ceil(ATTENTION_QUERY_BLOCK));
     for start in (0..t).step_by(ATTENTION_QUERY_BLOCK) {
         let len = ATTENTION_QUERY_BLOCK.min(t - start);
@@ -68,17 +68,15 @@ fn blocked_attention(
             .reshape((kv_heads, group * len, d))?;
         let keys = k.narrow(1, 0, visible)?;
         let values = v.narrow(1, 0, visible)?;
-        let scores = (q_block.matmul(&keys.t()?)? * scale)?;
-        let scores = if len > 1 {
-            let mask = causal_mask(len, visible, q.device())?;
-            scores
-                .reshape((kv_heads, group, len, visible))?
-                .broadcast_add(&mask)?
-        } else {
-            scores
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let probs = probs.reshape((kv_heads, group * len, visible))?;
+        // Scale, causal mask and softmax in one pass over the scores, row by row: query `i`
+        // of the block sees the first `earlier + i + 1` keys, the rest get probability 0.
+        let mut scores: Vec<f32> = q_block.matmul(&keys.t()?)?.flatten_all()?.to_vec1()?;
+        let earlier = visible - len;
+        scores
+            .par_chunks_mut(visible)
+            .enumerate()
+            .for_each(|(row, s)| kernels::causal_softmax(s, earlier + row % len + 1, scale));
+        let probs = Tensor::from_vec(scores, (kv_heads, group * len, visible), q.device())?;
         if let Some(weights) = weights.as_deref_mut() {
             let received: Vec<Vec<f32>> = probs.sum(1)?.to_vec2()?;
             for (total, head) in weights.iter_mut().zip(received) {
@@ -254,6 +252,52 @@ mod kernels {
         attend_generic(q, keys, values, scale, received)
     }
 
+    /// `e^x` for `x <= 0` to about 2e-7 relative error, branch-free so that loops over it
+    /// vectorize: `2^n · e^r` with `n = round(x·log2 e)`, `|r| <= ln2/2`, and a degree-6
+    /// Taylor polynomial for `e^r`. Arguments below -87 give 0-ish subnormal-free results.
+    #[inline(always)]
+    fn exp_nonpositive(x: f32) -> f32 {
+        let x = x.max(-87.0);
+        let n = (x * std::f32::consts::LOG2_E).round();
+        let r = x - n * std::f32::consts::LN_2;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    }
+
+    #[inline(always)]
+    fn causal_softmax_generic(row: &mut [f32], valid: usize, scale: f32) {
+        let (seen, hidden) = row.split_at_mut(valid);
+        let max = seen.iter().cloned().fold(f32::NEG_INFINITY, f32::max) * scale;
+        let mut total = 0f32;
+        for x in seen.iter_mut() {
+            *x = exp_nonpositive(*x * scale - max);
+            total += *x;
+        }
+        let inv = 1.0 / total;
+        seen.iter_mut().for_each(|x| *x *= inv);
+        hidden.iter_mut().for_each(|x| *x = 0.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn causal_softmax_avx2(row: &mut [f32], valid: usize, scale: f32) {
+        causal_softmax_generic(row, valid, scale)
+    }
+
+    /// In place: `row[..valid]` becomes softmax(row[..valid] · scale), the rest 0.
+    pub fn causal_softmax(row: &mut [f32], valid: usize, scale: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { causal_softmax_avx2(row, valid, scale) };
+        }
+        causal_softmax_generic(row, valid, scale)
+    }
+
     /// Softmax(q·Kᵀ·scale)·V for one head; adds each key's probability into `received`.
     pub fn attend_one(
         q: &[f32],
@@ -270,23 +314,6 @@ mod kernels {
         }
         attend_generic(q, keys, values, scale, received)
     }
-}
-
-/// Additive mask `[len, visible]`: the last `len` keys are the block's own, seen causally.
-fn causal_mask(len: usize, visible: usize, device: &Device) -> Result<Tensor> {
-    let earlier = visible - len;
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|i| {
-            (0..visible).map(move |j| {
-                if j > earlier + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (len, visible), device)?)
 }
 
 /// Softmax-weighted sum recomputed naively, one query at a time: the oracle for tests.
@@ -334,6 +361,7 @@ pub(crate) fn naive_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn matches_naive_attention_across_query_blocks_and_gqa() {

@@ -83,6 +83,16 @@ pub trait KvCache: Send {
     fn reset(&mut self);
 }
 
+/// Tokens of generation that `reserve` sets storage aside for. Beyond them storage grows in
+/// steps of this size or 1/16 of what is held, whichever is larger, so that an answer far
+/// shorter than its `max_new_tokens` does not inflate the bytes a cache is measured to hold.
+pub const DECODE_RESERVE: usize = 64;
+
+/// How many more tokens to make room for when storage holding `held` tokens is full.
+pub(crate) fn growth_step(held: usize) -> usize {
+    DECODE_RESERVE.max(held / 16)
+}
+
 /// The calling contract every policy enforces in `attend`: a layer the cache has, and chunks
 /// in order (`pos` equals the tokens the layer holds).
 pub(crate) fn check_chunk(shape: &KvShape, layer: usize, pos: usize, held: usize) -> Result<()> {

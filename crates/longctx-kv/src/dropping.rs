@@ -29,7 +29,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::attend_rows;
-use crate::cache::check_chunk;
+use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::{
     causal_attention, causal_attention_with_weights, KvCache, KvError, KvShape, Result, RopeTable,
@@ -256,7 +256,7 @@ impl DroppingCache {
         match self.settings.policy {
             _ if self.settings.prefills_in_full() && !self.prefilled => s.prompt + 1,
             DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => {
-                budget.min(s.prompt) + s.new_tokens
+                budget.min(s.prompt) + s.new_tokens.min(DECODE_RESERVE)
             }
             // One row beyond the budget: a decoding token is stored before the eviction.
             _ => budget.min(s.prompt + s.new_tokens) + 1,
@@ -347,7 +347,7 @@ impl DroppingCache {
         let capacity = self.working_capacity(layer, s);
         self.layers[layer]
             .iter_mut()
-            .for_each(|h| h.set_capacity(capacity));
+            .for_each(|h| h.set_capacity(capacity.max(h.len())));
     }
 
     /// The post-prefill choice: score the prompt by its last queries' attention.
@@ -381,6 +381,9 @@ impl DroppingCache {
         );
         let heads = &mut self.layers[layer];
         for (g, h) in heads.iter_mut().enumerate() {
+            if h.len() == h.capacity() {
+                h.reserve_exact(growth_step(h.len()));
+            }
             h.push(
                 &keys[g * d..(g + 1) * d],
                 &values[g * d..(g + 1) * d],

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use crate::cache::check_chunk;
+use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Rows of `width` values quantized in groups, appended one token at a time.
@@ -56,6 +56,9 @@ impl PackedRows {
 
     /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
     pub fn push(&mut self, row: &[f32]) {
+        if self.codes.len() + self.codes_per_row() > self.codes.capacity() {
+            self.reserve(growth_step(self.rows));
+        }
         let levels = ((1u32 << self.bits) - 1) as f32;
         let per_byte = 8 / self.bits as usize;
         let mut packed = vec![0u8; self.codes_per_row()];
@@ -331,7 +334,7 @@ impl KvCache for FlexGenCache {
     }
 
     fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let tokens = prompt_tokens + new_tokens;
+        let tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
         for layer in &mut self.layers {
             for h in layer.keys.iter_mut().chain(layer.values.iter_mut()) {
                 h.reserve(tokens.saturating_sub(h.rows()));

@@ -2,11 +2,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::check_chunk;
+use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
 use crate::{causal_attention, KvCache, KvShape, Result, RopeTable};
 
 /// Keys and values of one layer in preallocated `[kv_heads, capacity, head_dim]` buffers,
-/// written in place; growth (rare, when `reserve` was too small) doubles the capacity.
+/// written in place; growth beyond what `reserve` set aside copies into a larger buffer.
 struct LayerBuffers {
     keys: Tensor,
     values: Tensor,
@@ -57,7 +57,7 @@ impl FullCache {
         let new_capacity = match (capacity, self.reserved) {
             (0, 0) => needed.max(MIN_CAPACITY),
             (0, reserved) => needed.max(reserved),
-            _ => needed.max(2 * capacity),
+            _ => needed.max(capacity + growth_step(capacity)),
         };
         let (keys, values) = self.allocate(new_capacity)?;
         let len = match self.layers[layer].take() {
@@ -79,7 +79,7 @@ impl KvCache for FullCache {
     }
 
     fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let tokens = prompt_tokens + new_tokens;
+        let tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
         self.reserved = tokens;
         for layer in 0..self.shape.layers {
             let len = self.layers[layer].as_ref().map_or(0, |b| b.len);

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::cache::check_chunk;
+use crate::cache::{check_chunk, DECODE_RESERVE};
 use crate::{causal_attention, KvCache, KvError, KvShape, PackedRows, Result, RopeTable};
 
 /// Settings of [`KiviCache`].
@@ -282,7 +282,7 @@ impl KvCache for KiviCache {
     }
 
     fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        self.expected_tokens = prompt_tokens + new_tokens;
+        self.expected_tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
         let rows = prompt_tokens * self.shape.head_dim;
         for h in self.layers.iter_mut().flatten() {
             h.prompt_keys

@@ -19,7 +19,7 @@ mod rows;
 mod testutil;
 
 pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
-pub use cache::{KvCache, KvShape};
+pub use cache::{KvCache, KvShape, DECODE_RESERVE};
 pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenSettings, PackedRows};

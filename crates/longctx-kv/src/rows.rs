@@ -34,6 +34,11 @@ impl TokenRows {
         self.positions.len()
     }
 
+    /// Tokens that fit without growing.
+    pub fn capacity(&self) -> usize {
+        self.positions.capacity()
+    }
+
     /// Room for exactly `rows` tokens (never less than those held): grows or frees memory.
     pub fn set_capacity(&mut self, rows: usize) {
         fn fit<T>(v: &mut Vec<T>, target: usize) {

@@ -22,6 +22,9 @@ pub const NEEDLE_TEMPLATE: &str =
     "The pass key is <PASS KEY>. Remember it. <PASS KEY> is the pass key.";
 /// Tokens the benchmark lets the model generate.
 pub const MAX_NEW_TOKENS: usize = 256;
+/// The benchmark feeds the prompt as raw text (no chat template): it ends with "The pass key
+/// is", for the model to complete.
+pub const USES_CHAT_TEMPLATE: bool = false;
 
 /// Errors of building the test.
 #[derive(Debug, thiserror::Error)]

@@ -5,4 +5,5 @@ pub mod assets;
 pub mod commands;
 pub mod memory;
 pub mod methods;
+pub mod store;
 pub mod tokenize;

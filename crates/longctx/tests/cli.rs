@@ -308,3 +308,129 @@ fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
 }
+
+/// `bench --json` for one method at one context: the row as JSON.
+fn bench_row(method: &str, context: usize) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args([
+            "bench",
+            "--contexts",
+            &context.to_string(),
+            "--decode-tokens",
+            "4",
+            "--json",
+            "--method",
+            method,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{method}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn every_4x_dropping_preset_holds_at_most_26_percent_of_the_baseline_bytes() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let baseline = bench_row("baseline", 1024)["kv_bytes"].as_f64().unwrap();
+    for method in [
+        "streamingllm-4x",
+        "streamingllm-4sinks-4x",
+        "h2o-4x",
+        "infllm-4x",
+        "snapkv-4x",
+        "pyramidkv-4x",
+        "tova-4x",
+    ] {
+        let row = bench_row(method, 1024);
+        let share = row["kv_bytes"].as_f64().unwrap() / baseline;
+        assert!(share <= 0.26, "{method} holds {share:.3} of the baseline");
+        assert!(
+            share >= 0.24,
+            "{method} holds {share:.3}: it should keep a quarter"
+        );
+        assert!(row["kept_tokens"].as_u64().unwrap() <= 2 * 256 + 4);
+    }
+}
+
+#[test]
+fn kivi_2bit_holds_at_least_4_5_times_less_than_16_bit_at_4096_tokens() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let row = bench_row("kivi-2bit", 4096);
+    let ratio =
+        row["kv_fp16_equivalent_bytes"].as_f64().unwrap() / row["kv_bytes"].as_f64().unwrap();
+    assert!(ratio >= 4.5, "measured {ratio:.3}x");
+    assert_eq!(row["kept_tokens"].as_u64(), Some(4100));
+}
+
+#[test]
+fn run_stores_each_sample_once_and_report_reads_the_store() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = std::env::temp_dir().join(format!("longctx-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = dir.join("results.db");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_longctx"))
+            .args([
+                "run",
+                "--methods",
+                "baseline,snapkv-4x",
+                "--needle-lengths",
+                "1",
+                "--needle-min-words",
+                "120",
+                "--needle-max-words",
+                "120",
+                "--needle-depths",
+                "2",
+                "--needle-max-new-tokens",
+                "32",
+                "--db",
+                db.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("4 samples: 4 run, 0 already"), "{stderr}");
+    let second = run();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("4 samples: 0 run, 4 already"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args([
+            "report",
+            "--db",
+            db.to_str().unwrap(),
+            "--out",
+            dir.join("report").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(out.status.success());
+    assert!(
+        report.contains("| baseline | needle/passkey:max_new_tokens=32 | 2 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "| snapkv:ratio=4,window=32,kernel=7 | needle/passkey:max_new_tokens=32 | 2 |"
+        ),
+        "{report}"
+    );
+    // A bad method in the list fails before anything runs or is stored.
+    let (code, stderr) = longctx(&[
+        "run",
+        "--methods",
+        "baseline,h2o-5x",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "unknown method \"h2o-5x\"");
+}

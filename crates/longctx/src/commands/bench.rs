@@ -5,7 +5,7 @@ use clap::Args;
 use longctx_models::{argmax, LanguageModel};
 use serde::Serialize;
 
-use super::ModelArgs;
+use super::{MethodArg, ModelArgs};
 use crate::memory;
 
 /// `longctx bench`.
@@ -22,6 +22,8 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    method: MethodArg,
 }
 
 /// One context length's measurements.
@@ -59,7 +61,7 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let mut loaded = args.model.load()?;
+    let (mut loaded, method) = args.model.load(&args.method)?;
     let limit = loaded.model.context_limit();
     if let Some(&too_long) = args
         .contexts
@@ -76,7 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "weights held: {} MiB (quantized blocks plus dense f32 copies for prefill)\n",
             memory::mib(model.weight_bytes() as u64)
         );
-        println!("method: {}\n", args.model.method_spec()?);
+        println!("method: {}\n", method.to_string());
         println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
         println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     }
@@ -96,7 +98,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let seen = context + args.decode_tokens;
         let cache = model.cache();
         let row = BenchRow {
-            method: args.model.method_spec()?,
+            method: method.to_string(),
             context,
             prefill_tokens_per_s: context as f64 / prefill,
             decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use longctx_models::{generate_greedy, GenerationSettings};
 
-use super::ModelArgs;
+use super::{MethodArg, ModelArgs};
 
 /// `longctx generate`.
 #[derive(Args)]
@@ -20,10 +20,12 @@ pub struct GenerateArgs {
     no_chat: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    method: MethodArg,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let mut loaded = args.model.load()?;
+    let (mut loaded, method) = args.model.load(&args.method)?;
     let prompt = loaded.prompt_tokens(&args.prompt, !args.no_chat)?;
     let settings = GenerationSettings {
         max_new_tokens: args.max_new_tokens,
@@ -52,7 +54,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     println!();
     let decode_rate = generation.decode_steps as f64 / generation.decode.as_secs_f64().max(1e-9);
     tracing::info!(
-        "{} prompt tokens in {:.2}s ({:.1} tok/s); {} tokens generated, decode {:.1} tok/s; KV cache {} bytes",
+        "method {method}: {} prompt tokens in {:.2}s ({:.1} tok/s); {} tokens generated, decode {:.1} tok/s; KV cache {} bytes",
         generation.prompt_tokens,
         generation.prefill.as_secs_f64(),
         generation.prompt_tokens as f64 / generation.prefill.as_secs_f64().max(1e-9),

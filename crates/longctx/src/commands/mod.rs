@@ -4,6 +4,8 @@ pub mod bench;
 pub mod generate;
 pub mod methods;
 pub mod perplexity;
+pub mod report;
+pub mod run;
 pub mod score;
 pub mod tasks;
 
@@ -16,6 +18,7 @@ use longctx_models::{
 };
 
 use crate::assets;
+use crate::methods::Method;
 
 /// Long-context efficiency workbench: what a KV-cache method costs in quality and saves in memory and time.
 #[derive(Parser)]
@@ -37,6 +40,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List the KV-cache methods and presets.
     Methods,
+    /// Run methods over tasks and store every sample's result (resumable).
+    Run(run::RunArgs),
+    /// Write the report (markdown tables) from the results database.
+    Report(report::ReportArgs),
     /// Score LongBench prediction files (official layout) with the official metrics.
     Score(score::ScoreArgs),
     /// List the tasks with their category, metric, sample count and generation length.
@@ -65,21 +72,45 @@ pub struct ModelArgs {
     /// Keep no dense f32 weight copies (less memory, slower prefill).
     #[arg(long)]
     no_dense_weights: bool,
+}
+
+/// The KV-cache method option of single-method commands.
+#[derive(Args, Clone)]
+pub struct MethodArg {
     /// KV-cache method: a preset or spec (see `longctx methods`).
     #[arg(long, default_value = "baseline")]
     method: String,
 }
 
+impl MethodArg {
+    /// The parsed method.
+    pub fn parse(&self) -> Result<Method> {
+        Ok(Method::parse(&self.method)?)
+    }
+}
+
+/// Give the model a fresh cache of `method`'s policy (model-dependent settings are checked here).
+pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
+    let shape = loaded.model.config().kv_shape();
+    let rope = loaded.model.rope();
+    let cache = method
+        .build_cache(shape, rope)
+        .with_context(|| format!("method \"{method}\""))?;
+    loaded.model.set_cache(|_, _| cache);
+    Ok(())
+}
+
 impl ModelArgs {
-    /// The method's full spec, every setting spelled out (what results record).
-    pub fn method_spec(&self) -> Result<String> {
-        Ok(crate::methods::Method::parse(&self.method)?.to_string())
+    /// Load the model with `method`'s cache; a bad spec fails before anything is fetched.
+    pub fn load(&self, method: &MethodArg) -> Result<(LoadedModel, Method)> {
+        let method = method.parse()?;
+        let mut loaded = self.load_bare()?;
+        install(&mut loaded, &method)?;
+        Ok((loaded, method))
     }
 
-    /// Set up threads, fetch the default model if needed, and load.
-    pub fn load(&self) -> Result<LoadedModel> {
-        // A bad method spec fails before anything is fetched or loaded.
-        let method = crate::methods::Method::parse(&self.method)?;
+    /// Set up threads, fetch the default model if needed, and load it with the baseline cache.
+    pub fn load_bare(&self) -> Result<LoadedModel> {
         if let Some(n) = self.threads {
             if n == 0 {
                 anyhow::bail!("--threads must be at least 1");
@@ -100,15 +131,7 @@ impl ModelArgs {
             prefill_chunk: self.prefill_chunk,
             dense_prefill_weights: !self.no_dense_weights,
         };
-        let mut loaded =
-            load_model(&path, &options).with_context(|| format!("loading {}", path.display()))?;
-        let shape = loaded.model.config().kv_shape();
-        let rope = loaded.model.rope();
-        let cache = method
-            .build_cache(shape, rope)
-            .with_context(|| format!("method \"{}\"", self.method))?;
-        loaded.model.set_cache(|_, _| cache);
-        Ok(loaded)
+        load_model(&path, &options).with_context(|| format!("loading {}", path.display()))
     }
 }
 
@@ -127,6 +150,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
         Command::Methods => methods::run(),
+        Command::Run(args) => run::run(args),
+        Command::Report(args) => report::run(args),
         Command::Tasks(args) => tasks::run(args),
     }
 }

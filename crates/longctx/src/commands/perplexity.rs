@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use longctx_models::{LanguageModel, Logits};
 
-use super::ModelArgs;
+use super::{MethodArg, ModelArgs};
 
 /// `longctx perplexity`.
 #[derive(Args)]
@@ -17,6 +17,8 @@ pub struct PerplexityArgs {
     ctx: usize,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    method: MethodArg,
 }
 
 /// Summed negative log-likelihood of `window[1..]` given its prefix, and the count scored.
@@ -40,7 +42,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading --text {}", args.text.display()))?;
-    let mut loaded = args.model.load()?;
+    let (mut loaded, method) = args.model.load(&args.method)?;
     let tokens = loaded.tokenizer.encode(&text, true)?;
     if tokens.len() < 2 {
         anyhow::bail!(
@@ -62,7 +64,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         count += c;
     }
     println!(
-        "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}",
+        "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}  method {method}",
         tokens.len(),
         windows.len(),
         windows[0].len(),
