@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod commands;
+pub mod experiment;
 pub mod memory;
 pub mod methods;
 pub mod store;

@@ -121,10 +121,95 @@ impl Store {
                 found,
             });
         }
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS plans (fingerprint TEXT PRIMARY KEY);")
+            .map_err(fail)?;
         Ok(Self {
             path: path.to_path_buf(),
             conn,
         })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Record that rows of the plan with this fingerprint are written here.
+    pub fn claim_plan(&mut self, fingerprint: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO plans (fingerprint) VALUES (?1)",
+                params![fingerprint],
+            )
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Fingerprints of the plans whose rows this database holds, sorted.
+    pub fn plans(&self) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT fingerprint FROM plans ORDER BY fingerprint")
+            .map_err(|e| self.fail(e))?;
+        let plans = statement
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.fail(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.fail(e))?;
+        Ok(plans)
+    }
+
+    /// Add every row of `other` in one transaction, after checking that none conflicts
+    /// (same key, different prediction): on a conflict nothing is written. Returns the rows
+    /// added and the rows both already held.
+    pub fn merge_from(&mut self, other: &Store) -> Result<(usize, usize), StoreError> {
+        let incoming = other.rows()?;
+        let mut fresh = Vec::new();
+        let mut same = 0;
+        for row in &incoming {
+            match self.get(&row.model, &row.method, &row.task, &row.sample)? {
+                Some(existing) if existing.prediction != row.prediction => {
+                    return Err(StoreError::Conflict(format!(
+                        "{} and {} disagree on model {}, method {}, task {}, sample {}: {:?} vs {:?}; nothing was merged",
+                        self.path.display(),
+                        other.path.display(),
+                        row.model,
+                        row.method,
+                        row.task,
+                        row.sample,
+                        existing.prediction,
+                        row.prediction
+                    )))
+                }
+                Some(_) => same += 1,
+                None => fresh.push(row),
+            }
+        }
+        let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        for row in &fresh {
+            insert_row(&tx, row).map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        }
+        for plan in other.plans()? {
+            tx.execute(
+                "INSERT OR IGNORE INTO plans (fingerprint) VALUES (?1)",
+                params![plan],
+            )
+            .map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        }
+        tx.commit().map_err(|e| StoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        Ok((fresh.len(), same))
     }
 
     fn fail(&self, source: rusqlite::Error) -> StoreError {
@@ -166,19 +251,7 @@ impl Store {
                 )))
             };
         }
-        self.conn
-            .execute(
-                &format!("INSERT INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
-                params![
-                    row.model, row.method, row.task, row.sample, row.prediction, row.score,
-                    if row.score2.is_nan() { None } else { Some(row.score2) },
-                    row.prompt_tokens, row.kept_tokens, row.kv_bytes, row.offloaded_bytes,
-                    row.uncompressed_bytes, row.fp16_bytes, row.prefill_ms, row.decode_ms,
-                    row.new_tokens, row.peak_rss, row.settings_hash, row.version, row.timestamp
-                ],
-            )
-            .map(|_| ())
-            .map_err(|e| self.fail(e))
+        insert_row(&self.conn, row).map_err(|e| self.fail(e))
     }
 
     fn get(
@@ -213,6 +286,20 @@ impl Store {
             .map_err(|e| self.fail(e))?;
         Ok(rows)
     }
+}
+
+fn insert_row(conn: &Connection, row: &ResultRow) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("INSERT INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
+        params![
+            row.model, row.method, row.task, row.sample, row.prediction, row.score,
+            if row.score2.is_nan() { None } else { Some(row.score2) },
+            row.prompt_tokens, row.kept_tokens, row.kv_bytes, row.offloaded_bytes,
+            row.uncompressed_bytes, row.fp16_bytes, row.prefill_ms, row.decode_ms,
+            row.new_tokens, row.peak_rss, row.settings_hash, row.version, row.timestamp
+        ],
+    )
+    .map(|_| ())
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResultRow> {

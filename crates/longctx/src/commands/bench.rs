@@ -78,7 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "weights held: {} MiB (quantized blocks plus dense f32 copies for prefill)\n",
             memory::mib(model.weight_bytes() as u64)
         );
-        println!("method: {}\n", method.to_string());
+        println!("method: {method}\n");
         println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
         println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod merge;
 pub mod methods;
 pub mod perplexity;
 pub mod report;
@@ -42,6 +43,10 @@ enum Command {
     Methods,
     /// Run methods over tasks and store every sample's result (resumable).
     Run(run::RunArgs),
+    /// Print the plan's cells and estimated cost without running anything.
+    Plan(run::PlanArgs),
+    /// Union shard databases into one, refusing conflicting rows and different plans.
+    Merge(merge::MergeArgs),
     /// Write the report (markdown tables) from the results database.
     Report(report::ReportArgs),
     /// Score LongBench prediction files (official layout) with the official metrics.
@@ -151,6 +156,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score::run(args),
         Command::Methods => methods::run(),
         Command::Run(args) => run::run(args),
+        Command::Plan(args) => run::print_plan(args),
+        Command::Merge(args) => merge::run(args),
         Command::Report(args) => report::run(args),
         Command::Tasks(args) => tasks::run(args),
     }

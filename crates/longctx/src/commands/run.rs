@@ -3,52 +3,292 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use longctx_models::{generate_greedy, GenerationSettings, LoadedModel};
-use longctx_tasks::needle::{self, Haystack, NeedleGrid, NeedleSample, MAX_NEW_TOKENS};
+use longctx_models::{generate_greedy, GenerationSettings, LanguageModel, LoadedModel};
+use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
+use longctx_tasks::needle::{self, Haystack, NeedleGrid};
+use longctx_tasks::synthetic::SyntheticTask;
 use sha2::{Digest, Sha256};
 
 use super::{install, ModelArgs};
-use crate::methods::Method;
+use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Shard};
+use crate::methods::{presets, Method};
 use crate::store::{ResultRow, Store};
+use crate::tokenize::ModelTokenizer;
 use crate::{assets, memory};
 
-/// The methods `run` compares unless told otherwise: the baseline, the three quantization
-/// presets and every token-dropping family at 4×.
-pub const DEFAULT_METHODS: &str = "baseline,kivi-2bit,kivi-4bit,flexgen-4bit,streamingllm-4x,streamingllm-4sinks-4x,h2o-4x,infllm-4x,snapkv-4x,pyramidkv-4x,tova-4x";
+/// Options that choose the plan, shared by `run` and `plan`.
+#[derive(Args, Clone)]
+pub struct PlanArgs {
+    /// An experiment spec (TOML); without it, the built-in experiment.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Methods to compare instead of the spec's: presets or specs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// The paper's full grid: every preset (all methods at 2/4/6/8x).
+    #[arg(long, conflicts_with = "methods")]
+    full: bool,
+    /// LongBench's data directory: adds every dataset whose file is present.
+    #[arg(long)]
+    longbench_dir: Option<PathBuf>,
+    /// At most this many LongBench samples per dataset.
+    #[arg(long)]
+    longbench_limit: Option<usize>,
+    /// Run only this slice of the plan: shard i of N (0-based), cost-balanced.
+    #[arg(long)]
+    shard: Option<Shard>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
 
 /// `longctx run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Methods to compare: presets or specs, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
-    methods: Vec<String>,
-    /// Needle haystack lengths: this many, evenly spaced from --needle-min-words.
-    #[arg(long, default_value_t = 5)]
-    needle_lengths: usize,
-    /// Shortest haystack in words.
-    #[arg(long, default_value_t = 512)]
-    needle_min_words: usize,
-    /// Longest haystack in words.
-    #[arg(long, default_value_t = 5000)]
-    needle_max_words: usize,
-    /// Needle depths, evenly spaced over [0, 1].
-    #[arg(long, default_value_t = 5)]
-    needle_depths: usize,
-    /// Trials (different keys) per length and depth.
-    #[arg(long, default_value_t = 1)]
-    needle_trials: usize,
-    /// Most tokens generated per needle answer (the benchmark's 256 by default; the key
-    /// comes first, so fewer suffice when time is short). Part of the task's key in the store.
-    #[arg(long, default_value_t = MAX_NEW_TOKENS)]
-    needle_max_new_tokens: usize,
-    /// Seed of the needle keys.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    plan: PlanArgs,
     /// The results database.
     #[arg(long, default_value = "results/longctx.db")]
     db: PathBuf,
-    #[command(flatten)]
-    model: ModelArgs,
+}
+
+/// What one sample asks of the model and how its answer is scored.
+enum Job {
+    Needle {
+        key: String,
+    },
+    Synthetic {
+        task: SyntheticTask,
+        answers: Vec<String>,
+    },
+    LongBench {
+        dataset: Dataset,
+        sample: Box<longbench::Sample>,
+    },
+}
+
+/// One sample of one task, to run under every method.
+struct TaskSample {
+    task: String,
+    id: String,
+    prompt: String,
+    chat: bool,
+    max_new_tokens: usize,
+    /// Words of context, for the cost estimate.
+    words: usize,
+    job: Job,
+}
+
+/// One unit of work: a model × method × task sample.
+pub struct WorkItem {
+    model: usize,
+    method: usize,
+    sample: usize,
+}
+
+/// The expanded plan.
+pub struct Plan {
+    spec: ExperimentSpec,
+    methods: Vec<Method>,
+    samples: Vec<TaskSample>,
+    items: Vec<WorkItem>,
+}
+
+impl PlanArgs {
+    /// The spec with command-line overrides applied.
+    fn spec(&self) -> Result<ExperimentSpec> {
+        let mut spec = match &self.spec {
+            Some(path) => ExperimentSpec::from_file(path)?,
+            None => ExperimentSpec::builtin(),
+        };
+        if let Some(methods) = &self.methods {
+            spec.methods = methods.clone();
+        }
+        if self.full {
+            spec.methods = presets().into_iter().map(|p| p.name).collect();
+        }
+        if let Some(dir) = &self.longbench_dir {
+            spec.longbench = Some(LongBenchSpec {
+                dir: dir.clone(),
+                datasets: Vec::new(),
+                limit: self.longbench_limit,
+            });
+        }
+        if self.model.model.is_some() {
+            spec.models.truncate(1);
+            spec.models[0].path = self.model.model.clone().unwrap_or_default();
+        }
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Expand the plan (tasks are built from the haystack and data files).
+    pub fn plan(&self) -> Result<Plan> {
+        let spec = self.spec()?;
+        let methods: Vec<Method> = spec
+            .methods
+            .iter()
+            .map(|m| Method::parse(m))
+            .collect::<Result<_, _>>()?;
+        let mut samples = Vec::new();
+        if spec.needle.is_some() || spec.synthetic.is_some() {
+            let haystack = Haystack::from_dir(&assets::haystack_dir()?)?;
+            if let Some(n) = &spec.needle {
+                let grid = NeedleGrid::new(
+                    n.min_words,
+                    n.max_words,
+                    n.lengths,
+                    n.depths,
+                    n.trials,
+                    spec.seed,
+                )?;
+                for s in grid.samples(&haystack) {
+                    samples.push(TaskSample {
+                        task: format!("needle/passkey:max_new_tokens={}", n.max_new_tokens),
+                        id: format!("words={} depth={:.3} trial={}", s.length, s.depth, s.trial),
+                        chat: needle::USES_CHAT_TEMPLATE,
+                        max_new_tokens: n.max_new_tokens,
+                        words: s.length,
+                        prompt: s.prompt,
+                        job: Job::Needle { key: s.key },
+                    });
+                }
+            }
+            if let Some(syn) = &spec.synthetic {
+                for name in &syn.tasks {
+                    let task = SyntheticTask::by_name(name).expect("checked with the spec");
+                    for index in 0..syn.samples {
+                        let s = task.generate(&haystack, syn.words, spec.seed, index);
+                        samples.push(TaskSample {
+                            task: format!("synthetic/{name}:words={}", syn.words),
+                            id: format!("index={index}"),
+                            chat: true,
+                            max_new_tokens: task.max_new_tokens(),
+                            words: syn.words,
+                            prompt: s.prompt,
+                            job: Job::Synthetic {
+                                task,
+                                answers: s.answers,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(lb) = &spec.longbench {
+            let names: Vec<String> = if lb.datasets.is_empty() {
+                DATASETS
+                    .iter()
+                    .map(|d| d.name.to_string())
+                    .filter(|n| lb.dir.join(format!("{n}.jsonl")).exists())
+                    .collect()
+            } else {
+                lb.datasets.clone()
+            };
+            for name in names {
+                let dataset = Dataset::by_name(&name)?;
+                let loaded = longbench::load(&lb.dir, &name, OnBadLine::Fail)?;
+                for (i, sample) in loaded
+                    .samples
+                    .into_iter()
+                    .take(lb.limit.unwrap_or(usize::MAX))
+                    .enumerate()
+                {
+                    samples.push(TaskSample {
+                        task: format!("longbench/{name}"),
+                        id: if sample.id.is_empty() {
+                            format!("line={}", i + 1)
+                        } else {
+                            sample.id.clone()
+                        },
+                        chat: dataset.uses_chat_template(),
+                        max_new_tokens: dataset.max_new_tokens(),
+                        words: sample.length,
+                        prompt: dataset.prompt(&sample),
+                        job: Job::LongBench {
+                            dataset,
+                            sample: Box::new(sample),
+                        },
+                    });
+                }
+            }
+        }
+        let mut items = Vec::new();
+        for model in 0..spec.models.len() {
+            for method in 0..methods.len() {
+                for sample in 0..samples.len() {
+                    items.push(WorkItem {
+                        model,
+                        method,
+                        sample,
+                    });
+                }
+            }
+        }
+        if let Some(shard) = self.shard {
+            let costs: Vec<f64> = items
+                .iter()
+                .map(|i| estimated_seconds(&samples[i.sample]))
+                .collect();
+            let owner = balance(&costs, shard.count);
+            items = items
+                .into_iter()
+                .zip(owner)
+                .filter(|(_, o)| *o == shard.index)
+                .map(|(i, _)| i)
+                .collect();
+        }
+        Ok(Plan {
+            spec,
+            methods,
+            samples,
+            items,
+        })
+    }
+}
+
+/// A rough cost of one sample on a 2-core laptop CPU with a 135M model: linear work per
+/// token plus attention's quadratic term (about 1.4 tokens per word).
+fn estimated_seconds(sample: &TaskSample) -> f64 {
+    let tokens = sample.words as f64 * 1.4 + 100.0;
+    tokens / 400.0 + tokens * tokens / 1.2e6 + sample.max_new_tokens as f64 / 40.0
+}
+
+/// `longctx plan`: the cells and their estimated cost, without running anything.
+pub fn print_plan(args: PlanArgs) -> Result<()> {
+    let plan = args.plan()?;
+    let mut cells: Vec<(String, String, String, usize, f64)> = Vec::new();
+    for item in &plan.items {
+        let s = &plan.samples[item.sample];
+        let key = (
+            plan.spec.models[item.model].path.clone(),
+            plan.methods[item.method].to_string(),
+            s.task.clone(),
+        );
+        match cells
+            .iter_mut()
+            .find(|c| (&c.0, &c.1, &c.2) == (&key.0, &key.1, &key.2))
+        {
+            Some(c) => {
+                c.3 += 1;
+                c.4 += estimated_seconds(s);
+            }
+            None => cells.push((key.0, key.1, key.2, 1, estimated_seconds(s))),
+        }
+    }
+    println!("| model | method | task | samples | est. minutes |");
+    println!("|---|---|---|--:|--:|");
+    for (model, method, task, n, secs) in &cells {
+        println!("| {model} | {method} | {task} | {n} | {:.1} |", secs / 60.0);
+    }
+    let total: f64 = cells.iter().map(|c| c.4).sum();
+    println!(
+        "\n{} cells, {} samples, about {:.0} minutes on a 2-core CPU with the default model (plan {})",
+        cells.len(),
+        plan.items.len(),
+        total / 60.0,
+        plan.spec.fingerprint()
+    );
+    Ok(())
 }
 
 /// Seconds since the Unix epoch, as text.
@@ -59,56 +299,72 @@ fn now() -> String {
         .to_string()
 }
 
-/// The needle task's name in the store: its generation length is part of it.
-fn needle_task(max_new_tokens: usize) -> String {
-    format!("needle/passkey:max_new_tokens={max_new_tokens}")
-}
-
-/// Run one needle sample under the installed method and measure it.
-fn run_needle(
+/// Run one sample under the installed method, score and measure it.
+fn run_sample(
     loaded: &mut LoadedModel,
     model_name: &str,
+    max_length: Option<usize>,
     method: &Method,
-    sample: &NeedleSample,
-    max_new_tokens: usize,
+    s: &TaskSample,
 ) -> Result<ResultRow> {
-    let prompt = loaded.prompt_tokens(&sample.prompt, needle::USES_CHAT_TEMPLATE)?;
-    let limit = longctx_models::LanguageModel::context_limit(&loaded.model);
-    if prompt.len() + max_new_tokens > limit {
+    let limit = loaded.model.context_limit();
+    let text = match &s.job {
+        Job::LongBench { .. } => {
+            // The paper's max_length, by default what leaves room for the answer.
+            let max_length = max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + 32));
+            longbench::truncate_middle(&s.prompt, max_length, &ModelTokenizer(&loaded.tokenizer))
+        }
+        _ => s.prompt.clone(),
+    };
+    let prompt = loaded.prompt_tokens(&text, s.chat)?;
+    if prompt.len() + s.max_new_tokens > limit {
         anyhow::bail!(
-            "needle prompt of {} words is {} tokens; with {max_new_tokens} for the answer it exceeds the model's context of {limit}: lower --needle-max-words",
-            sample.length,
-            prompt.len()
+            "the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
+            prompt.len(),
+            s.max_new_tokens
         );
     }
-    let task = needle_task(max_new_tokens);
     let settings = GenerationSettings {
-        max_new_tokens,
+        max_new_tokens: s.max_new_tokens,
         stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
     };
+    let stop_at_newline =
+        matches!(&s.job, Job::LongBench { dataset, .. } if dataset.stops_at_newline());
+    let tokenizer = &loaded.tokenizer;
+    let mut produced = Vec::new();
     memory::reset_peak();
-    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |_| true)?;
+    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |token| {
+        produced.push(token);
+        !(stop_at_newline
+            && tokenizer
+                .decode(&produced, true)
+                .is_ok_and(|t| t.contains('\n')))
+    })?;
     let prediction = loaded.tokenizer.decode(&generation.tokens, true)?;
-    let (exact, partial) = needle::score(&sample.key, &prediction);
+    let (score, score2) = match &s.job {
+        Job::Needle { key } => needle::score(key, &prediction),
+        Job::Synthetic { task, answers } => (task.score(&prediction, answers), f64::NAN),
+        Job::LongBench { dataset, sample } => (
+            dataset.score(&prediction, &sample.answers, &sample.all_classes),
+            f64::NAN,
+        ),
+    };
     let cache = loaded.model.cache();
     let seen = (prompt.len() + generation.decode_steps) as i64;
     let shape = loaded.model.config().kv_shape();
     let mut hash = Sha256::new();
-    for part in [model_name, &method.to_string(), &task, &sample.prompt] {
+    for part in [model_name, &method.to_string(), &s.task, &text] {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
     Ok(ResultRow {
         model: model_name.into(),
         method: method.to_string(),
-        task,
-        sample: format!(
-            "words={} depth={:.3} trial={}",
-            sample.length, sample.depth, sample.trial
-        ),
+        task: s.task.clone(),
+        sample: s.id.clone(),
         prediction,
-        score: exact,
-        score2: partial,
+        score,
+        score2,
         prompt_tokens: prompt.len() as i64,
         kept_tokens: cache.kept_tokens(0) as i64,
         kv_bytes: cache.stored_bytes() as i64,
@@ -126,55 +382,55 @@ fn run_needle(
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    // Every spec is checked before anything is fetched, loaded or run.
-    let methods: Vec<Method> = args
-        .methods
-        .iter()
-        .map(|m| Method::parse(m))
-        .collect::<Result<_, _>>()?;
-    let grid = NeedleGrid::new(
-        args.needle_min_words,
-        args.needle_max_words,
-        args.needle_lengths,
-        args.needle_depths,
-        args.needle_trials,
-        args.seed,
-    )?;
+    // The whole plan (specs, tasks, data files) is checked before any model is loaded.
+    let plan = args.plan.plan()?;
     let mut store = Store::open(&args.db)?;
-    let mut loaded = args.model.load_bare()?;
-    let model_name = loaded
-        .source
-        .file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    let haystack = Haystack::from_dir(&assets::haystack_dir()?)?;
-    let samples = grid.samples(&haystack);
-    let total = methods.len() * samples.len();
-    let (mut done, mut skipped) = (0, 0);
+    store.claim_plan(&plan.spec.fingerprint())?;
+    let total = plan.items.len();
+    let (mut ran, mut skipped) = (0, 0);
     let started = Instant::now();
-    let task = needle_task(args.needle_max_new_tokens);
-    for method in &methods {
-        install(&mut loaded, method)?;
-        for sample in &samples {
-            done += 1;
-            let id = format!(
-                "words={} depth={:.3} trial={}",
-                sample.length, sample.depth, sample.trial
-            );
-            if store.contains(&model_name, &method.to_string(), &task, &id)? {
+    for (m, model_spec) in plan.spec.models.iter().enumerate() {
+        let mine: Vec<&WorkItem> = plan.items.iter().filter(|i| i.model == m).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut model_args = args.plan.model.clone();
+        model_args.model = (model_spec.path != "default").then(|| model_spec.path.clone());
+        let mut loaded = model_args.load_bare()?;
+        let model_name = loaded
+            .source
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let mut installed = None;
+        for item in mine {
+            let (method, sample) = (&plan.methods[item.method], &plan.samples[item.sample]);
+            let spec = method.to_string();
+            if store.contains(&model_name, &spec, &sample.task, &sample.id)? {
                 skipped += 1;
                 continue;
             }
-            let row = run_needle(
+            if installed != Some(item.method) {
+                install(&mut loaded, method)?;
+                installed = Some(item.method);
+            }
+            let row = run_sample(
                 &mut loaded,
                 &model_name,
+                model_spec.max_length,
                 method,
                 sample,
-                args.needle_max_new_tokens,
             )
-            .with_context(|| format!("method {method}, needle sample {id}"))?;
+            .with_context(|| format!("method {spec}, {} sample {}", sample.task, sample.id))?;
+            ran += 1;
+            let elapsed = started.elapsed().as_secs_f64();
+            let left = total - ran - skipped;
             eprintln!(
-                "[{done}/{total} {:.0}s] {method} {id}: exact {} prefill {:.1} tok/s, KV {} bytes",
-                started.elapsed().as_secs_f64(),
+                "[{}/{total} {:.0}s, ETA {:.0}s] {spec} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
+                ran + skipped,
+                elapsed,
+                elapsed / ran as f64 * left as f64,
+                sample.task,
+                sample.id,
                 row.score,
                 row.prompt_tokens as f64 / (row.prefill_ms / 1e3),
                 row.kv_bytes
@@ -183,10 +439,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "{} samples: {} run, {skipped} already in {} (skipped)",
-        total,
-        total - skipped,
-        args.db.display()
+        "{total} samples: {ran} run, {skipped} already in {} (skipped), {:.0}s",
+        args.db.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

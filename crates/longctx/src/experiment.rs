@@ -1,0 +1,285 @@
+//! Experiment plans: which models, methods and tasks to run, read from a TOML spec (or the
+//! built-in default), expanded into work items (one model × method × task × sample each),
+//! and sliced into cost-balanced shards for clusters.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::methods::Method;
+
+/// A whole experiment as written in a TOML file. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Models to run; `"default"` is the embedded default model.
+    pub models: Vec<ModelSpec>,
+    /// Methods to compare: presets or full specs.
+    pub methods: Vec<String>,
+    /// The needle test, if run.
+    pub needle: Option<NeedleSpec>,
+    /// The synthetic suite, if run.
+    pub synthetic: Option<SyntheticSpec>,
+    /// LongBench datasets, if run.
+    pub longbench: Option<LongBenchSpec>,
+    /// Seed of every generated sample.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// One model of an experiment.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A GGUF file, a Hugging Face directory, a cached hub id, or `"default"`.
+    pub path: String,
+    /// LongBench prompts longer than this many tokens are cut in the middle (the paper's
+    /// `max_length`); default: the model's context minus the dataset's answer length.
+    pub max_length: Option<usize>,
+}
+
+/// The needle grid.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NeedleSpec {
+    /// Number of haystack lengths, evenly spaced.
+    pub lengths: usize,
+    /// Shortest haystack in words.
+    pub min_words: usize,
+    /// Longest haystack in words.
+    pub max_words: usize,
+    /// Depths, evenly spaced over [0, 1].
+    pub depths: usize,
+    /// Trials per length and depth.
+    pub trials: usize,
+    /// Most tokens generated per answer (the benchmark's 256).
+    pub max_new_tokens: usize,
+}
+
+/// The synthetic suite.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    /// Task names (see `longctx tasks`).
+    pub tasks: Vec<String>,
+    /// Context length in words.
+    pub words: usize,
+    /// Samples per task.
+    pub samples: usize,
+}
+
+/// LongBench datasets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LongBenchSpec {
+    /// The directory holding `<dataset>.jsonl` files.
+    pub dir: PathBuf,
+    /// Datasets to run; empty means every dataset whose file is present.
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    /// At most this many samples per dataset (first in file order).
+    pub limit: Option<usize>,
+}
+
+/// The methods of the built-in experiment.
+pub const DEFAULT_METHODS: [&str; 8] = [
+    "baseline",
+    "kivi-2bit",
+    "kivi-4bit",
+    "flexgen-4bit",
+    "streamingllm-4x",
+    "h2o-4x",
+    "infllm-4x",
+    "snapkv-4x",
+];
+
+impl ExperimentSpec {
+    /// The built-in experiment: the default model, the paper's methods at 4× and the
+    /// quantization presets, a needle grid and the synthetic suite sized for a laptop CPU.
+    pub fn builtin() -> Self {
+        Self {
+            models: vec![ModelSpec {
+                path: "default".into(),
+                max_length: None,
+            }],
+            methods: DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
+            needle: Some(NeedleSpec {
+                lengths: 3,
+                min_words: 512,
+                max_words: 2048,
+                depths: 3,
+                trials: 1,
+                max_new_tokens: 32,
+            }),
+            synthetic: Some(SyntheticSpec {
+                tasks: longctx_tasks::synthetic::SyntheticTask::ALL
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect(),
+                words: 1000,
+                samples: 1,
+            }),
+            longbench: None,
+            seed: 0,
+        }
+    }
+
+    /// Read a TOML spec; any unknown key, bad value or unknown method is an error naming it.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading experiment spec {}: {e}", path.display()))?;
+        let spec: Self = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "experiment spec {}: {}",
+                path.display(),
+                e.to_string().trim().replace('\n', " ")
+            )
+        })?;
+        spec.check()
+            .map_err(|e| anyhow::anyhow!("experiment spec {}: {e}", path.display()))?;
+        Ok(spec)
+    }
+
+    /// Check what serde cannot: methods parse, tasks exist, counts are positive.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.models.is_empty() || self.methods.is_empty() {
+            anyhow::bail!("give at least one model and one method");
+        }
+        for m in &self.methods {
+            Method::parse(m)?;
+        }
+        if let Some(s) = &self.synthetic {
+            for t in &s.tasks {
+                if longctx_tasks::synthetic::SyntheticTask::by_name(t).is_none() {
+                    anyhow::bail!(
+                        "unknown synthetic task \"{t}\"; run `longctx tasks` for the list"
+                    );
+                }
+            }
+            if s.words == 0 || s.samples == 0 {
+                anyhow::bail!("synthetic.words and synthetic.samples must be positive");
+            }
+        }
+        if let Some(n) = &self.needle {
+            longctx_tasks::needle::NeedleGrid::new(
+                n.min_words,
+                n.max_words,
+                n.lengths,
+                n.depths,
+                n.trials,
+                self.seed,
+            )?;
+            if n.max_new_tokens == 0 {
+                anyhow::bail!("needle.max_new_tokens must be positive");
+            }
+        }
+        if let Some(lb) = &self.longbench {
+            for d in &lb.datasets {
+                longctx_tasks::longbench::Dataset::by_name(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A fingerprint of everything that decides the plan's work items: shards of one plan
+    /// share it, and `merge` refuses databases whose fingerprints differ.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("{self:?}").as_bytes());
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// Which slice of the plan a process runs: shard `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `i/N` with `0 <= i < N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Self { index, count }),
+            _ => Err(format!(
+                "--shard {s}: expected i/N with 0 <= i < N, e.g. 0/4"
+            )),
+        }
+    }
+}
+
+/// Assign items of the given costs to `count` shards, most expensive first, each to the
+/// currently lightest shard (ties to the lower index): deterministic and balanced.
+pub fn balance(costs: &[f64], count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]).then(a.cmp(&b)));
+    let mut load = vec![0f64; count];
+    let mut owner = vec![0; costs.len()];
+    for i in order {
+        let lightest = (0..count)
+            .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)))
+            .expect("at least one shard");
+        load[lightest] += costs[i];
+        owner[i] = lightest;
+    }
+    owner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_reject_unknown_keys_and_methods() {
+        let dir = std::env::temp_dir().join(format!("longctx-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let good = write(
+            "good.toml",
+            "methods = [\"baseline\", \"h2o-4x\"]\n[[models]]\npath = \"default\"\n[needle]\nlengths = 2\nmin_words = 100\nmax_words = 200\ndepths = 2\ntrials = 1\nmax_new_tokens = 16\n",
+        );
+        let spec = ExperimentSpec::from_file(&good).unwrap();
+        assert_eq!(spec.methods.len(), 2);
+        let err = |text: &str| {
+            ExperimentSpec::from_file(&write("bad.toml", text))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("methods = [\"baseline\"]\nmodles = []\n").contains("unknown field `modles`"));
+        assert!(
+            err("methods = [\"h2o-5x\"]\n[[models]]\npath = \"default\"\n")
+                .contains("unknown method \"h2o-5x\"")
+        );
+        assert!(err("methods = [\"baseline\"]\n[[models]]\npath = \"default\"\n[synthetic]\ntasks = [\"nope\"]\nwords = 10\nsamples = 1\n")
+            .contains("unknown synthetic task \"nope\""));
+        assert!(ExperimentSpec::builtin().check().is_ok());
+    }
+
+    #[test]
+    fn shards_are_balanced_deterministic_and_parsed_strictly() {
+        let costs = [5.0, 1.0, 4.0, 2.0, 3.0, 3.0];
+        let owner = balance(&costs, 3);
+        assert_eq!(owner, balance(&costs, 3));
+        let mut load = [0.0; 3];
+        for (c, o) in costs.iter().zip(&owner) {
+            load[*o] += c;
+        }
+        assert_eq!(load, [6.0, 6.0, 6.0]);
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! The benchmark run end to end on the default model with tiny tasks: the real store, plan,
+//! shards and merge. Each sample takes about a second.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use longctx::store::Store;
+
+fn longctx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("longctx-runtest-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A spec of `methods` over a two-depth needle of 120 words and one synthetic sample.
+fn spec(dir: &Path, methods: &str) -> PathBuf {
+    let path = dir.join("spec.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "methods = [{methods}]\n[[models]]\npath = \"default\"\n\
+             [needle]\nlengths = 1\nmin_words = 120\nmax_words = 120\ndepths = 2\ntrials = 1\nmax_new_tokens = 24\n\
+             [synthetic]\ntasks = [\"niah_multikey\"]\nwords = 150\nsamples = 1\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `(model, method, task, sample, prediction, score)` of every row.
+fn outcomes(db: &Path) -> Vec<(String, String, String, String, String, u64)> {
+    Store::open(db)
+        .unwrap()
+        .rows()
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.model,
+                r.method,
+                r.task,
+                r.sample,
+                r.prediction,
+                r.score.to_bits(),
+            )
+        })
+        .collect()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = longctx(args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn a_rerun_skips_stored_samples_and_report_reads_the_store() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("rerun");
+    let spec = spec(&dir, "\"baseline\", \"snapkv-4x\"");
+    let db = dir.join("results.db");
+    let (spec, db_s) = (spec.to_str().unwrap(), db.to_str().unwrap());
+    let first = run_ok(&["run", "--spec", spec, "--db", db_s]);
+    assert!(first.contains("6 samples: 6 run, 0 already"), "{first}");
+    let second = run_ok(&["run", "--spec", spec, "--db", db_s]);
+    assert!(second.contains("6 samples: 0 run, 6 already"), "{second}");
+    let out_dir = dir.join("report");
+    let out = longctx(&["report", "--db", db_s, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("| baseline | needle/passkey:max_new_tokens=24 | 2 |"),
+        "{report}"
+    );
+    // The plan command lists the same cells without running them.
+    let plan = longctx(&["plan", "--spec", spec]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("4 cells, 6 samples"), "{text}");
+}
+
+#[test]
+fn three_shards_merged_equal_one_process() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("shards");
+    let spec = spec(&dir, "\"baseline\", \"streamingllm-4x\", \"h2o-4x\"");
+    let spec = spec.to_str().unwrap();
+    let whole = dir.join("whole.db");
+    run_ok(&["run", "--spec", spec, "--db", whole.to_str().unwrap()]);
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let db = dir.join(format!("shard{i}.db"));
+        let log = run_ok(&[
+            "run",
+            "--spec",
+            spec,
+            "--shard",
+            &format!("{i}/3"),
+            "--db",
+            db.to_str().unwrap(),
+        ]);
+        assert!(log.contains("3 samples: 3 run"), "shard {i}: {log}");
+        shards.push(db.to_str().unwrap().to_string());
+    }
+    let merged = dir.join("merged.db");
+    let mut args = vec!["merge", merged.to_str().unwrap()];
+    args.extend(shards.iter().map(String::as_str));
+    let out = longctx(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(outcomes(&merged), outcomes(&whole));
+    assert_eq!(outcomes(&merged).len(), 9);
+    // Shards of another plan are refused, and the target is left as it was.
+    let other_dir = temp_dir("other");
+    let other_spec = spec_for_other(&other_dir);
+    let other = other_dir.join("other.db");
+    run_ok(&[
+        "run",
+        "--spec",
+        other_spec.to_str().unwrap(),
+        "--db",
+        other.to_str().unwrap(),
+    ]);
+    let out = longctx(&[
+        "merge",
+        dir.join("mixed.db").to_str().unwrap(),
+        &shards[0],
+        other.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("shards of different plans"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("mixed.db").exists() || outcomes(&dir.join("mixed.db")).is_empty());
+}
+
+fn spec_for_other(dir: &Path) -> PathBuf {
+    spec(dir, "\"baseline\"")
+}
+
+#[test]
+fn kill_9_loses_at_most_the_sample_in_flight() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("kill");
+    let spec = spec(&dir, "\"baseline\", \"kivi-2bit\", \"tova-4x\"");
+    let db = dir.join("results.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args([
+            "run",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let stored = loop {
+        let n = Store::open(&db)
+            .ok()
+            .and_then(|s| s.rows().ok())
+            .map_or(0, |r| r.len());
+        if n >= 2 || Instant::now() > deadline {
+            break n;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        stored >= 2,
+        "the run stored {stored} rows before the deadline"
+    );
+    let before = outcomes(&db);
+    assert!(
+        before.len() >= stored && before.len() < 9,
+        "{} rows",
+        before.len()
+    );
+    let log = run_ok(&[
+        "run",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(
+        log.contains(&format!(
+            "9 samples: {} run, {} already",
+            9 - before.len(),
+            before.len()
+        )),
+        "{log}"
+    );
+    let after = outcomes(&db);
+    assert_eq!(after.len(), 9);
+    // What was stored before the kill is still there, unchanged.
+    assert!(before.iter().all(|row| after.contains(row)));
+}
+
+#[test]
+fn bad_specs_and_incompatible_databases_are_clear_errors() {
+    let dir = temp_dir("bad");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "methods = [\"baseline\"]\nmodels = [{ path = \"default\" }]\nthreads = 2\n",
+    )
+    .unwrap();
+    let out = longctx(&[
+        "run",
+        "--spec",
+        bad.to_str().unwrap(),
+        "--db",
+        dir.join("x.db").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown field `threads`"),
+        "{}",
+        stderr(&out)
+    );
+    let old = dir.join("old.db");
+    drop(Store::open(&old).unwrap());
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7")
+        .unwrap();
+    let out = longctx(&[
+        "report",
+        "--db",
+        old.to_str().unwrap(),
+        "--out",
+        dir.join("r").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("schema version 7"),
+        "{}",
+        stderr(&out)
+    );
+}
