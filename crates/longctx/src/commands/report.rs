@@ -1,11 +1,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use longctx_tasks::longbench::{round2, Category, Dataset, DATASETS};
 
-use crate::methods::Method;
+use crate::methods::{presets, Method};
 use crate::store::{ResultRow, Store};
 
 /// `longctx report`.
@@ -17,62 +18,111 @@ pub struct ReportArgs {
     /// Directory the report is written to.
     #[arg(long, default_value = "report")]
     out: PathBuf,
+    /// Put the paper's own numbers (its Table 2) beside ours for the methods it has.
+    #[arg(long)]
+    paper: bool,
 }
 
-/// The words-length of a needle sample id (`words=N depth=… trial=…`).
-fn needle_words(sample: &str) -> Option<usize> {
-    sample
-        .strip_prefix("words=")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+/// The paper's Table 2 (category scores per model and method), carried as data.
+const PAPER_TABLE2: &str = include_str!("../../data/paper/table2_category_scores.csv");
+
+/// Rows grouped by (model, method), in key order.
+type Groups<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a ResultRow>>;
+
+fn group<'a>(rows: &'a [ResultRow], keep: impl Fn(&ResultRow) -> bool) -> Groups<'a> {
+    let mut groups: Groups = BTreeMap::new();
+    for r in rows.iter().filter(|r| keep(r)) {
+        groups.entry((&r.model, &r.method)).or_default().push(r);
+    }
+    groups
 }
 
-/// Mean of `f` over rows.
+/// The words-length and depth of a needle sample id (`words=N depth=D trial=T`).
+fn needle_cell(sample: &str) -> Option<(usize, f64)> {
+    let mut parts = sample.split(' ');
+    let words = parts.next()?.strip_prefix("words=")?.parse().ok()?;
+    let depth = parts.next()?.strip_prefix("depth=")?.parse().ok()?;
+    Some((words, depth))
+}
+
 fn mean(rows: &[&ResultRow], f: impl Fn(&ResultRow) -> f64) -> f64 {
     rows.iter().map(|r| f(r)).sum::<f64>() / rows.len().max(1) as f64
 }
 
-/// The needle table: per model and method, accuracy overall and per length, the measured
-/// compression, the bytes held and the speed.
-fn needle_table(rows: &[ResultRow]) -> String {
-    let mut groups: BTreeMap<(&str, &str, &str), Vec<&ResultRow>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.task.starts_with("needle/passkey")) {
-        groups
-            .entry((&r.model, &r.method, &r.task))
-            .or_default()
-            .push(r);
+fn is_needle(r: &ResultRow) -> bool {
+    r.task.starts_with("needle/")
+}
+
+fn nominal(method: &str) -> String {
+    Method::parse(method)
+        .ok()
+        .and_then(|m| m.nominal_ratio())
+        .map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The measured compression of a group: uncompressed bytes of the tokens seen / bytes held.
+fn measured(group: &[&ResultRow]) -> f64 {
+    mean(group, |r| {
+        r.uncompressed_bytes as f64 / r.kv_bytes.max(1) as f64
+    })
+}
+
+/// The paper's name for a method, when the method is one of the paper's presets.
+fn paper_name(method: &str) -> Option<String> {
+    let parsed = Method::parse(method).ok()?;
+    let preset = presets()
+        .into_iter()
+        .find(|p| Method::parse(&p.name).ok() == Some(parsed))?;
+    let name = preset.name.as_str();
+    let fixed = match name {
+        "baseline" => Some("Baseline"),
+        "kivi-2bit" => Some("KIVI-2bit"),
+        "kivi-4bit" => Some("KIVI-4bit"),
+        "flexgen-4bit" => Some("FlexGen-4bit"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.into());
     }
+    let (family, ratio) = name.rsplit_once('-')?;
+    let paper_family = match family {
+        "streamingllm" => "StreamLLM",
+        "h2o" => "H2O",
+        "infllm" => "InfLLM",
+        _ => return None,
+    };
+    Some(format!("{paper_family}-{ratio}"))
+}
+
+/// The needle table: accuracy overall and per length, compression, bytes and speed.
+fn needle_table(rows: &[ResultRow]) -> String {
+    let groups = group(rows, is_needle);
     let mut lengths: Vec<usize> = rows
         .iter()
-        .filter_map(|r| needle_words(&r.sample))
+        .filter(|r| is_needle(r))
+        .filter_map(|r| needle_cell(&r.sample).map(|c| c.0))
         .collect();
     lengths.sort_unstable();
     lengths.dedup();
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| model | method | task | samples | exact % | partial % | {} | nominal ratio | measured ratio | KV bytes held | offloaded bytes | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |",
+        "| model | method | samples | exact % | partial % | {} | nominal ratio | measured ratio | KV bytes held | offloaded bytes | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |",
         lengths.iter().map(|l| format!("{l} words")).collect::<Vec<_>>().join(" | ")
     );
     let _ = writeln!(
         out,
-        "|---|---|---|--:|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|",
         "--:|".repeat(lengths.len())
     );
-    for ((model, method, task), group) in &groups {
-        let nominal = Method::parse(method)
-            .ok()
-            .and_then(|m| m.nominal_ratio())
-            .map_or("-".into(), |r| format!("{r:.2}x"));
+    for ((model, method), group) in &groups {
         let per_length: Vec<String> = lengths
             .iter()
             .map(|l| {
                 let at: Vec<&ResultRow> = group
                     .iter()
                     .copied()
-                    .filter(|r| needle_words(&r.sample) == Some(*l))
+                    .filter(|r| needle_cell(&r.sample).map(|c| c.0) == Some(*l))
                     .collect();
                 if at.is_empty() {
                     "-".into()
@@ -81,16 +131,19 @@ fn needle_table(rows: &[ResultRow]) -> String {
                 }
             })
             .collect();
-        let prefill_s: f64 = group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3;
-        let decode_s: f64 = group.iter().map(|r| r.decode_ms).sum::<f64>() / 1e3;
+        let (prefill_s, decode_s) = (
+            group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3,
+            group.iter().map(|r| r.decode_ms).sum::<f64>() / 1e3,
+        );
         let _ = writeln!(
             out,
-            "| {model} | {method} | {task} | {} | {:.1} | {:.1} | {} | {nominal} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {:.1} | {:.1} | {} | {} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
             group.len(),
             100.0 * mean(group, |r| r.score),
             100.0 * mean(group, |r| r.score2),
             per_length.join(" | "),
-            mean(group, |r| r.uncompressed_bytes as f64 / r.kv_bytes.max(1) as f64),
+            nominal(method),
+            measured(group),
             mean(group, |r| r.kv_bytes as f64),
             mean(group, |r| r.offloaded_bytes as f64),
             mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
@@ -102,6 +155,324 @@ fn needle_table(rows: &[ResultRow]) -> String {
     out
 }
 
+/// LongBench dataset scores of a group (100 × mean, rounded as the official scorer).
+fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, usize)> {
+    let mut scores = BTreeMap::new();
+    for d in DATASETS {
+        let task = format!("longbench/{}", d.name);
+        let samples: Vec<f64> = group
+            .iter()
+            .filter(|r| r.task == task)
+            .map(|r| r.score)
+            .collect();
+        if !samples.is_empty() {
+            scores.insert(
+                d.name,
+                (
+                    longctx_tasks::longbench::dataset_score(&samples),
+                    samples.len(),
+                ),
+            );
+        }
+    }
+    scores
+}
+
+/// A category as the paper's Table 2 reports it: the mean of its datasets' scores, with
+/// passage_count left out as the paper does; marked "(k/n)" when datasets are missing.
+fn category_cell(scores: &BTreeMap<&str, (f64, usize)>, category: Category) -> String {
+    let members: Vec<&Dataset> = DATASETS
+        .iter()
+        .filter(|d| d.category == category && d.name != "passage_count")
+        .collect();
+    let found: Vec<f64> = members
+        .iter()
+        .filter_map(|d| scores.get(d.name).map(|s| s.0))
+        .collect();
+    if found.is_empty() {
+        return "-".into();
+    }
+    let value = round2(found.iter().sum::<f64>() / found.len() as f64);
+    if found.len() == members.len() {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.1} ({}/{})", found.len(), members.len())
+    }
+}
+
+/// The paper's Table 2 layout per model, and the per-dataset table (Tables 6–9 layout).
+fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
+    let groups = group(rows, |r| r.task.starts_with("longbench/") || is_needle(r));
+    if !rows.iter().any(|r| r.task.starts_with("longbench/")) {
+        return None;
+    }
+    let mut out = String::from("| model | method | nominal ratio | measured ratio | ");
+    out += &Category::ALL.map(|c| c.title()).join(" | ");
+    out += " | LongBench avg | Needle |\n|---|---|--:|--:|";
+    out += &"--:|".repeat(Category::ALL.len() + 2);
+    out.push('\n');
+    let mut per_dataset = String::from("| model | method | ");
+    let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
+    per_dataset += &names.join(" | ");
+    per_dataset += " | avg |\n|---|---|";
+    per_dataset += &"--:|".repeat(names.len() + 1);
+    per_dataset.push('\n');
+    for ((model, method), group) in &groups {
+        let lb: Vec<&ResultRow> = group
+            .iter()
+            .copied()
+            .filter(|r| r.task.starts_with("longbench/"))
+            .collect();
+        let scores = dataset_scores(&lb);
+        let paper15: Vec<f64> = scores
+            .iter()
+            .filter(|(n, _)| **n != "passage_count")
+            .map(|(_, s)| s.0)
+            .collect();
+        let avg = if paper15.is_empty() {
+            "-".into()
+        } else {
+            let v = round2(paper15.iter().sum::<f64>() / paper15.len() as f64);
+            if paper15.len() == 15 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.1} ({}/15)", paper15.len())
+            }
+        };
+        let needle: Vec<&ResultRow> = group.iter().copied().filter(|r| is_needle(r)).collect();
+        let needle = if needle.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.1}", 100.0 * mean(&needle, |r| r.score))
+        };
+        let cats: Vec<String> = Category::ALL
+            .iter()
+            .map(|c| category_cell(&scores, *c))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {model} | {method} | {} | {:.2}x | {} | {avg} | {needle} |",
+            nominal(method),
+            measured(group),
+            cats.join(" | ")
+        );
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| scores.get(n).map_or("-".into(), |s| format!("{:.1}", s.0)))
+            .collect();
+        let _ = writeln!(
+            per_dataset,
+            "| {model} | {method} | {} | {avg} |",
+            cells.join(" | ")
+        );
+    }
+    Some(format!(
+        "### Categories (the paper's Table 2 layout)\n\n{out}\n### Per dataset (the paper's Tables 6-9 layout)\n\n{per_dataset}"
+    ))
+}
+
+/// Per synthetic task, mean score per method.
+fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
+    let groups = group(rows, |r| r.task.starts_with("synthetic/"));
+    if groups.is_empty() {
+        return None;
+    }
+    let mut tasks: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.task.starts_with("synthetic/"))
+        .map(|r| r.task.as_str())
+        .collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let mut out = format!(
+        "| model | method | {} | mean |\n|---|---|{}--:|\n",
+        tasks.join(" | "),
+        "--:|".repeat(tasks.len())
+    );
+    for ((model, method), group) in &groups {
+        let cells: Vec<String> = tasks
+            .iter()
+            .map(|t| {
+                let at: Vec<&ResultRow> = group.iter().copied().filter(|r| r.task == *t).collect();
+                if at.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.1}", 100.0 * mean(&at, |r| r.score))
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {model} | {method} | {} | {:.1} |",
+            cells.join(" | "),
+            100.0 * mean(group, |r| r.score)
+        );
+    }
+    Some(out)
+}
+
+/// What each method really costs and saves, over every sample it ran.
+fn efficiency_table(rows: &[ResultRow]) -> String {
+    let mut out = String::from("| model | method | samples | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for ((model, method), group) in &group(rows, |_| true) {
+        let (prefill_s, decode_s) = (
+            group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3,
+            group.iter().map(|r| r.decode_ms).sum::<f64>() / 1e3,
+        );
+        let _ = writeln!(
+            out,
+            "| {model} | {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.0} |",
+            group.len(),
+            mean(group, |r| r.prompt_tokens as f64),
+            mean(group, |r| r.kept_tokens as f64),
+            mean(group, |r| r.kv_bytes as f64),
+            mean(group, |r| r.offloaded_bytes as f64),
+            measured(group),
+            mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
+            group.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / prefill_s.max(1e-9),
+            group.iter().map(|r| r.new_tokens as f64).sum::<f64>() / decode_s.max(1e-9),
+            group.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0),
+        );
+    }
+    out
+}
+
+/// The paper's Table 2 rows for the methods we ran (every model the paper has).
+fn paper_table(rows: &[ResultRow]) -> String {
+    let mut ours: Vec<String> = rows.iter().filter_map(|r| paper_name(&r.method)).collect();
+    ours.sort_unstable();
+    ours.dedup();
+    let mut lines = PAPER_TABLE2.lines();
+    let header = lines.next().unwrap_or_default().replace(',', " | ");
+    let mut out = format!(
+        "| {header} |\n|{}\n",
+        "---|".repeat(header.split(" | ").count())
+    );
+    for line in lines {
+        let method = line.split(',').nth(1).unwrap_or_default();
+        if ours.iter().any(|o| o == method) {
+            let _ = writeln!(out, "| {} |", line.replace(',', " | "));
+        }
+    }
+    out
+}
+
+/// A filename-safe form of a method spec.
+fn slug(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A needle heatmap (length × depth, exact match), as the paper's Figures 4–21 draw it:
+/// green is found, red is missed. Plain SVG, no dependencies.
+fn needle_heatmap(model: &str, method: &str, group: &[&ResultRow]) -> Option<String> {
+    let mut lengths: Vec<usize> = group
+        .iter()
+        .filter_map(|r| needle_cell(&r.sample).map(|c| c.0))
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut depths: Vec<f64> = group
+        .iter()
+        .filter_map(|r| needle_cell(&r.sample).map(|c| c.1))
+        .collect();
+    depths.sort_by(f64::total_cmp);
+    depths.dedup();
+    if lengths.is_empty() {
+        return None;
+    }
+    let (cell, left, top) = (56.0, 80.0, 48.0);
+    let width = (left + cell * lengths.len() as f64 + 20.0).max(460.0);
+    let height = top + cell * depths.len() as f64 + 56.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">{model}: {method}</text>\n<text x=\"{left}\" y=\"34\">needle exact match by haystack length (words) and depth</text>\n"
+    );
+    for (j, depth) in depths.iter().enumerate() {
+        let y = top + cell * j as f64;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}%</text>",
+            left - 6.0,
+            y + cell / 2.0 + 4.0,
+            depth * 100.0
+        );
+        for (i, length) in lengths.iter().enumerate() {
+            let at: Vec<&ResultRow> = group
+                .iter()
+                .copied()
+                .filter(|r| needle_cell(&r.sample) == Some((*length, *depth)))
+                .collect();
+            let x = left + cell * i as f64;
+            let (fill, label) = if at.is_empty() {
+                ("#dddddd".to_string(), "-".to_string())
+            } else {
+                let s = mean(&at, |r| r.score);
+                let (r, g) = ((255.0 * (1.0 - s)) as u8, (180.0 * s + 40.0) as u8);
+                (format!("rgb({r},{g},60)"), format!("{:.0}", 100.0 * s))
+            };
+            let _ = writeln!(svg, "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"{fill}\" stroke=\"white\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"white\">{label}</text>", x + cell / 2.0, y + cell / 2.0 + 4.0);
+        }
+    }
+    for (i, length) in lengths.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{length}</text>",
+            left + cell * i as f64 + cell / 2.0,
+            top + cell * depths.len() as f64 + 16.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
+/// Every row as CSV (RFC 4180 quoting).
+fn csv(rows: &[ResultRow]) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = String::from("model,method,task,sample,prediction,score,score2,prompt_tokens,kept_tokens,kv_bytes,offloaded_bytes,uncompressed_bytes,fp16_bytes,prefill_ms,decode_ms,new_tokens,peak_rss,settings_hash,version,timestamp\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{}",
+            quote(&r.model),
+            quote(&r.method),
+            quote(&r.task),
+            quote(&r.sample),
+            quote(&r.prediction),
+            r.score,
+            if r.score2.is_nan() {
+                String::new()
+            } else {
+                r.score2.to_string()
+            },
+            r.prompt_tokens,
+            r.kept_tokens,
+            r.kv_bytes,
+            r.offloaded_bytes,
+            r.uncompressed_bytes,
+            r.fp16_bytes,
+            r.prefill_ms,
+            r.decode_ms,
+            r.new_tokens,
+            r.peak_rss,
+            r.settings_hash,
+            r.version,
+            r.timestamp
+        );
+    }
+    out
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn run(args: ReportArgs) -> Result<()> {
     if !args.db.exists() {
         anyhow::bail!(
@@ -109,22 +480,81 @@ pub fn run(args: ReportArgs) -> Result<()> {
             args.db.display()
         );
     }
-    let store = Store::open(&args.db)?;
-    let rows = store.rows()?;
+    let rows = Store::open(&args.db)?.rows()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut report = String::from("# longctx report\n\n");
     let _ = writeln!(
         report,
-        "From `{}` ({} rows). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held.\n",
+        "From `{}` ({} rows). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. All rows: `results.csv`.\n",
         args.db.display(),
         rows.len()
     );
-    report.push_str("## Needle (passkey retrieval)\n\n");
-    report.push_str(&needle_table(&rows));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(tables) = longbench_tables(&rows) {
+        report += "## LongBench\n\n";
+        report += &tables;
+        report.push('\n');
+    }
+    if rows.iter().any(is_needle) {
+        report += "## Needle (passkey retrieval)\n\n";
+        report += &needle_table(&rows);
+        report += "\nHeatmaps (length × depth):\n\n";
+        for ((model, method), group) in &group(&rows, is_needle) {
+            if let Some(svg) = needle_heatmap(model, method, group) {
+                let name = format!("needle_{}_{}.svg", slug(model), slug(method));
+                write(&args.out.join(&name), &svg)?;
+                let _ = writeln!(report, "- {method}: ![{method}]({name})");
+            }
+        }
+        report.push('\n');
+    }
+    if let Some(table) = synthetic_table(&rows) {
+        report += "## Synthetic suite\n\n";
+        report += &table;
+        report.push('\n');
+    }
+    report += "## Efficiency (measured, every sample)\n\n";
+    report += &efficiency_table(&rows);
+    if args.paper {
+        report += "\n## The paper's numbers (Table 2) for the methods above\n\n";
+        report += &paper_table(&rows);
+    }
+    write(&args.out.join("results.csv"), &csv(&rows))?;
     let path = args.out.join("report.md");
-    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    write(&path, &report)?;
     print!("{report}");
     println!("\nreport: {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_names_follow_the_paper_tables() {
+        assert_eq!(paper_name("baseline").as_deref(), Some("Baseline"));
+        assert_eq!(
+            paper_name("kivi:bits=2,group=32,residual=128").as_deref(),
+            Some("KIVI-2bit")
+        );
+        assert_eq!(
+            paper_name("streamingllm:ratio=4,sinks=0.021,reindex=true").as_deref(),
+            Some("StreamLLM-4x")
+        );
+        assert_eq!(paper_name("h2o-8x").as_deref(), Some("H2O-8x"));
+        assert_eq!(paper_name("snapkv-4x"), None);
+        assert!(PAPER_TABLE2.lines().any(|l| l.contains(",H2O-4x,")));
+    }
+
+    #[test]
+    fn categories_leave_passage_count_out_and_mark_missing_datasets() {
+        let mut scores = BTreeMap::new();
+        scores.insert("passage_count", (5.0, 1));
+        scores.insert("passage_retrieval_en", (67.0, 1));
+        scores.insert("qasper", (40.0, 1));
+        assert_eq!(category_cell(&scores, Category::Synthetic), "67.0");
+        assert_eq!(category_cell(&scores, Category::SingleDocQa), "40.0 (1/3)");
+        assert_eq!(category_cell(&scores, Category::Code), "-");
+    }
 }
