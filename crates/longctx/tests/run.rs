@@ -257,3 +257,90 @@ fn bad_specs_and_incompatible_databases_are_clear_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("longbench");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let line = |id: &str, context: &str, input: &str, answer: &str| {
+        serde_json::json!({
+            "_id": id, "context": context, "input": input, "answers": [answer],
+            "length": 40, "all_classes": ["Location", "Person", "Number"],
+        })
+        .to_string()
+    };
+    std::fs::write(
+        data.join("trec.jsonl"),
+        [
+            line("t1", "Question: Where is Paris?\nType: Location\nQuestion: Who wrote Hamlet?\nType: Person", "How many legs has a spider?", "Number"),
+            line("t2", "Question: How many days in a week?\nType: Number", "Where is Rome?", "Location"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("qasper.jsonl"),
+        line(
+            "q1",
+            "The study used 12 volunteers from Oslo.",
+            "How many volunteers took part?",
+            "12 volunteers",
+        ),
+    )
+    .unwrap();
+    let spec = dir.join("spec.toml");
+    std::fs::write(
+        &spec,
+        "methods = [\"baseline\", \"h2o-2x\"]\n[[models]]\npath = \"default\"\n",
+    )
+    .unwrap();
+    let db = dir.join("results.db");
+    let log = run_ok(&[
+        "run",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--longbench-dir",
+        data.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(log.contains("6 samples: 6 run"), "{log}");
+    let out = dir.join("export");
+    let exported = longctx(&[
+        "export",
+        "--format",
+        "longbench",
+        "--db",
+        db.to_str().unwrap(),
+        "--longbench-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    for method in ["baseline", "h2o_ratio_2_count_prefill_true"] {
+        let run_dir = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join(method);
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("result.json")).unwrap())
+                .unwrap();
+        // The official scorer's port, run on the exported files, gives the same scores.
+        let scored = longctx(&["score", run_dir.join("pred").to_str().unwrap()]);
+        let table = String::from_utf8_lossy(&scored.stdout).into_owned();
+        for dataset in ["trec", "qasper"] {
+            let score = result[dataset].as_f64().unwrap();
+            assert!(table.contains(&format!("| {dataset} |")), "{table}");
+            assert!(
+                table.contains(&format!("{score:.2} |")),
+                "{dataset} {score} not in\n{table}"
+            );
+        }
+    }
+}

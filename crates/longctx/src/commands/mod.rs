@@ -1,6 +1,7 @@
 //! Subcommands and the options they share.
 
 pub mod bench;
+pub mod export;
 pub mod generate;
 pub mod merge;
 pub mod methods;
@@ -47,6 +48,8 @@ enum Command {
     Plan(run::PlanArgs),
     /// Union shard databases into one, refusing conflicting rows and different plans.
     Merge(merge::MergeArgs),
+    /// Write stored predictions in another tool's layout (LongBench's pred/ + result.json).
+    Export(export::ExportArgs),
     /// Write the report (markdown tables) from the results database.
     Report(report::ReportArgs),
     /// Score LongBench prediction files (official layout) with the official metrics.
@@ -140,6 +143,19 @@ impl ModelArgs {
     }
 }
 
+/// A file-name-safe form of a model or method name (other characters become `_`).
+pub(crate) fn slug(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -158,6 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Plan(args) => run::print_plan(args),
         Command::Merge(args) => merge::run(args),
+        Command::Export(args) => export::run(args),
         Command::Report(args) => report::run(args),
         Command::Tasks(args) => tasks::run(args),
     }

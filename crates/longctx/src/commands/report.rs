@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use longctx_tasks::longbench::{round2, Category, Dataset, DATASETS};
 
+use super::slug;
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, Store};
 
@@ -355,19 +356,6 @@ fn paper_table(rows: &[ResultRow]) -> String {
         }
     }
     out
-}
-
-/// A filename-safe form of a method spec.
-fn slug(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// A needle heatmap (length × depth, exact match), as the paper's Figures 4–21 draw it:
