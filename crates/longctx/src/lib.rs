@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod commands;
 pub mod experiment;
+pub mod figures;
 pub mod memory;
 pub mod methods;
 pub mod store;

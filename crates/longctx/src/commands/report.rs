@@ -7,6 +7,7 @@ use clap::Args;
 use longctx_tasks::longbench::{round2, Category, Dataset, DATASETS};
 
 use super::slug;
+use crate::figures;
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, Store};
 
@@ -358,66 +359,186 @@ fn paper_table(rows: &[ResultRow]) -> String {
     out
 }
 
-/// A needle heatmap (length × depth, exact match), as the paper's Figures 4–21 draw it:
-/// green is found, red is missed. Plain SVG, no dependencies.
+/// A needle heatmap (length × depth, exact match), as the paper's Figures 4–21 draw it.
 fn needle_heatmap(model: &str, method: &str, group: &[&ResultRow]) -> Option<String> {
-    let mut lengths: Vec<usize> = group
+    let cells: Vec<(usize, f64)> = group
         .iter()
-        .filter_map(|r| needle_cell(&r.sample).map(|c| c.0))
+        .filter_map(|r| needle_cell(&r.sample))
         .collect();
+    let mut lengths: Vec<usize> = cells.iter().map(|c| c.0).collect();
     lengths.sort_unstable();
     lengths.dedup();
-    let mut depths: Vec<f64> = group
-        .iter()
-        .filter_map(|r| needle_cell(&r.sample).map(|c| c.1))
-        .collect();
+    let mut depths: Vec<f64> = cells.iter().map(|c| c.1).collect();
     depths.sort_by(f64::total_cmp);
     depths.dedup();
     if lengths.is_empty() {
         return None;
     }
-    let (cell, left, top) = (56.0, 80.0, 48.0);
-    let width = (left + cell * lengths.len() as f64 + 20.0).max(460.0);
-    let height = top + cell * depths.len() as f64 + 56.0;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">{model}: {method}</text>\n<text x=\"{left}\" y=\"34\">needle exact match by haystack length (words) and depth</text>\n"
-    );
-    for (j, depth) in depths.iter().enumerate() {
-        let y = top + cell * j as f64;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}%</text>",
-            left - 6.0,
-            y + cell / 2.0 + 4.0,
-            depth * 100.0
-        );
-        for (i, length) in lengths.iter().enumerate() {
-            let at: Vec<&ResultRow> = group
+    let values: Vec<Vec<Option<f64>>> = depths
+        .iter()
+        .map(|d| {
+            lengths
                 .iter()
-                .copied()
-                .filter(|r| needle_cell(&r.sample) == Some((*length, *depth)))
-                .collect();
-            let x = left + cell * i as f64;
-            let (fill, label) = if at.is_empty() {
-                ("#dddddd".to_string(), "-".to_string())
-            } else {
-                let s = mean(&at, |r| r.score);
-                let (r, g) = ((255.0 * (1.0 - s)) as u8, (180.0 * s + 40.0) as u8);
-                (format!("rgb({r},{g},60)"), format!("{:.0}", 100.0 * s))
-            };
-            let _ = writeln!(svg, "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"{fill}\" stroke=\"white\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"white\">{label}</text>", x + cell / 2.0, y + cell / 2.0 + 4.0);
+                .map(|l| {
+                    let at: Vec<&ResultRow> = group
+                        .iter()
+                        .copied()
+                        .filter(|r| needle_cell(&r.sample) == Some((*l, *d)))
+                        .collect();
+                    (!at.is_empty()).then(|| mean(&at, |r| r.score))
+                })
+                .collect()
+        })
+        .collect();
+    Some(figures::heatmap(
+        &format!("{model}: {method}"),
+        "needle exact match by haystack length (words, columns) and depth (rows)",
+        &lengths.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        &depths
+            .iter()
+            .map(|d| format!("{:.0}%", d * 100.0))
+            .collect::<Vec<_>>(),
+        &values,
+    ))
+}
+
+/// Scores in [0, 100] of one model and method on each task family it ran: the LongBench
+/// categories (passage_count left out), the needle test and the synthetic suite.
+fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
+    let lb: Vec<&ResultRow> = group
+        .iter()
+        .copied()
+        .filter(|r| r.task.starts_with("longbench/"))
+        .collect();
+    let scores = dataset_scores(&lb);
+    let mut out = Vec::new();
+    for category in Category::ALL {
+        let found: Vec<f64> = DATASETS
+            .iter()
+            .filter(|d| d.category == category && d.name != "passage_count")
+            .filter_map(|d| scores.get(d.name).map(|s| s.0))
+            .collect();
+        if !found.is_empty() {
+            out.push((
+                category.title().to_string(),
+                found.iter().sum::<f64>() / found.len() as f64,
+            ));
         }
     }
-    for (i, length) in lengths.iter().enumerate() {
+    for (name, prefix) in [("Needle", "needle/"), ("Synthetic suite", "synthetic/")] {
+        let at: Vec<&ResultRow> = group
+            .iter()
+            .copied()
+            .filter(|r| r.task.starts_with(prefix))
+            .collect();
+        if !at.is_empty() {
+            out.push((name.to_string(), 100.0 * mean(&at, |r| r.score)));
+        }
+    }
+    out
+}
+
+/// A method's name, its scores per task family, and its measured compression ratio.
+type MethodScores<'a> = (&'a str, Vec<(String, f64)>, f64);
+
+/// The series a method belongs to in score-vs-ratio curves: its spec without the ratio.
+fn series_name(method: &str) -> String {
+    let parts: Vec<&str> = method
+        .split([':', ','])
+        .filter(|p| !p.starts_with("ratio="))
+        .collect();
+    parts.join(" ")
+}
+
+/// Per model: a radar across task families (paper's Figure 1) and score-vs-ratio curves per
+/// method family (Figures 2, 22–24). Returns markdown lines linking the written files.
+fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
+    let mut text = String::new();
+    let groups = group(rows, |_| true);
+    let mut models: Vec<&str> = groups.keys().map(|k| k.0).collect();
+    models.dedup();
+    for model in models {
+        let methods: Vec<MethodScores> = groups
+            .iter()
+            .filter(|(k, _)| k.0 == model)
+            .map(|(k, g)| (k.1, family_scores(g), measured(g)))
+            .collect();
+        // Axes every method has a score on.
+        let axes: Vec<String> = methods
+            .first()
+            .map(|m| m.1.iter().map(|a| a.0.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| methods.iter().all(|m| m.1.iter().any(|s| &s.0 == a)))
+            .collect();
+        let overall = |scores: &[(String, f64)]| {
+            let kept: Vec<f64> = scores
+                .iter()
+                .filter(|s| axes.contains(&s.0))
+                .map(|s| s.1)
+                .collect();
+            kept.iter().sum::<f64>() / kept.len().max(1) as f64
+        };
+        if axes.len() >= 3 {
+            let series: Vec<(String, Vec<f64>)> = methods
+                .iter()
+                .map(|(m, scores, _)| {
+                    let values = axes
+                        .iter()
+                        .map(|a| scores.iter().find(|s| &s.0 == a).map_or(0.0, |s| s.1))
+                        .collect();
+                    (m.to_string(), values)
+                })
+                .collect();
+            let name = format!("radar_{}.svg", slug(model));
+            write(
+                &out.join(&name),
+                &figures::radar(&format!("{model}: scores by task family"), &axes, &series),
+            )?;
+            let _ = writeln!(text, "- {model}, by task family: ![radar]({name})");
+        } else {
+            let _ = writeln!(
+                text,
+                "- {model}: a radar needs at least 3 task families every method ran ({} here)",
+                axes.len()
+            );
+        }
+        if axes.is_empty() {
+            continue;
+        }
+        let baseline = methods
+            .iter()
+            .find(|m| m.0 == "baseline")
+            .map(|m| overall(&m.1));
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for (m, scores, ratio) in &methods {
+            if *m == "baseline" {
+                continue;
+            }
+            let key = series_name(m);
+            let point = (*ratio, overall(scores));
+            match series.iter_mut().find(|s| s.0 == key) {
+                Some(s) => s.1.push(point),
+                None => series.push((key, vec![point])),
+            }
+        }
+        let name = format!("score_vs_ratio_{}.svg", slug(model));
+        write(
+            &out.join(&name),
+            &figures::curves(
+                &format!("{model}: score against compression"),
+                "measured compression ratio",
+                &format!("mean score over {}", axes.join(", ")),
+                &series,
+                baseline,
+            ),
+        )?;
         let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{length}</text>",
-            left + cell * i as f64 + cell / 2.0,
-            top + cell * depths.len() as f64 + 16.0
+            text,
+            "- {model}, score against measured compression ratio: ![curves]({name})"
         );
     }
-    svg.push_str("</svg>\n");
-    Some(svg)
+    Ok(text)
 }
 
 /// Every row as CSV (RFC 4180 quoting).
@@ -501,7 +622,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report += &table;
         report.push('\n');
     }
-    report += "## Efficiency (measured, every sample)\n\n";
+    report += "## Figures\n\n";
+    report += &summary_figures(&rows, &args.out)?;
+    report += "\n## Efficiency (measured, every sample)\n\n";
     report += &efficiency_table(&rows);
     if args.paper {
         report += "\n## The paper's numbers (Table 2) for the methods above\n\n";

@@ -1,0 +1,267 @@
+//! The report's figures as plain SVG (no font or rendering dependencies): heatmaps like the
+//! paper's needle figures, radar charts across task categories, and score-vs-ratio curves.
+
+use std::fmt::Write as _;
+
+/// Colours of successive series.
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// Text safe inside SVG.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn open(width: f64, height: f64, title: &str, subtitle: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"16\" y=\"20\" font-size=\"13\">{}</text>\n<text x=\"16\" y=\"36\">{}</text>\n",
+        escape(title),
+        escape(subtitle)
+    )
+}
+
+/// A grid of scores in [0, 1] (`values[row][column]`, `None` where nothing was run): green
+/// found, red missed, grey absent, each cell labelled with its percentage.
+pub fn heatmap(
+    title: &str,
+    subtitle: &str,
+    columns: &[String],
+    rows: &[String],
+    values: &[Vec<Option<f64>>],
+) -> String {
+    let (cell, left, top) = (56.0, 80.0, 48.0);
+    let width = (left + cell * columns.len() as f64 + 20.0).max(460.0);
+    let height = top + cell * rows.len() as f64 + 40.0;
+    let mut svg = open(width, height, title, subtitle);
+    for (j, row) in rows.iter().enumerate() {
+        let y = top + cell * j as f64;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            left - 6.0,
+            y + cell / 2.0 + 4.0,
+            escape(row)
+        );
+        for (i, value) in values[j].iter().enumerate() {
+            let x = left + cell * i as f64;
+            let (fill, label) = match value {
+                None => ("#dddddd".to_string(), "-".to_string()),
+                Some(s) => {
+                    let (r, g) = ((255.0 * (1.0 - s)) as u8, (180.0 * s + 40.0) as u8);
+                    (format!("rgb({r},{g},60)"), format!("{:.0}", 100.0 * s))
+                }
+            };
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"{fill}\" stroke=\"white\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"white\">{label}</text>",
+                x + cell / 2.0,
+                y + cell / 2.0 + 4.0
+            );
+        }
+    }
+    for (i, column) in columns.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            left + cell * i as f64 + cell / 2.0,
+            top + cell * rows.len() as f64 + 16.0,
+            escape(column)
+        );
+    }
+    svg + "</svg>\n"
+}
+
+/// A radar chart: one polygon per series over the same axes, scores in [0, 100].
+pub fn radar(title: &str, axes: &[String], series: &[(String, Vec<f64>)]) -> String {
+    let (cx, cy, radius) = (260.0, 260.0, 170.0);
+    let mut svg = open(
+        760.0,
+        520.0,
+        title,
+        "score per category (0 at the centre, 100 at the rim)",
+    );
+    let point = |axis: usize, value: f64| {
+        let angle =
+            std::f64::consts::TAU * axis as f64 / axes.len() as f64 - std::f64::consts::FRAC_PI_2;
+        let r = radius * value.clamp(0.0, 100.0) / 100.0;
+        (cx + r * angle.cos(), cy + r * angle.sin())
+    };
+    for ring in [25.0, 50.0, 75.0, 100.0] {
+        let pts: Vec<String> = (0..axes.len())
+            .map(|a| {
+                let (x, y) = point(a, ring);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polygon points=\"{}\" fill=\"none\" stroke=\"#cccccc\"/>",
+            pts.join(" ")
+        );
+    }
+    for (a, axis) in axes.iter().enumerate() {
+        let (x, y) = point(a, 100.0);
+        let (lx, ly) = point(a, 112.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{cx}\" y1=\"{cy}\" x2=\"{x:.1}\" y2=\"{y:.1}\" stroke=\"#cccccc\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">{}</text>",
+            escape(axis)
+        );
+    }
+    for (s, (name, values)) in series.iter().enumerate() {
+        let colour = PALETTE[s % PALETTE.len()];
+        let pts: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(a, v)| {
+                let (x, y) = point(a, *v);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polygon points=\"{}\" fill=\"{colour}\" fill-opacity=\"0.08\" stroke=\"{colour}\" stroke-width=\"1.5\"/>",
+            pts.join(" ")
+        );
+        legend(&mut svg, s, name, colour);
+    }
+    svg + "</svg>\n"
+}
+
+fn legend(svg: &mut String, index: usize, name: &str, colour: &str) {
+    let y = 60.0 + 16.0 * index as f64;
+    let _ = writeln!(
+        svg,
+        "<rect x=\"520\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"536\" y=\"{}\">{}</text>",
+        y - 9.0,
+        y,
+        escape(name)
+    );
+}
+
+/// Lines of (x, y) points per series, e.g. score against compression ratio; `reference` is
+/// drawn as a dashed horizontal line (the baseline's score).
+pub fn curves(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    reference: Option<f64>,
+) -> String {
+    let (left, top, width, height) = (60.0, 50.0, 420.0, 300.0);
+    let x_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(1.0f64, f64::max)
+        .ceil()
+        .max(2.0);
+    let at = |x: f64, y: f64| {
+        (
+            left + width * (x - 1.0) / (x_max - 1.0),
+            top + height * (1.0 - y.clamp(0.0, 100.0) / 100.0),
+        )
+    };
+    let mut svg = open(760.0, 420.0, title, &format!("{y_label} against {x_label}"));
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" fill=\"none\" stroke=\"#999999\"/>"
+    );
+    for tick in [0.0, 25.0, 50.0, 75.0, 100.0] {
+        let (_, y) = at(1.0, tick);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.0}</text>",
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    for tick in 1..=(x_max as usize) {
+        let (x, _) = at(tick as f64, 0.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{tick}x</text>",
+            top + height + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        left + width / 2.0,
+        top + height + 34.0,
+        escape(x_label)
+    );
+    if let Some(r) = reference {
+        let (x0, y) = at(1.0, r);
+        let (x1, _) = at(x_max, r);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"#333333\" stroke-dasharray=\"4 3\"/><text x=\"{x1}\" y=\"{:.1}\" text-anchor=\"end\">baseline</text>",
+            y - 4.0
+        );
+    }
+    for (s, (name, points)) in series.iter().enumerate() {
+        let colour = PALETTE[s % PALETTE.len()];
+        let mut sorted = points.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let pts: Vec<String> = sorted
+            .iter()
+            .map(|(x, y)| {
+                let (px, py) = at(*x, *y);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>",
+            pts.join(" ")
+        );
+        for p in &pts {
+            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{colour}\"/>"
+            );
+        }
+        legend(&mut svg, s, name, colour);
+    }
+    svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_well_formed_and_escape_text() {
+        let h = heatmap(
+            "a<b",
+            "s",
+            &["1".into(), "2".into()],
+            &["0%".into()],
+            &[vec![Some(1.0), None]],
+        );
+        assert!(h.contains("a&lt;b") && h.contains(">100<") && h.contains(">-<"));
+        let r = radar(
+            "r",
+            &["x".into(), "y".into(), "z".into()],
+            &[("m".into(), vec![10.0, 50.0, 100.0])],
+        );
+        assert_eq!(r.matches("<polygon").count(), 5);
+        let c = curves(
+            "c",
+            "ratio",
+            "score",
+            &[("h2o".into(), vec![(4.0, 30.0), (2.0, 60.0)])],
+            Some(80.0),
+        );
+        assert!(c.contains("<polyline") && c.contains("baseline"));
+        for svg in [h, r, c] {
+            assert_eq!(svg.matches("<svg").count(), 1);
+            assert!(svg.ends_with("</svg>\n"));
+        }
+    }
+}
