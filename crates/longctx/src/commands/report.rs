@@ -314,8 +314,8 @@ fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
 }
 
 /// What each method really costs and saves, over every sample it ran.
-fn efficiency_table(rows: &[ResultRow]) -> String {
-    let mut out = String::from("| model | method | samples | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
+    let mut out = String::from("| model | method | samples | mean score % | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for ((model, method), group) in &group(rows, |_| true) {
         let (prefill_s, decode_s) = (
             group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3,
@@ -323,8 +323,9 @@ fn efficiency_table(rows: &[ResultRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.0} |",
             group.len(),
+            100.0 * mean(group, |r| r.score),
             mean(group, |r| r.prompt_tokens as f64),
             mean(group, |r| r.kept_tokens as f64),
             mean(group, |r| r.kv_bytes as f64),

@@ -443,5 +443,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.db.display(),
         started.elapsed().as_secs_f64()
     );
+    // One screen: every method of the database, then where the full report comes from.
+    println!("{}", super::report::efficiency_table(&store.rows()?));
+    println!(
+        "results: {}\nreport:  longctx report --db {} --out report/   (writes report/report.md)",
+        args.db.display(),
+        args.db.display()
+    );
     Ok(())
 }
