@@ -45,7 +45,7 @@ enum Command {
     /// Run methods over tasks and store every sample's result (resumable).
     Run(run::RunArgs),
     /// Print the plan's cells and estimated cost without running anything.
-    Plan(run::PlanArgs),
+    Plan(run::PlanCommandArgs),
     /// Union shard databases into one, refusing conflicting rows and different plans.
     Merge(merge::MergeArgs),
     /// Write stored predictions in another tool's layout (LongBench's pred/ + result.json).

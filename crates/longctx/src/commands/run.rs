@@ -41,6 +41,17 @@ pub struct PlanArgs {
     model: ModelArgs,
 }
 
+/// `longctx plan`.
+#[derive(Args)]
+pub struct PlanCommandArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Also write each sample's prompt text (before any chat template or truncation) to
+    /// DIR/<task>/<sample>.txt, to reproduce a sample with another tool.
+    #[arg(long, value_name = "DIR")]
+    dump_prompts: Option<PathBuf>,
+}
+
 /// `longctx run`.
 #[derive(Args)]
 pub struct RunArgs {
@@ -254,8 +265,23 @@ fn estimated_seconds(sample: &TaskSample) -> f64 {
 }
 
 /// `longctx plan`: the cells and their estimated cost, without running anything.
-pub fn print_plan(args: PlanArgs) -> Result<()> {
-    let plan = args.plan()?;
+pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
+    let plan = args.plan.plan()?;
+    if let Some(dir) = &args.dump_prompts {
+        for s in &plan.samples {
+            let folder = dir.join(super::slug(&s.task));
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("creating {}", folder.display()))?;
+            let path = folder.join(format!("{}.txt", super::slug(&s.id)));
+            std::fs::write(&path, &s.prompt)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!(
+            "{} prompts written under {}",
+            plan.samples.len(),
+            dir.display()
+        );
+    }
     let mut cells: Vec<(String, String, String, usize, f64)> = Vec::new();
     for item in &plan.items {
         let s = &plan.samples[item.sample];
