@@ -152,6 +152,20 @@ impl PackedRows {
         total
     }
 
+    /// Row `r` dequantized into `out` (one row's worth of values).
+    #[inline]
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        self.unpack(r, out);
+        let groups = self.width / self.group;
+        for (g, values) in out.chunks_exact_mut(self.group).enumerate() {
+            let (min, scale) = (
+                self.mins[r * groups + g].to_f32(),
+                self.scales[r * groups + g].to_f32(),
+            );
+            values.iter_mut().for_each(|v| *v = min + scale * *v);
+        }
+    }
+
     /// `out += w · row r`, dequantizing in place; `codes` is scratch space of one row.
     #[inline]
     pub fn add_scaled(&self, r: usize, w: f32, out: &mut [f32], codes: &mut [f32]) {

@@ -196,58 +196,79 @@ impl KiviCache {
         (keys, values)
     }
 
-    /// One decoding query per head over the packed and full-precision parts, read in place.
+    /// One decoding query per head over the packed and 16-bit parts, read in place: each
+    /// key/value head's codes are dequantized once, row by row, for its whole group of
+    /// query heads.
     fn decode_step(&self, layer: usize, query: &[f32]) -> Vec<f32> {
         let (d, group) = (self.shape.head_dim, self.settings.group);
         let per_kv = self.shape.q_heads / self.shape.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let heads = &self.layers[layer];
-        (0..self.shape.q_heads)
+        (0..self.shape.kv_heads)
             .into_par_iter()
-            .flat_map_iter(|qh| {
-                let h = &heads[qh / per_kv];
-                let q = &query[qh * d..(qh + 1) * d];
+            .flat_map_iter(|g| {
+                let h = &heads[g];
+                let queries: Vec<&[f32]> = (g * per_kv..(g + 1) * per_kv)
+                    .map(|qh| &query[qh * d..(qh + 1) * d])
+                    .collect();
                 let quant = self.quantized_keys(h);
                 let n = quant + h.key_residual.len() / d;
-                let mut scores = vec![0f32; n];
-                let mut codes = vec![0f32; d.max(group)];
-                for (b, block) in scores[..quant].chunks_exact_mut(group).enumerate() {
-                    for (c, qc) in q.iter().enumerate() {
-                        h.key_blocks
-                            .add_scaled(b * d + c, *qc, block, &mut codes[..group]);
+                let mut scores = vec![vec![0f32; n]; per_kv];
+                let mut row = vec![0f32; d.max(group)];
+                for b in 0..quant / group {
+                    for c in 0..d {
+                        let channel = &mut row[..group];
+                        h.key_blocks.dequantize_row(b * d + c, channel);
+                        for (s, q) in scores.iter_mut().zip(&queries) {
+                            let qc = q[c];
+                            s[b * group..(b + 1) * group]
+                                .iter_mut()
+                                .zip(channel.iter())
+                                .for_each(|(x, k)| *x += qc * k);
+                        }
                     }
                 }
-                for (s, k) in scores[quant..]
-                    .iter_mut()
-                    .zip(h.key_residual.chunks_exact(d))
-                {
-                    *s = q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum();
+                for (j, key) in h.key_residual.chunks_exact(d).enumerate() {
+                    row[..d]
+                        .iter_mut()
+                        .zip(key)
+                        .for_each(|(r, k)| *r = k.to_f32());
+                    for (s, q) in scores.iter_mut().zip(&queries) {
+                        s[quant + j] = q.iter().zip(&row[..d]).map(|(a, b)| a * b).sum();
+                    }
                 }
-                let max = scores
-                    .iter()
-                    .map(|s| s * scale)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f32;
                 for s in scores.iter_mut() {
-                    *s = (*s * scale - max).exp();
-                    total += *s;
+                    let max = s
+                        .iter()
+                        .map(|x| x * scale)
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0f32;
+                    for x in s.iter_mut() {
+                        *x = (*x * scale - max).exp();
+                        total += *x;
+                    }
+                    s.iter_mut().for_each(|x| *x /= total);
                 }
-                let mut out = vec![0f32; d];
+                let mut outs = vec![vec![0f32; d]; per_kv];
+                let mut accumulate = |r: usize, value: &[f32]| {
+                    for (out, s) in outs.iter_mut().zip(&scores) {
+                        let w = s[r];
+                        out.iter_mut().zip(value).for_each(|(o, x)| *o += w * x);
+                    }
+                };
                 let quant_values = h.value_rows.rows();
-                for (r, p) in scores[..quant_values].iter().enumerate() {
-                    h.value_rows
-                        .add_scaled(r, p / total, &mut out, &mut codes[..d]);
+                for r in 0..quant_values {
+                    h.value_rows.dequantize_row(r, &mut row[..d]);
+                    accumulate(r, &row[..d]);
                 }
-                for (p, v) in scores[quant_values..]
-                    .iter()
-                    .zip(h.value_residual.chunks_exact(d))
-                {
-                    let w = p / total;
-                    out.iter_mut()
-                        .zip(v)
-                        .for_each(|(o, x)| *o += w * x.to_f32());
+                for (j, value) in h.value_residual.chunks_exact(d).enumerate() {
+                    row[..d]
+                        .iter_mut()
+                        .zip(value)
+                        .for_each(|(x, v)| *x = v.to_f32());
+                    accumulate(quant_values + j, &row[..d]);
                 }
-                out
+                outs.into_iter().flatten()
             })
             .collect()
     }
