@@ -127,31 +127,6 @@ impl PackedRows {
         }
     }
 
-    /// `row r · x`, dequantizing in place: per group, min·Σx + scale·Σ code·x. `codes` is
-    /// scratch space of one row.
-    pub fn dot(&self, r: usize, x: &[f32], codes: &mut [f32]) -> f32 {
-        self.unpack(r, codes);
-        let groups = self.width / self.group;
-        let mut total = 0f32;
-        for (g, (c, xs)) in codes
-            .chunks_exact(self.group)
-            .zip(x.chunks_exact(self.group))
-            .enumerate()
-        {
-            let (min, scale) = (
-                self.mins[r * groups + g].to_f32(),
-                self.scales[r * groups + g].to_f32(),
-            );
-            let (mut sum, mut coded) = (0f32, 0f32);
-            for (ci, xi) in c.iter().zip(xs) {
-                sum += xi;
-                coded += ci * xi;
-            }
-            total += min * sum + scale * coded;
-        }
-        total
-    }
-
     /// Row `r` dequantized into `out` (one row's worth of values).
     #[inline]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
@@ -163,26 +138,6 @@ impl PackedRows {
                 self.scales[r * groups + g].to_f32(),
             );
             values.iter_mut().for_each(|v| *v = min + scale * *v);
-        }
-    }
-
-    /// `out += w · row r`, dequantizing in place; `codes` is scratch space of one row.
-    #[inline]
-    pub fn add_scaled(&self, r: usize, w: f32, out: &mut [f32], codes: &mut [f32]) {
-        self.unpack(r, codes);
-        let groups = self.width / self.group;
-        for (g, (c, o)) in codes
-            .chunks_exact(self.group)
-            .zip(out.chunks_exact_mut(self.group))
-            .enumerate()
-        {
-            let (min, scale) = (
-                w * self.mins[r * groups + g].to_f32(),
-                w * self.scales[r * groups + g].to_f32(),
-            );
-            for (ci, oi) in c.iter().zip(o) {
-                *oi += min + scale * ci;
-            }
         }
     }
 
@@ -293,8 +248,8 @@ impl FlexGenCache {
     /// cache); the new token's own key and value enter in full precision.
     fn decode_step(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         use rayon::prelude::*;
-        let (q_heads, d) = (self.shape.q_heads, self.shape.head_dim);
-        let group = q_heads / self.shape.kv_heads;
+        let (kv_heads, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let group = self.shape.q_heads / kv_heads;
         let (query, new_k, new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
             q.flatten_all()?.to_vec1()?,
             k.flatten_all()?.to_vec1()?,
@@ -302,33 +257,56 @@ impl FlexGenCache {
         );
         let stored = &self.layers[layer];
         let scale = 1.0 / (d as f32).sqrt();
-        let out: Vec<f32> = (0..q_heads)
+        // Each key/value head's rows are dequantized once for its whole group of query heads.
+        let out: Vec<f32> = (0..kv_heads)
             .into_par_iter()
-            .flat_map_iter(|h| {
-                let g = h / group;
-                let qh = &query[h * d..(h + 1) * d];
-                let (keys, values) = (&stored.keys[g], &stored.values[g]);
-                let own_k = &new_k[g * d..(g + 1) * d];
-                let mut codes = vec![0f32; d];
-                let mut scores: Vec<f32> = (0..keys.rows())
-                    .map(|r| keys.dot(r, qh, &mut codes) * scale)
+            .flat_map_iter(|g| {
+                let queries: Vec<&[f32]> = (g * group..(g + 1) * group)
+                    .map(|h| &query[h * d..(h + 1) * d])
                     .collect();
-                scores.push(qh.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>() * scale);
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f32 = weights.iter().sum();
-                let mut acc = vec![0f32; d];
-                for (r, w) in weights[..keys.rows()].iter().enumerate() {
-                    values.add_scaled(r, w / total, &mut acc, &mut codes);
+                let (keys, values) = (&stored.keys[g], &stored.values[g]);
+                let n = keys.rows();
+                let mut row = vec![0f32; d];
+                let mut scores = vec![vec![0f32; n + 1]; group];
+                for r in 0..n {
+                    keys.dequantize_row(r, &mut row);
+                    for (s, q) in scores.iter_mut().zip(&queries) {
+                        s[r] = q.iter().zip(&row).map(|(a, b)| a * b).sum::<f32>();
+                    }
                 }
-                let w_own = weights[keys.rows()] / total;
-                for (a, x) in acc.iter_mut().zip(&new_v[g * d..(g + 1) * d]) {
-                    *a += w_own * x;
+                let own_k = &new_k[g * d..(g + 1) * d];
+                for (s, q) in scores.iter_mut().zip(&queries) {
+                    s[n] = q.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>();
+                    let max = s
+                        .iter()
+                        .map(|x| x * scale)
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0f32;
+                    for x in s.iter_mut() {
+                        *x = (*x * scale - max).exp();
+                        total += *x;
+                    }
+                    s.iter_mut().for_each(|x| *x /= total);
                 }
-                acc
+                let mut outs = vec![vec![0f32; d]; group];
+                let mut accumulate = |r: usize, value: &[f32]| {
+                    for (out, s) in outs.iter_mut().zip(&scores) {
+                        out.iter_mut().zip(value).for_each(|(o, x)| *o += s[r] * x);
+                    }
+                };
+                for r in 0..n {
+                    values.dequantize_row(r, &mut row);
+                    accumulate(r, &row);
+                }
+                accumulate(n, &new_v[g * d..(g + 1) * d]);
+                outs.into_iter().flatten()
             })
             .collect();
-        Ok(Tensor::from_vec(out, (q_heads, 1, d), &self.device)?)
+        Ok(Tensor::from_vec(
+            out,
+            (self.shape.q_heads, 1, d),
+            &self.device,
+        )?)
     }
 }
 
