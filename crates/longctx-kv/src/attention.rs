@@ -89,6 +89,12 @@ fn blocked_attention(
     Ok(Tensor::cat(&blocks, 1)?)
 }
 
+/// Softmax of `row · scale`, in place (one decoding query's scores).
+pub(crate) fn softmax_in_place(row: &mut [f32], scale: f32) {
+    let n = row.len();
+    kernels::causal_softmax(row, n, scale);
+}
+
 /// One decoding query per head over plain row-major key/value rows of each kv head
 /// (`keys[g]` holds `n` rows of `d`): returns the output `[q_heads * d]` and adds each key's
 /// attention, summed over the head's group of query heads, into `weights[g]`.

@@ -53,7 +53,8 @@ impl Budget {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// A ratio of at least 1, or a positive token count.
+    pub(crate) fn validate(&self) -> Result<()> {
         match *self {
             Budget::Ratio(r) if !(r >= 1.0 && r.is_finite()) => Err(KvError::Setting(format!(
                 "ratio={r} must be at least 1 (ratio = prompt tokens / kept tokens)"

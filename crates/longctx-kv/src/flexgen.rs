@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
+use crate::attention::softmax_in_place;
 use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
@@ -155,6 +156,25 @@ impl PackedRows {
     }
 }
 
+/// The packing rules every [`PackedRows`] user shares: bits in {2, 4, 8}, and groups that
+/// divide the head dimension.
+pub(crate) fn check_packing(bits: u32, group: usize, head_dim: usize) -> Result<()> {
+    if ![2, 4, 8].contains(&bits) {
+        return Err(KvError::Setting(format!("bits={bits} must be 2, 4 or 8")));
+    }
+    if group == 0 || !head_dim.is_multiple_of(group) {
+        return Err(KvError::Setting(format!(
+            "group={group} must divide the head dimension {head_dim}"
+        )));
+    }
+    Ok(())
+}
+
+/// 16-bit bytes over packed bytes for one group: `bits`-bit codes plus an f16 min and scale.
+pub(crate) fn packed_ratio(bits: u32, group: usize) -> f64 {
+    (2 * group) as f64 / (group * bits as usize / 8 + 4) as f64
+}
+
 /// Settings of [`FlexGenCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlexGenSettings {
@@ -167,24 +187,12 @@ pub struct FlexGenSettings {
 impl FlexGenSettings {
     /// Check the settings against a cache geometry.
     pub fn validate(&self, shape: &KvShape) -> Result<()> {
-        if ![2, 4, 8].contains(&self.bits) {
-            return Err(KvError::Setting(format!(
-                "bits={} must be 2, 4 or 8",
-                self.bits
-            )));
-        }
-        if self.group == 0 || !shape.head_dim.is_multiple_of(self.group) {
-            return Err(KvError::Setting(format!(
-                "group={} must divide the head dimension {}",
-                self.group, shape.head_dim
-            )));
-        }
-        Ok(())
+        check_packing(self.bits, self.group, shape.head_dim)
     }
 
     /// Full (16-bit) bytes over held bytes for one group: the nominal compression ratio.
     pub fn nominal_ratio(&self) -> f64 {
-        (2 * self.group) as f64 / (self.group * self.bits as usize / 8 + 4) as f64
+        packed_ratio(self.bits, self.group)
     }
 }
 
@@ -277,16 +285,7 @@ impl FlexGenCache {
                 let own_k = &new_k[g * d..(g + 1) * d];
                 for (s, q) in scores.iter_mut().zip(&queries) {
                     s[n] = q.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>();
-                    let max = s
-                        .iter()
-                        .map(|x| x * scale)
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0f32;
-                    for x in s.iter_mut() {
-                        *x = (*x * scale - max).exp();
-                        total += *x;
-                    }
-                    s.iter_mut().for_each(|x| *x /= total);
+                    softmax_in_place(s, scale);
                 }
                 let mut outs = vec![vec![0f32; d]; group];
                 let mut accumulate = |r: usize, value: &[f32]| {

@@ -40,13 +40,7 @@ pub struct InfLlmSettings {
 impl InfLlmSettings {
     /// Check the settings on their own.
     pub fn validate(&self) -> Result<()> {
-        if let Budget::Ratio(r) = self.budget {
-            if !(r >= 1.0 && r.is_finite()) {
-                return Err(KvError::Setting(format!(
-                    "ratio={r} must be at least 1 (ratio = prompt tokens / kept tokens)"
-                )));
-            }
-        }
+        self.budget.validate()?;
         if !(self.sinks >= 0.0 && self.retrieved >= 0.0 && self.sinks + self.retrieved < 1.0) {
             return Err(KvError::Setting(format!(
                 "sinks={} and retrieved={} must be fractions summing below 1",

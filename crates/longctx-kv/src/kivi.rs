@@ -21,7 +21,9 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::attention::softmax_in_place;
 use crate::cache::{check_chunk, DECODE_RESERVE};
+use crate::flexgen::{check_packing, packed_ratio};
 use crate::{causal_attention, KvCache, KvError, KvShape, PackedRows, Result, RopeTable};
 
 /// Settings of [`KiviCache`].
@@ -38,18 +40,7 @@ pub struct KiviSettings {
 impl KiviSettings {
     /// Check the settings against a cache geometry.
     pub fn validate(&self, shape: &KvShape) -> Result<()> {
-        if ![2, 4, 8].contains(&self.bits) {
-            return Err(KvError::Setting(format!(
-                "bits={} must be 2, 4 or 8",
-                self.bits
-            )));
-        }
-        if self.group == 0 || !shape.head_dim.is_multiple_of(self.group) {
-            return Err(KvError::Setting(format!(
-                "group={} must divide the head dimension {}",
-                self.group, shape.head_dim
-            )));
-        }
+        check_packing(self.bits, self.group, shape.head_dim)?;
         if self.residual == 0 || !self.residual.is_multiple_of(self.group) {
             return Err(KvError::Setting(format!(
                 "residual={} must be a positive multiple of group={}",
@@ -61,7 +52,7 @@ impl KiviSettings {
 
     /// 16-bit bytes over held bytes once the residual window is negligible.
     pub fn nominal_ratio(&self) -> f64 {
-        (2 * self.group) as f64 / (self.group * self.bits as usize / 8 + 4) as f64
+        packed_ratio(self.bits, self.group)
     }
 }
 
@@ -237,18 +228,7 @@ impl KiviCache {
                         s[quant + j] = q.iter().zip(&row[..d]).map(|(a, b)| a * b).sum();
                     }
                 }
-                for s in scores.iter_mut() {
-                    let max = s
-                        .iter()
-                        .map(|x| x * scale)
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0f32;
-                    for x in s.iter_mut() {
-                        *x = (*x * scale - max).exp();
-                        total += *x;
-                    }
-                    s.iter_mut().for_each(|x| *x /= total);
-                }
+                scores.iter_mut().for_each(|s| softmax_in_place(s, scale));
                 let mut outs = vec![vec![0f32; d]; per_kv];
                 let mut accumulate = |r: usize, value: &[f32]| {
                     for (out, s) in outs.iter_mut().zip(&scores) {
