@@ -414,6 +414,22 @@ pub fn length_bucket(length: usize) -> &'static str {
     }
 }
 
+/// LongBench-E's score per length bucket of `(score, length)` samples, in bucket order:
+/// 100 × mean, 2 decimals, as its `scorer_e`; `None` for an empty bucket.
+pub fn bucket_scores(samples: &[(f64, usize)]) -> BTreeMap<&'static str, Option<f64>> {
+    ["0-4k", "4-8k", "8k+"]
+        .into_iter()
+        .map(|bucket| {
+            let at: Vec<f64> = samples
+                .iter()
+                .filter(|(_, length)| length_bucket(*length) == bucket)
+                .map(|(score, _)| *score)
+                .collect();
+            (bucket, (!at.is_empty()).then(|| dataset_score(&at)))
+        })
+        .collect()
+}
+
 /// Averages over datasets: the paper's 15-dataset mean (passage_count left out) and
 /// LongBench's mean over the six category means. `None` when a required dataset is absent.
 pub fn averages(scores: &BTreeMap<&str, f64>) -> (Option<f64>, Option<f64>) {

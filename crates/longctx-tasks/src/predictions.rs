@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::longbench::{
-    answers_field, dataset_score, field_strings, length_bucket, read_jsonl, Dataset,
+    answers_field, bucket_scores, dataset_score, field_strings, read_jsonl, Dataset,
     LongBenchError, OnBadLine,
 };
 
@@ -102,30 +102,14 @@ pub fn score_file(path: &Path, on_bad: OnBadLine) -> Result<DatasetResult, LongB
         .map(|l| dataset.score(&l.pred, &l.answers, &classes))
         .collect();
     let lengths: Vec<Option<usize>> = lines.iter().map(|l| l.length).collect();
-    let mut grouped: BTreeMap<&'static str, Vec<f64>> = ["0-4k", "4-8k", "8k+"]
-        .into_iter()
-        .map(|b| (b, Vec::new()))
+    let with_length: Vec<(f64, usize)> = sample_scores
+        .iter()
+        .zip(&lengths)
+        .filter_map(|(score, length)| Some((*score, (*length)?)))
         .collect();
-    for (score, length) in sample_scores.iter().zip(&lengths) {
-        if let Some(l) = length {
-            grouped
-                .get_mut(length_bucket(*l))
-                .expect("every bucket exists")
-                .push(*score);
-        }
-    }
-    let buckets = grouped
+    let buckets = bucket_scores(&with_length)
         .into_iter()
-        .map(|(b, s)| {
-            (
-                b,
-                if s.is_empty() {
-                    f64::NAN
-                } else {
-                    dataset_score(&s)
-                },
-            )
-        })
+        .map(|(bucket, score)| (bucket, score.unwrap_or(f64::NAN)))
         .collect();
     Ok(DatasetResult {
         file_stem: stem,

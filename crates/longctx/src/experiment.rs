@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::methods::Method;
 
@@ -26,6 +25,9 @@ pub struct ExperimentSpec {
     /// Seed of every generated sample.
     #[serde(default)]
     pub seed: u64,
+    /// Worker threads for matrix products (`--threads` overrides; default: all cores).
+    /// Not part of the plan: shards may run on machines of different sizes.
+    pub threads: Option<usize>,
 }
 
 /// One model of an experiment.
@@ -107,7 +109,7 @@ impl ExperimentSpec {
             needle: Some(NeedleSpec {
                 lengths: 3,
                 min_words: 512,
-                max_words: 2048,
+                max_words: 1536,
                 depths: 3,
                 trials: 1,
                 max_new_tokens: 32,
@@ -117,11 +119,12 @@ impl ExperimentSpec {
                     .iter()
                     .map(|t| t.name().to_string())
                     .collect(),
-                words: 1000,
+                words: 800,
                 samples: 1,
             }),
             longbench: None,
             seed: 0,
+            threads: None,
         }
     }
 
@@ -174,20 +177,15 @@ impl ExperimentSpec {
                 anyhow::bail!("needle.max_new_tokens must be positive");
             }
         }
+        if self.threads == Some(0) {
+            anyhow::bail!("threads must be at least 1");
+        }
         if let Some(lb) = &self.longbench {
             for d in &lb.datasets {
                 longctx_tasks::longbench::Dataset::by_name(d)?;
             }
         }
         Ok(())
-    }
-
-    /// A fingerprint of everything that decides the plan's work items: shards of one plan
-    /// share it, and `merge` refuses databases whose fingerprints differ.
-    pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(format!("{self:?}").as_bytes());
-        format!("{:x}", h.finalize())[..16].to_string()
     }
 }
 

@@ -1,7 +1,11 @@
-//! The report's figures as plain SVG (no font or rendering dependencies): heatmaps like the
-//! paper's needle figures, radar charts across task categories, and score-vs-ratio curves.
+//! The report's figures: heatmaps like the paper's needle figures, radar charts across task
+//! categories, and score-vs-ratio curves. Each is drawn once, as SVG; [`png`] rasterizes it
+//! (resvg, with an embedded font so labels render on machines without system fonts).
 
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use resvg::{tiny_skia, usvg};
 
 /// Colours of successive series.
 const PALETTE: [&str; 10] = [
@@ -77,9 +81,9 @@ pub fn heatmap(
 
 /// A radar chart: one polygon per series over the same axes, scores in [0, 100].
 pub fn radar(title: &str, axes: &[String], series: &[(String, Vec<f64>)]) -> String {
-    let (cx, cy, radius) = (260.0, 260.0, 170.0);
+    let (cx, cy, radius) = (300.0, 270.0, 170.0);
     let mut svg = open(
-        760.0,
+        width_for_legend(series),
         520.0,
         title,
         "score per category (0 at the centre, 100 at the rim)",
@@ -105,10 +109,17 @@ pub fn radar(title: &str, axes: &[String], series: &[(String, Vec<f64>)]) -> Str
     }
     for (a, axis) in axes.iter().enumerate() {
         let (x, y) = point(a, 100.0);
-        let (lx, ly) = point(a, 112.0);
+        let (lx, ly) = point(a, 106.0);
+        // Labels sit outside the rim: left of it on the left side, right of it on the right.
+        let anchor = match lx - cx {
+            d if d > 1.0 => "start",
+            d if d < -1.0 => "end",
+            _ => "middle",
+        };
         let _ = writeln!(
             svg,
-            "<line x1=\"{cx}\" y1=\"{cy}\" x2=\"{x:.1}\" y2=\"{y:.1}\" stroke=\"#cccccc\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">{}</text>",
+            "<line x1=\"{cx}\" y1=\"{cy}\" x2=\"{x:.1}\" y2=\"{y:.1}\" stroke=\"#cccccc\"/><text x=\"{lx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
+            ly + 4.0 + 6.0 * (ly - cy).signum(),
             escape(axis)
         );
     }
@@ -132,12 +143,27 @@ pub fn radar(title: &str, axes: &[String], series: &[(String, Vec<f64>)]) -> Str
     svg + "</svg>\n"
 }
 
+/// Where the legend starts (x), right of the plot.
+const LEGEND_X: f64 = 600.0;
+
+/// A figure's width: the plot and a legend wide enough for its longest series name (about
+/// 5.5 units a character at font size 11).
+fn width_for_legend<T>(series: &[(String, T)]) -> f64 {
+    let longest = series
+        .iter()
+        .map(|s| s.0.chars().count())
+        .max()
+        .unwrap_or(0);
+    (LEGEND_X + 16.0 + 5.5 * longest as f64 + 20.0).max(760.0)
+}
+
 fn legend(svg: &mut String, index: usize, name: &str, colour: &str) {
     let y = 60.0 + 16.0 * index as f64;
     let _ = writeln!(
         svg,
-        "<rect x=\"520\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"536\" y=\"{}\">{}</text>",
+        "<rect x=\"{LEGEND_X}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{}\" y=\"{}\">{}</text>",
         y - 9.0,
+        LEGEND_X + 16.0,
         y,
         escape(name)
     );
@@ -165,7 +191,12 @@ pub fn curves(
             top + height * (1.0 - y.clamp(0.0, 100.0) / 100.0),
         )
     };
-    let mut svg = open(760.0, 420.0, title, &format!("{y_label} against {x_label}"));
+    let mut svg = open(
+        width_for_legend(series),
+        420.0,
+        title,
+        &format!("{y_label} against {x_label}"),
+    );
     let _ = writeln!(
         svg,
         "<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" fill=\"none\" stroke=\"#999999\"/>"
@@ -231,6 +262,53 @@ pub fn curves(
     svg + "</svg>\n"
 }
 
+/// Pixels per SVG unit in the PNG: sharp enough for a paper or a slide.
+const PNG_SCALE: f32 = 2.0;
+
+/// The font every label is set in (Ubuntu Light, from egui's font crate), as the
+/// `sans-serif` the SVGs ask for.
+fn font_database() -> Arc<usvg::fontdb::Database> {
+    static FONTS: OnceLock<Arc<usvg::fontdb::Database>> = OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let mut db = usvg::fontdb::Database::new();
+            db.load_font_data(epaint_default_fonts::UBUNTU_LIGHT.to_vec());
+            let family = db
+                .faces()
+                .next()
+                .and_then(|f| f.families.first())
+                .map(|(name, _)| name.clone());
+            if let Some(family) = family {
+                db.set_sans_serif_family(family);
+            }
+            Arc::new(db)
+        })
+        .clone()
+}
+
+/// One of this module's SVG figures as a PNG image, at twice its SVG size.
+pub fn png(svg: &str) -> Result<Vec<u8>, String> {
+    let options = usvg::Options {
+        fontdb: font_database(),
+        ..usvg::Options::default()
+    };
+    let tree = usvg::Tree::from_str(svg, &options).map_err(|e| format!("parsing SVG: {e}"))?;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(PNG_SCALE)
+        .ok_or("empty figure")?;
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("empty figure")?;
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(PNG_SCALE, PNG_SCALE),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .encode_png()
+        .map_err(|e| format!("encoding PNG: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +340,24 @@ mod tests {
         for svg in [h, r, c] {
             assert_eq!(svg.matches("<svg").count(), 1);
             assert!(svg.ends_with("</svg>\n"));
+            let image = png(&svg).unwrap();
+            assert_eq!(&image[1..4], b"PNG");
         }
+    }
+
+    /// Dark pixels (any channel below 128) of a rendered figure.
+    fn dark_pixels(svg: &str) -> usize {
+        let image = tiny_skia::Pixmap::decode_png(&png(svg).unwrap()).unwrap();
+        image.pixels().iter().filter(|p| p.red() < 128).count()
+    }
+
+    #[test]
+    fn png_labels_are_drawn_with_the_embedded_font() {
+        let blank = open(200.0, 60.0, "", "") + "</svg>\n";
+        let labelled = open(200.0, 60.0, "Needle 4x", "depth") + "</svg>\n";
+        let image = tiny_skia::Pixmap::decode_png(&png(&labelled).unwrap()).unwrap();
+        assert_eq!((image.width(), image.height()), (400, 120));
+        assert_eq!(dark_pixels(&blank), 0);
+        assert!(dark_pixels(&labelled) > 100, "the title was not rendered");
     }
 }

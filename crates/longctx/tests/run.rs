@@ -85,6 +85,17 @@ fn a_rerun_skips_stored_samples_and_report_reads_the_store() {
     assert!(report.contains("## Synthetic suite"), "{report}");
     assert!(report.contains("![baseline](needle_"), "{report}");
     assert!(out_dir.join("results.csv").exists());
+    // Every figure is written as SVG and as PNG.
+    let figures: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "svg"))
+        .collect();
+    assert!(figures.len() >= 2, "{figures:?}");
+    for svg in figures {
+        let png = std::fs::read(svg.with_extension("png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{}", svg.display());
+    }
     // The plan command lists the same cells without running them.
     let plan = longctx(&["plan", "--spec", spec]);
     let text = String::from_utf8_lossy(&plan.stdout);
@@ -221,7 +232,7 @@ fn bad_specs_and_incompatible_databases_are_clear_errors() {
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
-        "methods = [\"baseline\"]\nmodels = [{ path = \"default\" }]\nthreads = 2\n",
+        "methods = [\"baseline\"]\nmodels = [{ path = \"default\" }]\nthread = 2\n",
     )
     .unwrap();
     let out = longctx(&[
@@ -233,7 +244,18 @@ fn bad_specs_and_incompatible_databases_are_clear_errors() {
     ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("unknown field `threads`"),
+        stderr(&out).contains("unknown field `thread`"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        &bad,
+        "methods = [\"baseline\"]\nmodels = [{ path = \"default\" }]\nthreads = 2\n",
+    )
+    .unwrap();
+    let out = longctx(&["plan", "--spec", bad.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("the experiment has no tasks"),
         "{}",
         stderr(&out)
     );
@@ -290,6 +312,27 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
         ),
     )
     .unwrap();
+    // LongBench-E's file of the same dataset: one sample in each of two length buckets.
+    let line_e = |id: &str, length: usize, input: &str, answer: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&line(
+            id,
+            "Question: Where is Paris?\nType: Location",
+            input,
+            answer,
+        ))
+        .unwrap();
+        v["length"] = length.into();
+        v.to_string()
+    };
+    std::fs::write(
+        data.join("trec_e.jsonl"),
+        [
+            line_e("e1", 1200, "Who painted the Mona Lisa?", "Person"),
+            line_e("e2", 5200, "Where is Berlin?", "Location"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
     let spec = dir.join("spec.toml");
     std::fs::write(
         &spec,
@@ -306,7 +349,21 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
         "--db",
         db.to_str().unwrap(),
     ]);
-    assert!(log.contains("6 samples: 6 run"), "{log}");
+    assert!(log.contains("10 samples: 10 run"), "{log}");
+    let report_dir = dir.join("report");
+    run_ok(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(report.contains("## LongBench-E"), "{report}");
+    assert!(
+        report.contains("| baseline | trec | 2 |") && report.contains(" | - |"),
+        "LongBench-E rows fill two buckets and leave 8k+ empty:\n{report}"
+    );
     let out = dir.join("export");
     let exported = longctx(&[
         "export",
@@ -342,5 +399,18 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
                 "{dataset} {score} not in\n{table}"
             );
         }
+        // LongBench-E predictions rescore per bucket as exported.
+        let result_e: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("result_e.json")).unwrap())
+                .unwrap();
+        let scored = longctx(&["score", "--e", run_dir.join("pred_e").to_str().unwrap()]);
+        let table = String::from_utf8_lossy(&scored.stdout).into_owned();
+        assert!(result_e["trec"]["8k+"].is_null(), "{result_e}");
+        let (short, middle) = (
+            result_e["trec"]["0-4k"].as_f64().unwrap(),
+            result_e["trec"]["4-8k"].as_f64().unwrap(),
+        );
+        let row = format!("| trec | {short:.2} | {middle:.2} | NaN |");
+        assert!(table.contains(&row), "{row} not in\n{table}");
     }
 }

@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use longctx_tasks::longbench::{self, Dataset, OnBadLine};
 use serde_json::json;
 
+use super::run::longbench_key;
 use super::slug;
 use crate::store::Store;
 
@@ -13,7 +14,8 @@ use crate::store::Store;
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
     /// LongBench's: `pred/<dataset>.jsonl` (pred, answers, all_classes, length) and
-    /// `result.json`, one directory per model and method.
+    /// `result.json`, one directory per model and method; LongBench-E rows go to
+    /// `pred_e/` and `result_e.json` (scores per length bucket).
     Longbench,
 }
 
@@ -34,8 +36,8 @@ pub struct ExportArgs {
     out: PathBuf,
 }
 
-/// Dataset → sample id → prediction, for one model and method.
-type PredictionsByDataset<'a> = BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>;
+/// Data file (`qasper`, `qasper_e`) → sample id → prediction, for one model and method.
+type PredictionsByFile<'a> = BTreeMap<String, BTreeMap<&'a str, &'a str>>;
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let Format::Longbench = args.format;
@@ -43,39 +45,43 @@ pub fn run(args: ExportArgs) -> Result<()> {
         anyhow::bail!("no results database at {}", args.db.display());
     }
     let rows = Store::open(&args.db)?.rows()?;
-    let mut runs: BTreeMap<(&str, &str), PredictionsByDataset> = BTreeMap::new();
+    let mut runs: BTreeMap<(&str, &str), PredictionsByFile> = BTreeMap::new();
     for r in &rows {
-        if let Some(dataset) = r.task.strip_prefix("longbench/") {
-            runs.entry((&r.model, &r.method))
-                .or_default()
-                .entry(dataset)
-                .or_default()
-                .insert(&r.sample, &r.prediction);
-        }
+        let file = match (
+            r.task.strip_prefix("longbench/"),
+            r.task.strip_prefix("longbench-e/"),
+        ) {
+            (Some(name), _) => name.to_string(),
+            (_, Some(name)) => format!("{name}_e"),
+            _ => continue,
+        };
+        runs.entry((&r.model, &r.method))
+            .or_default()
+            .entry(file)
+            .or_default()
+            .insert(&r.sample, &r.prediction);
     }
     if runs.is_empty() {
         anyhow::bail!("{} holds no LongBench rows to export", args.db.display());
     }
-    for ((model, method), datasets) in &runs {
+    for ((model, method), files) in &runs {
         let dir = args.out.join(slug(model)).join(slug(method));
-        std::fs::create_dir_all(dir.join("pred"))
-            .with_context(|| format!("creating {}", dir.display()))?;
+        // LongBench's scores per dataset, and LongBench-E's per dataset and length bucket.
         let mut result = BTreeMap::new();
-        for (name, predictions) in datasets {
-            let dataset = Dataset::by_name(name)?;
-            let loaded = longbench::load(&args.longbench_dir, name, OnBadLine::Fail)?;
+        let mut result_e = BTreeMap::new();
+        for (file, predictions) in files {
+            let is_e = file.ends_with("_e");
+            let dataset = Dataset::by_name(file)?;
+            let loaded = longbench::load(&args.longbench_dir, file, OnBadLine::Fail)?;
             let mut lines = String::new();
-            let mut scores = Vec::new();
+            let mut scored = Vec::new();
             for (i, sample) in loaded.samples.iter().enumerate() {
-                let id = if sample.id.is_empty() {
-                    format!("line={}", i + 1)
-                } else {
-                    sample.id.clone()
-                };
+                let (_, id) = longbench_key(file, i + 1, sample);
                 let Some(pred) = predictions.get(id.as_str()) else {
                     continue;
                 };
-                scores.push(dataset.score(pred, &sample.answers, &sample.all_classes));
+                let score = dataset.score(pred, &sample.answers, &sample.all_classes);
+                scored.push((score, sample.length));
                 lines += &json!({
                     "pred": pred,
                     "answers": sample.answers,
@@ -85,22 +91,37 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 .to_string();
                 lines.push('\n');
             }
-            if scores.len() != predictions.len() {
+            if scored.len() != predictions.len() {
                 anyhow::bail!(
-                    "{} has {} {name} predictions but only {} match samples in {}: is it the data the run used?",
+                    "{} has {} {file} predictions but only {} match samples in {}: is it the data the run used?",
                     args.db.display(),
                     predictions.len(),
-                    scores.len(),
+                    scored.len(),
                     args.longbench_dir.display()
                 );
             }
-            let path = dir.join("pred").join(format!("{name}.jsonl"));
+            let pred_dir = dir.join(if is_e { "pred_e" } else { "pred" });
+            std::fs::create_dir_all(&pred_dir)
+                .with_context(|| format!("creating {}", pred_dir.display()))?;
+            let path = pred_dir.join(format!("{}.jsonl", dataset.name));
             std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
-            result.insert(name.to_string(), longbench::dataset_score(&scores));
+            if is_e {
+                result_e.insert(dataset.name, longbench::bucket_scores(&scored));
+            } else {
+                let scores: Vec<f64> = scored.iter().map(|(score, _)| *score).collect();
+                result.insert(dataset.name, longbench::dataset_score(&scores));
+            }
         }
-        let path = dir.join("result.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        for (name, value) in [
+            ("result.json", serde_json::to_value(&result)?),
+            ("result_e.json", serde_json::to_value(&result_e)?),
+        ] {
+            if value.as_object().is_some_and(|o| !o.is_empty()) {
+                let path = dir.join(name);
+                std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         println!("{}", dir.display());
     }
     Ok(())

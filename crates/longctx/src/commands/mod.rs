@@ -117,6 +117,14 @@ impl ModelArgs {
         Ok((loaded, method))
     }
 
+    /// The model's file or directory; the default model is fetched if it is not cached.
+    pub fn model_path(&self) -> Result<PathBuf> {
+        Ok(match &self.model {
+            Some(spec) => resolve_model_path(spec)?,
+            None => assets::default_model()?,
+        })
+    }
+
     /// Set up threads, fetch the default model if needed, and load it with the baseline cache.
     pub fn load_bare(&self) -> Result<LoadedModel> {
         if let Some(n) = self.threads {
@@ -129,10 +137,7 @@ impl ModelArgs {
                 .num_threads(n)
                 .build_global();
         }
-        let path: PathBuf = match &self.model {
-            Some(spec) => resolve_model_path(spec)?,
-            None => assets::default_model()?,
-        };
+        let path = self.model_path()?;
         let options = LoadOptions {
             rope_theta: self.rope_theta,
             context: self.context,

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use longctx_tasks::longbench::{round2, Category, Dataset, DATASETS};
+use longctx_tasks::longbench::{bucket_scores, round2, Category, Dataset, DATASETS};
 
+use super::run::longbench_e_length;
 use super::slug;
 use crate::figures;
 use crate::methods::{presets, Method};
@@ -273,6 +274,42 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
     ))
 }
 
+/// LongBench-E: each dataset's score per length bucket (words), as its `eval.py --e`
+/// reports them.
+fn longbench_e_table(rows: &[ResultRow]) -> Option<String> {
+    let groups = group(rows, |r| r.task.starts_with("longbench-e/"));
+    if groups.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "| model | method | dataset | samples | 0-4k | 4-8k | 8k+ |\n|---|---|---|--:|--:|--:|--:|\n",
+    );
+    for ((model, method), group) in &groups {
+        let mut tasks: Vec<&str> = group.iter().map(|r| r.task.as_str()).collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        for task in tasks {
+            let scored: Vec<(f64, usize)> = group
+                .iter()
+                .filter(|r| r.task == task)
+                .filter_map(|r| Some((r.score, longbench_e_length(&r.sample)?)))
+                .collect();
+            let cells: Vec<String> = bucket_scores(&scored)
+                .values()
+                .map(|s| s.map_or("-".into(), |s| format!("{s:.2}")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {model} | {method} | {} | {} | {} |",
+                task.trim_start_matches("longbench-e/"),
+                scored.len(),
+                cells.join(" | ")
+            );
+        }
+    }
+    Some(out)
+}
+
 /// Per synthetic task, mean score per method.
 fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
     let groups = group(rows, |r| r.task.starts_with("synthetic/"));
@@ -404,7 +441,7 @@ fn needle_heatmap(model: &str, method: &str, group: &[&ResultRow]) -> Option<Str
 }
 
 /// Scores in [0, 100] of one model and method on each task family it ran: the LongBench
-/// categories (passage_count left out), the needle test and the synthetic suite.
+/// categories (passage_count left out), the needle test and each synthetic task.
 fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
     let lb: Vec<&ResultRow> = group
         .iter()
@@ -426,15 +463,25 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
             ));
         }
     }
-    for (name, prefix) in [("Needle", "needle/"), ("Synthetic suite", "synthetic/")] {
+    let needle: Vec<&ResultRow> = group.iter().copied().filter(|r| is_needle(r)).collect();
+    if !needle.is_empty() {
+        out.push(("Needle".to_string(), 100.0 * mean(&needle, |r| r.score)));
+    }
+    // Each synthetic task tests a different skill (RULER's categories): one axis each.
+    let mut synthetic: Vec<&str> = group
+        .iter()
+        .filter_map(|r| r.task.strip_prefix("synthetic/"))
+        .collect();
+    synthetic.sort_unstable();
+    synthetic.dedup();
+    for task in synthetic {
         let at: Vec<&ResultRow> = group
             .iter()
             .copied()
-            .filter(|r| r.task.starts_with(prefix))
+            .filter(|r| r.task.strip_prefix("synthetic/") == Some(task))
             .collect();
-        if !at.is_empty() {
-            out.push((name.to_string(), 100.0 * mean(&at, |r| r.score)));
-        }
+        let name = task.split(':').next().unwrap_or(task);
+        out.push((name.to_string(), 100.0 * mean(&at, |r| r.score)));
     }
     out
 }
@@ -491,12 +538,13 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
                     (m.to_string(), values)
                 })
                 .collect();
-            let name = format!("radar_{}.svg", slug(model));
-            write(
-                &out.join(&name),
+            let shown = write_figure(
+                out,
+                &format!("radar_{}", slug(model)),
+                "radar",
                 &figures::radar(&format!("{model}: scores by task family"), &axes, &series),
             )?;
-            let _ = writeln!(text, "- {model}, by task family: ![radar]({name})");
+            let _ = writeln!(text, "- {model}, by task family: {shown}");
         } else {
             let _ = writeln!(
                 text,
@@ -523,9 +571,10 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
                 None => series.push((key, vec![point])),
             }
         }
-        let name = format!("score_vs_ratio_{}.svg", slug(model));
-        write(
-            &out.join(&name),
+        let shown = write_figure(
+            out,
+            &format!("score_vs_ratio_{}", slug(model)),
+            "curves",
             &figures::curves(
                 &format!("{model}: score against compression"),
                 "measured compression ratio",
@@ -536,7 +585,7 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
         )?;
         let _ = writeln!(
             text,
-            "- {model}, score against measured compression ratio: ![curves]({name})"
+            "- {model}, score against measured compression ratio: {shown}"
         );
     }
     Ok(text)
@@ -579,8 +628,16 @@ fn csv(rows: &[ResultRow]) -> String {
     out
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Write a figure as `<stem>.svg` and `<stem>.png`; returns the markdown that shows it.
+fn write_figure(out: &Path, stem: &str, alt: &str, svg: &str) -> Result<String> {
+    write(&out.join(format!("{stem}.svg")), svg)?;
+    let png = figures::png(svg).map_err(|e| anyhow::anyhow!("drawing {stem}.png: {e}"))?;
+    write(&out.join(format!("{stem}.png")), png)?;
+    Ok(format!("![{alt}]({stem}.png) ([SVG]({stem}.svg))"))
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -605,15 +662,20 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report += &tables;
         report.push('\n');
     }
+    if let Some(table) = longbench_e_table(&rows) {
+        report += "## LongBench-E (score by context length in words)\n\n";
+        report += &table;
+        report.push('\n');
+    }
     if rows.iter().any(is_needle) {
         report += "## Needle (passkey retrieval)\n\n";
         report += &needle_table(&rows);
         report += "\nHeatmaps (length × depth):\n\n";
         for ((model, method), group) in &group(&rows, is_needle) {
             if let Some(svg) = needle_heatmap(model, method, group) {
-                let name = format!("needle_{}_{}.svg", slug(model), slug(method));
-                write(&args.out.join(&name), &svg)?;
-                let _ = writeln!(report, "- {method}: ![{method}]({name})");
+                let stem = format!("needle_{}_{}", slug(model), slug(method));
+                let shown = write_figure(&args.out, &stem, method, &svg)?;
+                let _ = writeln!(report, "- {method}: {shown}");
             }
         }
         report.push('\n');
@@ -631,7 +693,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report += "\n## The paper's numbers (Table 2) for the methods above\n\n";
         report += &paper_table(&rows);
     }
-    write(&args.out.join("results.csv"), &csv(&rows))?;
+    write(&args.out.join("results.csv"), csv(&rows))?;
     let path = args.out.join("report.md");
     write(&path, &report)?;
     print!("{report}");

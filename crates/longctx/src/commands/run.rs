@@ -1,8 +1,9 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use longctx_models::{generate_greedy, GenerationSettings, LanguageModel, LoadedModel};
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
@@ -129,6 +130,11 @@ impl PlanArgs {
             spec.models[0].path = self.model.model.clone().unwrap_or_default();
         }
         spec.check()?;
+        if spec.needle.is_none() && spec.synthetic.is_none() && spec.longbench.is_none() {
+            anyhow::bail!(
+                "the experiment has no tasks: add [needle], [synthetic] or [longbench] to the spec, or pass --longbench-dir"
+            );
+        }
         Ok(spec)
     }
 
@@ -186,31 +192,30 @@ impl PlanArgs {
             }
         }
         if let Some(lb) = &spec.longbench {
-            let names: Vec<String> = if lb.datasets.is_empty() {
+            // The spec's files, or every one present: LongBench's `<name>.jsonl` and
+            // LongBench-E's `<name>_e.jsonl`.
+            let files: Vec<String> = if lb.datasets.is_empty() {
                 DATASETS
                     .iter()
-                    .map(|d| d.name.to_string())
+                    .flat_map(|d| [d.name.to_string(), format!("{}_e", d.name)])
                     .filter(|n| lb.dir.join(format!("{n}.jsonl")).exists())
                     .collect()
             } else {
                 lb.datasets.clone()
             };
-            for name in names {
-                let dataset = Dataset::by_name(&name)?;
-                let loaded = longbench::load(&lb.dir, &name, OnBadLine::Fail)?;
+            for file in files {
+                let dataset = Dataset::by_name(&file)?;
+                let loaded = longbench::load(&lb.dir, &file, OnBadLine::Fail)?;
                 for (i, sample) in loaded
                     .samples
                     .into_iter()
                     .take(lb.limit.unwrap_or(usize::MAX))
                     .enumerate()
                 {
+                    let (task, id) = longbench_key(&file, i + 1, &sample);
                     samples.push(TaskSample {
-                        task: format!("longbench/{name}"),
-                        id: if sample.id.is_empty() {
-                            format!("line={}", i + 1)
-                        } else {
-                            sample.id.clone()
-                        },
+                        task,
+                        id,
                         chat: dataset.uses_chat_template(),
                         max_new_tokens: dataset.max_new_tokens(),
                         words: sample.length,
@@ -255,6 +260,61 @@ impl PlanArgs {
             items,
         })
     }
+}
+
+impl Plan {
+    /// A fingerprint of what decides the plan's rows: the models (file names and
+    /// max_length), the methods' full specs and every sample's task, id, prompt and answer
+    /// length. Shards of one plan share it wherever their files lie; `merge` refuses
+    /// databases whose fingerprints differ.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let mut part = |text: &str| {
+            h.update(text.as_bytes());
+            h.update([0]);
+        };
+        for m in &self.spec.models {
+            part(&model_name(Path::new(&m.path)));
+            part(&format!("{:?}", m.max_length));
+        }
+        for m in &self.methods {
+            part(&m.to_string());
+        }
+        for s in &self.samples {
+            part(&s.task);
+            part(&s.id);
+            part(&s.prompt);
+            part(&s.max_new_tokens.to_string());
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// The store's task and sample id of a LongBench row (`line` counts from 1). LongBench-E
+/// files (`<name>_e`) are tasks of their own, and their ids carry the sample's length in
+/// words, which the report buckets by.
+pub(crate) fn longbench_key(
+    file: &str,
+    line: usize,
+    sample: &longbench::Sample,
+) -> (String, String) {
+    let id = if sample.id.is_empty() {
+        format!("line={line}")
+    } else {
+        sample.id.clone()
+    };
+    match file.strip_suffix("_e") {
+        Some(name) => (
+            format!("longbench-e/{name}"),
+            format!("length={} {id}", sample.length),
+        ),
+        None => (format!("longbench/{file}"), id),
+    }
+}
+
+/// The length in words that a LongBench-E sample id carries.
+pub(crate) fn longbench_e_length(id: &str) -> Option<usize> {
+    id.split_once(' ')?.0.strip_prefix("length=")?.parse().ok()
 }
 
 /// A rough cost of one sample on a 2-core laptop CPU with a 135M model: linear work per
@@ -312,7 +372,7 @@ pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
         cells.len(),
         plan.items.len(),
         total / 60.0,
-        plan.spec.fingerprint()
+        plan.fingerprint()
     );
     Ok(())
 }
@@ -407,33 +467,155 @@ fn run_sample(
     })
 }
 
+/// What a run shows while it works: a bar for the whole plan and one for the current cell
+/// (model × method × task). Both advance by each sample's estimated cost, so their ETAs
+/// weigh long and short samples alike. Without a terminal the bars stay hidden and every
+/// sample is a line with the plan's ETA instead.
+struct Progress {
+    bars: MultiProgress,
+    plan: ProgressBar,
+    cell: ProgressBar,
+    started: Instant,
+    samples: usize,
+    done: usize,
+    cost_done: u64,
+    cost_total: u64,
+}
+
+impl Progress {
+    fn new(samples: usize, cost_total: u64) -> Self {
+        let bars = MultiProgress::new();
+        let style = |template: &str| {
+            ProgressStyle::with_template(template)
+                .expect("a valid progress template")
+                .progress_chars("=> ")
+        };
+        let plan = bars.add(ProgressBar::new(cost_total).with_style(style(
+            "plan [{bar:30.cyan/blue}] {msg} {elapsed_precise}, ETA {eta_precise}",
+        )));
+        let cell = bars.add(
+            ProgressBar::new(0)
+                .with_style(style("cell [{bar:30.green/white}] ETA {eta_precise} {msg}")),
+        );
+        plan.set_message(format!("0/{samples} samples"));
+        Self {
+            bars,
+            plan,
+            cell,
+            started: Instant::now(),
+            samples,
+            done: 0,
+            cost_done: 0,
+            cost_total,
+        }
+    }
+
+    /// A new cell begins: its label and the estimated cost of its samples still to run.
+    fn start_cell(&self, label: String, cost: u64) {
+        self.cell.reset();
+        self.cell.set_length(cost);
+        self.cell.set_message(label);
+    }
+
+    /// One sample finished: advance both bars and show its result line.
+    fn finish_sample(&mut self, cost: u64, line: String) {
+        self.done += 1;
+        self.cost_done += cost;
+        self.plan.inc(cost);
+        self.cell.inc(cost);
+        self.plan
+            .set_message(format!("{}/{} samples", self.done, self.samples));
+        if self.bars.is_hidden() {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let left = (self.cost_total - self.cost_done) as f64 / self.cost_done.max(1) as f64;
+            eprintln!(
+                "[{}/{} {elapsed:.0}s, ETA {:.0}s] {line}",
+                self.done,
+                self.samples,
+                elapsed * left
+            );
+        } else {
+            let _ = self.bars.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.cell.finish_and_clear();
+        self.plan.finish_and_clear();
+    }
+}
+
+/// The name results are stored under: the model file's stem (the default model's is
+/// `SmolLM2-135M-Instruct.Q4_1`), the same wherever the file lives.
+fn model_name(path: &Path) -> String {
+    path.file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// A sample's estimated cost in the progress bars' unit (milliseconds).
+fn cost_units(sample: &TaskSample) -> u64 {
+    (estimated_seconds(sample) * 1e3) as u64
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
     // The whole plan (specs, tasks, data files) is checked before any model is loaded.
     let plan = args.plan.plan()?;
     let mut store = Store::open(&args.db)?;
-    store.claim_plan(&plan.spec.fingerprint())?;
+    store.claim_plan(&plan.fingerprint())?;
     let total = plan.items.len();
-    let (mut ran, mut skipped) = (0, 0);
-    let started = Instant::now();
+    let models: Vec<ModelArgs> = plan
+        .spec
+        .models
+        .iter()
+        .map(|m| {
+            let mut model = args.plan.model.clone();
+            model.model = (m.path != "default").then(|| m.path.clone());
+            model.threads = model.threads.or(plan.spec.threads);
+            model
+        })
+        .collect();
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| Ok(model_name(&m.model_path()?)))
+        .collect::<Result<_>>()?;
+    let mut pending = Vec::new();
+    for item in &plan.items {
+        let sample = &plan.samples[item.sample];
+        let method = plan.methods[item.method].to_string();
+        if !store.contains(&names[item.model], &method, &sample.task, &sample.id)? {
+            pending.push(item);
+        }
+    }
+    let skipped = total - pending.len();
+    if skipped > 0 {
+        eprintln!(
+            "{skipped} of {total} samples are already in {} and are skipped",
+            args.db.display()
+        );
+    }
+    let cost = |item: &WorkItem| cost_units(&plan.samples[item.sample]);
+    let mut progress = Progress::new(pending.len(), pending.iter().map(|i| cost(i)).sum());
+    let mut ran = 0;
     for (m, model_spec) in plan.spec.models.iter().enumerate() {
-        let mine: Vec<&WorkItem> = plan.items.iter().filter(|i| i.model == m).collect();
+        let mine: Vec<&WorkItem> = pending.iter().copied().filter(|i| i.model == m).collect();
         if mine.is_empty() {
             continue;
         }
-        let mut model_args = args.plan.model.clone();
-        model_args.model = (model_spec.path != "default").then(|| model_spec.path.clone());
-        let mut loaded = model_args.load_bare()?;
-        let model_name = loaded
-            .source
-            .file_stem()
-            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let mut loaded = models[m].load_bare()?;
+        let model_name = &names[m];
         let mut installed = None;
-        for item in mine {
+        for (k, item) in mine.iter().enumerate() {
             let (method, sample) = (&plan.methods[item.method], &plan.samples[item.sample]);
             let spec = method.to_string();
-            if store.contains(&model_name, &spec, &sample.task, &sample.id)? {
-                skipped += 1;
-                continue;
+            let same_cell = |other: &&WorkItem| {
+                other.method == item.method && plan.samples[other.sample].task == sample.task
+            };
+            if k == 0 || !same_cell(&mine[k - 1]) {
+                let cell: Vec<&&WorkItem> = mine[k..].iter().take_while(|o| same_cell(o)).collect();
+                progress.start_cell(
+                    format!("{spec} {} ({} samples)", sample.task, cell.len()),
+                    cell.iter().map(|o| cost(o)).sum(),
+                );
             }
             if installed != Some(item.method) {
                 install(&mut loaded, method)?;
@@ -441,33 +623,32 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             let row = run_sample(
                 &mut loaded,
-                &model_name,
+                model_name,
                 model_spec.max_length,
                 method,
                 sample,
             )
             .with_context(|| format!("method {spec}, {} sample {}", sample.task, sample.id))?;
-            ran += 1;
-            let elapsed = started.elapsed().as_secs_f64();
-            let left = total - ran - skipped;
-            eprintln!(
-                "[{}/{total} {:.0}s, ETA {:.0}s] {spec} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
-                ran + skipped,
-                elapsed,
-                elapsed / ran as f64 * left as f64,
-                sample.task,
-                sample.id,
-                row.score,
-                row.prompt_tokens as f64 / (row.prefill_ms / 1e3),
-                row.kv_bytes
-            );
             store.insert(&row)?;
+            ran += 1;
+            progress.finish_sample(
+                cost(item),
+                format!(
+                    "{spec} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
+                    sample.task,
+                    sample.id,
+                    row.score,
+                    row.prompt_tokens as f64 / (row.prefill_ms / 1e3),
+                    row.kv_bytes
+                ),
+            );
         }
     }
+    progress.finish();
     eprintln!(
         "{total} samples: {ran} run, {skipped} already in {} (skipped), {:.0}s",
         args.db.display(),
-        started.elapsed().as_secs_f64()
+        progress.started.elapsed().as_secs_f64()
     );
     // One screen: every method of the database, then where the full report comes from.
     println!("{}", super::report::efficiency_table(&store.rows()?));
