@@ -78,14 +78,15 @@ fn insert_at(text: &str, mut inserts: Vec<(usize, String)>) -> String {
     out
 }
 
-/// Paragraphs of the essays with at least 40 words, in order.
+/// Paragraphs of the essays with 40 to 200 words, in order: long enough to quote, short
+/// enough that the last one added overshoots the target length by little.
 fn paragraphs(haystack: &Haystack) -> Vec<String> {
     haystack
         .texts()
         .iter()
         .flat_map(|t| t.split("\n\n"))
         .map(|p| words(p).concat().trim().replace('\n', " "))
-        .filter(|p| words(p).len() >= 40)
+        .filter(|p| (40..=200).contains(&words(p).len()))
         .collect()
 }
 

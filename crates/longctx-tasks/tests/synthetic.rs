@@ -41,12 +41,15 @@ fn every_task_is_deterministic_answerable_and_scored() {
             "{}: another index, another sample",
             task.name()
         );
-        let n = words(&a.prompt).len();
-        assert!(
-            (700..4000).contains(&n),
-            "{}: {n} words for a target of 1500",
-            task.name()
-        );
+        // The context is the target length, give or take one piece, plus the instructions.
+        for (target, index) in [(800, 0), (800, 1), (1500, 0), (1500, 2), (3000, 3)] {
+            let n = words(&task.generate(&h, target, 7, index).prompt).len();
+            assert!(
+                (target * 9 / 10..target + 400).contains(&n),
+                "{}: {n} words for a target of {target}",
+                task.name()
+            );
+        }
         let perfect = a.answers.join(", ");
         assert_eq!(task.score(&perfect, &a.answers), 1.0, "{}", task.name());
         assert_eq!(task.score("", &a.answers), 0.0, "{}", task.name());

@@ -245,11 +245,13 @@ pub fn curves(
                 format!("{px:.1},{py:.1}")
             })
             .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>",
-            pts.join(" ")
-        );
+        if pts.len() > 1 {
+            let _ = writeln!(
+                svg,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>",
+                pts.join(" ")
+            );
+        }
         for p in &pts {
             let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(
