@@ -350,6 +350,28 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
         db.to_str().unwrap(),
     ]);
     assert!(log.contains("10 samples: 10 run"), "{log}");
+    // The plan is the data, not where it lies: a copy elsewhere is the same plan (shards may
+    // mount it at different paths), and a changed file is another plan.
+    let plan_id = |data: &Path| {
+        let out = longctx(&[
+            "plan",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--longbench-dir",
+            data.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.rsplit_once("(plan ").expect("a plan line").1.to_string()
+    };
+    let copy = dir.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for name in ["trec.jsonl", "qasper.jsonl", "trec_e.jsonl"] {
+        std::fs::copy(data.join(name), copy.join(name)).unwrap();
+    }
+    assert_eq!(plan_id(&copy), plan_id(&data));
+    let qasper = std::fs::read_to_string(copy.join("qasper.jsonl")).unwrap();
+    std::fs::write(copy.join("qasper.jsonl"), qasper.replace("Oslo", "Bergen")).unwrap();
+    assert_ne!(plan_id(&copy), plan_id(&data));
     let report_dir = dir.join("report");
     run_ok(&[
         "report",
