@@ -259,6 +259,30 @@ fn bad_specs_and_incompatible_databases_are_clear_errors() {
         "{}",
         stderr(&out)
     );
+    // A needle longer than the model's context fails before any sample runs, even the short
+    // ones planned ahead of it.
+    longctx::assets::default_model().expect("fetching the default model");
+    std::fs::write(
+        &bad,
+        "methods = [\"baseline\"]\nmodels = [{ path = \"default\" }]\n[needle]\nlengths = 2\nmin_words = 100\nmax_words = 7000\ndepths = 1\ntrials = 1\nmax_new_tokens = 8\n",
+    )
+    .unwrap();
+    let db = dir.join("long.db");
+    let out = longctx(&[
+        "run",
+        "--spec",
+        bad.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("words=7000")
+            && stderr(&out).contains("exceeds the model's context of 8192"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(outcomes(&db).is_empty());
     let old = dir.join("old.db");
     drop(Store::open(&old).unwrap());
     rusqlite::Connection::open(&old)
@@ -361,7 +385,10 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
             data.to_str().unwrap(),
         ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.rsplit_once("(plan ").expect("a plan line").1.to_string()
+        text.rsplit_once("(plan ")
+            .expect("a plan line")
+            .1
+            .to_string()
     };
     let copy = dir.join("copy");
     std::fs::create_dir_all(&copy).unwrap();

@@ -385,18 +385,17 @@ fn now() -> String {
         .to_string()
 }
 
-/// Run one sample under the installed method, score and measure it.
-fn run_sample(
-    loaded: &mut LoadedModel,
-    model_name: &str,
+/// A sample's prompt for this model, as text and tokens: LongBench prompts cut in the middle
+/// to `max_length` (by default what leaves room for the answer), then the chat template
+/// where the task uses it. A prompt that leaves no room for the answer is an error.
+fn fitted_prompt(
+    loaded: &LoadedModel,
     max_length: Option<usize>,
-    method: &Method,
     s: &TaskSample,
-) -> Result<ResultRow> {
+) -> Result<(String, Vec<u32>)> {
     let limit = loaded.model.context_limit();
     let text = match &s.job {
         Job::LongBench { .. } => {
-            // The paper's max_length, by default what leaves room for the answer.
             let max_length = max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + 32));
             longbench::truncate_middle(&s.prompt, max_length, &ModelTokenizer(&loaded.tokenizer))
         }
@@ -405,11 +404,25 @@ fn run_sample(
     let prompt = loaded.prompt_tokens(&text, s.chat)?;
     if prompt.len() + s.max_new_tokens > limit {
         anyhow::bail!(
-            "the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
+            "{} sample {}: the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
+            s.task,
+            s.id,
             prompt.len(),
             s.max_new_tokens
         );
     }
+    Ok((text, prompt))
+}
+
+/// Run one sample under the installed method, score and measure it.
+fn run_sample(
+    loaded: &mut LoadedModel,
+    model_name: &str,
+    max_length: Option<usize>,
+    method: &Method,
+    s: &TaskSample,
+) -> Result<ResultRow> {
+    let (text, prompt) = fitted_prompt(loaded, max_length, s)?;
     let settings = GenerationSettings {
         max_new_tokens: s.max_new_tokens,
         stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
@@ -602,6 +615,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             continue;
         }
         let mut loaded = models[m].load_bare()?;
+        // Generated prompts (needle, synthetic) must all fit before any runs; LongBench's
+        // are cut to fit.
+        let mut generated: Vec<usize> = mine
+            .iter()
+            .map(|i| i.sample)
+            .filter(|&s| !matches!(plan.samples[s].job, Job::LongBench { .. }))
+            .collect();
+        generated.sort_unstable();
+        generated.dedup();
+        for s in generated {
+            fitted_prompt(&loaded, model_spec.max_length, &plan.samples[s])
+                .with_context(|| format!("model {}", names[m]))?;
+        }
         let model_name = &names[m];
         let mut installed = None;
         for (k, item) in mine.iter().enumerate() {
