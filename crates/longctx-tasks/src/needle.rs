@@ -155,6 +155,13 @@ fn evenly(min: f64, max: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The longest haystack (words) whose prompt, with `max_new_tokens` for the answer, fits a
+/// context of `context` tokens at `tokens_per_word` (measured with the model's tokenizer).
+pub fn fitting_words(context: usize, tokens_per_word: f64, max_new_tokens: usize) -> usize {
+    let overhead = 96 + max_new_tokens; // instruction, needle and question, then the answer
+    (context.saturating_sub(overhead) as f64 / tokens_per_word).floor() as usize
+}
+
 impl NeedleGrid {
     /// Lengths `from..=to` (`count` of them, truncated to whole words), `depths` depths in [0, 1].
     pub fn new(
@@ -190,8 +197,7 @@ impl NeedleGrid {
     /// largest that fits with the instruction, question and answer, at `tokens_per_word`
     /// (measured on the haystack with the model's tokenizer).
     pub fn fitted(context: usize, tokens_per_word: f64, seed: u64) -> Result<Self, NeedleError> {
-        let overhead = 96 + MAX_NEW_TOKENS; // instruction, needle and question, then the answer
-        let words = ((context.saturating_sub(overhead)) as f64 / tokens_per_word).floor() as usize;
+        let words = fitting_words(context, tokens_per_word, MAX_NEW_TOKENS);
         Self::new(512.min(words), words, 10, 10, 3, seed)
     }
 

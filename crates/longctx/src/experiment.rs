@@ -49,8 +49,9 @@ pub struct NeedleSpec {
     pub lengths: usize,
     /// Shortest haystack in words.
     pub min_words: usize,
-    /// Longest haystack in words.
-    pub max_words: usize,
+    /// Longest haystack in words; absent: the longest that fits each model's context
+    /// (measured with its tokenizer), as the paper scales its grid to the model.
+    pub max_words: Option<usize>,
     /// Depths, evenly spaced over [0, 1].
     pub depths: usize,
     /// Trials per length and depth.
@@ -109,7 +110,7 @@ impl ExperimentSpec {
             needle: Some(NeedleSpec {
                 lengths: 3,
                 min_words: 512,
-                max_words: 1536,
+                max_words: Some(1536),
                 depths: 3,
                 trials: 1,
                 max_new_tokens: 32,
@@ -167,7 +168,7 @@ impl ExperimentSpec {
         if let Some(n) = &self.needle {
             longctx_tasks::needle::NeedleGrid::new(
                 n.min_words,
-                n.max_words,
+                n.max_words.unwrap_or(n.min_words),
                 n.lengths,
                 n.depths,
                 n.trials,

@@ -21,19 +21,15 @@ impl Tokenize for ModelTokenizer<'_> {
     }
 }
 
-/// The paper's needle grid scaled to a model: its longest haystack is the largest whose
-/// prompt, with the answer's tokens, fits the model's context. Tokens per word are measured
-/// on the haystack itself with the model's tokenizer (at the paper's longest length, or the
-/// whole cycled text the context could hold).
-pub fn fitted_needle_grid(
+/// Tokens per haystack word for this tokenizer, with a 2% margin: measured on as much cycled
+/// haystack as a context of `context` tokens could hold, so that needle grids can be scaled
+/// to the model (the paper scales its longest haystack to what the model takes).
+pub fn haystack_tokens_per_word(
     tokenizer: &TextTokenizer,
     context: usize,
     haystack: &longctx_tasks::needle::Haystack,
-    seed: u64,
-) -> Result<longctx_tasks::needle::NeedleGrid, longctx_tasks::needle::NeedleError> {
-    let probe_words = context; // more words than the context can hold in any tokenizer
-    let probe = haystack.background(probe_words);
+) -> f64 {
+    let probe = haystack.background(context); // more words than the context holds as tokens
     let tokens = ModelTokenizer(tokenizer).encode(&probe).len();
-    let per_word = tokens as f64 / longctx_tasks::needle::words(&probe).len().max(1) as f64;
-    longctx_tasks::needle::NeedleGrid::fitted(context, per_word * 1.02, seed)
+    1.02 * tokens as f64 / longctx_tasks::needle::words(&probe).len().max(1) as f64
 }

@@ -68,8 +68,9 @@ fn the_fitted_grid_fits_the_default_model() {
     )
     .unwrap();
     let context = loaded.model.context_limit();
-    let grid =
-        longctx::tokenize::fitted_needle_grid(&loaded.tokenizer, context, &haystack(), 0).unwrap();
+    let per_word =
+        longctx::tokenize::haystack_tokens_per_word(&loaded.tokenizer, context, &haystack());
+    let grid = NeedleGrid::fitted(context, per_word, 0).unwrap();
     let longest = *grid.lengths.last().unwrap();
     assert!(
         longest > 4000,

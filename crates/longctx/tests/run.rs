@@ -463,3 +463,42 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
         assert!(table.contains(&row), "{row} not in\n{table}");
     }
 }
+
+#[test]
+fn a_needle_without_max_words_is_fitted_to_the_model() {
+    use longctx_models::{load_model, LanguageModel, LoadOptions};
+    let model = longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("fitted");
+    let spec = dir.join("spec.toml");
+    std::fs::write(
+        &spec,
+        "methods = [\"baseline\"]\n[[models]]\npath = \"default\"\n\
+         [needle]\nlengths = 2\nmin_words = 500\ndepths = 1\ntrials = 1\nmax_new_tokens = 16\n",
+    )
+    .unwrap();
+    let prompts = dir.join("prompts");
+    let out = longctx(&[
+        "plan",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--dump-prompts",
+        prompts.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 cells, 2 samples"), "{text}");
+    let longest = std::fs::read_dir(prompts.join("needle_passkey_max_new_tokens_16"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .max_by_key(String::len)
+        .unwrap();
+    // The longest prompt fills the context but for the answer (within the 2% margin the
+    // words-per-token estimate keeps).
+    let loaded = load_model(&model, &LoadOptions::default()).unwrap();
+    let context = loaded.model.context_limit();
+    let tokens = loaded.prompt_tokens(&longest, false).unwrap().len();
+    assert!(
+        tokens + 16 <= context && tokens + 16 > context * 95 / 100,
+        "{tokens} prompt tokens for a context of {context}"
+    );
+}

@@ -14,7 +14,7 @@ use super::{install, ModelArgs};
 use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Shard};
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, Store};
-use crate::tokenize::ModelTokenizer;
+use crate::tokenize::{haystack_tokens_per_word, ModelTokenizer};
 use crate::{assets, memory};
 
 /// Options that choose the plan, shared by `run` and `plan`.
@@ -82,6 +82,8 @@ enum Job {
 struct TaskSample {
     task: String,
     id: String,
+    /// The only model that runs it (a needle grid fitted to that model), or every model.
+    model: Option<usize>,
     prompt: String,
     chat: bool,
     max_new_tokens: usize,
@@ -138,6 +140,18 @@ impl PlanArgs {
         Ok(spec)
     }
 
+    /// How to load model `m` of the spec: its path, and the spec's threads unless
+    /// `--threads` is given; `probe` skips the dense weight copies (to read the tokenizer
+    /// and context only).
+    fn model_args(&self, spec: &ExperimentSpec, m: usize, probe: bool) -> ModelArgs {
+        let mut model = self.model.clone();
+        let path = &spec.models[m].path;
+        model.model = (path != "default").then(|| path.clone());
+        model.threads = model.threads.or(spec.threads);
+        model.no_dense_weights |= probe;
+        model
+    }
+
     /// Expand the plan (tasks are built from the haystack and data files).
     pub fn plan(&self) -> Result<Plan> {
         let spec = self.spec()?;
@@ -150,24 +164,45 @@ impl PlanArgs {
         if spec.needle.is_some() || spec.synthetic.is_some() {
             let haystack = Haystack::from_dir(&assets::haystack_dir()?)?;
             if let Some(n) = &spec.needle {
-                let grid = NeedleGrid::new(
-                    n.min_words,
-                    n.max_words,
-                    n.lengths,
-                    n.depths,
-                    n.trials,
-                    spec.seed,
-                )?;
-                for s in grid.samples(&haystack) {
-                    samples.push(TaskSample {
-                        task: format!("needle/passkey:max_new_tokens={}", n.max_new_tokens),
-                        id: format!("words={} depth={:.3} trial={}", s.length, s.depth, s.trial),
-                        chat: needle::USES_CHAT_TEMPLATE,
-                        max_new_tokens: n.max_new_tokens,
-                        words: s.length,
-                        prompt: s.prompt,
-                        job: Job::Needle { key: s.key },
-                    });
+                // One grid for every model, or without max_words one per model, its longest
+                // haystack the longest that fits the model's context.
+                let longest: Vec<(Option<usize>, usize)> = match n.max_words {
+                    Some(words) => vec![(None, words)],
+                    None => (0..spec.models.len())
+                        .map(|m| {
+                            let loaded = self.model_args(&spec, m, true).load_bare()?;
+                            let context = loaded.model.context_limit();
+                            let per_word =
+                                haystack_tokens_per_word(&loaded.tokenizer, context, &haystack);
+                            let words = needle::fitting_words(context, per_word, n.max_new_tokens);
+                            Ok((Some(m), words))
+                        })
+                        .collect::<Result<_>>()?,
+                };
+                for (model, max_words) in longest {
+                    let grid = NeedleGrid::new(
+                        n.min_words.min(max_words),
+                        max_words,
+                        n.lengths,
+                        n.depths,
+                        n.trials,
+                        spec.seed,
+                    )?;
+                    for s in grid.samples(&haystack) {
+                        samples.push(TaskSample {
+                            task: format!("needle/passkey:max_new_tokens={}", n.max_new_tokens),
+                            id: format!(
+                                "words={} depth={:.3} trial={}",
+                                s.length, s.depth, s.trial
+                            ),
+                            model,
+                            chat: needle::USES_CHAT_TEMPLATE,
+                            max_new_tokens: n.max_new_tokens,
+                            words: s.length,
+                            prompt: s.prompt,
+                            job: Job::Needle { key: s.key },
+                        });
+                    }
                 }
             }
             if let Some(syn) = &spec.synthetic {
@@ -178,6 +213,7 @@ impl PlanArgs {
                         samples.push(TaskSample {
                             task: format!("synthetic/{name}:words={}", syn.words),
                             id: format!("index={index}"),
+                            model: None,
                             chat: true,
                             max_new_tokens: task.max_new_tokens(),
                             words: syn.words,
@@ -216,6 +252,7 @@ impl PlanArgs {
                     samples.push(TaskSample {
                         task,
                         id,
+                        model: None,
                         chat: dataset.uses_chat_template(),
                         max_new_tokens: dataset.max_new_tokens(),
                         words: sample.length,
@@ -231,7 +268,10 @@ impl PlanArgs {
         let mut items = Vec::new();
         for model in 0..spec.models.len() {
             for method in 0..methods.len() {
-                for sample in 0..samples.len() {
+                for (sample, s) in samples.iter().enumerate() {
+                    if s.model.is_some_and(|only| only != model) {
+                        continue;
+                    }
                     items.push(WorkItem {
                         model,
                         method,
@@ -576,16 +616,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut store = Store::open(&args.db)?;
     store.claim_plan(&plan.fingerprint())?;
     let total = plan.items.len();
-    let models: Vec<ModelArgs> = plan
-        .spec
-        .models
-        .iter()
-        .map(|m| {
-            let mut model = args.plan.model.clone();
-            model.model = (m.path != "default").then(|| m.path.clone());
-            model.threads = model.threads.or(plan.spec.threads);
-            model
-        })
+    let models: Vec<ModelArgs> = (0..plan.spec.models.len())
+        .map(|m| args.plan.model_args(&plan.spec, m, false))
         .collect();
     let names: Vec<String> = models
         .iter()
