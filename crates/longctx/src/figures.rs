@@ -20,7 +20,13 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The SVG's opening: white background, title and subtitle. The figure is widened to fit
+/// its title (about 6.5 units a character at font size 13) and subtitle (5.5 at 11).
 fn open(width: f64, height: f64, title: &str, subtitle: &str) -> String {
+    let text_width = |text: &str, per_char: f64| 32.0 + per_char * text.chars().count() as f64;
+    let width = width
+        .max(text_width(title, 6.5))
+        .max(text_width(subtitle, 5.5));
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"16\" y=\"20\" font-size=\"13\">{}</text>\n<text x=\"16\" y=\"36\">{}</text>\n",
         escape(title),

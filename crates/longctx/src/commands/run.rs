@@ -611,7 +611,7 @@ fn cost_units(sample: &TaskSample) -> u64 {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    // The whole plan (specs, tasks, data files) is checked before any model is loaded.
+    // The whole plan (specs, tasks, data files) is checked before any sample runs.
     let plan = args.plan.plan()?;
     let mut store = Store::open(&args.db)?;
     store.claim_plan(&plan.fingerprint())?;
