@@ -70,6 +70,35 @@ fn measured(group: &[&ResultRow]) -> f64 {
     })
 }
 
+/// What a group of samples held and how fast it ran, as the needle and efficiency tables
+/// report it.
+struct Costs {
+    kv_bytes: f64,
+    offloaded_bytes: f64,
+    /// Every token seen at 16 bits / bytes held.
+    vs_fp16: f64,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    peak_rss_mib: f64,
+}
+
+impl Costs {
+    /// Means over the group for bytes; speeds are totals (tokens / seconds) over the group.
+    fn of(group: &[&ResultRow]) -> Self {
+        let total = |f: fn(&ResultRow) -> f64| group.iter().map(|r| f(r)).sum::<f64>();
+        let (prefill_s, decode_s) = (total(|r| r.prefill_ms) / 1e3, total(|r| r.decode_ms) / 1e3);
+        Self {
+            kv_bytes: mean(group, |r| r.kv_bytes as f64),
+            offloaded_bytes: mean(group, |r| r.offloaded_bytes as f64),
+            vs_fp16: mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
+            prefill_tokens_per_s: total(|r| r.prompt_tokens as f64) / prefill_s.max(1e-9),
+            decode_tokens_per_s: total(|r| r.new_tokens as f64) / decode_s.max(1e-9),
+            peak_rss_mib: group.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64
+                / (1024.0 * 1024.0),
+        }
+    }
+}
+
 /// The paper's name for a method, when the method is one of the paper's presets.
 fn paper_name(method: &str) -> Option<String> {
     let parsed = Method::parse(method).ok()?;
@@ -134,10 +163,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
                 }
             })
             .collect();
-        let (prefill_s, decode_s) = (
-            group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3,
-            group.iter().map(|r| r.decode_ms).sum::<f64>() / 1e3,
-        );
+        let c = Costs::of(group);
         let _ = writeln!(
             out,
             "| {model} | {method} | {} | {:.1} | {:.1} | {} | {} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
@@ -147,12 +173,12 @@ fn needle_table(rows: &[ResultRow]) -> String {
             per_length.join(" | "),
             nominal(method),
             measured(group),
-            mean(group, |r| r.kv_bytes as f64),
-            mean(group, |r| r.offloaded_bytes as f64),
-            mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
-            group.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / prefill_s.max(1e-9),
-            group.iter().map(|r| r.new_tokens as f64).sum::<f64>() / decode_s.max(1e-9),
-            group.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            c.kv_bytes,
+            c.offloaded_bytes,
+            c.vs_fp16,
+            c.prefill_tokens_per_s,
+            c.decode_tokens_per_s,
+            c.peak_rss_mib,
         );
     }
     out
@@ -354,10 +380,7 @@ fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
 pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
     let mut out = String::from("| model | method | samples | mean score % | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for ((model, method), group) in &group(rows, |_| true) {
-        let (prefill_s, decode_s) = (
-            group.iter().map(|r| r.prefill_ms).sum::<f64>() / 1e3,
-            group.iter().map(|r| r.decode_ms).sum::<f64>() / 1e3,
-        );
+        let c = Costs::of(group);
         let _ = writeln!(
             out,
             "| {model} | {method} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.0} |",
@@ -365,13 +388,13 @@ pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
             100.0 * mean(group, |r| r.score),
             mean(group, |r| r.prompt_tokens as f64),
             mean(group, |r| r.kept_tokens as f64),
-            mean(group, |r| r.kv_bytes as f64),
-            mean(group, |r| r.offloaded_bytes as f64),
+            c.kv_bytes,
+            c.offloaded_bytes,
             measured(group),
-            mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
-            group.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / prefill_s.max(1e-9),
-            group.iter().map(|r| r.new_tokens as f64).sum::<f64>() / decode_s.max(1e-9),
-            group.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            c.vs_fp16,
+            c.prefill_tokens_per_s,
+            c.decode_tokens_per_s,
+            c.peak_rss_mib,
         );
     }
     out
