@@ -79,6 +79,13 @@ pub trait KvCache: Send {
     /// Tokens whose keys/values `layer` currently keeps.
     fn kept_tokens(&self, layer: usize) -> usize;
 
+    /// Kept tokens averaged over layers: what a row reports, since layers differ
+    /// (PyramidKV's budgets fall by layer).
+    fn mean_kept_tokens(&self) -> f64 {
+        let layers = self.shape().layers.max(1);
+        (0..layers).map(|l| self.kept_tokens(l)).sum::<usize>() as f64 / layers as f64
+    }
+
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
 }

@@ -3,8 +3,12 @@
 //! policy only decides *when* to evict and *which* tokens survive:
 //!
 //! - **StreamingLLM** (Xiao et al., "Efficient Streaming Language Models with Attention
-//!   Sinks", ICLR 2024): the first tokens ("sinks") and a recent window, evicting after every
-//!   prefill chunk and decoding step; positions optionally re-indexed inside the cache.
+//!   Sinks", ICLR 2024), as the benchmark runs it (InfLLM's `stream_llm.py`): the first
+//!   tokens ("sinks") and a recent window of `budget − sinks`. Every query, in prefill as
+//!   in decoding and whatever the chunk size, sees exactly its own last `window` tokens plus
+//!   the sinks outside them ([`crate::windowed_attention`]); eviction follows every chunk
+//!   and step. With `reindex` the sinks sit at the fixed distance `budget − 1 − i` from every
+//!   query (the reference's re-indexed positions); without it, at their true distance.
 //! - **H2O** (Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of
 //!   Large Language Models", NeurIPS 2023): full prefill, then a recent window plus the
 //!   "heavy hitters" with the largest accumulated attention, per key/value head; evicting
@@ -14,7 +18,7 @@
 //!   over neighbouring tokens, picks what each key/value head keeps; no eviction while
 //!   decoding.
 //! - **PyramidKV** (Cai et al., "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
-//!   Information Funneling", 2024): SnapKV's selection with budgets falling linearly from
+//!   Information Funneling", 2024): SnapKV's selection with budgets falling in integer steps from
 //!   the first layer to the last.
 //! - **TOVA** (Oren et al., "Transformers are Multi-State RNNs", 2024): full prefill, then
 //!   at every step drop the tokens with the lowest attention from the current query,
@@ -31,6 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::attend_rows;
 use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
+use crate::window::{windowed_attention, Memory};
 use crate::{
     causal_attention, causal_attention_with_weights, KvCache, KvError, KvShape, Result, RopeTable,
 };
@@ -77,8 +82,8 @@ pub enum Sinks {
 /// Which tokens survive, and when the choice is made.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DropPolicy {
-    /// Sinks plus a recent window; `reindex` rotates keys at their index in the cache
-    /// instead of their position in the text.
+    /// Sinks plus a recent window; `reindex` puts the sinks at a fixed distance from every
+    /// query (as the cache's indices would) instead of their distance in the text.
     StreamingLlm { sinks: Sinks, reindex: bool },
     /// Heavy hitters plus a recent window, each half the budget; `count_prefill` says
     /// whether prompt attention counts toward the scores (the original code counts it;
@@ -86,8 +91,8 @@ pub enum DropPolicy {
     H2O { count_prefill: bool },
     /// Observation `window` queries, max-pooling `kernel`.
     SnapKv { window: usize, kernel: usize },
-    /// SnapKV's selection under layer budgets falling linearly; the last layer gets
-    /// 1/`beta` of the first's share outside the window.
+    /// SnapKV's selection under layer budgets falling in integer steps (KVCache-Factory's
+    /// schedule): outside the window the last layer keeps `(B − window) / beta`.
     PyramidKv {
         window: usize,
         kernel: usize,
@@ -205,16 +210,20 @@ impl DroppingCache {
         let DropPolicy::PyramidKv { window, beta, .. } = self.settings.policy else {
             return budget;
         };
-        if budget <= window || self.shape.layers == 1 {
+        let prompt = self.sequence.map_or(budget, |s| s.prompt);
+        if budget <= window || self.shape.layers == 1 || prompt <= window {
             return budget;
         }
-        // Outside the window each layer averages `budget - window`; the first gets `max`,
-        // the last `min`, in equal steps, so the layers' total equals the uniform budget.
-        let share = (budget - window) as f64;
-        let min = share / beta as f64;
-        let max = 2.0 * share - min;
-        let step = (max - min) / (self.shape.layers - 1) as f64;
-        window + (max - layer as f64 * step).round() as usize
+        // KVCache-Factory's integer schedule outside the window: the first layer keeps `max`,
+        // each later one `step` fewer; `max` is capped at what the prompt has.
+        let share = budget - window;
+        let (mut min, mut max) = (share / beta, 2 * share - share / beta);
+        if max >= prompt - window {
+            max = prompt - window;
+            min = (2 * share).saturating_sub(max);
+        }
+        let step = max.saturating_sub(min) / (self.shape.layers - 1);
+        window + max - layer * step
     }
 
     /// How many queries the post-prefill choice reads.
@@ -244,13 +253,6 @@ impl DroppingCache {
         }
     }
 
-    fn reindexed(&self) -> bool {
-        matches!(
-            self.settings.policy,
-            DropPolicy::StreamingLlm { reindex: true, .. }
-        )
-    }
-
     /// Rows each head needs room for while the sequence runs.
     fn working_capacity(&self, layer: usize, s: Sequence) -> usize {
         let budget = self.budget_of(layer, s.budget);
@@ -274,11 +276,7 @@ impl DroppingCache {
         }
         match self.settings.policy {
             DropPolicy::StreamingLlm { sinks, .. } => {
-                let sinks = match sinks {
-                    Sinks::Fraction(f) => (f * budget as f64) as usize,
-                    Sinks::Count(c) => c,
-                }
-                .min(budget);
+                let sinks = sink_count(sinks, budget);
                 let window_from = n - (budget - sinks);
                 let keep: Vec<bool> = heads[0]
                     .positions()
@@ -405,6 +403,74 @@ impl DroppingCache {
         )?)
     }
 
+    /// StreamingLLM's chunk (prefill or a decoding step): an exact per-query window over
+    /// the held rows and the chunk, the sinks outside it read as memory.
+    fn attend_streaming(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let DropPolicy::StreamingLlm { sinks, reindex } = self.settings.policy else {
+            unreachable!("attend routes only StreamingLLM here");
+        };
+        let budget = self.sequence.expect("checked by attend").budget;
+        let n_init = sink_count(sinks, budget);
+        let window = budget.saturating_sub(n_init).max(1);
+        let t = q.dim(1)?;
+        let q_local = self.rope.apply(q, pos)?;
+        let k = self.rope.apply(k, pos)?.contiguous()?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let heads = &self.layers[layer];
+        let mut positions: Vec<usize> = heads[0].positions().collect();
+        positions.extend(pos..pos + t);
+        // Sinks held, or arriving in this chunk: the front of the (ascending) positions.
+        let held_sinks = positions.iter().take_while(|&&p| p < n_init).count();
+        let (keys, values) = if heads[0].len() == 0 {
+            (k.clone(), v.clone())
+        } else {
+            let (held_k, held_v) = stack_heads(heads, &self.device)?;
+            (
+                Tensor::cat(&[&held_k, &k], 1)?,
+                Tensor::cat(&[&held_v, &v], 1)?,
+            )
+        };
+        // Sinks are stored rotated at their positions 0..n_init; re-indexed, the query reads
+        // them from position n_init + window - 1, as `stream_llm.py` rotates it.
+        let q_memory = if reindex {
+            self.rope.apply_at(q, n_init + window - 1)?
+        } else {
+            q_local.clone()
+        };
+        let sink_keys = keys.narrow(1, 0, held_sinks)?;
+        let sink_values = values.narrow(1, 0, held_sinks)?;
+        let out = windowed_attention(
+            &q_local,
+            &keys,
+            &values,
+            &positions,
+            pos,
+            window,
+            Some(Memory {
+                queries: &q_memory,
+                keys: &sink_keys,
+                values: &sink_values,
+                positions: &positions[..held_sinks],
+            }),
+        )?
+        .out;
+        let (ks, vs): (HeadRows, HeadRows) = (k.to_vec3()?, v.to_vec3()?);
+        for (g, h) in self.layers[layer].iter_mut().enumerate() {
+            h.reserve_exact(t);
+            for i in 0..t {
+                h.push(&ks[g][i], &vs[g][i], pos + i, 0.0);
+            }
+        }
+        Ok(out)
+    }
+
     /// Fold a step's attention into each kept token's score: accumulated for H2O, the
     /// latest for TOVA.
     fn fold_scores(&mut self, layer: usize, weights: &[Vec<f32>]) {
@@ -415,6 +481,16 @@ impl DroppingCache {
             }
         }
     }
+}
+
+/// StreamingLLM's sink tokens for a budget: a fraction rounded down (the benchmark's
+/// `int(0.021 · budget)`) or a fixed count, never more than the budget.
+fn sink_count(sinks: Sinks, budget: usize) -> usize {
+    match sinks {
+        Sinks::Fraction(f) => (f * budget as f64) as usize,
+        Sinks::Count(c) => c,
+    }
+    .min(budget)
 }
 
 /// Max over a centred window of `kernel` scores (SnapKV's pooling, padding at the edges).
@@ -467,24 +543,17 @@ impl KvCache for DroppingCache {
         }
         let t = q.dim(1)?;
         let n = self.layers[layer][0].len();
-        let v = v.to_dtype(DType::F32)?.contiguous()?;
-        let out = if t == 1 && self.prefilled && !self.reindexed() {
+        let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
+            self.attend_streaming(layer, pos, q, k, v)?
+        } else if t == 1 && self.prefilled {
+            let v = v.to_dtype(DType::F32)?.contiguous()?;
             let q = self.rope.apply(q, pos)?;
             let k = self.rope.apply(k, pos)?;
             self.decode_in_place(layer, &q, &k, &v, pos)?
         } else {
-            // Reindexed keys are stored unrotated and rotated at their index in the cache.
-            let (q, k_stored) = if self.reindexed() {
-                (
-                    self.rope.apply(q, n)?,
-                    k.to_dtype(DType::F32)?.contiguous()?,
-                )
-            } else {
-                (
-                    self.rope.apply(q, pos)?,
-                    self.rope.apply(k, pos)?.contiguous()?,
-                )
-            };
+            let v = v.to_dtype(DType::F32)?.contiguous()?;
+            let q = self.rope.apply(q, pos)?;
+            let k_stored = self.rope.apply(k, pos)?.contiguous()?;
             let (keys, values) = if n == 0 {
                 (k_stored.clone(), v.clone())
             } else {
@@ -493,11 +562,6 @@ impl KvCache for DroppingCache {
                     Tensor::cat(&[&held_k, &k_stored], 1)?,
                     Tensor::cat(&[&held_v, &v], 1)?,
                 )
-            };
-            let keys = if self.reindexed() {
-                self.rope.apply(&keys, 0)?
-            } else {
-                keys
             };
             let (out, weights) = if self.needs_weights() {
                 let (out, w) = causal_attention_with_weights(&q, &keys, &values, n)?;
@@ -797,6 +861,56 @@ mod tests {
         assert_eq!(c.kept_positions(0, 0), want);
     }
 
+    /// Every query, in chunked prefill and in decoding, against a brute-force reading of
+    /// `stream_llm.py`: its last `window` tokens at their true distance, and the sinks
+    /// outside the window at distance `budget - 1 - i` (re-indexed) or their true distance.
+    #[test]
+    fn streaming_queries_see_exactly_sinks_and_their_own_window() {
+        let data = sequence(40);
+        let (q, k, v) = &data;
+        let (rq, rk) = rotated(q, k);
+        let values: Vec<Vec<Vec<f32>>> = v.to_vec3().unwrap();
+        let at_seven: Vec<Vec<Vec<f32>>> = rope().apply_at(q, 7).unwrap().to_vec3().unwrap();
+        for reindex in [true, false] {
+            let mut c = cache(
+                DropPolicy::StreamingLlm {
+                    sinks: Sinks::Count(2),
+                    reindex,
+                },
+                Budget::Tokens(8),
+            );
+            let (outs, _) = run(&mut c, &data, &[13, 17], |_| ());
+            let out: Vec<Vec<Vec<f32>>> = Tensor::cat(&outs, 1).unwrap().to_vec3().unwrap();
+            let mut worst = 0f32;
+            for h in 0..4 {
+                let g = h / 2;
+                for p in 0..40usize {
+                    let mut products: Vec<Vec<f32>> = Vec::new();
+                    let mut vals: Vec<&Vec<f32>> = Vec::new();
+                    for j in p.saturating_sub(5)..=p {
+                        products.push(rq[h][p].iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        vals.push(&values[g][j]);
+                    }
+                    for j in (0..2).filter(|j| j + 6 <= p) {
+                        let query = if reindex { &at_seven[h][p] } else { &rq[h][p] };
+                        products.push(query.iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        vals.push(&values[g][j]);
+                    }
+                    let refs: Vec<&Vec<f32>> = products.iter().collect();
+                    let probs = probabilities(&[1f32; 64], &refs);
+                    for x in 0..64 {
+                        let want: f64 = probs.iter().zip(&vals).map(|(p, v)| p * v[x] as f64).sum();
+                        worst = worst.max((out[h][p][x] - want as f32).abs());
+                    }
+                }
+            }
+            assert!(
+                worst < 1e-4,
+                "reindex={reindex}: max abs difference {worst}"
+            );
+        }
+    }
+
     #[test]
     fn pyramidkv_budgets_fall_by_layer_and_total_the_uniform_budget() {
         let data = sequence(110);
@@ -808,10 +922,11 @@ mod tests {
         let mut c = cache(policy, Budget::Tokens(40));
         run(&mut c, &data, &[100], |_| ());
         let (first, last) = (c.layer_budget(0).unwrap(), c.layer_budget(1).unwrap());
-        assert_eq!((first, last), (74, 6));
+        // Outside the window of 4: min = 36 // 20 = 1, max = 72 - 1 = 71, step 70.
+        assert_eq!((first, last), (75, 5));
         assert_eq!(first + last, 2 * 40);
-        assert_eq!(c.kept_tokens(0), 74 + 10);
-        assert_eq!(c.kept_tokens(1), 6 + 10);
+        assert_eq!(c.kept_tokens(0), 75 + 10);
+        assert_eq!(c.kept_tokens(1), 5 + 10);
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! window. Storage is really packed: `bits`-bit codes plus an f16 minimum and scale per
 //! group, so 4-bit groups of 32 hold 20 bytes where 16-bit values hold 64 (3.2×).
 //!
-//! Attention dequantizes what is stored; the chunk being processed attends to its own keys
-//! and values in full precision (with the whole prompt in one chunk this is the benchmark's
-//! "prefill in full precision, then compress").
+//! Two prefill rules, a setting ([`FlexGenPrefill`]):
+//! - `quantized`, the benchmark's (`llama_simquant.py`): every key and value is quantized
+//!   *before* attention reads it, the prompt's own keys and values in prefill and the new
+//!   token's own key and value while decoding, so nothing attended is full precision;
+//! - `full`, the original FlexLLMGen: the prompt is attended and held in full precision,
+//!   compressed when it ends, and a decoding token attends to its own key and value in full
+//!   precision before they are stored.
 
 use std::sync::Arc;
 
@@ -175,6 +179,15 @@ pub(crate) fn packed_ratio(bits: u32, group: usize) -> f64 {
     (2 * group) as f64 / (group * bits as usize / 8 + 4) as f64
 }
 
+/// What attention reads before the cache compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlexGenPrefill {
+    /// Everything attended is quantized first (the benchmark's simulated quantization).
+    Quantized,
+    /// Full-precision prefill and own token, compressed afterwards (FlexLLMGen).
+    Full,
+}
+
 /// Settings of [`FlexGenCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlexGenSettings {
@@ -182,6 +195,8 @@ pub struct FlexGenSettings {
     pub bits: u32,
     /// Channels per quantization group; must divide the head dimension.
     pub group: usize,
+    /// The prefill rule.
+    pub prefill: FlexGenPrefill,
 }
 
 impl FlexGenSettings {
@@ -207,7 +222,11 @@ pub struct FlexGenCache {
     shape: KvShape,
     rope: Arc<RopeTable>,
     device: Device,
+    prefill: FlexGenPrefill,
     layers: Vec<LayerRows>,
+    /// Under [`FlexGenPrefill::Full`], each layer's prompt keys and values in f32 until the
+    /// prompt ends.
+    pending: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl FlexGenCache {
@@ -228,6 +247,8 @@ impl FlexGenCache {
             shape,
             rope,
             device: device.clone(),
+            prefill: settings.prefill,
+            pending: vec![None; shape.layers],
             layers: (0..shape.layers)
                 .map(|_| LayerRows {
                     keys: rows(),
@@ -253,16 +274,23 @@ impl FlexGenCache {
 
 impl FlexGenCache {
     /// One query per head over the packed rows, read in place (no dequantized copy of the
-    /// cache); the new token's own key and value enter in full precision.
-    fn decode_step(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    /// cache); `own` is the new token's key and value in full precision, when it is not
+    /// stored yet.
+    fn decode_step(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        own: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         use rayon::prelude::*;
         let (kv_heads, d) = (self.shape.kv_heads, self.shape.head_dim);
         let group = self.shape.q_heads / kv_heads;
-        let (query, new_k, new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-            q.flatten_all()?.to_vec1()?,
-            k.flatten_all()?.to_vec1()?,
-            v.flatten_all()?.to_vec1()?,
-        );
+        let query: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let (new_k, new_v): (Vec<f32>, Vec<f32>) = match own {
+            Some((k, v)) => (k.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
+            None => (Vec::new(), Vec::new()),
+        };
+        let extra = usize::from(own.is_some());
         let stored = &self.layers[layer];
         let scale = 1.0 / (d as f32).sqrt();
         // Each key/value head's rows are dequantized once for its whole group of query heads.
@@ -275,16 +303,18 @@ impl FlexGenCache {
                 let (keys, values) = (&stored.keys[g], &stored.values[g]);
                 let n = keys.rows();
                 let mut row = vec![0f32; d];
-                let mut scores = vec![vec![0f32; n + 1]; group];
+                let mut scores = vec![vec![0f32; n + extra]; group];
                 for r in 0..n {
                     keys.dequantize_row(r, &mut row);
                     for (s, q) in scores.iter_mut().zip(&queries) {
                         s[r] = q.iter().zip(&row).map(|(a, b)| a * b).sum::<f32>();
                     }
                 }
-                let own_k = &new_k[g * d..(g + 1) * d];
                 for (s, q) in scores.iter_mut().zip(&queries) {
-                    s[n] = q.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>();
+                    if extra == 1 {
+                        let own_k = &new_k[g * d..(g + 1) * d];
+                        s[n] = q.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>();
+                    }
                     softmax_in_place(s, scale);
                 }
                 let mut outs = vec![vec![0f32; d]; group];
@@ -297,7 +327,9 @@ impl FlexGenCache {
                     values.dequantize_row(r, &mut row);
                     accumulate(r, &row);
                 }
-                accumulate(n, &new_v[g * d..(g + 1) * d]);
+                if extra == 1 {
+                    accumulate(n, &new_v[g * d..(g + 1) * d]);
+                }
                 outs.into_iter().flatten()
             })
             .collect();
@@ -347,35 +379,73 @@ impl KvCache for FlexGenCache {
         let q = self.rope.apply(q, pos)?;
         let k = self.rope.apply(k, pos)?.contiguous()?;
         let v = v.to_dtype(DType::F32)?.contiguous()?;
-        if q.dim(1)? == 1 && held > 0 {
-            let out = self.decode_step(layer, &q, &k, &v)?;
-            push_rows(&mut self.layers[layer].keys, &k)?;
-            push_rows(&mut self.layers[layer].values, &v)?;
-            return Ok(out);
+        let rows = &mut self.layers[layer];
+        match self.prefill {
+            FlexGenPrefill::Quantized => {
+                push_rows(&mut rows.keys, &k)?;
+                push_rows(&mut rows.values, &v)?;
+                if q.dim(1)? == 1 {
+                    return self.decode_step(layer, &q, None);
+                }
+                let (keys, values) = (
+                    self.stored(&self.layers[layer].keys)?.expect("rows pushed"),
+                    self.stored(&self.layers[layer].values)?
+                        .expect("rows pushed"),
+                );
+                causal_attention(&q, &keys, &values, pos)
+            }
+            FlexGenPrefill::Full if rows.keys[0].rows() > 0 => {
+                // After the prompt: stored rows dequantized, the chunk's own in f32.
+                let out = if q.dim(1)? == 1 {
+                    self.decode_step(layer, &q, Some((&k, &v)))?
+                } else {
+                    let (pk, pv) = (
+                        self.stored(&self.layers[layer].keys)?.expect("rows held"),
+                        self.stored(&self.layers[layer].values)?.expect("rows held"),
+                    );
+                    let keys = Tensor::cat(&[&pk, &k], 1)?;
+                    causal_attention(&q, &keys, &Tensor::cat(&[&pv, &v], 1)?, pos)?
+                };
+                push_rows(&mut self.layers[layer].keys, &k)?;
+                push_rows(&mut self.layers[layer].values, &v)?;
+                Ok(out)
+            }
+            FlexGenPrefill::Full => {
+                let (keys, values) = match self.pending[layer].take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+                    None => (k, v),
+                };
+                let out = causal_attention(&q, &keys, &values, pos)?;
+                self.pending[layer] = Some((keys, values));
+                Ok(out)
+            }
         }
-        let (keys, values) = match (
-            self.stored(&self.layers[layer].keys)?,
-            self.stored(&self.layers[layer].values)?,
-        ) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-            _ => (k.clone(), v.clone()),
-        };
-        let out = causal_attention(&q, &keys, &values, pos)?;
-        push_rows(&mut self.layers[layer].keys, &k)?;
-        push_rows(&mut self.layers[layer].values, &v)?;
-        Ok(out)
     }
 
     fn end_prefill(&mut self) -> Result<()> {
+        for (rows, pending) in self.layers.iter_mut().zip(&mut self.pending) {
+            if let Some((k, v)) = pending.take() {
+                push_rows(&mut rows.keys, &k)?;
+                push_rows(&mut rows.values, &v)?;
+            }
+        }
         Ok(())
     }
 
     fn stored_bytes(&self) -> usize {
-        self.layers
+        let pending: usize = self
+            .pending
             .iter()
-            .flat_map(|l| l.keys.iter().chain(&l.values))
-            .map(PackedRows::bytes)
-            .sum()
+            .flatten()
+            .map(|(k, v)| 4 * (k.elem_count() + v.elem_count()))
+            .sum();
+        pending
+            + self
+                .layers
+                .iter()
+                .flat_map(|l| l.keys.iter().chain(&l.values))
+                .map(PackedRows::bytes)
+                .sum::<usize>()
     }
 
     fn uncompressed_bytes_per_token(&self) -> usize {
@@ -383,10 +453,16 @@ impl KvCache for FlexGenCache {
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {
-        self.layers.get(layer).map_or(0, |l| l.keys[0].rows())
+        let pending = self
+            .pending
+            .get(layer)
+            .and_then(|p| p.as_ref())
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
+        pending + self.layers.get(layer).map_or(0, |l| l.keys[0].rows())
     }
 
     fn reset(&mut self) {
+        self.pending.iter_mut().for_each(|p| *p = None);
         for layer in &mut self.layers {
             layer
                 .keys
@@ -450,7 +526,17 @@ mod tests {
         }
         // 10 rows × (32 bytes of codes + 2 groups × 4 bytes).
         assert_eq!(rows.bytes(), 10 * (32 + 8));
-        assert!((FlexGenSettings { bits: 4, group: 32 }.nominal_ratio() - 3.2).abs() < 1e-12);
+        assert!(
+            (FlexGenSettings {
+                bits: 4,
+                group: 32,
+                prefill: FlexGenPrefill::Quantized
+            }
+            .nominal_ratio()
+                - 3.2)
+                .abs()
+                < 1e-12
+        );
     }
 
     fn shape() -> KvShape {
@@ -484,23 +570,93 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (4, 40, 64), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
-        let mut full = FullCache::new(shape(), rope(), &dev);
-        let mut quant = FlexGenCache::new(
-            shape(),
-            rope(),
-            &dev,
-            FlexGenSettings { bits: 8, group: 32 },
-        )
-        .unwrap();
-        for (start, len) in [(0, 30), (30, 1), (31, 9)] {
-            let (qs, ks, vs) = (
-                q.narrow(1, start, len).unwrap(),
-                k.narrow(1, start, len).unwrap(),
-                v.narrow(1, start, len).unwrap(),
-            );
-            let a = full.attend(0, start, &qs, &ks, &vs).unwrap();
-            let b = quant.attend(0, start, &qs, &ks, &vs).unwrap();
-            let diff = (a - b)
+        for prefill in [FlexGenPrefill::Quantized, FlexGenPrefill::Full] {
+            let mut full = FullCache::new(shape(), rope(), &dev);
+            let mut quant = FlexGenCache::new(
+                shape(),
+                rope(),
+                &dev,
+                FlexGenSettings {
+                    bits: 8,
+                    group: 32,
+                    prefill,
+                },
+            )
+            .unwrap();
+            for (start, len) in [(0, 20), (20, 10), (30, 1), (31, 9)] {
+                if start == 30 {
+                    quant.end_prefill().unwrap();
+                }
+                let (qs, ks, vs) = (
+                    q.narrow(1, start, len).unwrap(),
+                    k.narrow(1, start, len).unwrap(),
+                    v.narrow(1, start, len).unwrap(),
+                );
+                let a = full.attend(0, start, &qs, &ks, &vs).unwrap();
+                let b = quant.attend(0, start, &qs, &ks, &vs).unwrap();
+                let diff = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 0.05, "{prefill:?}, chunk at {start}: {diff}");
+                if prefill == FlexGenPrefill::Full && start < 30 {
+                    assert!(diff < 1e-5, "the full-precision prefill is exact: {diff}");
+                }
+            }
+            assert_eq!(quant.kept_tokens(0), 40);
+            assert!(quant.stored_bytes() < full.stored_bytes() / 2);
+        }
+    }
+
+    /// The benchmark's rule: the prompt attends to its own keys and values quantized, and a
+    /// decoding token to its own quantized key and value.
+    #[test]
+    fn quantized_prefill_attends_to_quantized_keys_and_values_only() {
+        let dev = Device::Cpu;
+        let settings = FlexGenSettings {
+            bits: 4,
+            group: 32,
+            prefill: FlexGenPrefill::Quantized,
+        };
+        let q = Tensor::randn(0f32, 1.0, (4, 21, 64), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
+        let mut cache = FlexGenCache::new(shape(), rope(), &dev, settings).unwrap();
+        let quantized = |x: &Tensor| -> Tensor {
+            let mut heads = vec![PackedRows::new(4, 32, 64), PackedRows::new(4, 32, 64)];
+            push_rows(&mut heads, x).unwrap();
+            let data: Vec<f32> = heads.iter().flat_map(|h| h.dequantize()).collect();
+            Tensor::from_vec(data, x.dims(), &dev).unwrap()
+        };
+        let rk = cache.rope.apply(&k, 0).unwrap();
+        let rq = cache.rope.apply(&q, 0).unwrap();
+        let (qk, qv) = (quantized(&rk), quantized(&v));
+        for (start, len) in [(0, 20), (20, 1)] {
+            if start == 20 {
+                cache.end_prefill().unwrap();
+            }
+            let got = cache
+                .attend(
+                    0,
+                    start,
+                    &q.narrow(1, start, len).unwrap(),
+                    &k.narrow(1, start, len).unwrap(),
+                    &v.narrow(1, start, len).unwrap(),
+                )
+                .unwrap();
+            let end = start + len;
+            let want = causal_attention(
+                &rq.narrow(1, start, len).unwrap(),
+                &qk.narrow(1, 0, end).unwrap(),
+                &qv.narrow(1, 0, end).unwrap(),
+                start,
+            )
+            .unwrap();
+            let diff = (got - want)
                 .unwrap()
                 .abs()
                 .unwrap()
@@ -508,16 +664,18 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 0.05, "chunk at {start}: {diff}");
+            assert!(diff < 1e-5, "chunk at {start}: {diff}");
         }
-        assert_eq!(quant.kept_tokens(0), 40);
-        assert!(quant.stored_bytes() < full.stored_bytes() / 2);
     }
 
     #[test]
     fn decode_step_in_place_equals_attention_over_dequantized_rows() {
         let dev = Device::Cpu;
-        let settings = FlexGenSettings { bits: 4, group: 32 };
+        let settings = FlexGenSettings {
+            bits: 4,
+            group: 32,
+            prefill: FlexGenPrefill::Full,
+        };
         let q = Tensor::randn(0f32, 1.0, (4, 21, 64), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
@@ -531,6 +689,7 @@ mod tests {
                 &v.narrow(1, 0, 20).unwrap(),
             )
             .unwrap();
+        cache.end_prefill().unwrap();
         // Reference: the stored rows dequantized, the new token in full precision.
         let q_r = cache.rope.apply(&q.narrow(1, 20, 1).unwrap(), 20).unwrap();
         let k_new = cache.rope.apply(&k.narrow(1, 20, 1).unwrap(), 20).unwrap();
@@ -578,14 +737,22 @@ mod tests {
             shape(),
             rope(),
             &Device::Cpu,
-            FlexGenSettings { bits: 3, group: 32 }
+            FlexGenSettings {
+                bits: 3,
+                group: 32,
+                prefill: FlexGenPrefill::Quantized
+            }
         )
         .is_err());
         assert!(FlexGenCache::new(
             shape(),
             rope(),
             &Device::Cpu,
-            FlexGenSettings { bits: 4, group: 48 }
+            FlexGenSettings {
+                bits: 4,
+                group: 48,
+                prefill: FlexGenPrefill::Quantized
+            }
         )
         .is_err());
     }

@@ -1,26 +1,35 @@
 //! InfLLM (Xiao et al., "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an
-//! Efficient Context Memory", 2024): attention sees sink tokens, a local window and a few
-//! memory blocks retrieved from the evicted context.
+//! Efficient Context Memory", 2024), as the benchmark runs it (thunlp/InfLLM's
+//! `context_manager.py`, vendored by `henryzhongsc/longctx_bench`, budgets from its
+//! `infllm_utils.py`).
 //!
-//! Tokens leaving the local window are grouped into blocks of `block` tokens and moved to
-//! an offloaded store; each block is represented by the `representatives` keys that
-//! received the most attention while they were in the local window. Each chunk of queries
-//! (a prefill chunk, or one decoding token) scores every block by the summed dot products of
-//! its queries with the block's representative keys and attends to the best blocks.
-//! Budget split per the benchmark: `sinks` and `retrieved` fractions of the budget, the
-//! rest local. Keys keep their absolute positions.
+//! Queries are processed in chunks of `chunk` tokens (the reference's `exc_block_size`,
+//! 512). Each query sees, under one softmax:
+//! - its own last `n_local` tokens (an exact sliding window, positions relative);
+//! - the memory: the first `n_init` tokens to leave the window ("sinks"), the `topk`
+//!   blocks of `block` tokens retrieved for its chunk, and the tokens that have left the
+//!   window but do not fill a block yet. Memory keys are kept unrotated and the query is
+//!   rotated at the single position `n_local - 1`: all memory sits at one fixed distance.
 //!
-//! [`KvCache::stored_bytes`] counts what attention reads (sinks, local window, the buffer of
-//! retrieved blocks); [`KvCache::offloaded_bytes`] counts the evicted context kept for
-//! retrieval, which a deployment would hold in host memory or on disk.
+//! A block is represented, per query head, by the mean of its `representatives` keys that
+//! received the most attention from that head while in the window. A chunk retrieves the
+//! blocks whose representatives score highest against its mean memory query, summed over
+//! all heads: one choice per layer, for every head. Budget (tokens T = prompt / ratio):
+//! `n_init = int(sinks·T)`, `topk = int(retrieved·T) / block`,
+//! `n_local = max(chunk, T − n_init − topk·block)`.
+//!
+//! [`KvCache::stored_bytes`] counts what attention reads (sinks, the window and the tokens
+//! waiting for a block, and a buffer of `topk` blocks); [`KvCache::offloaded_bytes`] counts
+//! the blocks, which a deployment keeps in host memory or on disk.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::cache::check_chunk;
-use crate::rows::{top_k, HeadRows, TokenRows};
-use crate::{causal_attention_with_weights, Budget, KvCache, KvError, KvShape, Result, RopeTable};
+use crate::rows::{top_k, HeadRows};
+use crate::window::{windowed_attention, Memory};
+use crate::{Budget, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Settings of [`InfLlmCache`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +44,19 @@ pub struct InfLlmSettings {
     pub block: usize,
     /// Representative keys per block (benchmark: 4).
     pub representatives: usize,
+    /// Queries per retrieval, and the smallest local window (benchmark: 512).
+    pub chunk: usize,
+}
+
+/// How one sequence's budget divides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfLlmSplit {
+    /// Sink tokens.
+    pub n_init: usize,
+    /// Blocks retrieved per chunk.
+    pub topk: usize,
+    /// The sliding window.
+    pub n_local: usize,
 }
 
 impl InfLlmSettings {
@@ -53,31 +75,60 @@ impl InfLlmSettings {
                 self.block, self.representatives
             )));
         }
+        if self.chunk == 0 {
+            return Err(KvError::Setting("chunk must be positive".into()));
+        }
         Ok(())
     }
 
-    /// `(sink tokens, retrieved blocks, local tokens)` for a budget of `budget` tokens.
-    pub fn split(&self, budget: usize) -> (usize, usize, usize) {
-        let sinks = (self.sinks * budget as f64) as usize;
-        let blocks = (self.retrieved * budget as f64) as usize / self.block;
-        (sinks, blocks, budget - sinks - blocks * self.block)
+    /// The split of a budget of `budget` tokens, as `infllm_utils.py` computes it.
+    pub fn split(&self, budget: usize) -> InfLlmSplit {
+        let n_init = (self.sinks * budget as f64) as usize;
+        let topk = (self.retrieved * budget as f64) as usize / self.block;
+        let rest = budget.saturating_sub(n_init + topk * self.block);
+        InfLlmSplit {
+            n_init,
+            topk,
+            n_local: rest.max(self.chunk),
+        }
     }
 }
 
-/// An evicted block and the indices (within it) of its representative keys.
-struct Block {
-    rows: TokenRows,
-    representatives: Vec<usize>,
+/// Rows of one key/value head, row-major, unrotated keys.
+#[derive(Debug, Clone, Default)]
+struct Rows {
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
-/// One key/value head's memory.
-struct HeadMemory {
-    sinks: TokenRows,
-    local: TokenRows,
+impl Rows {
+    fn bytes(&self) -> usize {
+        4 * (self.keys.capacity() + self.values.capacity())
+    }
+}
+
+/// A block moved out of the window: its rows per key/value head, and per query head the
+/// mean of its representative keys.
+struct Block {
+    start: usize,
+    heads: Vec<Rows>,
+    representative: Vec<Vec<f32>>,
+}
+
+/// One layer's memory. Every head holds the same tokens (choices are per layer).
+struct LayerMemory {
+    init: Vec<Rows>,
+    init_len: usize,
+    init_done: bool,
     blocks: Vec<Block>,
-    /// Evicted tokens waiting for a whole block (offloaded, not yet retrievable).
-    pending: TokenRows,
-    /// Blocks the latest chunk attended to, by index.
+    /// Tokens not yet in the sinks or a block, from position `remainder_start`: the window
+    /// and the partial block before it.
+    remainder: Vec<Rows>,
+    remainder_start: usize,
+    remainder_len: usize,
+    /// `[q_head][token]` attention each remainder token received in the window.
+    scores: Vec<Vec<f32>>,
+    /// Blocks the latest chunk read, by index.
     retrieved: Vec<usize>,
 }
 
@@ -87,10 +138,9 @@ pub struct InfLlmCache {
     rope: Arc<RopeTable>,
     device: Device,
     settings: InfLlmSettings,
-    layers: Vec<Vec<HeadMemory>>,
+    layers: Vec<LayerMemory>,
     processed: Vec<usize>,
-    /// `(sinks, blocks, local)` for the current sequence.
-    split: Option<(usize, usize, usize)>,
+    split: Option<InfLlmSplit>,
 }
 
 impl InfLlmCache {
@@ -102,12 +152,15 @@ impl InfLlmCache {
         settings: InfLlmSettings,
     ) -> Result<Self> {
         settings.validate()?;
-        let d = shape.head_dim;
-        let head = || HeadMemory {
-            sinks: TokenRows::new(d),
-            local: TokenRows::new(d),
+        let layer = || LayerMemory {
+            init: vec![Rows::default(); shape.kv_heads],
+            init_len: 0,
+            init_done: false,
             blocks: Vec::new(),
-            pending: TokenRows::new(d),
+            remainder: vec![Rows::default(); shape.kv_heads],
+            remainder_start: 0,
+            remainder_len: 0,
+            scores: vec![Vec::new(); shape.q_heads],
             retrieved: Vec::new(),
         };
         Ok(Self {
@@ -115,87 +168,225 @@ impl InfLlmCache {
             rope,
             device: device.clone(),
             settings,
-            layers: (0..shape.layers)
-                .map(|_| (0..shape.kv_heads).map(|_| head()).collect())
-                .collect(),
+            layers: (0..shape.layers).map(|_| layer()).collect(),
             processed: vec![0; shape.layers],
             split: None,
         })
     }
 
-    /// Start positions of the blocks `layer`'s `head` attended to in the latest chunk.
-    pub fn retrieved_blocks(&self, layer: usize, head: usize) -> Vec<usize> {
-        let h = &self.layers[layer][head];
-        h.retrieved
+    /// The current sequence's split (after `reserve`).
+    pub fn split(&self) -> Option<InfLlmSplit> {
+        self.split
+    }
+
+    /// Start positions of the blocks `layer` read in its latest chunk, ascending.
+    pub fn retrieved_blocks(&self, layer: usize) -> Vec<usize> {
+        let l = &self.layers[layer];
+        l.retrieved.iter().map(|&b| l.blocks[b].start).collect()
+    }
+
+    /// Every block of `layer`: its start position and, per query head, its representative.
+    pub fn block_representatives(&self, layer: usize) -> Vec<(usize, Vec<Vec<f32>>)> {
+        self.layers[layer]
+            .blocks
             .iter()
-            .map(|&b| h.blocks[b].rows.positions().next().unwrap_or(0))
+            .map(|b| (b.start, b.representative.clone()))
             .collect()
     }
 
-    /// Every offloaded block of `layer`'s `head`: its start position and the key rows of its
-    /// representatives (row-major).
-    pub fn block_representatives(&self, layer: usize, head: usize) -> Vec<(usize, Vec<f32>)> {
-        let d = self.shape.head_dim;
-        self.layers[layer][head]
-            .blocks
-            .iter()
-            .map(|b| {
-                let start = b.rows.positions().next().unwrap_or(0);
-                let keys = b
-                    .representatives
-                    .iter()
-                    .flat_map(|&r| b.rows.keys()[r * d..(r + 1) * d].iter().copied())
-                    .collect();
-                (start, keys)
-            })
-            .collect()
+    /// `(sinks, tokens in blocks, remainder)` of `layer`.
+    pub fn token_counts(&self, layer: usize) -> (usize, usize, usize) {
+        let l = &self.layers[layer];
+        (
+            l.init_len,
+            l.blocks.len() * self.settings.block,
+            l.remainder_len,
+        )
     }
 
-    /// Rank `h`'s blocks against the summed queries of its group and keep the best.
-    fn retrieve(h: &mut HeadMemory, query_sum: &[f32], blocks: usize, d: usize) {
-        let scores: Vec<f32> = h
-            .blocks
-            .iter()
-            .map(|b| {
-                b.representatives
-                    .iter()
-                    .map(|&r| {
-                        let key = &b.rows.keys()[r * d..(r + 1) * d];
-                        key.iter().zip(query_sum).map(|(k, q)| k * q).sum::<f32>()
-                    })
-                    .sum()
-            })
-            .collect();
-        h.retrieved = top_k(&scores, blocks);
-    }
-
-    /// Move local tokens beyond the window to the offloaded store, cutting whole blocks.
-    fn offload(&self, h: &mut HeadMemory, local_budget: usize) {
-        let d = self.shape.head_dim;
-        let overflow = h.local.len().saturating_sub(local_budget);
-        if overflow == 0 {
-            return;
+    /// One chunk of at most `settings.chunk` queries (`context_manager.py`'s `_append` and
+    /// `append_global`).
+    fn attend_chunk(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let split = self.split.expect("reserve ran");
+        let (kv_heads, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let t = q.dim(1)?;
+        let (ks, vs): (HeadRows, HeadRows) = (
+            k.to_dtype(DType::F32)?.to_vec3()?,
+            v.to_dtype(DType::F32)?.to_vec3()?,
+        );
+        let mem = &mut self.layers[layer];
+        for (g, rows) in mem.remainder.iter_mut().enumerate() {
+            rows.keys.extend(ks[g].iter().flatten());
+            rows.values.extend(vs[g].iter().flatten());
         }
-        let positions: Vec<usize> = h.local.positions().take(overflow).collect();
-        for (i, p) in positions.into_iter().enumerate() {
-            h.pending.push(
-                &h.local.keys()[i * d..(i + 1) * d],
-                &h.local.values()[i * d..(i + 1) * d],
-                p,
-                h.local.scores()[i],
-            );
-            if h.pending.len() == self.settings.block {
-                let rows = std::mem::replace(&mut h.pending, TokenRows::new(d));
-                let representatives = top_k(rows.scores(), self.settings.representatives);
-                h.blocks.push(Block {
-                    rows,
-                    representatives,
-                });
+        mem.remainder_len += t;
+        mem.scores
+            .iter_mut()
+            .for_each(|s| s.resize(mem.remainder_len, 0.0));
+
+        let q_local = self.rope.apply(q, pos)?;
+        let q_memory = self.rope.apply_at(q, split.n_local - 1)?;
+        mem.retrieved = if mem.blocks.len() <= split.topk {
+            (0..mem.blocks.len()).collect()
+        } else {
+            let mean: Vec<Vec<f32>> = q_memory.mean(1)?.to_vec2()?;
+            let scores: Vec<f32> = mem
+                .blocks
+                .iter()
+                .map(|b| {
+                    b.representative
+                        .iter()
+                        .zip(&mean)
+                        .map(|(r, m)| r.iter().zip(m).map(|(a, b)| a * b).sum::<f32>())
+                        .sum()
+                })
+                .collect();
+            top_k(&scores, split.topk)
+        };
+
+        // The window: the n_local tokens before the chunk and the chunk; memory: the sinks,
+        // the retrieved blocks, and remainder tokens old enough to leave some query's window.
+        let local_from = pos.saturating_sub(split.n_local).max(mem.remainder_start);
+        let skip = local_from - mem.remainder_start;
+        let l = mem.remainder_len - skip;
+        let gather = |rows: &[Rows], from: usize, len: usize| -> (Vec<f32>, Vec<f32>) {
+            let mut keys = Vec::with_capacity(kv_heads * len * d);
+            let mut values = Vec::with_capacity(kv_heads * len * d);
+            for r in rows {
+                keys.extend_from_slice(&r.keys[from * d..(from + len) * d]);
+                values.extend_from_slice(&r.values[from * d..(from + len) * d]);
             }
+            (keys, values)
+        };
+        let (lk, lv) = gather(&mem.remainder, skip, l);
+        let local_k = self.rope.apply(
+            &Tensor::from_vec(lk, (kv_heads, l, d), &self.device)?,
+            local_from,
+        )?;
+        let local_v = Tensor::from_vec(lv, (kv_heads, l, d), &self.device)?;
+        let local_positions: Vec<usize> = (local_from..local_from + l).collect();
+
+        let remembered = (pos + t)
+            .saturating_sub(split.n_local)
+            .saturating_sub(mem.remainder_start)
+            .min(mem.remainder_len);
+        let mut memory_positions: Vec<usize> = (0..mem.init_len).collect();
+        let mut mk = vec![Vec::new(); kv_heads];
+        let mut mv = vec![Vec::new(); kv_heads];
+        for g in 0..kv_heads {
+            mk[g].extend_from_slice(&mem.init[g].keys);
+            mv[g].extend_from_slice(&mem.init[g].values);
+            for &b in &mem.retrieved {
+                mk[g].extend_from_slice(&mem.blocks[b].heads[g].keys);
+                mv[g].extend_from_slice(&mem.blocks[b].heads[g].values);
+            }
+            mk[g].extend_from_slice(&mem.remainder[g].keys[..remembered * d]);
+            mv[g].extend_from_slice(&mem.remainder[g].values[..remembered * d]);
         }
-        let keep: Vec<bool> = (0..h.local.len()).map(|i| i >= overflow).collect();
-        h.local.retain(&keep);
-        h.local.set_capacity(local_budget + 1);
+        for &b in &mem.retrieved {
+            let start = mem.blocks[b].start;
+            memory_positions.extend(start..start + self.settings.block);
+        }
+        memory_positions.extend(mem.remainder_start..mem.remainder_start + remembered);
+        let m = memory_positions.len();
+        let flat = |x: Vec<Vec<f32>>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(
+                x.into_iter().flatten().collect::<Vec<f32>>(),
+                (kv_heads, m, d),
+                &self.device,
+            )?)
+        };
+        let (memory_k, memory_v) = (flat(mk)?, flat(mv)?);
+        let result = windowed_attention(
+            &q_local,
+            &local_k,
+            &local_v,
+            &local_positions,
+            pos,
+            split.n_local,
+            Some(Memory {
+                queries: &q_memory,
+                keys: &memory_k,
+                values: &memory_v,
+                positions: &memory_positions,
+            }),
+        )?;
+        let mem = &mut self.layers[layer];
+        for (scores, w) in mem.scores.iter_mut().zip(&result.local_weights) {
+            scores[skip..].iter_mut().zip(w).for_each(|(s, x)| *s += x);
+        }
+        self.move_to_memory(layer, split);
+        Ok(result.out)
+    }
+
+    /// Sinks first, then whole blocks, from the front of the remainder, always leaving the
+    /// window (`append_global`).
+    fn move_to_memory(&mut self, layer: usize, split: InfLlmSplit) {
+        let (d, block, reps) = (
+            self.shape.head_dim,
+            self.settings.block,
+            self.settings.representatives,
+        );
+        let group = self.shape.q_heads / self.shape.kv_heads;
+        let mem = &mut self.layers[layer];
+        let take_front = |mem: &mut LayerMemory, n: usize| -> (Vec<Rows>, Vec<Vec<f32>>) {
+            let rows = mem
+                .remainder
+                .iter_mut()
+                .map(|r| Rows {
+                    keys: r.keys.drain(..n * d).collect(),
+                    values: r.values.drain(..n * d).collect(),
+                })
+                .collect();
+            let scores = mem
+                .scores
+                .iter_mut()
+                .map(|s| s.drain(..n).collect())
+                .collect();
+            mem.remainder_start += n;
+            mem.remainder_len -= n;
+            (rows, scores)
+        };
+        if !mem.init_done && mem.remainder_len > split.n_local {
+            let n = (split.n_init - mem.init_len).min(mem.remainder_len - split.n_local);
+            let (rows, _) = take_front(mem, n);
+            for (init, r) in mem.init.iter_mut().zip(rows) {
+                init.keys.extend(r.keys);
+                init.values.extend(r.values);
+            }
+            mem.init_len += n;
+            mem.init_done = mem.init_len == split.n_init;
+        }
+        while mem.remainder_len >= split.n_local + block {
+            let start = mem.remainder_start;
+            let (heads, scores) = take_front(mem, block);
+            let representative = scores
+                .iter()
+                .enumerate()
+                .map(|(h, s)| {
+                    let keys = &heads[h / group].keys;
+                    let mut mean = vec![0f32; d];
+                    for r in top_k(s, reps) {
+                        mean.iter_mut()
+                            .zip(&keys[r * d..(r + 1) * d])
+                            .for_each(|(m, x)| *m += x / reps as f32);
+                    }
+                    mean
+                })
+                .collect();
+            mem.blocks.push(Block {
+                start,
+                heads,
+                representative,
+            });
+        }
     }
 }
 
@@ -209,9 +400,13 @@ impl KvCache for InfLlmCache {
             .settings
             .split(self.settings.budget.tokens(prompt_tokens));
         self.split = Some(split);
-        for h in self.layers.iter_mut().flatten() {
-            h.sinks.set_capacity(split.0);
-            h.local.set_capacity(split.2 + 1);
+        let d = self.shape.head_dim;
+        let window = split.n_local + self.settings.block + self.settings.chunk;
+        for l in &mut self.layers {
+            for r in &mut l.remainder {
+                r.keys.reserve(window * d);
+                r.values.reserve(window * d);
+            }
         }
         Ok(())
     }
@@ -225,114 +420,98 @@ impl KvCache for InfLlmCache {
         v: &Tensor,
     ) -> Result<Tensor> {
         check_chunk(&self.shape, layer, pos, self.processed[layer])?;
-        let Some((sinks, blocks, local_budget)) = self.split else {
+        if self.split.is_none() {
             return Err(KvError::Invalid(
                 "InfLLM needs the prompt length: call reserve before the first chunk".into(),
             ));
-        };
-        let (t, d) = (q.dim(1)?, self.shape.head_dim);
-        let group = self.shape.q_heads / self.shape.kv_heads;
-        let q = self.rope.apply(q, pos)?;
-        let k = self.rope.apply(k, pos)?.to_dtype(DType::F32)?;
-        let queries: Vec<Vec<Vec<f32>>> = q.to_vec3()?;
-        let (ks, vs): (HeadRows, HeadRows) = (k.to_vec3()?, v.to_dtype(DType::F32)?.to_vec3()?);
-        // Gather each head's context: sinks, retrieved blocks in position order, local window.
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        let mut context = 0;
-        for (g, h) in self.layers[layer].iter_mut().enumerate() {
-            let mut query_sum = vec![0f32; d];
-            for head_queries in &queries[g * group..(g + 1) * group] {
-                for row in head_queries {
-                    query_sum.iter_mut().zip(row).for_each(|(s, x)| *s += x);
-                }
-            }
-            Self::retrieve(h, &query_sum, blocks, d);
-            let parts = std::iter::once(&h.sinks)
-                .chain(h.retrieved.iter().map(|&b| &h.blocks[b].rows))
-                .chain(std::iter::once(&h.local));
-            context = 0;
-            for rows in parts {
-                keys.extend_from_slice(rows.keys());
-                values.extend_from_slice(rows.values());
-                context += rows.len();
-            }
-            keys.extend(ks[g].iter().flatten());
-            values.extend(vs[g].iter().flatten());
         }
-        let shape = (self.shape.kv_heads, context + t, d);
-        let (out, weights) = causal_attention_with_weights(
-            &q,
-            &Tensor::from_vec(keys, shape, &self.device)?,
-            &Tensor::from_vec(values, shape, &self.device)?,
-            context,
-        )?;
-        for (g, (h, w)) in self.layers[layer].iter_mut().zip(&weights).enumerate() {
-            let local_from = context - h.local.len();
-            h.local
-                .scores_mut()
-                .iter_mut()
-                .zip(&w[local_from..context])
-                .for_each(|(s, x)| *s += x);
-            h.local.reserve_exact(t);
-            for i in 0..t {
-                let store = if pos + i < sinks {
-                    &mut h.sinks
-                } else {
-                    &mut h.local
-                };
-                store.push(&ks[g][i], &vs[g][i], pos + i, w[context + i]);
-            }
+        let t = q.dim(1)?;
+        let chunk = self.settings.chunk;
+        let mut outs = Vec::with_capacity(t.div_ceil(chunk) + 1);
+        let mut start = 0;
+        // Chunks end at multiples of `chunk` in the sequence, as the reference's whole-prompt
+        // forward splits: the engine's own prefill chunking changes nothing.
+        while start < t {
+            let len = (chunk - (pos + start) % chunk).min(t - start);
+            outs.push(self.attend_chunk(
+                layer,
+                pos + start,
+                &q.narrow(1, start, len)?,
+                &k.narrow(1, start, len)?,
+                &v.narrow(1, start, len)?,
+            )?);
+            start += len;
         }
-        let mut heads = std::mem::take(&mut self.layers[layer]);
-        heads.iter_mut().for_each(|h| self.offload(h, local_budget));
-        self.layers[layer] = heads;
         self.processed[layer] = pos + t;
-        Ok(out)
+        Ok(Tensor::cat(&outs, 1)?)
     }
 
     fn end_prefill(&mut self) -> Result<()> {
+        // Decoding adds one token at a time, and a block leaves as soon as the remainder
+        // reaches window + block: release the room prefill chunks needed.
+        let Some(split) = self.split else {
+            return Ok(());
+        };
+        let d = self.shape.head_dim;
+        let most = split.n_local + self.settings.block;
+        for l in &mut self.layers {
+            for r in &mut l.remainder {
+                r.keys.shrink_to(most * d);
+                r.values.shrink_to(most * d);
+            }
+            l.scores.iter_mut().for_each(|s| s.shrink_to(most));
+        }
         Ok(())
     }
 
     fn stored_bytes(&self) -> usize {
-        let (_, blocks, _) = self.split.unwrap_or((0, 0, 0));
-        let retrieval_buffer = blocks * self.settings.block * self.shape.head_dim * 2 * 4;
+        let topk = self.split.map_or(0, |s| s.topk);
+        let retrieval_buffer =
+            self.shape.kv_heads * topk * self.settings.block * self.shape.head_dim * 2 * 4;
         self.layers
             .iter()
-            .flatten()
-            .map(|h| h.sinks.bytes() + h.local.bytes() + retrieval_buffer)
+            .map(|l| {
+                l.init
+                    .iter()
+                    .chain(&l.remainder)
+                    .map(Rows::bytes)
+                    .sum::<usize>()
+                    + 4 * l.scores.iter().map(Vec::capacity).sum::<usize>()
+                    + retrieval_buffer
+            })
             .sum()
     }
 
     fn offloaded_bytes(&self) -> usize {
         self.layers
             .iter()
-            .flatten()
-            .map(|h| {
-                h.pending.bytes()
-                    + h.blocks
-                        .iter()
-                        .map(|b| b.rows.bytes() + 8 * b.representatives.capacity())
-                        .sum::<usize>()
+            .flat_map(|l| &l.blocks)
+            .map(|b| {
+                b.heads.iter().map(Rows::bytes).sum::<usize>()
+                    + 4 * b.representative.iter().map(Vec::capacity).sum::<usize>()
             })
             .sum()
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {
-        self.layers.get(layer).map_or(0, |heads| {
-            let h = &heads[0];
-            h.sinks.len() + h.local.len() + h.retrieved.len() * self.settings.block
+        self.layers.get(layer).map_or(0, |l| {
+            l.init_len + l.remainder_len + l.retrieved.len() * self.settings.block
         })
     }
 
     fn reset(&mut self) {
-        for h in self.layers.iter_mut().flatten() {
-            h.sinks.clear();
-            h.local.clear();
-            h.blocks.clear();
-            h.pending.clear();
-            h.retrieved.clear();
+        for l in &mut self.layers {
+            for r in l.init.iter_mut().chain(l.remainder.iter_mut()) {
+                r.keys.clear();
+                r.values.clear();
+            }
+            l.init_len = 0;
+            l.init_done = false;
+            l.blocks.clear();
+            l.remainder_start = 0;
+            l.remainder_len = 0;
+            l.scores.iter_mut().for_each(Vec::clear);
+            l.retrieved.clear();
         }
         self.processed.iter_mut().for_each(|p| *p = 0);
         self.split = None;
@@ -344,6 +523,7 @@ mod tests {
     use super::*;
     use crate::testutil::*;
 
+    /// Budget 40 → 2 sinks, 2 blocks of 8, window max(8, 22) = 22; chunks of 8 queries.
     fn settings(budget: Budget) -> InfLlmSettings {
         InfLlmSettings {
             budget,
@@ -351,19 +531,32 @@ mod tests {
             retrieved: 0.4,
             block: 8,
             representatives: 2,
+            chunk: 8,
         }
     }
 
+    fn cache(budget: Budget) -> InfLlmCache {
+        InfLlmCache::new(shape(), rope(), &Device::Cpu, settings(budget)).unwrap()
+    }
+
     #[test]
-    fn the_benchmark_split_matches_the_digest_example() {
+    fn the_benchmark_split_matches_its_code() {
         let paper = InfLlmSettings {
             budget: Budget::Ratio(4.0),
             sinks: 0.021,
             retrieved: 0.324,
             block: 128,
             representatives: 4,
+            chunk: 512,
         };
-        assert_eq!(paper.split(paper.budget.tokens(7500)), (39, 4, 1324));
+        let split = |tokens| {
+            let s = paper.split(paper.budget.tokens(tokens));
+            (s.n_init, s.topk, s.n_local)
+        };
+        // The digest's example: 4x at 7,500 tokens.
+        assert_eq!(split(7500), (39, 4, 1324));
+        // A 512-word needle on the default model: the window never falls below a chunk.
+        assert_eq!(split(730), (3, 0, 512));
     }
 
     #[test]
@@ -371,96 +564,173 @@ mod tests {
         let data = sequence(30);
         let chunks = [9, 15];
         let want = full_outputs(&data, &chunks);
-        let mut c =
-            InfLlmCache::new(shape(), rope(), &Device::Cpu, settings(Budget::Tokens(60))).unwrap();
+        let mut c = cache(Budget::Tokens(60));
         let (got, _) = run(&mut c, &data, &chunks, |_| ());
         assert!(max_difference(&got, &want) < 1e-4);
         assert_eq!(c.offloaded_bytes(), 0);
     }
 
     #[test]
-    fn each_chunk_retrieves_the_blocks_a_brute_force_scorer_ranks_highest() {
+    fn the_engine_prefill_chunk_does_not_change_the_outputs() {
+        let data = sequence(100);
+        let mut a = cache(Budget::Tokens(40));
+        let mut b = cache(Budget::Tokens(40));
+        let (x, _) = run(&mut a, &data, &[37, 53], |_| ());
+        let (y, _) = run(&mut b, &data, &[90], |_| ());
+        let cat = |v: &[Tensor]| Tensor::cat(v, 1).unwrap();
+        let diff = max_difference(&[cat(&x[..2])], &[cat(&y[..1])]);
+        assert!(diff < 1e-5, "prefill outputs differ by {diff}");
+        assert!(max_difference(&x[2..], &y[1..]) < 1e-5);
+    }
+
+    #[allow(clippy::needless_range_loop)] // indices mirror the reference's formula
+    /// Every query's output against a brute-force recomputation from the cache's exposed
+    /// state: its window at true distances, and the sinks, retrieved blocks and remainder
+    /// outside the window read by the query rotated at `n_local - 1` against raw keys.
+    #[test]
+    fn retrieval_and_outputs_match_a_brute_force_reading_of_the_reference() {
         let data = sequence(120);
         let (q, k, v) = &data;
-        let (rq, _) = rotated(q, k);
-        // Budget 40: 2 sinks, 2 retrieved blocks of 8, 22 local tokens.
-        let mut c =
-            InfLlmCache::new(shape(), rope(), &Device::Cpu, settings(Budget::Tokens(40))).unwrap();
+        let (rq, rk) = rotated(q, k);
+        let raw_k: Vec<Vec<Vec<f32>>> = k.to_vec3().unwrap();
+        let raw_v: Vec<Vec<Vec<f32>>> = v.to_vec3().unwrap();
+        let mut c = cache(Budget::Tokens(40));
         c.reserve(96, 24).unwrap();
+        let split = c.split().unwrap();
+        assert_eq!((split.n_init, split.topk, split.n_local), (2, 2, 22));
+        let at_memory = rope()
+            .apply_at(q, split.n_local - 1)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
         let spans: Vec<(usize, usize)> = (0..96)
-            .step_by(16)
-            .map(|s| (s, 16))
+            .step_by(8)
+            .map(|s| (s, 8))
             .chain((96..120).map(|p| (p, 1)))
             .collect();
-        let mut checked = 0;
+        let (mut real_choices, mut worst) = (0, 0f32);
         for (start, len) in spans {
             if start == 96 {
                 c.end_prefill().unwrap();
             }
-            let before: Vec<Vec<(usize, Vec<f32>)>> =
-                (0..2).map(|g| c.block_representatives(0, g)).collect();
+            let blocks = c.block_representatives(0);
+            let (sinks_before, _, remainder_before) = c.token_counts(0);
+            let remainder_start = start - remainder_before;
+            let mut out = None;
             for layer in 0..2 {
-                c.attend(
-                    layer,
-                    start,
-                    &q.narrow(1, start, len).unwrap(),
-                    &k.narrow(1, start, len).unwrap(),
-                    &v.narrow(1, start, len).unwrap(),
-                )
-                .unwrap();
+                let o = c
+                    .attend(
+                        layer,
+                        start,
+                        &q.narrow(1, start, len).unwrap(),
+                        &k.narrow(1, start, len).unwrap(),
+                        &v.narrow(1, start, len).unwrap(),
+                    )
+                    .unwrap();
+                if layer == 0 {
+                    out = Some(o.to_vec3::<f32>().unwrap());
+                }
             }
-            for (g, blocks) in before.iter().enumerate() {
+            // Retrieval: the mean memory query against each block's representatives,
+            // summed over every head.
+            let want: Vec<usize> = if blocks.len() <= 2 {
+                blocks.iter().map(|b| b.0).collect()
+            } else {
                 let scores: Vec<f64> = blocks
                     .iter()
                     .map(|(_, reps)| {
-                        let mut s = 0f64;
-                        for head in &rq[2 * g..2 * g + 2] {
-                            for query in &head[start..start + len] {
-                                for rep in reps.chunks_exact(64) {
-                                    s += query
-                                        .iter()
-                                        .zip(rep)
-                                        .map(|(a, b)| (a * b) as f64)
-                                        .sum::<f64>();
-                                }
-                            }
-                        }
-                        s
+                        (0..4)
+                            .map(|h| {
+                                (0..64)
+                                    .map(|x| {
+                                        let m: f64 = (start..start + len)
+                                            .map(|i| at_memory[h][i][x] as f64)
+                                            .sum::<f64>()
+                                            / len as f64;
+                                        m * reps[h][x] as f64
+                                    })
+                                    .sum::<f64>()
+                            })
+                            .sum()
                     })
                     .collect();
-                let want: Vec<usize> = best(&scores, 2).into_iter().map(|b| blocks[b].0).collect();
-                assert_eq!(c.retrieved_blocks(0, g), want, "chunk at {start}, head {g}");
-                checked += usize::from(blocks.len() > 2);
+                real_choices += 1;
+                best(&scores, 2).into_iter().map(|b| blocks[b].0).collect()
+            };
+            let got = c.retrieved_blocks(0);
+            assert_eq!(got, want, "chunk at {start}");
+            // Outputs: each query over its visible keys.
+            let mut memory: Vec<usize> = (0..sinks_before).collect();
+            for b in &got {
+                memory.extend(*b..b + 8);
             }
-            // Attention reads sinks + retrieved blocks + local window: the budget.
-            assert!(c.kept_tokens(0) <= 40);
+            memory.extend(remainder_start..start + len);
+            let out = out.unwrap();
+            for h in 0..4 {
+                let g = h / 2;
+                for i in 0..len {
+                    let p = start + i;
+                    let mut products: Vec<Vec<f32>> = Vec::new();
+                    let mut values: Vec<&Vec<f32>> = Vec::new();
+                    for j in p.saturating_sub(21)..=p {
+                        products.push(rq[h][p].iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        values.push(&raw_v[g][j]);
+                    }
+                    for &j in memory.iter().filter(|&&j| j + 22 <= p) {
+                        products.push(
+                            at_memory[h][p]
+                                .iter()
+                                .zip(&raw_k[g][j])
+                                .map(|(a, b)| a * b)
+                                .collect(),
+                        );
+                        values.push(&raw_v[g][j]);
+                    }
+                    let refs: Vec<&Vec<f32>> = products.iter().collect();
+                    let probs = probabilities(&[1f32; 64], &refs);
+                    for x in 0..64 {
+                        let want: f64 = probs
+                            .iter()
+                            .zip(&values)
+                            .map(|(p, v)| p * v[x] as f64)
+                            .sum();
+                        worst = worst.max((out[h][i][x] - want as f32).abs());
+                    }
+                }
+            }
         }
+        assert!(worst < 1e-4, "max abs difference {worst}");
         assert!(
-            checked > 20,
-            "retrieval had a real choice in {checked} checks"
+            real_choices > 20,
+            "retrieval had a real choice {real_choices} times"
         );
-        // Everything evicted is offloaded, not lost: 120 tokens - 2 sinks - 22 local.
-        let h = &c.layers[0][0];
-        let offloaded: usize =
-            h.blocks.iter().map(|b| b.rows.len()).sum::<usize>() + h.pending.len();
-        assert_eq!(offloaded, 96);
-        assert!(c.offloaded_bytes() > c.stored_bytes());
+        // Nothing is lost: sinks, blocks and the remainder hold every token seen.
+        let (sinks, in_blocks, remainder) = c.token_counts(0);
+        assert_eq!((sinks, sinks + in_blocks + remainder), (2, 120));
+        assert!((22..22 + 8 + 8).contains(&remainder));
+        assert!(c.offloaded_bytes() > 0);
     }
 
     #[test]
-    fn representatives_are_the_most_attended_keys_of_their_block() {
+    fn representatives_are_means_of_keys_of_their_block() {
         let data = sequence(64);
-        let mut c =
-            InfLlmCache::new(shape(), rope(), &Device::Cpu, settings(Budget::Tokens(40))).unwrap();
+        let raw_k: Vec<Vec<Vec<f32>>> = data.1.to_vec3().unwrap();
+        let mut c = cache(Budget::Tokens(40));
         run(&mut c, &data, &[16, 16, 16, 16], |_| ());
-        for h in &c.layers[0] {
-            for b in &h.blocks {
-                let mut order: Vec<usize> = (0..b.rows.len()).collect();
-                order.sort_by(|&x, &y| b.rows.scores()[y].total_cmp(&b.rows.scores()[x]));
-                let mut top = order[..2].to_vec();
-                top.sort_unstable();
-                assert_eq!(b.representatives, top);
-                assert!(b.rows.scores().iter().all(|s| *s > 0.0));
+        let blocks = c.block_representatives(0);
+        assert!(!blocks.is_empty());
+        for (start, reps) in blocks {
+            for (h, rep) in reps.iter().enumerate() {
+                // Some pair of the block's keys (of this head's kv head) averages to it.
+                let keys = &raw_k[h / 2][start..start + 8];
+                let found = (0..8).any(|a| {
+                    (a + 1..8).any(|b| {
+                        rep.iter()
+                            .enumerate()
+                            .all(|(x, r)| (r - (keys[a][x] + keys[b][x]) / 2.0).abs() < 1e-5)
+                    })
+                });
+                assert!(found, "block {start}, head {h}");
             }
         }
     }
@@ -474,6 +744,9 @@ mod tests {
         assert!(s.validate().is_err());
         s.retrieved = 0.3;
         s.representatives = 9;
+        assert!(s.validate().is_err());
+        s.representatives = 2;
+        s.chunk = 0;
         assert!(s.validate().is_err());
     }
 }

@@ -17,13 +17,15 @@ mod rope;
 mod rows;
 #[cfg(test)]
 mod testutil;
+mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
 pub use cache::{KvCache, KvShape, DECODE_RESERVE};
 pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Sinks};
 pub use error::{KvError, Result};
-pub use flexgen::{FlexGenCache, FlexGenSettings, PackedRows};
+pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;
-pub use infllm::{InfLlmCache, InfLlmSettings};
+pub use infllm::{InfLlmCache, InfLlmSettings, InfLlmSplit};
 pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable};
+pub use window::{windowed_attention, Memory, Windowed};

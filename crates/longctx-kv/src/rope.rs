@@ -125,19 +125,43 @@ impl RopeTable {
 
     /// Rotate `x` (`[heads, t, head_dim]`) as tokens at positions `start..start + t`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let (heads, t, d) = x.dims3()?;
-        if start + t > self.max_positions {
+        let t = x.dim(1)?;
+        self.check(start + t)?;
+        self.rotate(
+            x,
+            &self.cos.narrow(0, start, t)?,
+            &self.sin.narrow(0, start, t)?,
+        )
+    }
+
+    /// Rotate every token of `x` at the one position `position`: InfLLM's and the
+    /// benchmark's StreamingLLM's queries for memory kept at a fixed distance.
+    pub fn apply_at(&self, x: &Tensor, position: usize) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        self.check(position + 1)?;
+        let row = |table: &Tensor| -> Result<Tensor> {
+            let r = table.narrow(0, position, 1)?;
+            Ok(r.broadcast_as((t, r.dim(1)?))?.contiguous()?)
+        };
+        self.rotate(x, &row(&self.cos)?, &row(&self.sin)?)
+    }
+
+    fn check(&self, end: usize) -> Result<()> {
+        if end > self.max_positions {
             return Err(KvError::ContextExceeded {
-                position: start + t - 1,
+                position: end - 1,
                 limit: self.max_positions,
             });
         }
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
+        Ok(())
+    }
+
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (heads, t, d) = x.dims3()?;
         let x4 = x.reshape((1, heads, t, d))?.to_dtype(DType::F32)?;
         let out = match self.style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4.contiguous()?, &cos, &sin)?,
-            RopeStyle::Half => candle_nn::rotary_emb::rope(&x4.contiguous()?, &cos, &sin)?,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4.contiguous()?, cos, sin)?,
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&x4.contiguous()?, cos, sin)?,
         };
         Ok(out.reshape((heads, t, d))?)
     }

@@ -13,6 +13,10 @@ pub struct GenerationSettings {
     pub max_new_tokens: usize,
     /// Token ids that end the answer (not included in it).
     pub stop_tokens: Vec<u32>,
+    /// Tokens to produce before a stop token may be chosen: until then stop tokens are
+    /// never picked (transformers' `min_length`, which LongBench's samsum sets to one new
+    /// token).
+    pub min_new_tokens: usize,
 }
 
 /// Why generation ended.
@@ -47,14 +51,22 @@ pub struct Generation {
 
 /// Index of the largest logit; the first one on ties, as `torch.argmax` picks.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
+    argmax_except(logits, &[])
+}
+
+/// [`argmax`] over every token but `banned` (their logits count as minus infinity).
+pub fn argmax_except(logits: &Tensor, banned: &[u32]) -> Result<u32> {
     let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-    let mut best = 0;
+    let mut best: Option<usize> = None;
     for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+        if banned.contains(&(i as u32)) {
+            continue;
+        }
+        if best.is_none_or(|b| *x > v[b]) {
+            best = Some(i);
         }
     }
-    Ok(best as u32)
+    Ok(best.unwrap_or(0) as u32)
 }
 
 /// Greedy decoding from a fresh sequence. `on_token` sees each new token and returns
@@ -77,7 +89,11 @@ pub fn generate_greedy(
         if tokens.len() >= settings.max_new_tokens {
             break StopReason::Length;
         }
-        let next = argmax(&logits)?;
+        let next = if tokens.len() < settings.min_new_tokens {
+            argmax_except(&logits, &settings.stop_tokens)?
+        } else {
+            argmax(&logits)?
+        };
         if settings.stop_tokens.contains(&next) {
             break StopReason::StopToken;
         }
@@ -102,4 +118,64 @@ pub fn generate_greedy(
         decode_steps: steps,
         stop,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Logits that always prefer token 0 ("\n"), then 1 (end of sequence), then 2.
+    struct PrefersNewline {
+        seen: usize,
+    }
+
+    impl LanguageModel for PrefersNewline {
+        fn append(&mut self, tokens: &[u32], _: crate::Logits) -> Result<Tensor> {
+            self.seen += tokens.len();
+            Ok(Tensor::new(&[[3f32, 2.0, 1.0]], &Device::Cpu)?)
+        }
+        fn end_prefill(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn reserve(&mut self, _: usize, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn seen_tokens(&self) -> usize {
+            self.seen
+        }
+        fn context_limit(&self) -> usize {
+            100
+        }
+        fn state_bytes(&self) -> usize {
+            0
+        }
+        fn reset(&mut self) {
+            self.seen = 0;
+        }
+    }
+
+    /// LongBench's samsum rule (`min_length = prompt + 1` with `eos_token_id = [eos, "\n"]`):
+    /// neither stop token can be the first new token, and the newline ends the answer after.
+    #[test]
+    fn stop_tokens_cannot_come_before_min_new_tokens() {
+        let mut model = PrefersNewline { seen: 0 };
+        let settings = |min_new_tokens| GenerationSettings {
+            max_new_tokens: 5,
+            stop_tokens: vec![0, 1],
+            min_new_tokens,
+        };
+        let g = generate_greedy(&mut model, &[7, 7], &settings(1), |_| true).unwrap();
+        assert_eq!((g.tokens, g.stop), (vec![2], StopReason::StopToken));
+        let g = generate_greedy(&mut model, &[7, 7], &settings(0), |_| true).unwrap();
+        assert_eq!((g.tokens, g.stop), (vec![], StopReason::StopToken));
+    }
+
+    #[test]
+    fn banned_tokens_are_skipped_and_ties_go_to_the_first() {
+        let logits = Tensor::new(&[1f32, 5.0, 5.0, 3.0], &Device::Cpu).unwrap();
+        assert_eq!(argmax(&logits).unwrap(), 1);
+        assert_eq!(argmax_except(&logits, &[1]).unwrap(), 2);
+        assert_eq!(argmax_except(&logits, &[1, 2]).unwrap(), 3);
+    }
 }

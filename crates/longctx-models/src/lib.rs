@@ -16,7 +16,9 @@ use candle_core::Tensor;
 
 pub use chat::ChatTemplate;
 pub use error::{ModelError, Result};
-pub use generate::{argmax, generate_greedy, Generation, GenerationSettings, StopReason};
+pub use generate::{
+    argmax, argmax_except, generate_greedy, Generation, GenerationSettings, StopReason,
+};
 pub use llama::{LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
 pub use tokenizer::TextTokenizer;

@@ -218,17 +218,36 @@ impl Dataset {
         matches!(self.name, "trec" | "triviaqa" | "samsum")
     }
 
-    /// Whether a newline ends generation (samsum, as LongBench's pred.py adds "\n" as a stop).
+    /// Whether the newline token ends generation and neither it nor end-of-sequence may be
+    /// the first new token: samsum, where pred.py passes `eos_token_id=[eos, "\n"]` with
+    /// `min_length = context_length + 1`.
     pub fn stops_at_newline(self) -> bool {
         self.name == "samsum"
     }
 
-    /// The prompt for a sample: the template with `{context}` and `{input}` filled in, as
-    /// Python's `str.format` does (the official templates have no other fields or braces).
+    /// The prompt for a sample: the template with `{context}` and `{input}` filled in one
+    /// pass, as Python's `str.format` does (the official templates have no other fields or
+    /// braces): a `{input}` inside the context stays as it is.
     pub fn prompt(self, sample: &Sample) -> String {
-        self.template()
-            .replace("{context}", &sample.context)
-            .replace("{input}", &sample.input)
+        let template = self.template();
+        let mut out =
+            String::with_capacity(template.len() + sample.context.len() + sample.input.len());
+        let mut rest = template.as_str();
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let (field, value) = if rest.starts_with("{context}") {
+                ("{context}", sample.context.as_str())
+            } else if rest.starts_with("{input}") {
+                ("{input}", sample.input.as_str())
+            } else {
+                ("{", "{")
+            };
+            out.push_str(value);
+            rest = &rest[field.len()..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// One sample's score: the best over its reference answers, after first-line cutting.
@@ -478,6 +497,38 @@ mod tests {
         ));
         assert_eq!(Dataset::by_name("qasper_e").unwrap().name, "qasper");
         assert_eq!(Dataset::by_name("samsum").unwrap().max_new_tokens(), 128);
+    }
+
+    /// `str.format` fills the template once: braces and field names inside the context or
+    /// the question are text, not fields.
+    #[test]
+    fn fields_inside_the_context_survive_substitution() {
+        let sample = Sample {
+            input: "what is {context}?".into(),
+            context: "code: f\"{input}\" and {x}".into(),
+            answers: vec![],
+            length: 0,
+            all_classes: vec![],
+            id: "0".into(),
+        };
+        for d in DATASETS {
+            let template = d.template();
+            let want = template
+                .split("{context}")
+                .map(|part| {
+                    part.split("{input}")
+                        .collect::<Vec<_>>()
+                        .join(&sample.input)
+                })
+                .collect::<Vec<_>>()
+                .join(&sample.context);
+            assert_eq!(d.prompt(&sample), want, "{}", d.name);
+            assert!(
+                d.prompt(&sample).contains("f\"{input}\" and {x}"),
+                "{}",
+                d.name
+            );
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use longctx_kv::{
-    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenSettings, FullCache,
-    InfLlmCache, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvError, KvShape, RopeTable,
-    Sinks,
+    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
+    FullCache, InfLlmCache, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvError, KvShape,
+    RopeTable, Sinks,
 };
 
 /// A parsed method.
@@ -37,33 +37,64 @@ pub struct Preset {
     pub spec: String,
     /// The ratio the paper states for it, where it states one.
     pub paper_ratio: Option<f64>,
+    /// How it relates to the benchmark's code and to the original method.
+    pub note: &'static str,
 }
 
 /// The compression ratios of the paper's token-dropping presets.
 pub const DROP_RATIOS: [u32; 4] = [2, 4, 6, 8];
 
-/// The token-dropping methods' specs at ratio `r`, by name (the paper's settings; SnapKV,
-/// PyramidKV and TOVA at their own papers' defaults).
-fn dropping_spec(name: &str, r: u32) -> String {
-    match name {
-        "streamingllm" => format!("streamingllm:ratio={r},sinks=0.021,reindex=true"),
-        "streamingllm-4sinks" => format!("streamingllm:ratio={r},sinks=4,reindex=true"),
-        "h2o" => format!("h2o:ratio={r},count_prefill=true"),
-        "infllm" => {
-            format!("infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4")
-        }
-        "snapkv" => format!("snapkv:ratio={r},window=32,kernel=7"),
-        "pyramidkv" => format!("pyramidkv:ratio={r},window=32,kernel=7,beta=20"),
-        "tova" => format!("tova:ratio={r}"),
-        _ => unreachable!("dropping_spec called with {name}"),
-    }
-}
+/// The token-dropping families with presets at every ratio of [`DROP_RATIOS`]: name, spec
+/// at ratio `{r}`, and how the preset relates to the benchmark's code and the original.
+const DROPPING: [(&str, &str, &str); 8] = [
+    (
+        "streamingllm",
+        "streamingllm:ratio={r},sinks=0.021,reindex=true",
+        "the benchmark's (InfLLM's stream_llm.py): int(0.021*T) sinks re-indexed, an exact per-query window; the original keeps 4 sinks (streamingllm-4sinks)",
+    ),
+    (
+        "streamingllm-4sinks",
+        "streamingllm:ratio={r},sinks=4,reindex=true",
+        "the original StreamingLLM's 4 sinks; otherwise as streamingllm",
+    ),
+    (
+        "h2o",
+        "h2o:ratio={r},count_prefill=false",
+        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them; frees what it evicts (the benchmark only masks); chosen per KV head (the benchmark: per query head)",
+    ),
+    (
+        "h2o-original",
+        "h2o:ratio={r},count_prefill=true",
+        "the original FMInference/H2O: prefill attention counts toward the scores; not the paper's setting",
+    ),
+    (
+        "infllm",
+        "infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512",
+        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer",
+    ),
+    (
+        "snapkv",
+        "snapkv:ratio={r},window=32,kernel=7",
+        "FasterDecoding/SnapKV's defaults, chosen per KV head (the reference: per query head); not in the paper",
+    ),
+    (
+        "pyramidkv",
+        "pyramidkv:ratio={r},window=8,kernel=7,beta=20",
+        "KVCache-Factory's run_longbench.py (window 8, integer budget steps), chosen per KV head; not in the paper",
+    ),
+    (
+        "tova",
+        "tova:ratio={r}",
+        "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads; not in the paper",
+    ),
+];
 
 /// Token-dropping families with presets at every ratio of [`DROP_RATIOS`].
-pub const DROPPING_FAMILIES: [&str; 7] = [
+pub const DROPPING_FAMILIES: [&str; 8] = [
     "streamingllm",
     "streamingllm-4sinks",
     "h2o",
+    "h2o-original",
     "infllm",
     "snapkv",
     "pyramidkv",
@@ -72,23 +103,46 @@ pub const DROPPING_FAMILIES: [&str; 7] = [
 
 /// Every preset, in listing order.
 pub fn presets() -> Vec<Preset> {
-    let fixed = |name: &str, spec: &str, paper_ratio| Preset {
+    let fixed = |name: &str, spec: &str, paper_ratio, note| Preset {
         name: name.into(),
         spec: spec.into(),
         paper_ratio,
+        note,
     };
     let mut all = vec![
-        fixed("baseline", "baseline", Some(1.0)),
-        fixed("kivi-2bit", "kivi:bits=2,group=32,residual=128", Some(5.05)),
-        fixed("kivi-4bit", "kivi:bits=4,group=32,residual=128", Some(3.11)),
-        fixed("flexgen-4bit", "flexgen:bits=4,group=32", Some(3.20)),
+        fixed("baseline", "baseline", Some(1.0), "no compression"),
+        fixed(
+            "kivi-2bit",
+            "kivi:bits=2,group=32,residual=128",
+            Some(5.05),
+            "the benchmark's llama_kivi.py (= jy-yuan/KIVI): prompt attended in full precision, 128-token residual",
+        ),
+        fixed(
+            "kivi-4bit",
+            "kivi:bits=4,group=32,residual=128",
+            Some(3.11),
+            "as kivi-2bit, at 4 bits",
+        ),
+        fixed(
+            "flexgen-4bit",
+            "flexgen:bits=4,group=32,prefill=quantized",
+            Some(3.20),
+            "the benchmark's llama_simquant.py: every key and value quantized before attention reads it, prefill included",
+        ),
+        fixed(
+            "flexgen-original-4bit",
+            "flexgen:bits=4,group=64,prefill=full",
+            None,
+            "the original FlexLLMGen: full-precision prefill, compressed after, groups of 64; not the paper's setting",
+        ),
     ];
-    for family in DROPPING_FAMILIES {
+    for (family, spec, note) in DROPPING {
         for r in DROP_RATIOS {
             all.push(Preset {
                 name: format!("{family}-{r}x"),
-                spec: dropping_spec(family, r),
+                spec: spec.replace("{r}", &r.to_string()),
                 paper_ratio: Some(r as f64),
+                note,
             });
         }
     }
@@ -236,6 +290,15 @@ impl Method {
             "flexgen" => Method::FlexGen(FlexGenSettings {
                 bits: s.take_bits()?,
                 group: s.take_positive("group")?,
+                prefill: match s.take("prefill")? {
+                    "quantized" => FlexGenPrefill::Quantized,
+                    "full" => FlexGenPrefill::Full,
+                    v => {
+                        return Err(s.error(format!(
+                            "prefill={v} must be quantized (the benchmark's) or full (FlexLLMGen's)"
+                        )))
+                    }
+                },
             }),
             "kivi" => {
                 let (bits, group) = (s.take_bits()?, s.take_positive("group")?);
@@ -310,6 +373,7 @@ impl Method {
                     retrieved: s.take_f64("retrieved")?,
                     block: s.take_positive("block")?,
                     representatives: s.take_positive("representatives")?,
+                    chunk: s.take_positive("chunk")?,
                 };
                 settings.validate().map_err(|e| s.error(e.to_string()))?;
                 Method::InfLlm(settings)
@@ -351,7 +415,8 @@ impl Method {
     pub fn compresses_after_prefill(&self) -> bool {
         match self {
             Method::Baseline | Method::Kivi(_) => true,
-            Method::FlexGen(_) | Method::InfLlm(_) => false,
+            Method::FlexGen(s) => s.prefill == FlexGenPrefill::Full,
+            Method::InfLlm(_) => false,
             Method::Drop(d) => d.prefills_in_full(),
         }
     }
@@ -408,7 +473,16 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Method::Baseline => write!(f, "baseline"),
-            Method::FlexGen(s) => write!(f, "flexgen:bits={},group={}", s.bits, s.group),
+            Method::FlexGen(s) => write!(
+                f,
+                "flexgen:bits={},group={},prefill={}",
+                s.bits,
+                s.group,
+                match s.prefill {
+                    FlexGenPrefill::Quantized => "quantized",
+                    FlexGenPrefill::Full => "full",
+                }
+            ),
             Method::Kivi(s) => write!(
                 f,
                 "kivi:bits={},group={},residual={}",
@@ -440,12 +514,13 @@ impl fmt::Display for Method {
             }
             Method::InfLlm(s) => write!(
                 f,
-                "infllm:{},sinks={:?},retrieved={:?},block={},representatives={}",
+                "infllm:{},sinks={:?},retrieved={:?},block={},representatives={},chunk={}",
                 BudgetSpec(&s.budget),
                 s.sinks,
                 s.retrieved,
                 s.block,
-                s.representatives
+                s.representatives,
+                s.chunk
             ),
         }
     }
@@ -462,11 +537,23 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 4 + 7 * 4);
+        assert_eq!(presets().len(), 5 + 8 * 4);
         assert_eq!(
-            Method::parse("flexgen:group=64,bits=8").unwrap(),
-            Method::FlexGen(FlexGenSettings { bits: 8, group: 64 })
+            Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
+            Method::FlexGen(FlexGenSettings {
+                bits: 8,
+                group: 64,
+                prefill: FlexGenPrefill::Full
+            })
         );
+        // The paper's presets are the benchmark's code, the originals are second presets.
+        let spec = |p: &str| Method::parse(p).unwrap().to_string();
+        assert_eq!(spec("h2o-4x"), "h2o:ratio=4,count_prefill=false");
+        assert_eq!(spec("h2o-original-4x"), "h2o:ratio=4,count_prefill=true");
+        assert!(spec("flexgen-4bit").ends_with("prefill=quantized"));
+        assert!(spec("infllm-4x").ends_with("chunk=512"));
+        assert!(spec("pyramidkv-4x").contains("window=8,"));
+        assert!(presets().iter().all(|p| !p.note.is_empty()));
         assert!(
             (Method::parse("flexgen-4bit")
                 .unwrap()
@@ -488,7 +575,11 @@ mod tests {
         let err = |s: &str| Method::parse(s).unwrap_err().to_string();
         assert!(err("snapkv-5x").contains("unknown method \"snapkv-5x\""));
         assert!(err("flexgen:bits=4").contains("missing required key \"group\""));
-        assert!(err("flexgen:bits=4,group=32,ratio=2").contains("unknown key \"ratio\""));
+        assert!(err("flexgen:bits=4,group=32").contains("missing required key \"prefill\""));
+        assert!(err("flexgen:bits=4,group=32,prefill=half").contains("prefill=half must be"));
+        assert!(
+            err("flexgen:bits=4,group=32,prefill=full,ratio=2").contains("unknown key \"ratio\"")
+        );
         assert!(err("flexgen:bits=3,group=32").contains("bits=3 must be 2, 4 or 8"));
         assert!(err("flexgen:bits=four,group=32").contains("bits=four is not a whole number"));
         assert!(err("flexgen:bits=4,bits=4,group=32").contains("given twice"));
@@ -505,9 +596,9 @@ mod tests {
         assert!(err("streamingllm:sinks=4,reindex=true").contains("missing required key \"ratio\""));
         assert!(err("streamingllm:ratio=4,sinks=1.5,reindex=true").contains("sinks=1.5"));
         assert!(err("snapkv:ratio=4,window=32,kernel=6").contains("kernel=6 must be odd"));
-        assert!(
-            err("infllm:ratio=4,sinks=0.5,retrieved=0.6,block=128,representatives=4")
-                .contains("summing below 1")
-        );
+        assert!(err(
+            "infllm:ratio=4,sinks=0.5,retrieved=0.6,block=128,representatives=4,chunk=512"
+        )
+        .contains("summing below 1"));
     }
 }

@@ -233,7 +233,10 @@ fn bad_method_specs_fail_before_loading() {
     for (spec, needle) in [
         ("snapkv-5x", "unknown method \"snapkv-5x\""),
         ("flexgen:bits=4", "missing required key \"group\""),
-        ("flexgen:bits=4,group=32,x=1", "unknown key \"x\""),
+        (
+            "flexgen:bits=4,group=32,prefill=full,x=1",
+            "unknown key \"x\"",
+        ),
     ] {
         let (code, stderr) = longctx(&[
             "generate",
@@ -253,7 +256,7 @@ fn bad_method_specs_fail_before_loading() {
         "--prompt",
         "x",
         "--method",
-        "flexgen:bits=4,group=48",
+        "flexgen:bits=4,group=48,prefill=quantized",
     ]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "group=48 must divide the head dimension 64");
@@ -340,20 +343,29 @@ fn every_4x_dropping_preset_holds_at_most_26_percent_of_the_baseline_bytes() {
         "streamingllm-4x",
         "streamingllm-4sinks-4x",
         "h2o-4x",
-        "infllm-4x",
+        "h2o-original-4x",
         "snapkv-4x",
         "pyramidkv-4x",
         "tova-4x",
     ] {
         let row = bench_row(method, 1024);
         let share = row["kv_bytes"].as_f64().unwrap() / baseline;
-        assert!(share <= 0.26, "{method} holds {share:.3} of the baseline");
+        // PyramidKV's integer schedule (KVCache-Factory's) keeps a little more than the
+        // uniform budget: 7,800 tokens over 30 layers here against 30 x 256 = 7,680.
+        let most = if method == "pyramidkv-4x" { 0.27 } else { 0.26 };
+        assert!(share <= most, "{method} holds {share:.3} of the baseline");
         assert!(
             share >= 0.24,
             "{method} holds {share:.3}: it should keep a quarter"
         );
-        assert!(row["kept_tokens"].as_u64().unwrap() <= 2 * 256 + 4);
+        assert!(row["kept_tokens"].as_f64().unwrap() <= 2.0 * 256.0 + 4.0);
     }
+    // InfLLM's window never falls below one 512-token chunk (the benchmark's
+    // n_local = max(512, ...)): at 1,024 tokens it keeps 5 sinks and at least that window.
+    let row = bench_row("infllm-4x", 1024);
+    assert!(row["kept_tokens"].as_f64().unwrap() >= 517.0, "{row}");
+    let layers = row["kept_tokens_per_layer"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
 }
 
 #[test]
@@ -363,5 +375,5 @@ fn kivi_2bit_holds_at_least_4_5_times_less_than_16_bit_at_4096_tokens() {
     let ratio =
         row["kv_fp16_equivalent_bytes"].as_f64().unwrap() / row["kv_bytes"].as_f64().unwrap();
     assert!(ratio >= 4.5, "measured {ratio:.3}x");
-    assert_eq!(row["kept_tokens"].as_u64(), Some(4100));
+    assert_eq!(row["kept_tokens"].as_f64(), Some(4100.0));
 }

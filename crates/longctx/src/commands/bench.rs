@@ -33,8 +33,10 @@ struct BenchRow {
     context: usize,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
-    /// Tokens layer 0 keeps after the run.
-    kept_tokens: usize,
+    /// Tokens kept after the run, averaged over layers.
+    kept_tokens: f64,
+    /// Tokens each layer keeps after the run.
+    kept_tokens_per_layer: Vec<usize>,
     /// Bytes attention reads from.
     kv_bytes: usize,
     /// Bytes of evicted context kept for retrieval (InfLLM).
@@ -102,7 +104,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             context,
             prefill_tokens_per_s: context as f64 / prefill,
             decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
-            kept_tokens: cache.kept_tokens(0),
+            kept_tokens: cache.mean_kept_tokens(),
+            kept_tokens_per_layer: (0..shape.layers).map(|l| cache.kept_tokens(l)).collect(),
             kv_bytes: cache.stored_bytes(),
             offloaded_bytes: cache.offloaded_bytes(),
             uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
@@ -115,7 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             println!(
-                "| {} | {:.1} | {:.1} | {} | {} | {} | {:.2}x | {} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2}x | {} | {} |",
                 row.context,
                 row.prefill_tokens_per_s,
                 row.decode_tokens_per_s,

@@ -30,6 +30,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let settings = GenerationSettings {
         max_new_tokens: args.max_new_tokens,
         stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
+        min_new_tokens: 0,
     };
     let tokenizer = &loaded.tokenizer;
     let mut shown = 0;

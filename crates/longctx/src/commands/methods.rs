@@ -4,12 +4,12 @@ use crate::methods::{presets, Method};
 
 /// `longctx methods`: every preset with its school, nominal ratio and full spec.
 pub fn run() -> Result<()> {
-    println!("| preset | school | compresses | nominal ratio | paper ratio | spec |");
-    println!("|---|---|---|--:|--:|---|");
+    println!("| preset | school | compresses | nominal ratio | paper ratio | spec | relation to the benchmark's code and the original |");
+    println!("|---|---|---|--:|--:|---|---|");
     for p in presets() {
         let method = Method::parse(&p.name)?;
         println!(
-            "| {} | {} | {} | {} | {} | `{}` |",
+            "| {} | {} | {} | {} | {} | `{}` | {} |",
             p.name,
             method.school(),
             if method.compresses_after_prefill() {
@@ -21,20 +21,25 @@ pub fn run() -> Result<()> {
                 .nominal_ratio()
                 .map_or("per input".into(), |r| format!("{r:.2}x")),
             p.paper_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
-            method
+            method,
+            p.note
         );
     }
     println!(
         "
 Specs take explicit settings too; every key is required and checked:
   kivi:bits=2|4|8,group=G,residual=R          G divides the head dimension, R a multiple of G
-  flexgen:bits=2|4|8,group=G
-  streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4)
-  h2o:ratio=X,count_prefill=B
+  flexgen:bits=2|4|8,group=G,prefill=quantized|full
+                                              quantized: everything attended is quantized first
+                                              (the benchmark's); full: FlexLLMGen's full-precision prefill
+  streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
+                                              reindex: sinks at a fixed distance from every query
+  h2o:ratio=X,count_prefill=B                 B=true: prefill attention counts (the original H2O)
   snapkv:ratio=X,window=W,kernel=K            K odd (max-pooling width)
   pyramidkv:ratio=X,window=W,kernel=K,beta=BETA
   tova:ratio=X
-  infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N
+  infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N,chunk=N
+                                              chunk: queries per retrieval, and the smallest window
 Token-dropping methods take ratio=X (prompt tokens / kept tokens, X >= 1) or budget=N (tokens).
 Nominal ratios: token ratio for dropping; long-sequence bytes vs 16-bit for quantization. The
 measured ratio (bench, run) is uncompressed bytes of every token seen / bytes held, where

@@ -4,7 +4,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use longctx_models::{generate_greedy, GenerationSettings, LanguageModel, LoadedModel};
+use longctx_models::{
+    generate_greedy, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
+};
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
 use longctx_tasks::synthetic::SyntheticTask;
@@ -426,8 +428,10 @@ fn now() -> String {
 }
 
 /// A sample's prompt for this model, as text and tokens: LongBench prompts cut in the middle
-/// to `max_length` (by default what leaves room for the answer), then the chat template
-/// where the task uses it. A prompt that leaves no room for the answer is an error.
+/// to `max_length`, then the chat template where the task uses it. `max_length` defaults to
+/// the model's context less the answer (`max_new_tokens`) and less what this model's chat
+/// template adds around the prompt (measured on an empty message). A prompt that leaves no
+/// room for the answer is an error.
 fn fitted_prompt(
     loaded: &LoadedModel,
     max_length: Option<usize>,
@@ -436,7 +440,9 @@ fn fitted_prompt(
     let limit = loaded.model.context_limit();
     let text = match &s.job {
         Job::LongBench { .. } => {
-            let max_length = max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + 32));
+            let template = loaded.prompt_tokens("", s.chat)?.len();
+            let max_length =
+                max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + template));
             longbench::truncate_middle(&s.prompt, max_length, &ModelTokenizer(&loaded.tokenizer))
         }
         _ => s.prompt.clone(),
@@ -454,6 +460,26 @@ fn fitted_prompt(
     Ok((text, prompt))
 }
 
+/// How a sample's answer ends. With `stop_at_newline` (samsum) it is LongBench's pred.py:
+/// `eos_token_id = [eos, encode("\n")[-1]]` and `min_length = prompt + 1`, so the exact
+/// newline token ends the answer but neither it nor end-of-sequence can be the first token.
+fn generation_settings(
+    tokenizer: &TextTokenizer,
+    max_new_tokens: usize,
+    stop_at_newline: bool,
+) -> Result<GenerationSettings> {
+    let mut stop_tokens = tokenizer.stop_tokens().to_vec();
+    if stop_at_newline {
+        let newline = tokenizer.encode("\n", false)?;
+        stop_tokens.extend(newline.last());
+    }
+    Ok(GenerationSettings {
+        max_new_tokens,
+        stop_tokens,
+        min_new_tokens: usize::from(stop_at_newline),
+    })
+}
+
 /// Run one sample under the installed method, score and measure it.
 fn run_sample(
     loaded: &mut LoadedModel,
@@ -463,22 +489,11 @@ fn run_sample(
     s: &TaskSample,
 ) -> Result<ResultRow> {
     let (text, prompt) = fitted_prompt(loaded, max_length, s)?;
-    let settings = GenerationSettings {
-        max_new_tokens: s.max_new_tokens,
-        stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
-    };
     let stop_at_newline =
         matches!(&s.job, Job::LongBench { dataset, .. } if dataset.stops_at_newline());
-    let tokenizer = &loaded.tokenizer;
-    let mut produced = Vec::new();
+    let settings = generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
     memory::reset_peak();
-    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |token| {
-        produced.push(token);
-        !(stop_at_newline
-            && tokenizer
-                .decode(&produced, true)
-                .is_ok_and(|t| t.contains('\n')))
-    })?;
+    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |_| true)?;
     let prediction = loaded.tokenizer.decode(&generation.tokens, true)?;
     let (score, score2) = match &s.job {
         Job::Needle { key } => needle::score(key, &prediction),
@@ -505,7 +520,7 @@ fn run_sample(
         score,
         score2,
         prompt_tokens: prompt.len() as i64,
-        kept_tokens: cache.kept_tokens(0) as i64,
+        kept_tokens: cache.mean_kept_tokens().round() as i64,
         kv_bytes: cache.stored_bytes() as i64,
         offloaded_bytes: cache.offloaded_bytes() as i64,
         uncompressed_bytes: cache.uncompressed_bytes_per_token() as i64 * seen,
