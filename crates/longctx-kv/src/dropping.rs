@@ -217,7 +217,8 @@ impl DroppingCache {
         // KVCache-Factory's integer schedule outside the window: the first layer keeps `max`,
         // each later one `step` fewer; `max` is capped at what the prompt has.
         let share = budget - window;
-        let (mut min, mut max) = (share / beta, 2 * share - share / beta);
+        let mut min = share / beta;
+        let mut max = 2 * share - min;
         if max >= prompt - window {
             max = prompt - window;
             min = (2 * share).saturating_sub(max);
@@ -403,13 +404,41 @@ impl DroppingCache {
         )?)
     }
 
+    /// The held rows of `layer` followed by a chunk's rotated keys and f32 values, as
+    /// `[kv_heads, held + t, d]` tensors: what a prefill chunk attends over.
+    fn held_and_chunk(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let heads = &self.layers[layer];
+        if heads[0].len() == 0 {
+            return Ok((k.clone(), v.clone()));
+        }
+        let (held_k, held_v) = stack_heads(heads, &self.device)?;
+        Ok((
+            Tensor::cat(&[&held_k, k], 1)?,
+            Tensor::cat(&[&held_v, v], 1)?,
+        ))
+    }
+
+    /// Store a chunk's rotated keys and values at positions `pos..`, scores at zero.
+    fn push_chunk(&mut self, layer: usize, pos: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (ks, vs): (HeadRows, HeadRows) = (k.to_vec3()?, v.to_vec3()?);
+        for (h, (keys, values)) in self.layers[layer].iter_mut().zip(ks.iter().zip(&vs)) {
+            h.reserve_exact(keys.len());
+            for (i, (key, value)) in keys.iter().zip(values).enumerate() {
+                h.push(key, value, pos + i, 0.0);
+            }
+        }
+        Ok(())
+    }
+
     /// StreamingLLM's chunk (prefill or a decoding step): an exact per-query window over
-    /// the held rows and the chunk, the sinks outside it read as memory.
+    /// the held rows and the chunk, the sinks outside it read as memory. `q` is unrotated
+    /// (re-indexed sinks read it at one position), `q_rotated`, `k` at their positions.
     fn attend_streaming(
         &mut self,
         layer: usize,
         pos: usize,
         q: &Tensor,
+        q_rotated: &Tensor,
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
@@ -419,35 +448,20 @@ impl DroppingCache {
         let budget = self.sequence.expect("checked by attend").budget;
         let n_init = sink_count(sinks, budget);
         let window = budget.saturating_sub(n_init).max(1);
-        let t = q.dim(1)?;
-        let q_local = self.rope.apply(q, pos)?;
-        let k = self.rope.apply(k, pos)?.contiguous()?;
-        let v = v.to_dtype(DType::F32)?.contiguous()?;
-        let heads = &self.layers[layer];
-        let mut positions: Vec<usize> = heads[0].positions().collect();
-        positions.extend(pos..pos + t);
+        let mut positions: Vec<usize> = self.layers[layer][0].positions().collect();
+        positions.extend(pos..pos + q.dim(1)?);
         // Sinks held, or arriving in this chunk: the front of the (ascending) positions.
-        let held_sinks = positions.iter().take_while(|&&p| p < n_init).count();
-        let (keys, values) = if heads[0].len() == 0 {
-            (k.clone(), v.clone())
-        } else {
-            let (held_k, held_v) = stack_heads(heads, &self.device)?;
-            (
-                Tensor::cat(&[&held_k, &k], 1)?,
-                Tensor::cat(&[&held_v, &v], 1)?,
-            )
-        };
+        let sinks_seen = positions.iter().take_while(|&&p| p < n_init).count();
+        let (keys, values) = self.held_and_chunk(layer, k, v)?;
         // Sinks are stored rotated at their positions 0..n_init; re-indexed, the query reads
         // them from position n_init + window - 1, as `stream_llm.py` rotates it.
         let q_memory = if reindex {
             self.rope.apply_at(q, n_init + window - 1)?
         } else {
-            q_local.clone()
+            q_rotated.clone()
         };
-        let sink_keys = keys.narrow(1, 0, held_sinks)?;
-        let sink_values = values.narrow(1, 0, held_sinks)?;
         let out = windowed_attention(
-            &q_local,
+            q_rotated,
             &keys,
             &values,
             &positions,
@@ -455,19 +469,13 @@ impl DroppingCache {
             window,
             Some(Memory {
                 queries: &q_memory,
-                keys: &sink_keys,
-                values: &sink_values,
-                positions: &positions[..held_sinks],
+                keys: &keys.narrow(1, 0, sinks_seen)?,
+                values: &values.narrow(1, 0, sinks_seen)?,
+                positions: &positions[..sinks_seen],
             }),
         )?
         .out;
-        let (ks, vs): (HeadRows, HeadRows) = (k.to_vec3()?, v.to_vec3()?);
-        for (g, h) in self.layers[layer].iter_mut().enumerate() {
-            h.reserve_exact(t);
-            for i in 0..t {
-                h.push(&ks[g][i], &vs[g][i], pos + i, 0.0);
-            }
-        }
+        self.push_chunk(layer, pos, k, v)?;
         Ok(out)
     }
 
@@ -543,39 +551,23 @@ impl KvCache for DroppingCache {
         }
         let t = q.dim(1)?;
         let n = self.layers[layer][0].len();
+        let q_rotated = self.rope.apply(q, pos)?;
+        let k = self.rope.apply(k, pos)?.contiguous()?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
         let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
-            self.attend_streaming(layer, pos, q, k, v)?
+            self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
-            let v = v.to_dtype(DType::F32)?.contiguous()?;
-            let q = self.rope.apply(q, pos)?;
-            let k = self.rope.apply(k, pos)?;
-            self.decode_in_place(layer, &q, &k, &v, pos)?
+            self.decode_in_place(layer, &q_rotated, &k, &v, pos)?
         } else {
-            let v = v.to_dtype(DType::F32)?.contiguous()?;
-            let q = self.rope.apply(q, pos)?;
-            let k_stored = self.rope.apply(k, pos)?.contiguous()?;
-            let (keys, values) = if n == 0 {
-                (k_stored.clone(), v.clone())
-            } else {
-                let (held_k, held_v) = stack_heads(&self.layers[layer], &self.device)?;
-                (
-                    Tensor::cat(&[&held_k, &k_stored], 1)?,
-                    Tensor::cat(&[&held_v, &v], 1)?,
-                )
-            };
+            let q = q_rotated;
+            let (keys, values) = self.held_and_chunk(layer, &k, &v)?;
             let (out, weights) = if self.needs_weights() {
                 let (out, w) = causal_attention_with_weights(&q, &keys, &values, n)?;
                 (out, Some(w))
             } else {
                 (causal_attention(&q, &keys, &values, n)?, None)
             };
-            let (ks, vs): (HeadRows, HeadRows) = (k_stored.to_vec3()?, v.to_vec3()?);
-            for (g, h) in self.layers[layer].iter_mut().enumerate() {
-                h.reserve_exact(t);
-                for i in 0..t {
-                    h.push(&ks[g][i], &vs[g][i], pos + i, 0.0);
-                }
-            }
+            self.push_chunk(layer, pos, &k, &v)?;
             if let Some(w) = weights {
                 self.fold_scores(layer, &w);
             }
@@ -869,8 +861,8 @@ mod tests {
         let data = sequence(40);
         let (q, k, v) = &data;
         let (rq, rk) = rotated(q, k);
-        let values: Vec<Vec<Vec<f32>>> = v.to_vec3().unwrap();
-        let at_seven: Vec<Vec<Vec<f32>>> = rope().apply_at(q, 7).unwrap().to_vec3().unwrap();
+        let values: HeadRows = v.to_vec3().unwrap();
+        let at_seven: HeadRows = rope().apply_at(q, 7).unwrap().to_vec3().unwrap();
         for reindex in [true, false] {
             let mut c = cache(
                 DropPolicy::StreamingLlm {
@@ -880,7 +872,7 @@ mod tests {
                 Budget::Tokens(8),
             );
             let (outs, _) = run(&mut c, &data, &[13, 17], |_| ());
-            let out: Vec<Vec<Vec<f32>>> = Tensor::cat(&outs, 1).unwrap().to_vec3().unwrap();
+            let out: HeadRows = Tensor::cat(&outs, 1).unwrap().to_vec3().unwrap();
             let mut worst = 0f32;
             for h in 0..4 {
                 let g = h / 2;
@@ -888,20 +880,16 @@ mod tests {
                     let mut products: Vec<Vec<f32>> = Vec::new();
                     let mut vals: Vec<&Vec<f32>> = Vec::new();
                     for j in p.saturating_sub(5)..=p {
-                        products.push(rq[h][p].iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        products.push(product(&rq[h][p], &rk[g][j]));
                         vals.push(&values[g][j]);
                     }
                     for j in (0..2).filter(|j| j + 6 <= p) {
                         let query = if reindex { &at_seven[h][p] } else { &rq[h][p] };
-                        products.push(query.iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        products.push(product(query, &rk[g][j]));
                         vals.push(&values[g][j]);
                     }
-                    let refs: Vec<&Vec<f32>> = products.iter().collect();
-                    let probs = probabilities(&[1f32; 64], &refs);
-                    for x in 0..64 {
-                        let want: f64 = probs.iter().zip(&vals).map(|(p, v)| p * v[x] as f64).sum();
-                        worst = worst.max((out[h][p][x] - want as f32).abs());
-                    }
+                    let want = oracle_output(&products, &vals);
+                    worst = worst.max(row_difference(&out[h][p], &want));
                 }
             }
             assert!(

@@ -476,7 +476,8 @@ impl KvCache for FlexGenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FullCache, RopeSettings, RopeStyle};
+    use crate::testutil::{max_difference, rope, shape};
+    use crate::FullCache;
 
     #[test]
     fn dequantization_error_is_within_the_min_max_bound() {
@@ -539,31 +540,6 @@ mod tests {
         );
     }
 
-    fn shape() -> KvShape {
-        KvShape {
-            layers: 1,
-            q_heads: 4,
-            kv_heads: 2,
-            head_dim: 64,
-        }
-    }
-
-    fn rope() -> Arc<RopeTable> {
-        Arc::new(
-            RopeTable::new(
-                &RopeSettings {
-                    theta: 10000.0,
-                    head_dim: 64,
-                    style: RopeStyle::Half,
-                    scaling: None,
-                    max_positions: 128,
-                },
-                &Device::Cpu,
-            )
-            .unwrap(),
-        )
-    }
-
     #[test]
     fn eight_bits_track_the_full_cache_closely() {
         let dev = Device::Cpu;
@@ -594,14 +570,7 @@ mod tests {
                 );
                 let a = full.attend(0, start, &qs, &ks, &vs).unwrap();
                 let b = quant.attend(0, start, &qs, &ks, &vs).unwrap();
-                let diff = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_difference(&[a], &[b]);
                 assert!(diff < 0.05, "{prefill:?}, chunk at {start}: {diff}");
                 if prefill == FlexGenPrefill::Full && start < 30 {
                     assert!(diff < 1e-5, "the full-precision prefill is exact: {diff}");
@@ -656,14 +625,7 @@ mod tests {
                 start,
             )
             .unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_difference(&[got], &[want]);
             assert!(diff < 1e-5, "chunk at {start}: {diff}");
         }
     }
@@ -719,14 +681,7 @@ mod tests {
                 &v.narrow(1, 20, 1).unwrap(),
             )
             .unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_difference(&[got], &[want]);
         assert!(diff < 1e-5, "{diff}");
         assert_eq!(cache.kept_tokens(0), 21);
     }

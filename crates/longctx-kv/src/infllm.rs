@@ -319,7 +319,7 @@ impl InfLlmCache {
             }),
         )?;
         let mem = &mut self.layers[layer];
-        for (scores, w) in mem.scores.iter_mut().zip(&result.local_weights) {
+        for (scores, w) in mem.scores.iter_mut().zip(result.local_weights()?) {
             scores[skip..].iter_mut().zip(w).for_each(|(s, x)| *s += x);
         }
         self.move_to_memory(layer, split);
@@ -583,7 +583,6 @@ mod tests {
         assert!(max_difference(&x[2..], &y[1..]) < 1e-5);
     }
 
-    #[allow(clippy::needless_range_loop)] // indices mirror the reference's formula
     /// Every query's output against a brute-force recomputation from the cache's exposed
     /// state: its window at true distances, and the sinks, retrieved blocks and remainder
     /// outside the window read by the query rotated at `n_local - 1` against raw keys.
@@ -592,45 +591,41 @@ mod tests {
         let data = sequence(120);
         let (q, k, v) = &data;
         let (rq, rk) = rotated(q, k);
-        let raw_k: Vec<Vec<Vec<f32>>> = k.to_vec3().unwrap();
-        let raw_v: Vec<Vec<Vec<f32>>> = v.to_vec3().unwrap();
+        let raw_k: HeadRows = k.to_vec3().unwrap();
+        let raw_v: HeadRows = v.to_vec3().unwrap();
         let mut c = cache(Budget::Tokens(40));
-        c.reserve(96, 24).unwrap();
+        // Twelve prefill chunks of 8, then 24 decoding steps; after each call, the state the
+        // next call starts from.
+        type State = (
+            Vec<(usize, Vec<Vec<f32>>)>,
+            (usize, usize, usize),
+            Vec<usize>,
+        );
+        let (outs, states): (Vec<Tensor>, Vec<State>) = run(&mut c, &data, &[8; 12], |c| {
+            (
+                c.block_representatives(0),
+                c.token_counts(0),
+                c.retrieved_blocks(0),
+            )
+        });
         let split = c.split().unwrap();
         assert_eq!((split.n_init, split.topk, split.n_local), (2, 2, 22));
-        let at_memory = rope()
+        let at_memory: HeadRows = rope()
             .apply_at(q, split.n_local - 1)
             .unwrap()
-            .to_vec3::<f32>()
+            .to_vec3()
             .unwrap();
-        let spans: Vec<(usize, usize)> = (0..96)
+        let spans = (0..96)
             .step_by(8)
             .map(|s| (s, 8))
-            .chain((96..120).map(|p| (p, 1)))
-            .collect();
+            .chain((96..120).map(|p| (p, 1)));
         let (mut real_choices, mut worst) = (0, 0f32);
-        for (start, len) in spans {
-            if start == 96 {
-                c.end_prefill().unwrap();
-            }
-            let blocks = c.block_representatives(0);
-            let (sinks_before, _, remainder_before) = c.token_counts(0);
+        for (call, (start, len)) in spans.enumerate() {
+            let (blocks, (sinks_before, _, remainder_before)) = match call {
+                0 => (Vec::new(), (0, 0, 0)),
+                _ => (states[call - 1].0.clone(), states[call - 1].1),
+            };
             let remainder_start = start - remainder_before;
-            let mut out = None;
-            for layer in 0..2 {
-                let o = c
-                    .attend(
-                        layer,
-                        start,
-                        &q.narrow(1, start, len).unwrap(),
-                        &k.narrow(1, start, len).unwrap(),
-                        &v.narrow(1, start, len).unwrap(),
-                    )
-                    .unwrap();
-                if layer == 0 {
-                    out = Some(o.to_vec3::<f32>().unwrap());
-                }
-            }
             // Retrieval: the mean memory query against each block's representatives,
             // summed over every head.
             let want: Vec<usize> = if blocks.len() <= 2 {
@@ -657,45 +652,30 @@ mod tests {
                 real_choices += 1;
                 best(&scores, 2).into_iter().map(|b| blocks[b].0).collect()
             };
-            let got = c.retrieved_blocks(0);
-            assert_eq!(got, want, "chunk at {start}");
-            // Outputs: each query over its visible keys.
+            let got = &states[call].2;
+            assert_eq!(got, &want, "chunk at {start}");
+            // Outputs: each query over its window, and the memory outside it.
             let mut memory: Vec<usize> = (0..sinks_before).collect();
-            for b in &got {
+            for b in got {
                 memory.extend(*b..b + 8);
             }
             memory.extend(remainder_start..start + len);
-            let out = out.unwrap();
+            let out: HeadRows = outs[call].to_vec3().unwrap();
             for h in 0..4 {
                 let g = h / 2;
-                for i in 0..len {
+                for (i, row) in out[h].iter().enumerate() {
                     let p = start + i;
                     let mut products: Vec<Vec<f32>> = Vec::new();
                     let mut values: Vec<&Vec<f32>> = Vec::new();
                     for j in p.saturating_sub(21)..=p {
-                        products.push(rq[h][p].iter().zip(&rk[g][j]).map(|(a, b)| a * b).collect());
+                        products.push(product(&rq[h][p], &rk[g][j]));
                         values.push(&raw_v[g][j]);
                     }
                     for &j in memory.iter().filter(|&&j| j + 22 <= p) {
-                        products.push(
-                            at_memory[h][p]
-                                .iter()
-                                .zip(&raw_k[g][j])
-                                .map(|(a, b)| a * b)
-                                .collect(),
-                        );
+                        products.push(product(&at_memory[h][p], &raw_k[g][j]));
                         values.push(&raw_v[g][j]);
                     }
-                    let refs: Vec<&Vec<f32>> = products.iter().collect();
-                    let probs = probabilities(&[1f32; 64], &refs);
-                    for x in 0..64 {
-                        let want: f64 = probs
-                            .iter()
-                            .zip(&values)
-                            .map(|(p, v)| p * v[x] as f64)
-                            .sum();
-                        worst = worst.max((out[h][i][x] - want as f32).abs());
-                    }
+                    worst = worst.max(row_difference(row, &oracle_output(&products, &values)));
                 }
             }
         }

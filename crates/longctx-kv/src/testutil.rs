@@ -147,3 +147,28 @@ pub fn best(scores: &[f64], k: usize) -> Vec<usize> {
     order.sort_unstable();
     order
 }
+
+/// The elementwise product of a query and a key: its sum is q·k, so an oracle can score keys
+/// read by different queries (a window and a memory) in one [`oracle_output`] call.
+pub fn product(query: &[f32], key: &[f32]) -> Vec<f32> {
+    query.iter().zip(key).map(|(a, b)| a * b).collect()
+}
+
+/// One query's attention output from the [`product`]s of the keys it sees and their values:
+/// softmax of `q·k / sqrt(d)` in f64, then the weighted sum of the values.
+pub fn oracle_output(products: &[Vec<f32>], values: &[&Vec<f32>]) -> Vec<f64> {
+    let ones = vec![1f32; products.first().map_or(0, Vec::len)];
+    let keys: Vec<&Vec<f32>> = products.iter().collect();
+    let probs = probabilities(&ones, &keys);
+    (0..values.first().map_or(0, |v| v.len()))
+        .map(|x| probs.iter().zip(values).map(|(p, v)| p * v[x] as f64).sum())
+        .collect()
+}
+
+/// Largest absolute difference between a computed row and an oracle's.
+pub fn row_difference(got: &[f32], want: &[f64]) -> f32 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - *w as f32).abs())
+        .fold(0f32, f32::max)
+}

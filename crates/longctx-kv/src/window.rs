@@ -33,9 +33,24 @@ pub struct Memory<'a> {
 pub struct Windowed {
     /// `[q_heads, t, d]`.
     pub out: Tensor,
+    /// `[kv_heads, group · t, l]` probabilities of the local keys.
+    local_probs: Tensor,
+    q_heads: usize,
+}
+
+impl Windowed {
     /// Per query head, the probability each local key received, summed over the chunk's
-    /// queries (`[q_heads][l]`): InfLLM picks block representatives by it.
-    pub local_weights: Vec<Vec<f32>>,
+    /// queries (`[q_heads][l]`): InfLLM picks block representatives by it. Computed on
+    /// request, so policies that do not need it pay nothing.
+    pub fn local_weights(&self) -> Result<Vec<Vec<f32>>> {
+        let (_, rows, l) = self.local_probs.dims3()?;
+        let t = rows * self.local_probs.dim(0)? / self.q_heads;
+        Ok(self
+            .local_probs
+            .reshape((self.q_heads, t, l))?
+            .sum(D::Minus2)?
+            .to_vec2()?)
+    }
 }
 
 /// Attention of `t` queries at positions `first..first + t` over local keys at
@@ -65,11 +80,11 @@ pub fn windowed_attention(
     let rows = group * t;
     let by_group =
         |x: &Tensor| -> Result<Tensor> { Ok(x.contiguous()?.reshape((kv_heads, rows, d))?) };
-    let local: Vec<f32> = by_group(q)?
+    let mut local: Vec<f32> = by_group(q)?
         .matmul(&k.contiguous()?.t()?)?
         .flatten_all()?
         .to_vec1()?;
-    let (m, remembered): (usize, Vec<f32>) = match &memory {
+    let (m, mut remembered): (usize, Vec<f32>) = match &memory {
         Some(mem) if !mem.positions.is_empty() => (
             mem.positions.len(),
             by_group(mem.queries)?
@@ -81,8 +96,6 @@ pub fn windowed_attention(
     };
     let memory_positions = memory.as_ref().map_or(&[][..], |mem| mem.positions);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut local = local;
-    let mut remembered = remembered;
     // One softmax per query row over both parts; masked entries become 0.
     let rows_local = local.par_chunks_mut(l.max(1));
     let rows_memory: Vec<&mut [f32]> = if m == 0 {
@@ -135,13 +148,10 @@ pub fn windowed_attention(
         let memory_probs = Tensor::from_vec(remembered, (kv_heads, rows, m), device)?;
         out = (out + memory_probs.matmul(&mem.values.contiguous()?)?)?;
     }
-    let local_weights: Vec<Vec<f32>> = local_probs
-        .reshape((q_heads, t, l))?
-        .sum(D::Minus2)?
-        .to_vec2()?;
     Ok(Windowed {
         out: out.reshape((q_heads, t, d))?,
-        local_weights,
+        local_probs,
+        q_heads,
     })
 }
 
@@ -149,7 +159,7 @@ pub fn windowed_attention(
 mod tests {
     use super::*;
     use crate::rows::HeadRows;
-    use crate::testutil::probabilities;
+    use crate::testutil::{oracle_output, product, row_difference};
     use candle_core::Device;
 
     /// Each query's output recomputed from its visible keys alone (f64 oracle).
@@ -190,48 +200,27 @@ mod tests {
             let g = h / 2;
             for i in 0..t {
                 let p = 16 + i;
-                // Scores of every visible key: window keys with q, sinks with qm; sinks sit at
-                // distance >= 5 from every query here, so they are always memory.
-                let mut keys: Vec<Vec<f32>> = Vec::new();
+                // Window keys are read by q, the sinks by qm; the sinks sit at distance >= 5
+                // from every query here, so they are always memory.
+                let mut products: Vec<Vec<f32>> = Vec::new();
                 let mut vals: Vec<&Vec<f32>> = Vec::new();
                 for (j, &kp) in positions.iter().enumerate() {
                     if kp <= p && p - kp < 5 {
-                        keys.push(k3[g][j].clone());
+                        products.push(product(&q3[h][i], &k3[g][j]));
                         vals.push(&v3[g][j]);
                     }
                 }
-                let local_count = keys.len();
-                assert_eq!(local_count, 5, "query {p} sees exactly its window");
-                // Fold the memory query into the key so one probabilities() call scores both:
-                // q·k for window keys, qm·k for sinks.
-                let mut scores_keys: Vec<Vec<f32>> =
-                    keys.iter().map(|key| scaled_by(&q3[h][i], key)).collect();
+                assert_eq!(products.len(), 5, "query {p} sees exactly its window");
                 for j in 0..2 {
-                    scores_keys.push(scaled_by(&qm3[h][i], &k3[g][j]));
+                    products.push(product(&qm3[h][i], &k3[g][j]));
                     vals.push(&v3[g][j]);
                 }
-                let ones = vec![1f32; d];
-                let refs: Vec<&Vec<f32>> = scores_keys.iter().collect();
-                let probs = probabilities(&ones, &refs);
-                for x in 0..d {
-                    let want: f64 = probs
-                        .iter()
-                        .zip(&vals)
-                        .map(|(p, val)| p * val[x] as f64)
-                        .sum();
-                    worst = worst.max((out[h][i][x] - want as f32).abs());
-                }
+                worst = worst.max(row_difference(&out[h][i], &oracle_output(&products, &vals)));
             }
         }
         assert!(worst < 1e-5, "max abs difference {worst}");
         // The window weights sum to the probability mass the window received.
-        let mass: f32 = got.local_weights[0].iter().sum();
+        let mass: f32 = got.local_weights().unwrap()[0].iter().sum();
         assert!(mass > 0.0 && mass < t as f32);
-    }
-
-    /// The elementwise product of a query and a key: summing it gives q·k, which lets the
-    /// oracle's `probabilities(ones, …)` score pairs with different queries.
-    fn scaled_by(query: &[f32], key: &[f32]) -> Vec<f32> {
-        query.iter().zip(key).map(|(a, b)| a * b).collect()
     }
 }

@@ -89,18 +89,6 @@ const DROPPING: [(&str, &str, &str); 8] = [
     ),
 ];
 
-/// Token-dropping families with presets at every ratio of [`DROP_RATIOS`].
-pub const DROPPING_FAMILIES: [&str; 8] = [
-    "streamingllm",
-    "streamingllm-4sinks",
-    "h2o",
-    "h2o-original",
-    "infllm",
-    "snapkv",
-    "pyramidkv",
-    "tova",
-];
-
 /// Every preset, in listing order.
 pub fn presets() -> Vec<Preset> {
     let fixed = |name: &str, spec: &str, paper_ratio, note| Preset {
