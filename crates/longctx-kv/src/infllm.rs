@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::check_chunk;
+use crate::cache::{check_chunk, DECODE_RESERVE};
 use crate::rows::{top_k, HeadRows};
 use crate::window::{windowed_attention, Memory};
 use crate::{Budget, KvCache, KvError, KvShape, Result, RopeTable};
@@ -152,6 +152,17 @@ impl InfLlmCache {
         settings: InfLlmSettings,
     ) -> Result<Self> {
         settings.validate()?;
+        // The window is at least a chunk and memory is read from position `n_local - 1`; a
+        // block longer than the context could never fill. Both are bounded by the positions
+        // the model has, before anything is sized by them.
+        let positions = rope.max_positions();
+        for (key, value) in [("chunk", settings.chunk), ("block", settings.block)] {
+            if value > positions {
+                return Err(KvError::Setting(format!(
+                    "{key}={value} exceeds the model's {positions} positions"
+                )));
+            }
+        }
         let layer = || LayerMemory {
             init: vec![Rows::default(); shape.kv_heads],
             init_len: 0,
@@ -395,13 +406,15 @@ impl KvCache for InfLlmCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, _new_tokens: usize) -> Result<()> {
+    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
         let split = self
             .settings
             .split(self.settings.budget.tokens(prompt_tokens));
         self.split = Some(split);
         let d = self.shape.head_dim;
-        let window = split.n_local + self.settings.block + self.settings.chunk;
+        // The remainder peaks at window + a partial block + a chunk, never beyond the sequence.
+        let window = (split.n_local + self.settings.block + self.settings.chunk)
+            .min(prompt_tokens + new_tokens.min(DECODE_RESERVE));
         for l in &mut self.layers {
             for r in &mut l.remainder {
                 r.keys.reserve(window * d);
@@ -712,6 +725,23 @@ mod tests {
                 });
                 assert!(found, "block {start}, head {h}");
             }
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_model_positions_are_refused_before_allocating() {
+        for (chunk, block) in [(1 << 40, 8), (8, usize::MAX / 2)] {
+            let s = InfLlmSettings {
+                chunk,
+                block,
+                representatives: 1,
+                ..settings(Budget::Ratio(4.0))
+            };
+            let err = InfLlmCache::new(shape(), rope(), &Device::Cpu, s)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains("exceeds the model's 512 positions"), "{err}");
         }
     }
 
