@@ -137,6 +137,18 @@ pub(crate) fn attend_rows(
     out
 }
 
+/// One query of one head over `keys`/`values` rows: the single-query kernel (SIMD where the
+/// CPU has it); adds each row's probability into `received`.
+pub(crate) fn attend_one_head(
+    query: &[f32],
+    keys: &[&[f32]],
+    values: &[&[f32]],
+    received: &mut [f32],
+) -> Vec<f32> {
+    let scale = 1.0 / (query.len() as f32).sqrt();
+    kernels::attend_one(query, keys, values, scale, Some(received))
+}
+
 /// Keys below which one query's heads run on one thread (thread hand-off costs more).
 const PARALLEL_MIN_KEYS: usize = 1024;
 

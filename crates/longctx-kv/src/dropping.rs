@@ -34,6 +34,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::attention::attend_rows;
 use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
+use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
 use crate::{
@@ -79,6 +80,16 @@ pub enum Sinks {
     Count(usize),
 }
 
+/// Who chooses the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    /// Each query head, by its own attention (the benchmark's H2O, after `repeat_kv`); a
+    /// key/value head stores the union of what its query heads read.
+    Query,
+    /// Each key/value head, by the attention its group of query heads gives (summed).
+    KeyValue,
+}
+
 /// Which tokens survive, and when the choice is made.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DropPolicy {
@@ -87,8 +98,10 @@ pub enum DropPolicy {
     StreamingLlm { sinks: Sinks, reindex: bool },
     /// Heavy hitters plus a recent window, each half the budget; `count_prefill` says
     /// whether prompt attention counts toward the scores (the original code counts it;
-    /// without it the prompt is cut at the first decoding step by that step's attention).
-    H2O { count_prefill: bool },
+    /// without it the prompt is cut at the first decoding step by that step's attention);
+    /// `heads` whether each query head chooses for itself or each key/value head for its
+    /// group.
+    H2O { count_prefill: bool, heads: Heads },
     /// Observation `window` queries, max-pooling `kernel`.
     SnapKv { window: usize, kernel: usize },
     /// SnapKV's selection under layer budgets falling in integer steps (KVCache-Factory's
@@ -133,6 +146,13 @@ impl DropSettings {
             DropPolicy::PyramidKv { beta: 0, .. } => {
                 Err(KvError::Setting("beta must be positive".into()))
             }
+            DropPolicy::H2O {
+                count_prefill: true,
+                heads: Heads::Query,
+            } => Err(KvError::Setting(
+                "count_prefill=true needs heads=kv (prefill scores per query head are not built)"
+                    .into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -166,6 +186,8 @@ pub struct DroppingCache {
     recent_queries: Vec<Option<Tensor>>,
     sequence: Option<Sequence>,
     prefilled: bool,
+    /// Per-query-head choice (H2O with `heads=query`), per layer, from the end of prefill.
+    views: Vec<Option<QueryHeadViews>>,
 }
 
 impl DroppingCache {
@@ -193,12 +215,45 @@ impl DroppingCache {
             recent_queries: vec![None; shape.layers],
             sequence: None,
             prefilled: false,
+            views: (0..shape.layers).map(|_| None).collect(),
         })
     }
 
     /// Absolute positions of the tokens `layer`'s key/value `head` keeps, in order.
     pub fn kept_positions(&self, layer: usize, head: usize) -> Vec<usize> {
         self.layers[layer][head].positions().collect()
+    }
+
+    /// Absolute positions query head `head` of `layer` reads, when query heads choose for
+    /// themselves (H2O with `heads=query`, once the prompt has ended).
+    pub fn read_positions(&self, layer: usize, head: usize) -> Option<Vec<usize>> {
+        let views = self.views[layer].as_ref()?;
+        let group = self.shape.q_heads / self.shape.kv_heads;
+        let positions: Vec<usize> = self.layers[layer][head / group].positions().collect();
+        Some(
+            views
+                .read_rows(head)
+                .into_iter()
+                .map(|r| positions[r])
+                .collect(),
+        )
+    }
+
+    /// H2O's `(heavy, recent)`: for a ratio r, `int(seen / 2r)` each, where `seen` counts
+    /// the tokens when scores start (the prompt, plus the first decoded token when prefill
+    /// counts nothing), as the benchmark's `int(ratio · (L + 1))`; a token budget halves.
+    fn h2o_split(&self, prompt: usize) -> (usize, usize) {
+        let DropPolicy::H2O { count_prefill, .. } = self.settings.policy else {
+            unreachable!("H2O only");
+        };
+        match self.settings.budget {
+            Budget::Ratio(r) => {
+                let seen = prompt + usize::from(!count_prefill);
+                let half = (seen as f64 / (2.0 * r)) as usize;
+                (half, half.max(1))
+            }
+            Budget::Tokens(n) => (n / 2, n - n / 2),
+        }
     }
 
     /// The budget of `layer` for the current sequence (PyramidKV's differ by layer).
@@ -215,8 +270,13 @@ impl DroppingCache {
             return budget;
         }
         // KVCache-Factory's integer schedule outside the window: the first layer keeps `max`,
-        // each later one `step` fewer; `max` is capped at what the prompt has.
+        // each later one `step` fewer; `max` is capped at what the prompt has. A prompt
+        // shorter than twice the share keeps the uniform budget in every layer, as its
+        // `update_kv` does.
         let share = budget - window;
+        if prompt < 2 * share {
+            return budget;
+        }
         let mut min = share / beta;
         let mut max = 2 * share - min;
         if max >= prompt - window {
@@ -238,7 +298,7 @@ impl DroppingCache {
 
     fn needs_weights(&self) -> bool {
         match self.settings.policy {
-            DropPolicy::H2O { count_prefill } => count_prefill || self.prefilled,
+            DropPolicy::H2O { count_prefill, .. } => count_prefill || self.prefilled,
             DropPolicy::Tova => self.prefilled,
             _ => false,
         }
@@ -287,14 +347,14 @@ impl DroppingCache {
                 Some(vec![keep; heads.len()])
             }
             DropPolicy::H2O { .. } => {
-                let recent = budget - budget / 2;
+                let recent = self.h2o_split(self.sequence.map_or(n, |s| s.prompt)).1;
                 Some(
                     heads
                         .iter()
                         .map(|h| {
                             let older = &h.scores()[..n - recent];
                             let mut keep = vec![false; n];
-                            for i in top_k(older, budget - recent) {
+                            for i in top_k(older, budget.saturating_sub(recent)) {
                                 keep[i] = true;
                             }
                             keep[n - recent..].iter_mut().for_each(|k| *k = true);
@@ -339,7 +399,16 @@ impl DroppingCache {
     fn evict(&mut self, layer: usize) {
         let Some(s) = self.sequence else { return };
         let budget = self.budget_of(layer, s.budget);
-        if let Some(keep) = self.survivors(layer, budget) {
+        if self.views[layer].is_some() {
+            let (heavy, recent) = self.h2o_split(s.prompt);
+            let views = self.views[layer].as_mut().expect("checked");
+            views.choose(heavy, recent);
+            for (g, h) in self.layers[layer].iter_mut().enumerate() {
+                let keep = views.read_by_group(g);
+                views.retain(g, &keep);
+                h.retain(&keep);
+            }
+        } else if let Some(keep) = self.survivors(layer, budget) {
             for (h, k) in self.layers[layer].iter_mut().zip(keep) {
                 h.retain(&k);
             }
@@ -390,6 +459,15 @@ impl DroppingCache {
                 pos,
                 0.0,
             );
+        }
+        if let Some(views) = self.views[layer].as_mut() {
+            views.push_row();
+            let out = views.attend(&query, heads, d);
+            return Ok(Tensor::from_vec(
+                out,
+                (self.shape.q_heads, 1, d),
+                &self.device,
+            )?);
         }
         let n = heads[0].len();
         let mut weights = vec![vec![0f32; n]; heads.len()];
@@ -460,6 +538,7 @@ impl DroppingCache {
         } else {
             q_rotated.clone()
         };
+        let visible_from: Vec<usize> = positions[..sinks_seen].iter().map(|p| p + window).collect();
         let out = windowed_attention(
             q_rotated,
             &keys,
@@ -471,7 +550,7 @@ impl DroppingCache {
                 queries: &q_memory,
                 keys: &keys.narrow(1, 0, sinks_seen)?,
                 values: &values.narrow(1, 0, sinks_seen)?,
-                positions: &positions[..sinks_seen],
+                visible_from: &visible_from,
             }),
         )?
         .out;
@@ -520,10 +599,17 @@ impl KvCache for DroppingCache {
     }
 
     fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+        let budget = match self.settings.policy {
+            DropPolicy::H2O { .. } => {
+                let (heavy, recent) = self.h2o_split(prompt_tokens);
+                heavy + recent
+            }
+            _ => self.settings.budget.tokens(prompt_tokens),
+        };
         let s = Sequence {
             prompt: prompt_tokens,
             new_tokens,
-            budget: self.settings.budget.tokens(prompt_tokens),
+            budget,
         };
         self.sequence = Some(s);
         for layer in 0..self.shape.layers {
@@ -558,6 +644,10 @@ impl KvCache for DroppingCache {
             self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
             self.decode_in_place(layer, &q_rotated, &k, &v, pos)?
+        } else if self.views[layer].is_some() {
+            return Err(KvError::Invalid(
+                "H2O with heads=query takes one token per step after the prompt".into(),
+            ));
         } else {
             let q = q_rotated;
             let (keys, values) = self.held_and_chunk(layer, &k, &v)?;
@@ -602,11 +692,18 @@ impl KvCache for DroppingCache {
                 DropPolicy::StreamingLlm { .. }
                 | DropPolicy::H2O {
                     count_prefill: true,
+                    ..
                 } => self.evict(layer),
                 // Scores start at zero; the first decoding step chooses.
                 DropPolicy::H2O {
                     count_prefill: false,
-                } => {}
+                    heads,
+                } => {
+                    if heads == Heads::Query {
+                        self.views[layer] =
+                            Some(QueryHeadViews::new(&self.layers[layer], self.shape.q_heads));
+                    }
+                }
                 DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Tova => {
                     self.score_by_recent_queries(layer)?;
                     self.evict(layer);
@@ -617,11 +714,21 @@ impl KvCache for DroppingCache {
     }
 
     fn stored_bytes(&self) -> usize {
-        self.layers.iter().flatten().map(TokenRows::bytes).sum()
+        let views: usize = self.views.iter().flatten().map(QueryHeadViews::bytes).sum();
+        views
+            + self
+                .layers
+                .iter()
+                .flatten()
+                .map(TokenRows::bytes)
+                .sum::<usize>()
     }
 
+    /// Averaged over key/value heads, which hold different unions under `heads=query`.
     fn kept_tokens(&self, layer: usize) -> usize {
-        self.layers.get(layer).map_or(0, |heads| heads[0].len())
+        self.layers.get(layer).map_or(0, |heads| {
+            heads.iter().map(TokenRows::len).sum::<usize>() / heads.len().max(1)
+        })
     }
 
     fn reset(&mut self) {
@@ -630,6 +737,7 @@ impl KvCache for DroppingCache {
         self.recent_queries.iter_mut().for_each(|q| *q = None);
         self.sequence = None;
         self.prefilled = false;
+        self.views.iter_mut().for_each(|v| *v = None);
     }
 }
 
@@ -653,7 +761,7 @@ mod tests {
         kernel: 3,
     };
 
-    const EVERY_POLICY: [DropPolicy; 7] = [
+    const EVERY_POLICY: [DropPolicy; 8] = [
         DropPolicy::StreamingLlm {
             sinks: Sinks::Fraction(0.021),
             reindex: true,
@@ -664,9 +772,15 @@ mod tests {
         },
         DropPolicy::H2O {
             count_prefill: true,
+            heads: Heads::KeyValue,
         },
         DropPolicy::H2O {
             count_prefill: false,
+            heads: Heads::KeyValue,
+        },
+        DropPolicy::H2O {
+            count_prefill: false,
+            heads: Heads::Query,
         },
         SNAPKV,
         DropPolicy::PyramidKv {
@@ -719,6 +833,7 @@ mod tests {
         let mut c = cache(
             DropPolicy::H2O {
                 count_prefill: true,
+                heads: Heads::KeyValue,
             },
             Budget::Tokens(8),
         );
@@ -754,6 +869,65 @@ mod tests {
         }
         // Storage really shrank to the budget (plus the row a decoding token passes through).
         assert_eq!(c.stored_bytes(), 2 * 2 * 9 * (64 + 64 + 2) * 4);
+    }
+
+    /// The benchmark's H2O: from the first decoding query on, each query head accumulates
+    /// its own attention over what it still reads and keeps the last 4 tokens and its 4
+    /// heaviest others; a key/value head stores what any of its query heads reads.
+    #[test]
+    fn h2o_per_query_head_keeps_what_a_brute_force_accumulation_selects() {
+        let data = sequence(30);
+        let (q, k) = rotated(&data.0, &data.1);
+        let values: HeadRows = data.2.to_vec3().unwrap();
+        let mut c = cache(
+            DropPolicy::H2O {
+                count_prefill: false,
+                heads: Heads::Query,
+            },
+            Budget::Tokens(8),
+        );
+        let (outs, seen) = run(&mut c, &data, &[10, 14], |c| {
+            (0..4)
+                .map(|h| c.read_positions(0, h).unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        let mut worst = 0f32;
+        for h in 0..4 {
+            let g = h / 2;
+            let mut alive: Vec<usize> = (0..24).collect();
+            let mut score = vec![0f64; 30];
+            for (step, p) in (24..30).enumerate() {
+                alive.push(p);
+                let keys: Vec<&Vec<f32>> = alive.iter().map(|&j| &k[g][j]).collect();
+                let probs = probabilities(&q[h][p], &keys);
+                let products: Vec<Vec<f32>> =
+                    alive.iter().map(|&j| product(&q[h][p], &k[g][j])).collect();
+                let vals: Vec<&Vec<f32>> = alive.iter().map(|&j| &values[g][j]).collect();
+                let out: HeadRows = outs[2 + step].to_vec3().unwrap();
+                worst = worst.max(row_difference(&out[h][0], &oracle_output(&products, &vals)));
+                for (&j, pr) in alive.iter().zip(&probs) {
+                    score[j] += pr;
+                }
+                if alive.len() > 8 {
+                    let older = &alive[..alive.len() - 4];
+                    let heavy: Vec<f64> = older.iter().map(|&j| score[j]).collect();
+                    let mut next: Vec<usize> =
+                        best(&heavy, 4).into_iter().map(|i| older[i]).collect();
+                    next.extend(&alive[alive.len() - 4..]);
+                    alive = next;
+                }
+                assert_eq!(seen[2 + step][h], alive, "query head {h}, step {step}");
+            }
+        }
+        assert!(worst < 1e-5, "max abs difference {worst}");
+        // Each key/value head stores the union of its two query heads' choices.
+        for g in 0..2 {
+            let mut union: Vec<usize> = seen[7][2 * g].clone();
+            union.extend(&seen[7][2 * g + 1]);
+            union.sort_unstable();
+            union.dedup();
+            assert_eq!(c.kept_positions(0, g), union);
+        }
     }
 
     #[test]

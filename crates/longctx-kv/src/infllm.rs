@@ -14,7 +14,10 @@
 //! A block is represented, per query head, by the mean of its `representatives` keys that
 //! received the most attention from that head while in the window. A chunk retrieves the
 //! blocks whose representatives score highest against its mean memory query, summed over
-//! all heads: one choice per layer, for every head. Budget (tokens T = prompt / ratio):
+//! all heads: one choice per layer, for every head. Within a prefill chunk the reference lets
+//! every query read the tokens waiting for a block, even those still in its own window
+//! ([`InfLlmRemainder::Chunk`]); [`InfLlmRemainder::Query`] is the exact mask. Budget
+//! (tokens T = prompt / ratio):
 //! `n_init = int(sinks·T)`, `topk = int(retrieved·T) / block`,
 //! `n_local = max(chunk, T − n_init − topk·block)`.
 //!
@@ -46,6 +49,20 @@ pub struct InfLlmSettings {
     pub representatives: usize,
     /// Queries per retrieval, and the smallest local window (benchmark: 512).
     pub chunk: usize,
+    /// Which queries of a chunk read the tokens waiting for a block.
+    pub remainder: InfLlmRemainder,
+}
+
+/// Which queries of a chunk read, as memory, the tokens that have left the window of the
+/// chunk's last query but do not fill a block yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfLlmRemainder {
+    /// Every query of the chunk, even one that still has some of them in its own window
+    /// (and so reads them twice): what the benchmark's `context_manager.py` does, whose
+    /// complement-window offset counts the whole input of the call, not the chunk's place.
+    Chunk,
+    /// Each query reads only those outside its own window (the mask InfLLM intends).
+    Query,
 }
 
 /// How one sequence's budget divides.
@@ -288,7 +305,6 @@ impl InfLlmCache {
             .saturating_sub(split.n_local)
             .saturating_sub(mem.remainder_start)
             .min(mem.remainder_len);
-        let mut memory_positions: Vec<usize> = (0..mem.init_len).collect();
         let mut mk = vec![Vec::new(); kv_heads];
         let mut mv = vec![Vec::new(); kv_heads];
         for g in 0..kv_heads {
@@ -301,12 +317,15 @@ impl InfLlmCache {
             mk[g].extend_from_slice(&mem.remainder[g].keys[..remembered * d]);
             mv[g].extend_from_slice(&mem.remainder[g].values[..remembered * d]);
         }
-        for &b in &mem.retrieved {
-            let start = mem.blocks[b].start;
-            memory_positions.extend(start..start + self.settings.block);
+        // Sinks and blocks lie outside every window of the chunk: every query reads them.
+        let far = mem.init_len + mem.retrieved.len() * self.settings.block;
+        let mut visible_from = vec![0; far];
+        let remainder = mem.remainder_start..mem.remainder_start + remembered;
+        match self.settings.remainder {
+            InfLlmRemainder::Chunk => visible_from.extend(remainder.map(|_| 0)),
+            InfLlmRemainder::Query => visible_from.extend(remainder.map(|p| p + split.n_local)),
         }
-        memory_positions.extend(mem.remainder_start..mem.remainder_start + remembered);
-        let m = memory_positions.len();
+        let m = visible_from.len();
         let flat = |x: Vec<Vec<f32>>| -> Result<Tensor> {
             Ok(Tensor::from_vec(
                 x.into_iter().flatten().collect::<Vec<f32>>(),
@@ -326,7 +345,7 @@ impl InfLlmCache {
                 queries: &q_memory,
                 keys: &memory_k,
                 values: &memory_v,
-                positions: &memory_positions,
+                visible_from: &visible_from,
             }),
         )?;
         let mem = &mut self.layers[layer];
@@ -443,7 +462,9 @@ impl KvCache for InfLlmCache {
         let mut outs = Vec::with_capacity(t.div_ceil(chunk) + 1);
         let mut start = 0;
         // Chunks end at multiples of `chunk` in the sequence, as the reference's whole-prompt
-        // forward splits: the engine's own prefill chunking changes nothing.
+        // forward splits: an engine prefill chunk that is a multiple of `chunk` (the default
+        // 512 is) gives exactly the reference's chunks. Another splits one, and the split
+        // parts retrieve (and, under `remainder=chunk`, read memory) on their own.
         while start < t {
             let len = (chunk - (pos + start) % chunk).min(t - start);
             outs.push(self.attend_chunk(
@@ -545,6 +566,7 @@ mod tests {
             block: 8,
             representatives: 2,
             chunk: 8,
+            remainder: InfLlmRemainder::Query,
         }
     }
 
@@ -561,6 +583,7 @@ mod tests {
             block: 128,
             representatives: 4,
             chunk: 512,
+            remainder: InfLlmRemainder::Chunk,
         };
         let split = |tokens| {
             let s = paper.split(paper.budget.tokens(tokens));
@@ -584,16 +607,27 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_prefill_chunk_does_not_change_the_outputs() {
+    fn an_engine_chunk_that_is_a_multiple_of_the_chunk_changes_nothing() {
         let data = sequence(100);
-        let mut a = cache(Budget::Tokens(40));
-        let mut b = cache(Budget::Tokens(40));
-        let (x, _) = run(&mut a, &data, &[37, 53], |_| ());
-        let (y, _) = run(&mut b, &data, &[90], |_| ());
-        let cat = |v: &[Tensor]| Tensor::cat(v, 1).unwrap();
-        let diff = max_difference(&[cat(&x[..2])], &[cat(&y[..1])]);
-        assert!(diff < 1e-5, "prefill outputs differ by {diff}");
-        assert!(max_difference(&x[2..], &y[1..]) < 1e-5);
+        for remainder in [InfLlmRemainder::Chunk, InfLlmRemainder::Query] {
+            let build = || {
+                let s = InfLlmSettings {
+                    remainder,
+                    ..settings(Budget::Tokens(40))
+                };
+                InfLlmCache::new(shape(), rope(), &Device::Cpu, s).unwrap()
+            };
+            let (mut a, mut b) = (build(), build());
+            let (x, _) = run(&mut a, &data, &[40, 50], |_| ());
+            let (y, _) = run(&mut b, &data, &[90], |_| ());
+            let cat = |v: &[Tensor]| Tensor::cat(v, 1).unwrap();
+            let diff = max_difference(&[cat(&x[..2])], &[cat(&y[..1])]);
+            assert!(
+                diff < 1e-5,
+                "{remainder:?}: prefill outputs differ by {diff}"
+            );
+            assert!(max_difference(&x[2..], &y[1..]) < 1e-5, "{remainder:?}");
+        }
     }
 
     /// Every query's output against a brute-force recomputation from the cache's exposed

@@ -13,6 +13,7 @@ mod flexgen;
 mod full;
 mod infllm;
 mod kivi;
+mod query_heads;
 mod rope;
 mod rows;
 #[cfg(test)]
@@ -21,11 +22,11 @@ mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
 pub use cache::{KvCache, KvShape, DECODE_RESERVE};
-pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Sinks};
+pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;
-pub use infllm::{InfLlmCache, InfLlmSettings, InfLlmSplit};
+pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable};
 pub use window::{windowed_attention, Memory, Windowed};

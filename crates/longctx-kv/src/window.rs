@@ -24,9 +24,10 @@ pub struct Memory<'a> {
     pub keys: &'a Tensor,
     /// `[kv_heads, m, d]` values.
     pub values: &'a Tensor,
-    /// Absolute position of each memory token: one hidden inside a query's window is not
-    /// read as memory (it is read through the window instead).
-    pub positions: &'a [usize],
+    /// For each memory token, the first query position that reads it. A token's own
+    /// position plus the window reads it only outside every query's window (it is read
+    /// through the window before); a smaller value lets queries read it in both.
+    pub visible_from: &'a [usize],
 }
 
 /// What [`windowed_attention`] returns.
@@ -55,7 +56,7 @@ impl Windowed {
 
 /// Attention of `t` queries at positions `first..first + t` over local keys at
 /// `local_positions` (ascending; the chunk's own keys included), each query seeing the local
-/// keys at distance `0..window` and the memory tokens at distance `window` or more.
+/// keys at distance `0..window` and the memory tokens [`Memory::visible_from`] says it reads.
 ///
 /// `q` is `[q_heads, t, d]` rotated at the queries' positions, `k`, `v` are
 /// `[kv_heads, l, d]`; query head `h` reads key/value head `h / (q_heads / kv_heads)`.
@@ -85,8 +86,8 @@ pub fn windowed_attention(
         .flatten_all()?
         .to_vec1()?;
     let (m, mut remembered): (usize, Vec<f32>) = match &memory {
-        Some(mem) if !mem.positions.is_empty() => (
-            mem.positions.len(),
+        Some(mem) if !mem.visible_from.is_empty() => (
+            mem.visible_from.len(),
             by_group(mem.queries)?
                 .matmul(&mem.keys.contiguous()?.t()?)?
                 .flatten_all()?
@@ -94,7 +95,7 @@ pub fn windowed_attention(
         ),
         _ => (0, Vec::new()),
     };
-    let memory_positions = memory.as_ref().map_or(&[][..], |mem| mem.positions);
+    let visible_from = memory.as_ref().map_or(&[][..], |mem| mem.visible_from);
     let scale = 1.0 / (d as f32).sqrt();
     // One softmax per query row over both parts; masked entries become 0.
     let rows_local = local.par_chunks_mut(l.max(1));
@@ -109,7 +110,7 @@ pub fn windowed_attention(
         .for_each(|(row, (loc, mem))| {
             let p = first + row % t;
             let seen_local = |j: usize| local_positions[j] <= p && p - local_positions[j] < window;
-            let seen_memory = |j: usize| memory_positions[j] + window <= p;
+            let seen_memory = |j: usize| visible_from[j] <= p;
             let mut max = f32::NEG_INFINITY;
             for (j, s) in loc.iter().enumerate() {
                 if seen_local(j) {
@@ -188,7 +189,7 @@ mod tests {
                 queries: &qm,
                 keys: &mk,
                 values: &mv,
-                positions: &positions[..2],
+                visible_from: &[5, 6],
             }),
         )
         .unwrap();

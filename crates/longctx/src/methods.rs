@@ -9,8 +9,8 @@ use std::sync::Arc;
 use candle_core::Device;
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
-    FullCache, InfLlmCache, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvError, KvShape,
-    RopeTable, Sinks,
+    FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings,
+    KvCache, KvError, KvShape, RopeTable, Sinks,
 };
 
 /// A parsed method.
@@ -59,28 +59,28 @@ const DROPPING: [(&str, &str, &str); 8] = [
     ),
     (
         "h2o",
-        "h2o:ratio={r},count_prefill=false",
-        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them; frees what it evicts (the benchmark only masks); chosen per KV head (the benchmark: per query head)",
+        "h2o:ratio={r},count_prefill=false,heads=query",
+        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them, heavy = recent = int(r(L+1)), chosen per query head; frees what no query head reads (the benchmark only masks)",
     ),
     (
         "h2o-original",
-        "h2o:ratio={r},count_prefill=true",
-        "the original FMInference/H2O: prefill attention counts toward the scores; not the paper's setting",
+        "h2o:ratio={r},count_prefill=true,heads=kv",
+        "the original FMInference/H2O's prefill attention counted toward the scores, chosen per KV head (per query head with prefill scores is not built); not the paper's setting",
     ),
     (
         "infllm",
-        "infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512",
-        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer",
+        "infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512,remainder=chunk",
+        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py; equal to its outputs in tests): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer, and its chunk-wide reading of the tokens waiting for a block (remainder=query is the exact mask)",
     ),
     (
         "snapkv",
         "snapkv:ratio={r},window=32,kernel=7",
-        "FasterDecoding/SnapKV's defaults, chosen per KV head (the reference: per query head); not in the paper",
+        "SnapKV's LongBench settings (window 32, kernel 7, max pooling), chosen per KV head as KVCache-Factory's kv-head mode (kept sets equal to its code in tests, up to ties); not in the paper",
     ),
     (
         "pyramidkv",
         "pyramidkv:ratio={r},window=8,kernel=7,beta=20",
-        "KVCache-Factory's run_longbench.py (window 8, integer budget steps), chosen per KV head; not in the paper",
+        "KVCache-Factory's run_longbench.py (window 8, integer budget steps, uniform below twice the budget), chosen per KV head (kept sets equal to its code in tests, up to ties); not in the paper",
     ),
     (
         "tova",
@@ -330,10 +330,24 @@ impl Method {
             "h2o" => {
                 let budget = s.take_budget()?;
                 let count_prefill = s.take_bool("count_prefill")?;
-                Method::Drop(DropSettings {
-                    policy: DropPolicy::H2O { count_prefill },
+                let heads = match s.take("heads")? {
+                    "query" => Heads::Query,
+                    "kv" => Heads::KeyValue,
+                    v => {
+                        return Err(s.error(format!(
+                            "heads={v} must be query (each query head chooses) or kv (each key/value head)"
+                        )))
+                    }
+                };
+                let settings = DropSettings {
+                    policy: DropPolicy::H2O {
+                        count_prefill,
+                        heads,
+                    },
                     budget,
-                })
+                };
+                settings.validate().map_err(|e| s.error(e.to_string()))?;
+                Method::Drop(settings)
             }
             "snapkv" | "pyramidkv" => {
                 let budget = s.take_budget()?;
@@ -362,6 +376,15 @@ impl Method {
                     block: s.take_positive("block")?,
                     representatives: s.take_positive("representatives")?,
                     chunk: s.take_positive("chunk")?,
+                    remainder: match s.take("remainder")? {
+                        "chunk" => InfLlmRemainder::Chunk,
+                        "query" => InfLlmRemainder::Query,
+                        v => {
+                            return Err(s.error(format!(
+                                "remainder={v} must be chunk (the benchmark's) or query (exact)"
+                            )))
+                        }
+                    },
                 };
                 settings.validate().map_err(|e| s.error(e.to_string()))?;
                 Method::InfLlm(settings)
@@ -486,8 +509,15 @@ impl fmt::Display for Method {
                         }
                         write!(f, ",reindex={reindex}")
                     }
-                    DropPolicy::H2O { count_prefill } => {
-                        write!(f, ",count_prefill={count_prefill}")
+                    DropPolicy::H2O {
+                        count_prefill,
+                        heads,
+                    } => {
+                        let heads = match heads {
+                            Heads::Query => "query",
+                            Heads::KeyValue => "kv",
+                        };
+                        write!(f, ",count_prefill={count_prefill},heads={heads}")
                     }
                     DropPolicy::SnapKv { window, kernel } => {
                         write!(f, ",window={window},kernel={kernel}")
@@ -502,13 +532,17 @@ impl fmt::Display for Method {
             }
             Method::InfLlm(s) => write!(
                 f,
-                "infllm:{},sinks={:?},retrieved={:?},block={},representatives={},chunk={}",
+                "infllm:{},sinks={:?},retrieved={:?},block={},representatives={},chunk={},remainder={}",
                 BudgetSpec(&s.budget),
                 s.sinks,
                 s.retrieved,
                 s.block,
                 s.representatives,
-                s.chunk
+                s.chunk,
+                match s.remainder {
+                    InfLlmRemainder::Chunk => "chunk",
+                    InfLlmRemainder::Query => "query",
+                }
             ),
         }
     }
@@ -536,10 +570,16 @@ mod tests {
         );
         // The paper's presets are the benchmark's code, the originals are second presets.
         let spec = |p: &str| Method::parse(p).unwrap().to_string();
-        assert_eq!(spec("h2o-4x"), "h2o:ratio=4,count_prefill=false");
-        assert_eq!(spec("h2o-original-4x"), "h2o:ratio=4,count_prefill=true");
+        assert_eq!(
+            spec("h2o-4x"),
+            "h2o:ratio=4,count_prefill=false,heads=query"
+        );
+        assert_eq!(
+            spec("h2o-original-4x"),
+            "h2o:ratio=4,count_prefill=true,heads=kv"
+        );
         assert!(spec("flexgen-4bit").ends_with("prefill=quantized"));
-        assert!(spec("infllm-4x").ends_with("chunk=512"));
+        assert!(spec("infllm-4x").ends_with("chunk=512,remainder=chunk"));
         assert!(spec("pyramidkv-4x").contains("window=8,"));
         assert!(presets().iter().all(|p| !p.note.is_empty()));
         assert!(
@@ -575,18 +615,24 @@ mod tests {
         assert!(err("baseline:bits=4").contains("unknown key \"bits\""));
         assert!(err("kivi:bits=2,group=32,residual=100")
             .contains("residual=100 must be a multiple of group=32"));
-        assert!(err("h2o:ratio=0.5,count_prefill=true")
+        assert!(err("h2o:ratio=0.5,count_prefill=true,heads=kv")
             .contains("ratio=0.5 must be a number of at least 1"));
-        assert!(err("h2o:count_prefill=true").contains("missing required key \"ratio\""));
-        assert!(err("h2o:ratio=4,budget=9,count_prefill=true").contains("not both"));
-        assert!(err("h2o:ratio=4,count_prefill=yes").contains("must be true or false"));
+        assert!(err("h2o:count_prefill=true,heads=kv").contains("missing required key \"ratio\""));
+        assert!(err("h2o:ratio=4,budget=9,count_prefill=true,heads=kv").contains("not both"));
+        assert!(err("h2o:ratio=4,count_prefill=yes,heads=kv").contains("must be true or false"));
+        assert!(err("h2o:ratio=4,count_prefill=false,heads=all").contains("heads=all must be"));
+        assert!(err("h2o:ratio=4,count_prefill=true,heads=query").contains("needs heads=kv"));
         // The fault the digest records: a missing ratio must never mean "keep everything".
         assert!(err("streamingllm:sinks=4,reindex=true").contains("missing required key \"ratio\""));
         assert!(err("streamingllm:ratio=4,sinks=1.5,reindex=true").contains("sinks=1.5"));
         assert!(err("snapkv:ratio=4,window=32,kernel=6").contains("kernel=6 must be odd"));
         assert!(err(
-            "infllm:ratio=4,sinks=0.5,retrieved=0.6,block=128,representatives=4,chunk=512"
+            "infllm:ratio=4,sinks=0.5,retrieved=0.6,block=128,representatives=4,chunk=512,remainder=chunk"
         )
         .contains("summing below 1"));
+        assert!(err(
+            "infllm:ratio=4,sinks=0.02,retrieved=0.3,block=128,representatives=4,chunk=512,remainder=all"
+        )
+        .contains("remainder=all must be chunk"));
     }
 }

@@ -426,7 +426,7 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
         out.to_str().unwrap(),
     ]);
     assert!(exported.status.success(), "{}", stderr(&exported));
-    for method in ["baseline", "h2o_ratio_2_count_prefill_false"] {
+    for method in ["baseline", "h2o_ratio_2_count_prefill_false_heads_query"] {
         let run_dir = std::fs::read_dir(&out)
             .unwrap()
             .next()

@@ -34,12 +34,17 @@ Specs take explicit settings too; every key is required and checked:
                                               (the benchmark's); full: FlexLLMGen's full-precision prefill
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
                                               reindex: sinks at a fixed distance from every query
-  h2o:ratio=X,count_prefill=B                 B=true: prefill attention counts (the original H2O)
+  h2o:ratio=X,count_prefill=B,heads=query|kv B=true: prefill attention counts (the original H2O);
+                                              heads: who chooses, each query head (the benchmark's)
+                                              or each key/value head for its group
   snapkv:ratio=X,window=W,kernel=K            K odd (max-pooling width)
   pyramidkv:ratio=X,window=W,kernel=K,beta=BETA
   tova:ratio=X
-  infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N,chunk=N
-                                              chunk: queries per retrieval, and the smallest window
+  infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N,chunk=N,remainder=chunk|query
+                                              chunk: queries per retrieval, and the smallest window;
+                                              remainder: which queries of a chunk read the tokens
+                                              waiting for a block (chunk: all, as the benchmark's
+                                              code; query: those outside their own window)
 Token-dropping methods take ratio=X (prompt tokens / kept tokens, X >= 1) or budget=N (tokens).
 Nominal ratios: token ratio for dropping; long-sequence bytes vs 16-bit for quantization. The
 measured ratio (bench, run) is uncompressed bytes of every token seen / bytes held, where
