@@ -11,6 +11,9 @@
 //!   benchmark's `LlamaFlashAttention2_h2o` (`pipeline/h2o/utils_hh/modify_llama.py`) at
 //!   heavy = recent = 0.125, its flash prompt pass replaced by the same causal attention in
 //!   PyTorch; one layer of 4 query heads over 2 key/value heads of 16 channels.
+//! - `tova.json` (`scripts/tova_reference.py`): TOVA's own `TOVACache.reduce`, driven as
+//!   its patched Llama attention does (store, attend, reduce), cache of 24 tokens, 60
+//!   prompt tokens then 20 decoding steps: outputs and kept positions.
 //! - `selection.json` (`scripts/selection_reference.py`): the positions SnapKV and PyramidKV
 //!   keep after prefill in Zefan-Cai/KVCache-Factory's `update_kv` (kv-head mode, max
 //!   pooling), 3 layers of 4 query heads over 2 key/value heads, prompts of 100 and 50 tokens.
@@ -99,24 +102,33 @@ fn fixture(name: &str) -> Fixture {
     }
 }
 
-/// Our outputs for every token (prompt in two chunks of 40, then one token a step),
-/// against the reference's, as the largest absolute difference.
-fn difference(f: &Fixture, cache: &mut dyn KvCache, outputs: &Value) -> f32 {
+/// Our outputs for every token (prompt in chunks of 40 and the rest, then one token a
+/// step), against the reference's, as the largest absolute difference; `observe` sees the
+/// cache after the prompt (its end included) and after each decoding step.
+fn difference_observed<C: KvCache>(
+    f: &Fixture,
+    cache: &mut C,
+    outputs: &Value,
+    mut observe: impl FnMut(&C),
+) -> f32 {
     cache.reserve(f.prompt, f.tokens - f.prompt).unwrap();
     let spans = [(0, 40), (40, f.prompt - 40)]
         .into_iter()
         .chain((f.prompt..f.tokens).map(|p| (p, 1)));
     let mut outs = Vec::new();
     for (start, len) in spans {
-        if start == f.prompt {
-            cache.end_prefill().unwrap();
-        }
         let part = |x: &Tensor| x.narrow(1, start, len).unwrap();
         outs.push(
             cache
                 .attend(0, start, &part(&f.q), &part(&f.k), &part(&f.v))
                 .unwrap(),
         );
+        if start + len == f.prompt {
+            cache.end_prefill().unwrap();
+        }
+        if start + len >= f.prompt {
+            observe(cache);
+        }
     }
     let got: Vec<f32> = Tensor::cat(&outs, 1)
         .unwrap()
@@ -130,6 +142,10 @@ fn difference(f: &Fixture, cache: &mut dyn KvCache, outputs: &Value) -> f32 {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max)
+}
+
+fn difference<C: KvCache>(f: &Fixture, cache: &mut C, outputs: &Value) -> f32 {
+    difference_observed(f, cache, outputs, |_| ())
 }
 
 fn cases<'a>(f: &'a Fixture, method: &'a str) -> impl Iterator<Item = &'a Value> {
@@ -325,5 +341,41 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
     // int(0.125 · 81) = 10 heavy and 10 recent, per query head, after the last step.
     for h in 0..f.shape.q_heads {
         assert_eq!(cache.read_positions(0, h).unwrap().len(), 20);
+    }
+}
+
+#[test]
+fn tova_keeps_and_attends_as_tovas_own_cache() {
+    let f = fixture("tova.json");
+    let settings = DropSettings {
+        policy: DropPolicy::Tova,
+        budget: Budget::Tokens(number(&f.json, "cache_size")),
+    };
+    let mut cache = DroppingCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap();
+    let mut kept = Vec::new();
+    let diff = difference_observed(&f, &mut cache, &f.json["outputs"], |c| {
+        kept.push(
+            (0..f.shape.kv_heads)
+                .map(|g| c.kept_positions(0, g))
+                .collect::<Vec<_>>(),
+        )
+    });
+    eprintln!("tova: max abs difference {diff:e}");
+    assert!(diff < 1e-5, "max abs difference {diff}");
+    let want: Vec<Vec<Vec<usize>>> = f.json["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            step.as_array()
+                .unwrap()
+                .iter()
+                .map(|head| floats(head).iter().map(|&p| p as usize).collect())
+                .collect()
+        })
+        .collect();
+    assert_eq!(kept.len(), want.len());
+    for (step, (ours, theirs)) in kept.iter().zip(&want).enumerate() {
+        assert_eq!(ours, theirs, "after call {step}");
     }
 }
