@@ -24,8 +24,8 @@ fn assert_one_line_error(stderr: &str, needle: &str) {
 
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("longctx-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -380,4 +380,47 @@ fn kivi_2bit_holds_at_least_4_5_times_less_than_16_bit_at_4096_tokens() {
         row["kv_fp16_equivalent_bytes"].as_f64().unwrap() / row["kv_bytes"].as_f64().unwrap();
     assert!(ratio >= 4.5, "measured {ratio:.3}x");
     assert_eq!(row["kept_tokens"].as_f64(), Some(4100.0));
+}
+
+#[test]
+fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
+    // 100,000 spin-waiting threads hang a 2-core machine: refused before anything loads.
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--threads",
+        "100000",
+        "--model",
+        "/nonexistent.gguf",
+    ]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "threads=100000");
+    // A LongBench directory that is missing, or holds no dataset file, is not 0 samples.
+    let (code, stderr) = longctx(&["plan", "--longbench-dir", "/nonexistent/longbench"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "/nonexistent/longbench does not exist");
+    let empty_dir = temp_file("empty-longbench/README", b"no data here")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let (code, stderr) = longctx(&["plan", "--longbench-dir", empty_dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "holds no dataset file");
+    // A spec whose tasks yield no sample is an error, not an empty successful run.
+    let data = temp_file("zero-longbench/trec.jsonl", b"")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let spec = temp_file(
+        "zero.toml",
+        format!(
+            "methods = [\"baseline\"]\n[[models]]\npath = \"default\"\n[longbench]\ndir = \"{}\"\ndatasets = [\"trec\"]\n",
+            data.display()
+        )
+        .as_bytes(),
+    );
+    let (code, stderr) = longctx(&["plan", "--spec", spec.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "the plan has no samples");
 }

@@ -22,6 +22,10 @@ use longctx_models::{
 use crate::assets;
 use crate::methods::Method;
 
+/// Most worker threads allowed per core: inference pools spin-wait, so far more threads than
+/// cores only slow every one of them down (100,000 hang the machine).
+const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Long-context efficiency workbench: what a KV-cache method costs in quality and saves in memory and time.
 #[derive(Parser)]
 #[command(name = "longctx", version, about)]
@@ -125,11 +129,17 @@ impl ModelArgs {
         })
     }
 
-    /// Set up threads, fetch the default model if needed, and load it with the baseline cache.
+    /// Set up threads (checked first), fetch the default model if needed, and load it with
+    /// the baseline cache.
     pub fn load_bare(&self) -> Result<LoadedModel> {
         if let Some(n) = self.threads {
-            if n == 0 {
-                anyhow::bail!("--threads must be at least 1");
+            // Spin-waiting pools far beyond the cores stall the machine: allow a few per core.
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            if n == 0 || n > MAX_THREADS_PER_CORE * cores {
+                anyhow::bail!(
+                    "threads={n} (from --threads or the spec) must be between 1 and {} ({MAX_THREADS_PER_CORE} per core on this machine's {cores})",
+                    MAX_THREADS_PER_CORE * cores
+                );
             }
             // candle's CPU kernels size their pools from this variable at first use.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -230,6 +230,12 @@ impl PlanArgs {
             }
         }
         if let Some(lb) = &spec.longbench {
+            if !lb.dir.is_dir() {
+                anyhow::bail!(
+                    "LongBench directory {} does not exist: pass the folder that holds LongBench's data/<name>.jsonl files",
+                    lb.dir.display()
+                );
+            }
             // The spec's files, or every one present: LongBench's `<name>.jsonl` and
             // LongBench-E's `<name>_e.jsonl`.
             let files: Vec<String> = if lb.datasets.is_empty() {
@@ -241,6 +247,12 @@ impl PlanArgs {
             } else {
                 lb.datasets.clone()
             };
+            if files.is_empty() {
+                anyhow::bail!(
+                    "LongBench directory {} holds no dataset file (such as hotpotqa.jsonl): pass the folder of LongBench's data/*.jsonl",
+                    lb.dir.display()
+                );
+            }
             for file in files {
                 let dataset = Dataset::by_name(&file)?;
                 let loaded = longbench::load(&lb.dir, &file, OnBadLine::Fail)?;
@@ -281,6 +293,11 @@ impl PlanArgs {
                     });
                 }
             }
+        }
+        if items.is_empty() {
+            anyhow::bail!(
+                "the plan has no samples to run: check the spec's tasks (a LongBench limit of 0, empty data files, a needle grid with no length)"
+            );
         }
         if let Some(shard) = self.shard {
             let costs: Vec<f64> = items
