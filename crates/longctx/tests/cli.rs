@@ -396,6 +396,38 @@ fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
     ]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "threads=100000");
+    // Flags that would give garbage or nothing: refused, naming the flag.
+    for (flag, value, needle) in [
+        (
+            "--rope-theta",
+            "NaN",
+            "--rope-theta NaN must be a positive number",
+        ),
+        (
+            "--rope-theta",
+            "-5",
+            "--rope-theta -5 must be a positive number",
+        ),
+        (
+            "--rope-theta",
+            "0",
+            "--rope-theta 0 must be a positive number",
+        ),
+        ("--prefill-chunk", "0", "--prefill-chunk 0"),
+        ("--max-new-tokens", "0", "--max-new-tokens 0"),
+    ] {
+        let (code, stderr) = longctx(&[
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            "/nonexistent.gguf",
+            // `--flag=value`: a value starting with '-' is not read as another flag.
+            &format!("{flag}={value}"),
+        ]);
+        assert_ne!(code, 0, "{flag} {value}");
+        assert_one_line_error(&stderr, needle);
+    }
     // A LongBench directory that is missing, or holds no dataset file, is not 0 samples.
     let (code, stderr) = longctx(&["plan", "--longbench-dir", "/nonexistent/longbench"]);
     assert_ne!(code, 0);

@@ -25,6 +25,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.max_new_tokens == 0 {
+        anyhow::bail!("--max-new-tokens 0 would generate nothing: pass at least 1");
+    }
     let (mut loaded, method) = args.model.load(&args.method)?;
     let prompt = loaded.prompt_tokens(&args.prompt, !args.no_chat)?;
     let settings = GenerationSettings {

@@ -147,6 +147,14 @@ impl ModelArgs {
                 .num_threads(n)
                 .build_global();
         }
+        if let Some(theta) = self.rope_theta {
+            if !(theta.is_finite() && theta > 0.0) {
+                anyhow::bail!("--rope-theta {theta} must be a positive number (RoPE's base)");
+            }
+        }
+        if self.prefill_chunk == 0 {
+            anyhow::bail!("--prefill-chunk 0: a prefill chunk holds at least 1 token");
+        }
         let path = self.model_path()?;
         let options = LoadOptions {
             rope_theta: self.rope_theta,
