@@ -229,11 +229,31 @@ fn extract(
     result
 }
 
-/// Path of the default model, fetching it on first use.
+/// Whether a cached file at `path` can be reused: it exists and has the published sha256.
+/// One that does not (truncated, corrupted) is removed, so that it is fetched anew.
+fn reusable(path: &Path, want_sha256: &str) -> Result<bool, FetchError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let got = sha256_hex(&mut File::open(path).map_err(io("reading", path))?)
+        .map_err(io("reading", path))?;
+    if got == want_sha256 {
+        return Ok(true);
+    }
+    tracing::warn!(
+        "{} has sha256 {got}, expected {want_sha256}: fetching it again",
+        path.display()
+    );
+    std::fs::remove_file(path).map_err(io("removing", path))?;
+    Ok(false)
+}
+
+/// Path of the default model, fetching it on first use (and again if the cached copy does
+/// not have the published hash).
 pub fn default_model() -> Result<PathBuf, FetchError> {
     let cache = cache_dir();
     let dest = cache.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if dest.exists() {
+    if reusable(&dest, MODEL_SHA256)? {
         return Ok(dest);
     }
     let dir = dest.parent().expect("has a parent");
@@ -260,7 +280,22 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
     let cache = cache_dir();
     let dest = cache.join("haystack").join("PaulGrahamEssays");
     if dest.is_dir() {
-        return Ok(dest);
+        let essays = std::fs::read_dir(&dest)
+            .map_err(io("reading", &dest))?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "txt"))
+            })
+            .count();
+        if essays == HAYSTACK_FILES {
+            return Ok(dest);
+        }
+        // A partial copy (an interrupted hand copy, a deleted file): fetch it anew.
+        tracing::warn!(
+            "{} holds {essays} of the {HAYSTACK_FILES} essays; fetching them again",
+            dest.display()
+        );
+        std::fs::remove_dir_all(&dest).map_err(io("removing", &dest))?;
     }
     let parent = dest.parent().expect("has a parent");
     std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
@@ -350,6 +385,20 @@ mod tempdir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_file_is_reused_only_with_its_published_hash() {
+        let dir = tempdir::TempDir::new_in(&std::env::temp_dir()).unwrap();
+        let path = dir.path().join("model.gguf");
+        let want = sha256_hex(&mut &b"the whole model"[..]).unwrap();
+        assert!(!reusable(&path, &want).unwrap(), "absent");
+        std::fs::write(&path, b"the whole model").unwrap();
+        assert!(reusable(&path, &want).unwrap());
+        // Truncated: not reused, and removed so that the next fetch starts clean.
+        std::fs::write(&path, b"the whole").unwrap();
+        assert!(!reusable(&path, &want).unwrap());
+        assert!(!path.exists());
+    }
 
     #[test]
     fn a_bad_hash_leaves_nothing_in_the_cache() {
