@@ -155,19 +155,22 @@ pub enum LongBenchError {
     /// The name is not one of the 16 English datasets (an `_e` suffix is allowed).
     #[error("unknown LongBench dataset \"{0}\"; known: narrativeqa, qasper, multifieldqa_en, hotpotqa, 2wikimqa, musique, gov_report, qmsum, multi_news, trec, triviaqa, samsum, passage_count, passage_retrieval_en, lcc, repobench-p (add _e for LongBench-E)")]
     UnknownDataset(String),
-    /// The data directory or file is missing or unreadable.
-    #[error("cannot read {path}: {source}; pass --longbench-dir pointing at LongBench's data/ directory")]
+    /// The data or prediction directory or file is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A line is not valid JSON or lacks a field.
+    /// A line is not valid UTF-8 or JSON, or lacks a field.
     #[error("{path}:{line}: {reason}")]
     BadLine {
         path: PathBuf,
         line: usize,
         reason: String,
     },
+    /// A file holds no usable line: scoring it would count 0 and lower the averages.
+    #[error("{0} holds no usable line (empty, blank or every line skipped): fill it or remove it")]
+    Empty(PathBuf),
 }
 
 /// What to do with a bad line of a data or prediction file.
@@ -352,16 +355,20 @@ pub(crate) fn read_jsonl<T>(
     on_bad: OnBadLine,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<(Vec<T>, Vec<LongBenchError>), LongBenchError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LongBenchError::Io {
+    let bytes = std::fs::read(path).map_err(|source| LongBenchError::Io {
         path: path.into(),
         source,
     })?;
     let (mut items, mut skipped) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse(line) {
+    // Line by line as bytes, so that one line of invalid UTF-8 is a bad line like any other.
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let parsed = match std::str::from_utf8(raw) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => parse(line),
+            Err(e) => Err(format!("not valid UTF-8 ({e})")),
+        };
+        match parsed {
             Ok(item) => items.push(item),
             Err(reason) => {
                 let err = LongBenchError::BadLine {

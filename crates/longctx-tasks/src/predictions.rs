@@ -90,6 +90,9 @@ pub fn score_file(path: &Path, on_bad: OnBadLine) -> Result<DatasetResult, LongB
         .to_string();
     let dataset = Dataset::by_name(&stem)?;
     let (lines, skipped) = read_jsonl(path, on_bad, parse_line)?;
+    if lines.is_empty() {
+        return Err(LongBenchError::Empty(path.into()));
+    }
     // eval.py scores every line with the class list of the file's *last* line (its loop
     // variable); LongBench's files carry one list per dataset, so this only matters for
     // hand-made files, where we keep the official behaviour.

@@ -228,6 +228,68 @@ fn score_names_a_bad_prediction_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("| qasper | qa_f1 | 1 | 100.00 |"));
 }
 
+/// What would quietly lower or mix the averages is refused or kept apart: an empty file, a
+/// line of invalid UTF-8 (a bad line like any other), and a LongBench-E file beside its
+/// dataset's own file.
+#[test]
+fn score_refuses_empty_files_and_keeps_longbench_e_out_of_the_averages() {
+    let good = "{\"pred\": \"x\", \"answers\": [\"x\"], \"all_classes\": null, \"length\": 10}\n";
+    let dir = temp_file("score-empty/qasper.jsonl", b" \n\n")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let (code, stderr) = longctx(&["score", dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "qasper.jsonl holds no usable line");
+    assert!(!stderr.contains("--longbench-dir"), "{stderr}");
+
+    let dir = temp_file(
+        "score-utf8/qasper.jsonl",
+        &[good.as_bytes(), b"\xff\xfe\n"].concat(),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    let (code, stderr) = longctx(&["score", dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "qasper.jsonl:2: not valid UTF-8");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args(["score", "--skip-bad-lines"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| qasper | qa_f1 | 1 | 100.00 |"));
+
+    // qasper scores 100 and its LongBench-E file 0: the category uses qasper.jsonl.
+    let dir = temp_file("score-e/qasper.jsonl", good.as_bytes())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(
+        dir.join("qasper_e.jsonl"),
+        "{\"pred\": \"y\", \"answers\": [\"x\"], \"all_classes\": null, \"length\": 10}\n",
+    )
+    .unwrap();
+    for name in ["narrativeqa", "multifieldqa_en"] {
+        std::fs::write(dir.join(format!("{name}.jsonl")), good).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .arg("score")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("| qasper_e | qa_f1 | 1 | 0.00 |"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("Single-doc QA") && l.ends_with(": 100.00")),
+        "{table}"
+    );
+}
+
 #[test]
 fn bad_method_specs_fail_before_loading() {
     for (spec, needle) in [

@@ -65,8 +65,15 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 r.score
             );
         }
-        let scores: BTreeMap<&str, f64> =
-            results.iter().map(|r| (r.dataset.name, r.score)).collect();
+        // A dataset's score for the averages comes from `<name>.jsonl`; a LongBench-E file
+        // `<name>_e.jsonl` counts only where the plain file is absent.
+        let mut scores: BTreeMap<&str, f64> = BTreeMap::new();
+        for r in results.iter().filter(|r| r.file_stem != r.dataset.name) {
+            scores.insert(r.dataset.name, r.score);
+        }
+        for r in results.iter().filter(|r| r.file_stem == r.dataset.name) {
+            scores.insert(r.dataset.name, r.score);
+        }
         let shown =
             |v: Option<f64>| v.map_or("n/a (datasets missing)".to_string(), |x| format!("{x:.2}"));
         println!();
