@@ -33,12 +33,12 @@ pub trait KvCache: Send {
     /// The geometry this cache was built for.
     fn shape(&self) -> KvShape;
 
-    /// Start a sequence of `prompt_tokens` followed by up to `new_tokens` generated ones.
+    /// Start a sequence as `reservation` describes it.
     ///
     /// Policies size their storage here so that no growth happens while it runs (exceeding
     /// the total still works), and token-dropping policies derive their per-input budget
-    /// (prompt tokens / ratio) from `prompt_tokens`.
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()>;
+    /// (prompt tokens / ratio) from its prompt.
+    fn reserve(&mut self, reservation: Reservation) -> Result<()>;
 
     /// Store this chunk's keys and values for `layer` and return the attention output.
     ///
@@ -88,6 +88,40 @@ pub trait KvCache: Send {
 
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
+}
+
+/// What a sequence will hold, told to a cache before its first chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Tokens of the prefill: a token-dropping policy's budget derives from them.
+    pub prompt: usize,
+    /// Tokens fed after the prefill before any is generated (the question, under the
+    /// query-agnostic protocol): storage is set aside for all of them.
+    pub appended: usize,
+    /// Most tokens generated: storage is set aside for up to [`DECODE_RESERVE`] of them.
+    pub new_tokens: usize,
+}
+
+impl Reservation {
+    /// A prompt followed by up to `new_tokens` generated tokens.
+    pub fn prompt(prompt: usize, new_tokens: usize) -> Self {
+        Self {
+            prompt,
+            appended: 0,
+            new_tokens,
+        }
+    }
+
+    /// Rows to set aside after the prompt: every appended token, and generated ones up to
+    /// [`DECODE_RESERVE`].
+    pub fn after_prompt(&self) -> usize {
+        self.appended + self.new_tokens.min(DECODE_RESERVE)
+    }
+
+    /// Every token the sequence may hold.
+    pub fn total(&self) -> usize {
+        self.prompt + self.appended + self.new_tokens
+    }
 }
 
 /// Tokens of generation that `reserve` sets storage aside for. Beyond them storage grows in

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::attend_rows;
-use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
+use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
@@ -168,7 +168,7 @@ impl DropSettings {
 #[derive(Debug, Clone, Copy)]
 struct Sequence {
     prompt: usize,
-    new_tokens: usize,
+    reservation: Reservation,
     budget: usize,
 }
 
@@ -320,10 +320,10 @@ impl DroppingCache {
         match self.settings.policy {
             _ if self.settings.prefills_in_full() && !self.prefilled => s.prompt + 1,
             DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => {
-                budget.min(s.prompt) + s.new_tokens.min(DECODE_RESERVE)
+                budget.min(s.prompt) + s.reservation.after_prompt()
             }
             // One row beyond the budget: a decoding token is stored before the eviction.
-            _ => budget.min(s.prompt + s.new_tokens) + 1,
+            _ => budget.min(s.reservation.total()) + 1,
         }
     }
 
@@ -598,7 +598,8 @@ impl KvCache for DroppingCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
+    fn reserve(&mut self, reservation: Reservation) -> Result<()> {
+        let prompt_tokens = reservation.prompt;
         let budget = match self.settings.policy {
             DropPolicy::H2O { .. } => {
                 let (heavy, recent) = self.h2o_split(prompt_tokens);
@@ -608,7 +609,7 @@ impl KvCache for DroppingCache {
         };
         let s = Sequence {
             prompt: prompt_tokens,
-            new_tokens,
+            reservation,
             budget,
         };
         self.sequence = Some(s);

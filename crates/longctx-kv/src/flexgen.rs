@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 
 use crate::attention::softmax_in_place;
-use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
+use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Rows of `width` values quantized in groups, appended one token at a time.
@@ -356,8 +356,8 @@ impl KvCache for FlexGenCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
+    fn reserve(&mut self, r: Reservation) -> Result<()> {
+        let tokens = r.prompt + r.after_prompt();
         for layer in &mut self.layers {
             for h in layer.keys.iter_mut().chain(layer.values.iter_mut()) {
                 h.reserve(tokens.saturating_sub(h.rows()));

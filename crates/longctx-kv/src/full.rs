@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::{check_chunk, growth_step, DECODE_RESERVE};
+use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::{causal_attention, KvCache, KvShape, Result, RopeTable};
 
 /// Keys and values of one layer in preallocated `[kv_heads, capacity, head_dim]` buffers,
@@ -78,8 +78,8 @@ impl KvCache for FullCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
+    fn reserve(&mut self, r: Reservation) -> Result<()> {
+        let tokens = r.prompt + r.after_prompt();
         self.reserved = tokens;
         for layer in 0..self.shape.layers {
             let len = self.layers[layer].as_ref().map_or(0, |b| b.len);
@@ -216,7 +216,7 @@ mod tests {
     fn stored_bytes_are_the_reserved_buffers_and_growth_keeps_contents() {
         let dev = Device::Cpu;
         let mut c = cache(4096);
-        c.reserve(300, 0).unwrap();
+        c.reserve(Reservation::prompt(300, 0)).unwrap();
         assert_eq!(c.stored_bytes(), 2 * 2 * (2 * 300 * 8) * 4);
         let k = Tensor::randn(0f32, 1.0, (2, 300, 8), &dev).unwrap();
         let q = Tensor::randn(0f32, 1.0, (4, 300, 8), &dev).unwrap();
@@ -234,8 +234,19 @@ mod tests {
         assert!(c.stored_bytes() > 2 * 2 * (2 * 300 * 8) * 4);
         // A new sequence that reserves less holds exactly that.
         c.reset();
-        c.reserve(90, 10).unwrap();
+        c.reserve(Reservation::prompt(90, 10)).unwrap();
         assert_eq!(c.stored_bytes(), 2 * 2 * (2 * 100 * 8) * 4);
+        // Tokens certain to follow the prompt (a question fed after it) are all set aside,
+        // generated ones up to DECODE_RESERVE.
+        c.reset();
+        c.reserve(Reservation {
+            prompt: 90,
+            appended: 100,
+            new_tokens: 1000,
+        })
+        .unwrap();
+        let rows = 90 + 100 + crate::DECODE_RESERVE;
+        assert_eq!(c.stored_bytes(), 2 * 2 * (2 * rows * 8) * 4);
         let mut fresh = cache(4096);
         let again = fresh.attend(0, 0, &q, &k, &k).unwrap();
         let diff = (first - again)

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::{check_chunk, DECODE_RESERVE};
+use crate::cache::{check_chunk, Reservation};
 use crate::rows::{top_k, HeadRows};
 use crate::window::{windowed_attention, Memory};
 use crate::{Budget, KvCache, KvError, KvShape, Result, RopeTable};
@@ -425,15 +425,13 @@ impl KvCache for InfLlmCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let split = self
-            .settings
-            .split(self.settings.budget.tokens(prompt_tokens));
+    fn reserve(&mut self, r: Reservation) -> Result<()> {
+        let split = self.settings.split(self.settings.budget.tokens(r.prompt));
         self.split = Some(split);
         let d = self.shape.head_dim;
         // The remainder peaks at window + a partial block + a chunk, never beyond the sequence.
         let window = (split.n_local + self.settings.block + self.settings.chunk)
-            .min(prompt_tokens + new_tokens.min(DECODE_RESERVE));
+            .min(r.prompt + r.after_prompt());
         for l in &mut self.layers {
             for r in &mut l.remainder {
                 r.keys.reserve(window * d);

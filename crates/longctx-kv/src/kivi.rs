@@ -22,7 +22,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::attention::softmax_in_place;
-use crate::cache::{check_chunk, DECODE_RESERVE};
+use crate::cache::{check_chunk, Reservation};
 use crate::flexgen::{check_packing, packed_ratio};
 use crate::{causal_attention, KvCache, KvError, KvShape, PackedRows, Result, RopeTable};
 
@@ -282,9 +282,9 @@ impl KvCache for KiviCache {
         self.shape
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        self.expected_tokens = prompt_tokens + new_tokens.min(DECODE_RESERVE);
-        let rows = prompt_tokens * self.shape.head_dim;
+    fn reserve(&mut self, r: Reservation) -> Result<()> {
+        self.expected_tokens = r.prompt + r.after_prompt();
+        let rows = r.prompt * self.shape.head_dim;
         for h in self.layers.iter_mut().flatten() {
             h.prompt_keys
                 .reserve_exact(rows.saturating_sub(h.prompt_keys.len()));

@@ -21,7 +21,7 @@ mod testutil;
 mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
-pub use cache::{KvCache, KvShape, DECODE_RESERVE};
+pub use cache::{KvCache, KvShape, Reservation, DECODE_RESERVE};
 pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use crate::rows::HeadRows;
-use crate::{FullCache, KvCache, KvShape, RopeSettings, RopeStyle, RopeTable};
+use crate::{FullCache, KvCache, KvShape, Reservation, RopeSettings, RopeStyle, RopeTable};
 
 /// Two layers, 4 query heads over 2 key/value heads of 64 channels.
 pub fn shape() -> KvShape {
@@ -55,7 +55,9 @@ pub fn run<C: KvCache + ?Sized, T>(
 ) -> (Vec<Tensor>, Vec<T>) {
     let total = q.dim(1).unwrap();
     let prompt: usize = chunks.iter().sum();
-    cache.reserve(prompt, total - prompt).unwrap();
+    cache
+        .reserve(Reservation::prompt(prompt, total - prompt))
+        .unwrap();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut at = 0;
     for &c in chunks {

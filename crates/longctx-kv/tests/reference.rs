@@ -23,7 +23,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KvCache, KvShape, RopeSettings, RopeStyle, RopeTable, Sinks,
+    InfLlmSettings, KvCache, KvShape, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
 
@@ -111,7 +111,9 @@ fn difference_observed<C: KvCache>(
     outputs: &Value,
     mut observe: impl FnMut(&C),
 ) -> f32 {
-    cache.reserve(f.prompt, f.tokens - f.prompt).unwrap();
+    cache
+        .reserve(Reservation::prompt(f.prompt, f.tokens - f.prompt))
+        .unwrap();
     let spans = [(0, 40), (40, f.prompt - 40)]
         .into_iter()
         .chain((f.prompt..f.tokens).map(|p| (p, 1)));
@@ -239,7 +241,7 @@ fn kept_after_prefill(
         budget: Budget::Tokens(number(selection, "capacity")),
     };
     let mut cache = DroppingCache::new(shape, rope(selection, d), &Device::Cpu, settings).unwrap();
-    cache.reserve(tokens, 0).unwrap();
+    cache.reserve(Reservation::prompt(tokens, 0)).unwrap();
     let tensor = |layer: &Value, key: &str, h: usize| {
         Tensor::from_vec(floats(&layer[key]), (h, tokens, d), &Device::Cpu).unwrap()
     };

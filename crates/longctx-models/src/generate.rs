@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use crate::{LanguageModel, Result};
+use crate::{LanguageModel, Reservation, Result};
 
 /// What bounds a generation.
 #[derive(Debug, Clone)]
@@ -75,12 +75,40 @@ pub fn generate_greedy(
     model: &mut dyn LanguageModel,
     prompt: &[u32],
     settings: &GenerationSettings,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    generate_greedy_after_context(model, prompt, prompt.len(), settings, on_token)
+}
+
+/// Greedy decoding where only `prompt[..context]` is the prefill: the cache policy sizes its
+/// budget from it and compresses it at the end of prefill; the rest of the prompt (the
+/// question) is then fed one token at a time under the compressed cache, as decoding steps
+/// are, before the answer is generated (kvpress's query-agnostic protocol). Both phases count
+/// as prefill time. `context == prompt.len()` is [`generate_greedy`].
+pub fn generate_greedy_after_context(
+    model: &mut dyn LanguageModel,
+    prompt: &[u32],
+    context: usize,
+    settings: &GenerationSettings,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    if context == 0 || context > prompt.len() {
+        return Err(crate::ModelError::Tokenizer(format!(
+            "the context part of a prompt must hold between 1 and {} tokens, not {context}",
+            prompt.len()
+        )));
+    }
     model.reset();
-    model.reserve(prompt.len(), settings.max_new_tokens)?;
+    model.reserve(Reservation {
+        prompt: context,
+        appended: prompt.len() - context,
+        new_tokens: settings.max_new_tokens,
+    })?;
     let start = Instant::now();
-    let mut logits = model.prefill(prompt)?;
+    let mut logits = model.prefill(&prompt[..context])?;
+    for &token in &prompt[context..] {
+        logits = model.step(token)?;
+    }
     let prefill = start.elapsed();
     let start = Instant::now();
     let mut tokens = Vec::new();
@@ -138,7 +166,7 @@ mod tests {
         fn end_prefill(&mut self) -> Result<()> {
             Ok(())
         }
-        fn reserve(&mut self, _: usize, _: usize) -> Result<()> {
+        fn reserve(&mut self, _: Reservation) -> Result<()> {
             Ok(())
         }
         fn seen_tokens(&self) -> usize {
@@ -169,6 +197,78 @@ mod tests {
         assert_eq!((g.tokens, g.stop), (vec![2], StopReason::StopToken));
         let g = generate_greedy(&mut model, &[7, 7], &settings(0), |_| true).unwrap();
         assert_eq!((g.tokens, g.stop), (vec![], StopReason::StopToken));
+    }
+
+    /// A model that records how it was fed: the reserved prompt, then each call's length.
+    #[derive(Default)]
+    struct Recorder {
+        reserved: Reservation,
+        calls: Vec<(usize, bool)>,
+        prefilled: bool,
+    }
+
+    impl LanguageModel for Recorder {
+        fn append(&mut self, tokens: &[u32], _: crate::Logits) -> Result<Tensor> {
+            self.calls.push((tokens.len(), self.prefilled));
+            Ok(Tensor::new(&[[0f32, 1.0]], &Device::Cpu)?)
+        }
+        fn end_prefill(&mut self) -> Result<()> {
+            self.prefilled = true;
+            Ok(())
+        }
+        fn reserve(&mut self, r: Reservation) -> Result<()> {
+            self.reserved = r;
+            Ok(())
+        }
+        fn seen_tokens(&self) -> usize {
+            self.calls.iter().map(|c| c.0).sum()
+        }
+        fn context_limit(&self) -> usize {
+            100
+        }
+        fn state_bytes(&self) -> usize {
+            0
+        }
+        fn reset(&mut self) {
+            *self = Self::default();
+        }
+    }
+
+    /// The query-agnostic protocol: the budget comes from the context alone, the context is
+    /// one prefill that ends before the question, and the question follows token by token.
+    #[test]
+    fn the_question_is_fed_after_the_context_is_compressed() {
+        let settings = GenerationSettings {
+            max_new_tokens: 2,
+            stop_tokens: vec![0],
+            min_new_tokens: 0,
+        };
+        let mut model = Recorder::default();
+        let g =
+            generate_greedy_after_context(&mut model, &[5; 10], 7, &settings, |_| true).unwrap();
+        let want = Reservation {
+            prompt: 7,
+            appended: 3,
+            new_tokens: 2,
+        };
+        assert_eq!(model.reserved, want);
+        assert_eq!(
+            model.calls,
+            vec![(7, false), (1, true), (1, true), (1, true), (1, true)]
+        );
+        assert_eq!(
+            (g.prompt_tokens, g.tokens, g.decode_steps),
+            (10, vec![1, 1], 1)
+        );
+        generate_greedy(&mut model, &[5; 10], &settings, |_| true).unwrap();
+        assert_eq!(model.reserved, Reservation::prompt(10, 2));
+        assert_eq!(model.calls[0], (10, false));
+        for bad in [0, 11] {
+            assert!(
+                generate_greedy_after_context(&mut model, &[5; 10], bad, &settings, |_| true)
+                    .is_err()
+            );
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@ mod quant;
 mod tokenizer;
 
 use candle_core::Tensor;
+pub use longctx_kv::Reservation;
 
 pub use chat::ChatTemplate;
 pub use error::{ModelError, Result};
 pub use generate::{
-    argmax, argmax_except, generate_greedy, Generation, GenerationSettings, StopReason,
+    argmax, argmax_except, generate_greedy, generate_greedy_after_context, Generation,
+    GenerationSettings, StopReason,
 };
 pub use llama::{LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
@@ -40,9 +42,9 @@ pub trait LanguageModel {
     /// Mark the end of the prompt (post-prefill cache policies act here).
     fn end_prefill(&mut self) -> Result<()>;
 
-    /// Start a sequence of `prompt_tokens` then up to `new_tokens` generated ones: sizes the
-    /// state and gives token-dropping caches the prompt length their budget derives from.
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()>;
+    /// Start a sequence as `reservation` describes it: sizes the state and gives
+    /// token-dropping caches the prompt length their budget derives from.
+    fn reserve(&mut self, reservation: Reservation) -> Result<()>;
 
     /// Tokens fed so far.
     fn seen_tokens(&self) -> usize;

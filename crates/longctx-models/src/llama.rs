@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use longctx_kv::{FullCache, KvCache, KvShape, RopeScaling, RopeTable};
+use longctx_kv::{FullCache, KvCache, KvShape, Reservation, RopeScaling, RopeTable};
 
 use crate::config::LlamaConfig;
 use crate::gguf::GgufFile;
@@ -339,9 +339,10 @@ impl LanguageModel for LlamaModel {
         Ok(self.cache.end_prefill()?)
     }
 
-    fn reserve(&mut self, prompt_tokens: usize, new_tokens: usize) -> Result<()> {
-        let new_tokens = new_tokens.min(self.config.context.saturating_sub(prompt_tokens));
-        Ok(self.cache.reserve(prompt_tokens, new_tokens)?)
+    fn reserve(&mut self, mut r: Reservation) -> Result<()> {
+        let room = self.config.context.saturating_sub(r.prompt + r.appended);
+        r.new_tokens = r.new_tokens.min(room);
+        Ok(self.cache.reserve(r)?)
     }
 
     fn seen_tokens(&self) -> usize {

@@ -18,16 +18,53 @@ pub struct LoadedModel {
     pub source: PathBuf,
 }
 
+/// Marks where a prompt splits while the chat template renders it: a private-use character
+/// no template rewrites (a prompt that holds it is refused).
+const SPLIT_MARK: char = '\u{E000}';
+
 impl LoadedModel {
     /// Token ids of a prompt, wrapped in the chat template when `chat` is set.
     pub fn prompt_tokens(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(&self.rendered(text, chat)?, true)
+    }
+
+    /// Token ids of a prompt in two parts, the context `text[..at]` and the question
+    /// `text[at..]`, each tokenized on its own (as kvpress tokenizes context and question),
+    /// inside the chat template when `chat` is set. Returns the ids and how many belong to
+    /// the context part (the template's opening included).
+    pub fn prompt_tokens_split(
+        &self,
+        text: &str,
+        at: usize,
+        chat: bool,
+    ) -> Result<(Vec<u32>, usize)> {
+        if text.contains(SPLIT_MARK) || !text.is_char_boundary(at) {
+            return Err(ModelError::Tokenizer(format!(
+                "cannot split this prompt at byte {at} (inside a character, or the prompt holds U+E000)"
+            )));
+        }
+        let marked = format!("{}{SPLIT_MARK}{}", &text[..at], &text[at..]);
+        let rendered = self.rendered(&marked, chat)?;
+        let Some((context, question)) = rendered.split_once(SPLIT_MARK) else {
+            return Err(ModelError::ChatTemplate(
+                "the chat template dropped the point where the question begins".into(),
+            ));
+        };
+        let mut ids = self.tokenizer.encode(context, true)?;
+        let context_tokens = ids.len();
+        ids.extend(self.tokenizer.encode(question, false)?);
+        Ok((ids, context_tokens))
+    }
+
+    /// The text the model reads: the prompt, inside the chat template when `chat` is set.
+    fn rendered(&self, text: &str, chat: bool) -> Result<String> {
         match (&self.chat, chat) {
-            (Some(template), true) => self.tokenizer.encode(&template.user_prompt(text)?, true),
+            (Some(template), true) => template.user_prompt(text),
             (None, true) => Err(ModelError::ChatTemplate(format!(
                 "{} ships no chat template; run with --no-chat",
                 self.source.display()
             ))),
-            (_, false) => self.tokenizer.encode(text, true),
+            (_, false) => Ok(text.to_string()),
         }
     }
 }

@@ -5,5 +5,11 @@ pub mod longbench;
 pub mod metrics;
 pub mod needle;
 pub mod predictions;
+pub mod prompt;
 mod rng;
 pub mod synthetic;
+
+/// The version of every metric and answer post-processing rule in this crate: stored with
+/// each result, so that a row scored by older rules is never reused as if current. Bump it
+/// whenever a score could change for the same prediction.
+pub const SCORING_VERSION: u32 = 1;

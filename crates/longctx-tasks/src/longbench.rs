@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::metrics::Metric;
+use crate::prompt::Prompt;
 
 /// The official prompt templates (`dataset2prompt.json` of LongBench).
 const PROMPTS: &str = include_str!("../data/dataset2prompt.json");
@@ -230,11 +231,13 @@ impl Dataset {
 
     /// The prompt for a sample: the template with `{context}` and `{input}` filled in one
     /// pass, as Python's `str.format` does (the official templates have no other fields or
-    /// braces): a `{input}` inside the context stays as it is.
-    pub fn prompt(self, sample: &Sample) -> String {
+    /// braces): a `{input}` inside the context stays as it is. Its question part starts where
+    /// the context ends (every official template puts the context before the question).
+    pub fn prompt(self, sample: &Sample) -> Prompt {
         let template = self.template();
         let mut out =
             String::with_capacity(template.len() + sample.context.len() + sample.input.len());
+        let mut question_at = None;
         let mut rest = template.as_str();
         while let Some(at) = rest.find('{') {
             out.push_str(&rest[..at]);
@@ -247,10 +250,16 @@ impl Dataset {
                 ("{", "{")
             };
             out.push_str(value);
+            if field == "{context}" {
+                question_at = Some(out.len());
+            }
             rest = &rest[field.len()..];
         }
         out.push_str(rest);
-        out
+        Prompt {
+            question_at: question_at.unwrap_or(out.len()),
+            text: out,
+        }
     }
 
     /// One sample's score: the best over its reference answers, after first-line cutting.
@@ -529,9 +538,18 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
                 .join(&sample.context);
-            assert_eq!(d.prompt(&sample), want, "{}", d.name);
+            let prompt = d.prompt(&sample);
+            assert_eq!(prompt.text, want, "{}", d.name);
+            // The question part starts right after the context and holds the question.
+            assert!(prompt.text[..prompt.question_at].ends_with(&sample.context));
+            assert_eq!(
+                prompt.question().contains(&sample.input),
+                template.contains("{input}"),
+                "{}",
+                d.name
+            );
             assert!(
-                d.prompt(&sample).contains("f\"{input}\" and {x}"),
+                d.prompt(&sample).text.contains("f\"{input}\" and {x}"),
                 "{}",
                 d.name
             );

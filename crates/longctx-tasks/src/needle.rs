@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+use crate::prompt::Prompt;
+
 /// The instruction that opens the prompt (the benchmark's config, "memorize it").
 pub const INSTRUCTION: &str =
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n";
@@ -230,8 +232,8 @@ pub struct NeedleSample {
     pub key: String,
     /// Word index of the needle's first word within the haystack (`int(N·depth)`).
     pub needle_word: usize,
-    /// The full prompt.
-    pub prompt: String,
+    /// The full prompt; its question is [`QUESTION`].
+    pub prompt: Prompt,
 }
 
 impl NeedleSample {
@@ -252,7 +254,7 @@ impl NeedleSample {
             trial,
             key,
             needle_word: at,
-            prompt: format!("{INSTRUCTION}{content}{QUESTION}"),
+            prompt: Prompt::new(format!("{INSTRUCTION}{content}"), QUESTION),
         }
     }
 }

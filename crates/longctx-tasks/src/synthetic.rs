@@ -15,6 +15,7 @@
 
 use crate::metrics::Metric;
 use crate::needle::{words, Haystack};
+use crate::prompt::Prompt;
 use crate::rng::Rng;
 
 /// The tasks of the suite.
@@ -51,8 +52,9 @@ const NOUNS: [&str; 24] = [
 /// One generated sample: the prompt and what a correct answer contains.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticSample {
-    /// The full prompt (used as is: no chat template needed, but one may be applied).
-    pub prompt: String,
+    /// The full prompt (used as is: no chat template needed, but one may be applied); its
+    /// question part is what follows the generated context.
+    pub prompt: Prompt,
     /// Reference answers (all must appear, or LongBench's metric on the first).
     pub answers: Vec<String>,
 }
@@ -217,7 +219,7 @@ impl SyntheticTask {
                     "all the special magic numbers"
                 };
                 SyntheticSample {
-                    prompt: format!("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.\n{context}\nWhat are {what} for {asked} mentioned in the provided text? The special magic numbers for {asked} mentioned in the provided text are"),
+                    prompt: Prompt::new(format!("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.\n{context}"), &format!("\nWhat are {what} for {asked} mentioned in the provided text? The special magic numbers for {asked} mentioned in the provided text are")),
                     answers,
                 }
             }
@@ -241,7 +243,7 @@ impl SyntheticTask {
                 });
                 let context = insert_at(&background(), at.into_iter().zip(chain).collect());
                 SyntheticSample {
-                    prompt: format!("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: According to the chain(s) of variable assignment in the text above, 5 variables are assigned the value {value}, they are: "),
+                    prompt: Prompt::new(format!("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}"), &format!("\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: According to the chain(s) of variable assignment in the text above, 5 variables are assigned the value {value}, they are: ")),
                     answers: names,
                 }
             }
@@ -268,7 +270,7 @@ impl SyntheticTask {
                     .collect::<Vec<_>>()
                     .join(" ");
                 SyntheticSample {
-                    prompt: format!("Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that appear most often in the list are:"),
+                    prompt: Prompt::new(format!("Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n{context}"), "\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that appear most often in the list are:"),
                     answers: common.iter().map(|w| w.to_string()).collect(),
                 }
             }
@@ -293,7 +295,7 @@ impl SyntheticTask {
                     unique.sort_unstable();
                     unique.dedup();
                     return SyntheticSample {
-                        prompt: format!("There are some paragraphs below sourced from essays. Some of them may be duplicates. Please carefully read these paragraphs and determine how many unique paragraphs there are after removing duplicates. In other words, how many non-repeating paragraphs are there in total?\n\n{context}\n\nPlease enter the final count of unique paragraphs after removing duplicates. The output format should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer is: "),
+                        prompt: Prompt::new(format!("There are some paragraphs below sourced from essays. Some of them may be duplicates. Please carefully read these paragraphs and determine how many unique paragraphs there are after removing duplicates. In other words, how many non-repeating paragraphs are there in total?\n\n{context}"), "\n\nPlease enter the final count of unique paragraphs after removing duplicates. The output format should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer is: "),
                         answers: vec![unique.len().to_string()],
                     };
                 }
@@ -303,7 +305,7 @@ impl SyntheticTask {
                     .trim()
                     .to_string();
                 SyntheticSample {
-                    prompt: format!("Here are {} paragraphs from essays, along with a quotation. Please determine which paragraph the quotation is from.\n\n{context}\n\nThe following is the quotation.\n\n{quote}\n\nPlease enter the number of the paragraph that the quotation is from. The answer format must be like \"Paragraph 1\", \"Paragraph 2\", etc.\n\nThe answer is: ", chosen.len()),
+                    prompt: Prompt::new(format!("Here are {} paragraphs from essays, along with a quotation. Please determine which paragraph the quotation is from.\n\n{context}", chosen.len()), &format!("\n\nThe following is the quotation.\n\n{quote}\n\nPlease enter the number of the paragraph that the quotation is from. The answer format must be like \"Paragraph 1\", \"Paragraph 2\", etc.\n\nThe answer is: ")),
                     answers: vec![format!("Paragraph {}", target + 1)],
                 }
             }

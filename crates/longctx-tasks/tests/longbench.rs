@@ -60,8 +60,8 @@ fn loads_the_real_sample_rows() {
         );
         let prompt = d.prompt(&loaded.samples[0]);
         assert!(
-            prompt.contains(&loaded.samples[0].context)
-                && prompt.contains(&loaded.samples[0].input)
+            prompt.text.contains(&loaded.samples[0].context)
+                && prompt.text.contains(&loaded.samples[0].input)
         );
         datasets += 1;
     }

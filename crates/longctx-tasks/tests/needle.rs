@@ -54,6 +54,7 @@ fn the_needle_sits_at_word_int_n_times_depth() {
     for s in grid.samples(&haystack()) {
         let content = s
             .prompt
+            .text
             .strip_prefix(INSTRUCTION)
             .unwrap()
             .strip_suffix(QUESTION)
@@ -95,14 +96,15 @@ fn prompts_for_a_fixed_seed_are_pinned() {
         .map(|s| {
             format!(
                 "{}|{}|{}|{}|{}\n",
-                s.length, s.depth, s.trial, s.key, s.prompt
+                s.length, s.depth, s.trial, s.key, s.prompt.text
             )
         })
         .collect();
     assert_eq!(samples.len(), 12);
     assert_eq!(&keys[..4], &PINNED_KEYS);
     assert_eq!(fnv1a(all.as_bytes()), PINNED_DIGEST);
-    assert_eq!(samples[0].prompt, PINNED_FIRST_PROMPT);
+    assert_eq!(samples[0].prompt.text, PINNED_FIRST_PROMPT);
+    assert_eq!(samples[0].prompt.question(), QUESTION);
 }
 
 const PINNED_KEYS: [&str; 4] = ["9213801", "6752387", "0691144", "8498788"];

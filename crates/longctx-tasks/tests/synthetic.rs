@@ -43,7 +43,7 @@ fn every_task_is_deterministic_answerable_and_scored() {
         );
         // The context is the target length, give or take one piece, plus the instructions.
         for (target, index) in [(800, 0), (800, 1), (1500, 0), (1500, 2), (3000, 3)] {
-            let n = words(&task.generate(&h, target, 7, index).prompt).len();
+            let n = words(&task.generate(&h, target, 7, index).prompt.text).len();
             assert!(
                 (target * 9 / 10..target + 400).contains(&n),
                 "{}: {n} words for a target of {target}",
@@ -69,8 +69,8 @@ fn answers_are_in_the_context() {
         let s = task.generate(&h, 2000, 3, 0);
         for a in &s.answers {
             assert!(
-                s.prompt.contains(a.as_str()),
-                "{}: {a} not in the prompt",
+                s.prompt.text[..s.prompt.question_at].contains(a.as_str()),
+                "{}: {a} not in the prompt's context part",
                 task.name()
             );
         }
@@ -78,6 +78,7 @@ fn answers_are_in_the_context() {
     let s = SyntheticTask::VariableTracking.generate(&h, 2000, 3, 0);
     assert!(s
         .prompt
+        .text
         .contains(&format!("VAR {} = VAR {}.", s.answers[1], s.answers[0])));
 }
 
@@ -86,6 +87,7 @@ fn common_words_are_five_times_as_frequent() {
     let s = SyntheticTask::CommonWords.generate(&haystack(), 3000, 1, 0);
     let count = |w: &str| {
         s.prompt
+            .text
             .split(' ')
             .filter(|x| x.trim_end_matches('\n') == w)
             .count()
@@ -105,6 +107,7 @@ fn passage_tasks_have_the_right_answers() {
     let count = SyntheticTask::PassageCount.generate(&h, 2000, 5, 0);
     let listed: Vec<&str> = count
         .prompt
+        .text
         .split("\n\nParagraph ")
         .skip(1)
         .map(|p| p.split_once(": ").unwrap().1.split("\n\n").next().unwrap())
@@ -121,6 +124,7 @@ fn passage_tasks_have_the_right_answers() {
         .unwrap();
     let quote = retrieval
         .prompt
+        .text
         .split("The following is the quotation.\n\n")
         .nth(1)
         .unwrap()
@@ -129,6 +133,7 @@ fn passage_tasks_have_the_right_answers() {
         .unwrap();
     let paragraph = retrieval
         .prompt
+        .text
         .split(&format!("Paragraph {k}: "))
         .nth(1)
         .unwrap();

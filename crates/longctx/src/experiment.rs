@@ -22,12 +22,41 @@ pub struct ExperimentSpec {
     pub synthetic: Option<SyntheticSpec>,
     /// LongBench datasets, if run.
     pub longbench: Option<LongBenchSpec>,
+    /// How prompts reach the model; each method runs under each protocol listed.
+    #[serde(default = "paper_protocol")]
+    pub protocols: Vec<Protocol>,
     /// Seed of every generated sample.
     #[serde(default)]
     pub seed: u64,
     /// Worker threads for matrix products (`--threads` overrides; default: all cores).
     /// Not part of the plan: shards may run on machines of different sizes.
     pub threads: Option<usize>,
+}
+
+/// How a prompt reaches the model, which decides what a question-aware method may use.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// The paper's (and LongBench's): the whole prompt, question included, is the prefill,
+    /// so a method compressing at the end of prefill has seen the question.
+    Paper,
+    /// kvpress's: the context is prefilled and compressed first, then the question is fed
+    /// under the compressed cache, so no method can select for the question.
+    QueryAgnostic,
+}
+
+impl Protocol {
+    /// The name stored with each row and shown in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::QueryAgnostic => "query-agnostic",
+        }
+    }
+}
+
+fn paper_protocol() -> Vec<Protocol> {
+    vec![Protocol::Paper]
 }
 
 /// One model of an experiment.
@@ -124,6 +153,7 @@ impl ExperimentSpec {
                 samples: 1,
             }),
             longbench: None,
+            protocols: paper_protocol(),
             seed: 0,
             threads: None,
         }
@@ -147,8 +177,8 @@ impl ExperimentSpec {
 
     /// Check what serde cannot: methods parse, tasks exist, counts are positive.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.models.is_empty() || self.methods.is_empty() {
-            anyhow::bail!("give at least one model and one method");
+        if self.models.is_empty() || self.methods.is_empty() || self.protocols.is_empty() {
+            anyhow::bail!("give at least one model, one method and one protocol");
         }
         for m in &self.methods {
             Method::parse(m)?;

@@ -1,14 +1,18 @@
-//! The results store: one SQLite row per (model, method, task, sample), each committed on
-//! its own, so that a killed run loses at most the sample in flight and a rerun skips what is
-//! done. The method column holds the full spec (every setting spelled out), so changing a
-//! setting makes new rows instead of mixing with old ones.
+//! The results store: one SQLite row per (model, method, protocol, task, sample), each
+//! committed on its own, so that a killed run loses at most the sample in flight and a rerun
+//! skips what is done. The method column holds the full spec (every setting spelled out), so
+//! changing a setting makes new rows instead of mixing with old ones; everything else that
+//! decides a row's outcome (the model file's hash, overrides, the prompt's tokens, the
+//! scoring version) is its [`Settings`], compared before a stored row is reused or merged.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// The layout this build reads and writes; a database with another is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the protocol to the key and named settings to every row.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -22,22 +26,89 @@ pub enum StoreError {
     /// The file was written by a build with another layout.
     #[error("results database {path} has schema version {found}; this longctx reads and writes version {SCHEMA_VERSION}. Use another --db (nothing in it was changed)")]
     Schema { path: PathBuf, found: i64 },
+    /// A read-only command was pointed at something that is not a results database.
+    #[error("{path} is not a longctx results database ({why}): pass the --db a `longctx run` wrote (nothing was changed)")]
+    NotResults { path: PathBuf, why: String },
     /// Two stores disagree on a completed sample.
     #[error("{0}")]
     Conflict(String),
 }
 
-/// One completed sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultRow {
+/// Everything besides the key that decides a row's outcome, by name (model file hash,
+/// context and RoPE overrides, prefill chunk, the prompt's tokens, seed, scoring version).
+/// A stored row is reused only when its settings equal the run's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings(pub BTreeMap<String, String>);
+
+impl Settings {
+    /// Add one named setting.
+    pub fn with(mut self, name: &str, value: impl ToString) -> Self {
+        self.0.insert(name.into(), value.to_string());
+        self
+    }
+
+    /// The stored form: a JSON object with sorted keys.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a map of strings serializes")
+    }
+
+    fn from_json(text: &str) -> rusqlite::Result<Self> {
+        serde_json::from_str(text).map(Self).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+
+    /// The settings that differ, as `name: <stored> here, <other> there` phrases; empty
+    /// when equal.
+    pub fn differences(&self, other: &Settings) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> =
+            self.0.keys().chain(other.0.keys()).collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let (a, b) = (self.0.get(name), other.0.get(name));
+                (a != b).then(|| {
+                    format!(
+                        "{name} {} vs {}",
+                        a.map_or("(absent)", String::as_str),
+                        b.map_or("(absent)", String::as_str)
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// What identifies a row: one sample of one task under one method and protocol on one model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RowKey {
     /// The model's name (file stem).
     pub model: String,
     /// The method's full spec.
     pub method: String,
+    /// How the prompt reached the model (`paper` or `query-agnostic`).
+    pub protocol: String,
     /// Task name, e.g. `needle/passkey` or `longbench/qasper`.
     pub task: String,
     /// The sample's id within the task.
     pub sample: String,
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "model {}, method {}, protocol {}, task {}, sample {}",
+            self.model, self.method, self.protocol, self.task, self.sample
+        )
+    }
+}
+
+/// One completed sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    /// Which sample, method and model.
+    pub key: RowKey,
     /// What the model answered.
     pub prediction: String,
     /// The task's primary score in [0, 1].
@@ -46,7 +117,7 @@ pub struct ResultRow {
     pub score2: f64,
     /// Prompt length in tokens.
     pub prompt_tokens: i64,
-    /// Tokens layer 0 kept at the end.
+    /// Tokens kept at the end, averaged over layers.
     pub kept_tokens: i64,
     /// Bytes attention read from at the end (allocated capacity included).
     pub kv_bytes: i64,
@@ -64,8 +135,8 @@ pub struct ResultRow {
     pub new_tokens: i64,
     /// Peak resident memory of the process during the sample.
     pub peak_rss: i64,
-    /// Hash of everything that determines the sample's outcome besides the key.
-    pub settings_hash: String,
+    /// Everything besides the key that decided the outcome.
+    pub settings: Settings,
     /// The longctx version that produced it.
     pub version: String,
     /// When it completed, in seconds since the Unix epoch.
@@ -76,62 +147,151 @@ pub struct ResultRow {
 pub struct Store {
     path: PathBuf,
     conn: Connection,
+    /// What opening created (the file, and the first folder that did not exist), so that a
+    /// run that fails before its first row can leave nothing behind.
+    created: Option<(PathBuf, Option<PathBuf>)>,
 }
 
-const COLUMNS: &str = "model, method, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings_hash, version, timestamp";
+const COLUMNS: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp";
+
+const KEY_MATCH: &str =
+    "model = ?1 AND method = ?2 AND protocol = ?3 AND task = ?4 AND sample = ?5";
 
 impl Store {
-    /// Open (or create) the database at `path`, checking its schema version.
+    /// Open (or create) the database at `path` for writing, checking its schema version and
+    /// that it can be written.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let fail = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlite {
-                path: path.to_path_buf(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        let mut created = None;
+        if !path.exists() {
+            let first_missing = path
+                .ancestors()
+                .skip(1)
+                .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                .last()
+                .map(Path::to_path_buf);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| fail(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            }
+            created = Some((path.to_path_buf(), first_missing));
         }
         let conn = Connection::open(path).map_err(fail)?;
-        let found: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(fail)?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(fail)?;
+        let mut store = Self {
+            path: path.to_path_buf(),
+            conn,
+            created,
+        };
+        let result = store.init();
+        if let Err(e) = result {
+            store.discard_if_unused();
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    fn init(&mut self) -> Result<(), StoreError> {
+        let tables = self.table_count()?;
         if tables == 0 {
-            conn.execute_batch(&format!(
-                "CREATE TABLE results (
-                    model TEXT NOT NULL, method TEXT NOT NULL, task TEXT NOT NULL, sample TEXT NOT NULL,
+            self.conn
+                .execute_batch(&format!(
+                    "CREATE TABLE results (
+                    model TEXT NOT NULL, method TEXT NOT NULL, protocol TEXT NOT NULL,
+                    task TEXT NOT NULL, sample TEXT NOT NULL,
                     prediction TEXT NOT NULL, score REAL NOT NULL, score2 REAL,
                     prompt_tokens INTEGER NOT NULL, kept_tokens INTEGER NOT NULL,
                     kv_bytes INTEGER NOT NULL, offloaded_bytes INTEGER NOT NULL,
                     uncompressed_bytes INTEGER NOT NULL, fp16_bytes INTEGER NOT NULL,
                     prefill_ms REAL NOT NULL, decode_ms REAL NOT NULL, new_tokens INTEGER NOT NULL,
-                    peak_rss INTEGER NOT NULL, settings_hash TEXT NOT NULL,
+                    peak_rss INTEGER NOT NULL, settings TEXT NOT NULL,
                     version TEXT NOT NULL, timestamp TEXT NOT NULL,
-                    PRIMARY KEY (model, method, task, sample));
+                    PRIMARY KEY (model, method, protocol, task, sample));
+                 CREATE TABLE plans (fingerprint TEXT PRIMARY KEY);
                  PRAGMA user_version = {SCHEMA_VERSION};"
-            ))
-            .map_err(fail)?;
-        } else if found != SCHEMA_VERSION {
+                ))
+                .map_err(|e| self.fail(e))?;
+        } else {
+            self.check_schema()?;
+        }
+        // Fails now, not after the first sample, when the file cannot be written.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE; COMMIT;")
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Open an existing database only to read it: nothing is created or changed, even for a
+    /// file that is not a results database.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let not_results = |why: &str| StoreError::NotResults {
+            path: path.to_path_buf(),
+            why: why.into(),
+        };
+        if !path.is_file() {
+            return Err(not_results("no such file"));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| not_results(&e.to_string()))?;
+        let store = Self {
+            path: path.to_path_buf(),
+            conn,
+            created: None,
+        };
+        match store.table_count() {
+            Ok(0) => return Err(not_results("it holds no tables")),
+            Ok(_) => {}
+            Err(e) => return Err(not_results(&e.to_string())),
+        }
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn table_count(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| self.fail(e))
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.fail(e))?;
+        if found != SCHEMA_VERSION {
             return Err(StoreError::Schema {
-                path: path.to_path_buf(),
+                path: self.path.clone(),
                 found,
             });
         }
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS plans (fingerprint TEXT PRIMARY KEY);")
-            .map_err(fail)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            conn,
-        })
+        Ok(())
     }
 
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Remove what opening created (the file and folders) when no row was written to it:
+    /// a run that fails before its first sample leaves nothing behind.
+    pub fn discard_if_unused(self) {
+        let Some((file, folder)) = self.created.clone() else {
+            return;
+        };
+        if !self.rows().map(|r| r.is_empty()).unwrap_or(false) {
+            return;
+        }
+        drop(self);
+        let _ = std::fs::remove_file(&file);
+        if let Some(folder) = folder {
+            // Only folders left empty: from the file's up to the first one created.
+            for dir in file.ancestors().skip(1) {
+                if std::fs::remove_dir(dir).is_err() || dir == folder {
+                    break;
+                }
+            }
+        }
     }
 
     /// Record that rows of the plan with this fingerprint are written here.
@@ -159,53 +319,58 @@ impl Store {
         Ok(plans)
     }
 
-    /// Add every row of `other` in one transaction, after checking that none conflicts
-    /// (same key, different prediction): on a conflict nothing is written. Returns the rows
-    /// added and the rows both already held.
-    pub fn merge_from(&mut self, other: &Store) -> Result<(usize, usize), StoreError> {
-        let incoming = other.rows()?;
-        let mut fresh = Vec::new();
+    /// Add every row of every input in one transaction, after checking that no two rows of
+    /// the same key disagree (settings or prediction), among the inputs or with what this
+    /// database holds: on a conflict nothing is written. Returns the rows added and the rows
+    /// already held.
+    pub fn merge_from(&mut self, inputs: &[Store]) -> Result<(usize, usize), StoreError> {
+        let mut fresh: BTreeMap<RowKey, (ResultRow, &Path)> = BTreeMap::new();
         let mut same = 0;
-        for row in &incoming {
-            match self.get(&row.model, &row.method, &row.task, &row.sample)? {
-                Some(existing) if existing.prediction != row.prediction => {
-                    return Err(StoreError::Conflict(format!(
-                        "{} and {} disagree on model {}, method {}, task {}, sample {}: {:?} vs {:?}; nothing was merged",
-                        self.path.display(),
-                        other.path.display(),
-                        row.model,
-                        row.method,
-                        row.task,
-                        row.sample,
-                        existing.prediction,
-                        row.prediction
-                    )))
+        for input in inputs {
+            for row in input.rows()? {
+                let held = match self.stored(&row.key)? {
+                    Some(existing) => Some((existing, self.path.as_path())),
+                    None => fresh.get(&row.key).cloned(),
+                };
+                match held {
+                    Some((existing, from)) => {
+                        if let Some(why) = disagreement(&existing, &row) {
+                            return Err(StoreError::Conflict(format!(
+                                "{} and {} disagree on {} ({why}); nothing was merged",
+                                from.display(),
+                                input.path.display(),
+                                row.key
+                            )));
+                        }
+                        same += 1;
+                    }
+                    None => {
+                        fresh.insert(row.key.clone(), (row, input.path.as_path()));
+                    }
                 }
-                Some(_) => same += 1,
-                None => fresh.push(row),
             }
+        }
+        let mut plans = Vec::new();
+        for input in inputs {
+            plans.extend(input.plans()?);
         }
         let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
             path: self.path.clone(),
             source: e,
         })?;
-        for row in &fresh {
-            insert_row(&tx, row).map_err(|e| StoreError::Sqlite {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        }
-        for plan in other.plans()? {
-            tx.execute(
-                "INSERT OR IGNORE INTO plans (fingerprint) VALUES (?1)",
-                params![plan],
-            )
-            .map_err(|e| StoreError::Sqlite {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        }
-        tx.commit().map_err(|e| StoreError::Sqlite {
+        let written = (|| {
+            for (row, _) in fresh.values() {
+                insert_row(&tx, row, false)?;
+            }
+            for plan in &plans {
+                tx.execute(
+                    "INSERT OR IGNORE INTO plans (fingerprint) VALUES (?1)",
+                    params![plan],
+                )?;
+            }
+            tx.commit()
+        })();
+        written.map_err(|e| StoreError::Sqlite {
             path: self.path.clone(),
             source: e,
         })?;
@@ -219,52 +384,31 @@ impl Store {
         }
     }
 
-    /// Whether the sample is already stored.
-    pub fn contains(
-        &self,
-        model: &str,
-        method: &str,
-        task: &str,
-        sample: &str,
-    ) -> Result<bool, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT 1 FROM results WHERE model = ?1 AND method = ?2 AND task = ?3 AND sample = ?4",
-                params![model, method, task, sample],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(|e| self.fail(e))
-    }
-
     /// Store one completed sample (its own transaction). A row already stored under the
-    /// same key is kept when it has the same prediction and refused otherwise.
-    pub fn insert(&mut self, row: &ResultRow) -> Result<(), StoreError> {
-        if let Some(existing) = self.get(&row.model, &row.method, &row.task, &row.sample)? {
-            return if existing.prediction == row.prediction {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict(format!(
-                    "conflicting results for model {}, method {}, task {}, sample {}: {:?} stored, {:?} offered",
-                    row.model, row.method, row.task, row.sample, existing.prediction, row.prediction
-                )))
-            };
+    /// same key is kept when it agrees (same settings and prediction) and refused otherwise,
+    /// unless `replace` is set: then the new row takes its place.
+    pub fn insert(&mut self, row: &ResultRow, replace: bool) -> Result<(), StoreError> {
+        if !replace {
+            if let Some(existing) = self.stored(&row.key)? {
+                return match disagreement(&existing, row) {
+                    None => Ok(()),
+                    Some(why) => Err(StoreError::Conflict(format!(
+                        "{} already holds {} and it disagrees ({why}): use another --db, or --replace",
+                        self.path.display(),
+                        row.key
+                    ))),
+                };
+            }
         }
-        insert_row(&self.conn, row).map_err(|e| self.fail(e))
+        insert_row(&self.conn, row, replace).map_err(|e| self.fail(e))
     }
 
-    fn get(
-        &self,
-        model: &str,
-        method: &str,
-        task: &str,
-        sample: &str,
-    ) -> Result<Option<ResultRow>, StoreError> {
+    /// The row stored under `key`, if any.
+    pub fn stored(&self, key: &RowKey) -> Result<Option<ResultRow>, StoreError> {
         self.conn
             .query_row(
-                &format!("SELECT {COLUMNS} FROM results WHERE model = ?1 AND method = ?2 AND task = ?3 AND sample = ?4"),
-                params![model, method, task, sample],
+                &format!("SELECT {COLUMNS} FROM results WHERE {KEY_MATCH}"),
+                params![key.model, key.method, key.protocol, key.task, key.sample],
                 read_row,
             )
             .optional()
@@ -276,7 +420,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM results ORDER BY model, method, task, sample"
+                "SELECT {COLUMNS} FROM results ORDER BY model, method, protocol, task, sample"
             ))
             .map_err(|e| self.fail(e))?;
         let rows = statement
@@ -288,15 +432,31 @@ impl Store {
     }
 }
 
-fn insert_row(conn: &Connection, row: &ResultRow) -> rusqlite::Result<()> {
+/// Why two rows of one key cannot both stand (settings, then prediction), if they cannot.
+fn disagreement(a: &ResultRow, b: &ResultRow) -> Option<String> {
+    let settings = a.settings.differences(&b.settings);
+    if !settings.is_empty() {
+        return Some(format!("settings differ: {}", settings.join("; ")));
+    }
+    (a.prediction != b.prediction)
+        .then(|| format!("predictions {:?} vs {:?}", a.prediction, b.prediction))
+}
+
+fn insert_row(conn: &Connection, row: &ResultRow, replace: bool) -> rusqlite::Result<()> {
+    let verb = if replace {
+        "INSERT OR REPLACE"
+    } else {
+        "INSERT"
+    };
+    let k = &row.key;
     conn.execute(
-        &format!("INSERT INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
+        &format!("{verb} INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
         params![
-            row.model, row.method, row.task, row.sample, row.prediction, row.score,
+            k.model, k.method, k.protocol, k.task, k.sample, row.prediction, row.score,
             if row.score2.is_nan() { None } else { Some(row.score2) },
             row.prompt_tokens, row.kept_tokens, row.kv_bytes, row.offloaded_bytes,
             row.uncompressed_bytes, row.fp16_bytes, row.prefill_ms, row.decode_ms,
-            row.new_tokens, row.peak_rss, row.settings_hash, row.version, row.timestamp
+            row.new_tokens, row.peak_rss, row.settings.to_json(), row.version, row.timestamp
         ],
     )
     .map(|_| ())
@@ -304,26 +464,29 @@ fn insert_row(conn: &Connection, row: &ResultRow) -> rusqlite::Result<()> {
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResultRow> {
     Ok(ResultRow {
-        model: r.get(0)?,
-        method: r.get(1)?,
-        task: r.get(2)?,
-        sample: r.get(3)?,
-        prediction: r.get(4)?,
-        score: r.get(5)?,
-        score2: r.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN),
-        prompt_tokens: r.get(7)?,
-        kept_tokens: r.get(8)?,
-        kv_bytes: r.get(9)?,
-        offloaded_bytes: r.get(10)?,
-        uncompressed_bytes: r.get(11)?,
-        fp16_bytes: r.get(12)?,
-        prefill_ms: r.get(13)?,
-        decode_ms: r.get(14)?,
-        new_tokens: r.get(15)?,
-        peak_rss: r.get(16)?,
-        settings_hash: r.get(17)?,
-        version: r.get(18)?,
-        timestamp: r.get(19)?,
+        key: RowKey {
+            model: r.get(0)?,
+            method: r.get(1)?,
+            protocol: r.get(2)?,
+            task: r.get(3)?,
+            sample: r.get(4)?,
+        },
+        prediction: r.get(5)?,
+        score: r.get(6)?,
+        score2: r.get::<_, Option<f64>>(7)?.unwrap_or(f64::NAN),
+        prompt_tokens: r.get(8)?,
+        kept_tokens: r.get(9)?,
+        kv_bytes: r.get(10)?,
+        offloaded_bytes: r.get(11)?,
+        uncompressed_bytes: r.get(12)?,
+        fp16_bytes: r.get(13)?,
+        prefill_ms: r.get(14)?,
+        decode_ms: r.get(15)?,
+        new_tokens: r.get(16)?,
+        peak_rss: r.get(17)?,
+        settings: Settings::from_json(&r.get::<_, String>(18)?)?,
+        version: r.get(19)?,
+        timestamp: r.get(20)?,
     })
 }
 
@@ -333,10 +496,13 @@ mod tests {
 
     pub(crate) fn row(sample: &str, prediction: &str) -> ResultRow {
         ResultRow {
-            model: "m".into(),
-            method: "baseline".into(),
-            task: "needle/passkey".into(),
-            sample: sample.into(),
+            key: RowKey {
+                model: "m".into(),
+                method: "baseline".into(),
+                protocol: "paper".into(),
+                task: "needle/passkey".into(),
+                sample: sample.into(),
+            },
             prediction: prediction.into(),
             score: 1.0,
             score2: f64::NAN,
@@ -350,7 +516,7 @@ mod tests {
             decode_ms: 2.0,
             new_tokens: 3,
             peak_rss: 4,
-            settings_hash: "h".into(),
+            settings: Settings::default().with("rope_theta", "trained"),
             version: "0".into(),
             timestamp: "t".into(),
         }
@@ -366,19 +532,31 @@ mod tests {
     fn rows_survive_reopening_and_conflicts_are_refused() {
         let path = temp("reopen");
         let mut store = Store::open(&path).unwrap();
-        store.insert(&row("a", "1234567")).unwrap();
+        store.insert(&row("a", "1234567"), false).unwrap();
         drop(store);
         let mut store = Store::open(&path).unwrap();
-        assert!(store
-            .contains("m", "baseline", "needle/passkey", "a")
-            .unwrap());
-        assert!(!store.contains("m", "h2o", "needle/passkey", "a").unwrap());
-        store.insert(&row("a", "1234567")).unwrap();
-        let err = store.insert(&row("a", "7654321")).unwrap_err().to_string();
-        assert!(err.contains("conflicting results"), "{err}");
+        assert!(store.stored(&row("a", "").key).unwrap().is_some());
+        let mut other = row("a", "1234567");
+        other.key.method = "h2o".into();
+        assert!(store.stored(&other.key).unwrap().is_none());
+        store.insert(&row("a", "1234567"), false).unwrap();
+        let err = store
+            .insert(&row("a", "7654321"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("predictions \"1234567\" vs \"7654321\""),
+            "{err}"
+        );
+        let mut stale = row("a", "1234567");
+        stale.settings = stale.settings.with("rope_theta", "1");
+        let err = store.insert(&stale, false).unwrap_err().to_string();
+        assert!(err.contains("rope_theta trained vs 1"), "{err}");
+        assert!(err.contains("--replace"), "{err}");
+        store.insert(&stale, true).unwrap();
         let rows = store.rows().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].prediction, "1234567");
+        assert_eq!(rows[0].settings, stale.settings);
         assert!(rows[0].score2.is_nan());
     }
 
@@ -386,7 +564,7 @@ mod tests {
     fn another_schema_version_is_refused_and_left_alone() {
         let path = temp("schema");
         let mut store = Store::open(&path).unwrap();
-        store.insert(&row("a", "x")).unwrap();
+        store.insert(&row("a", "x"), false).unwrap();
         store
             .conn
             .execute_batch("PRAGMA user_version = 99")
@@ -399,5 +577,60 @@ mod tests {
             .query_row("SELECT count(*) FROM results", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn reading_never_writes_and_an_unused_new_store_leaves_nothing() {
+        let path = temp("readonly");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("not a longctx results database"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let missing = path.with_file_name("missing.db");
+        assert!(Store::open_read_only(&missing).is_err());
+        assert!(!missing.exists());
+
+        let nested = path.parent().unwrap().join("a/b/results.db");
+        let store = Store::open(&nested).unwrap();
+        store.discard_if_unused();
+        assert!(!path.parent().unwrap().join("a").exists());
+        let mut store = Store::open(&nested).unwrap();
+        store.insert(&row("a", "x"), false).unwrap();
+        store.discard_if_unused();
+        assert_eq!(
+            Store::open_read_only(&nested)
+                .unwrap()
+                .rows()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn merging_is_all_or_nothing_and_names_both_inputs() {
+        let dir = temp("merge");
+        let (a, b, out) = (
+            dir.with_file_name("a.db"),
+            dir.with_file_name("b.db"),
+            dir.with_file_name("out.db"),
+        );
+        let mut sa = Store::open(&a).unwrap();
+        sa.insert(&row("1", "x"), false).unwrap();
+        sa.insert(&row("2", "y"), false).unwrap();
+        let mut sb = Store::open(&b).unwrap();
+        sb.insert(&row("3", "z"), false).unwrap();
+        let mut stale = row("2", "y");
+        stale.settings = stale.settings.with("model_sha256", "abc");
+        sb.insert(&stale, false).unwrap();
+        let mut target = Store::open(&out).unwrap();
+        let err = target.merge_from(&[sa, sb]).unwrap_err().to_string();
+        assert!(
+            err.contains("a.db and") && err.contains("b.db disagree") && err.contains("sample 2"),
+            "{err}"
+        );
+        assert!(err.contains("model_sha256 (absent) vs abc"), "{err}");
+        assert!(target.rows().unwrap().is_empty());
     }
 }

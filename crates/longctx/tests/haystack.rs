@@ -21,7 +21,7 @@ fn paper_grid_on_the_essays_is_pinned() {
     let samples = NeedleGrid::paper(0).samples(&h);
     assert_eq!(samples.len(), 300);
     for s in samples.iter().filter(|s| s.trial == 0) {
-        let haystack_words = words(&s.prompt).len();
+        let haystack_words = words(&s.prompt.text).len();
         // The prompt holds the N haystack words plus the instruction, needle and question.
         assert!(
             haystack_words >= s.length && haystack_words <= s.length + 60,
@@ -32,7 +32,7 @@ fn paper_grid_on_the_essays_is_pinned() {
     }
     let all: String = samples
         .iter()
-        .map(|s| format!("{}|{}|{}\n", s.key, s.needle_word, s.prompt))
+        .map(|s| format!("{}|{}|{}\n", s.key, s.needle_word, s.prompt.text))
         .collect();
     assert_eq!(
         fnv1a(all.as_bytes()),
@@ -50,7 +50,7 @@ fn synthetic_tasks_build_from_the_essays() {
     for task in SyntheticTask::ALL {
         let s = task.generate(&h, 4000, 0, 0);
         assert!(
-            !s.answers.is_empty() && words(&s.prompt).len() > 3000,
+            !s.answers.is_empty() && words(&s.prompt.text).len() > 3000,
             "{}",
             task.name()
         );
@@ -82,7 +82,7 @@ fn the_fitted_grid_fits_the_default_model() {
         trials: 1,
         seed: 0,
     };
-    let prompt = &one.samples(&haystack())[0].prompt;
+    let prompt = &one.samples(&haystack())[0].prompt.text;
     let tokens = loaded.prompt_tokens(prompt, true).unwrap().len();
     eprintln!("fitted grid: longest {longest} words = {tokens} prompt tokens (context {context})");
     assert!(

@@ -42,17 +42,17 @@ fn spec(dir: &Path, methods: &str) -> PathBuf {
 
 /// `(model, method, task, sample, prediction, score)` of every row.
 fn outcomes(db: &Path) -> Vec<(String, String, String, String, String, u64)> {
-    Store::open(db)
+    Store::open_read_only(db)
         .unwrap()
         .rows()
         .unwrap()
         .into_iter()
         .map(|r| {
             (
-                r.model,
-                r.method,
-                r.task,
-                r.sample,
+                r.key.model,
+                r.key.method,
+                r.key.task,
+                r.key.sample,
                 r.prediction,
                 r.score.to_bits(),
             )
@@ -155,7 +155,98 @@ fn three_shards_merged_equal_one_process() {
         "{}",
         stderr(&out)
     );
-    assert!(!dir.join("mixed.db").exists() || outcomes(&dir.join("mixed.db")).is_empty());
+    assert!(!dir.join("mixed.db").exists());
+    // An output that holds another plan is refused too, and left as it was.
+    let out = longctx(&["merge", other.to_str().unwrap(), &shards[0]]);
+    assert!(
+        stderr(&out).contains("already holds plan(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(outcomes(&other).len(), 3);
+}
+
+#[test]
+fn rows_made_with_other_settings_are_refused_or_replaced() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("stale");
+    let spec = spec(&dir, "\"baseline\"");
+    let db = dir.join("results.db");
+    let (spec, db_s) = (spec.to_str().unwrap(), db.to_str().unwrap());
+    run_ok(&["run", "--spec", spec, "--db", db_s]);
+    let before = outcomes(&db);
+    // Other RoPE base and context on the same database: refused, naming both, nothing run.
+    let other = ["--rope-theta", "20000", "--context", "4096"];
+    let mut args = vec!["run", "--spec", spec, "--db", db_s];
+    args.extend(other);
+    let out = longctx(&args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("3 of the plan's samples are stored")
+            && err.contains("context trained vs 4096")
+            && err.contains("rope_theta trained vs 20000")
+            && err.contains("--replace"),
+        "{err}"
+    );
+    assert_eq!(outcomes(&db), before);
+    // --replace runs them again under the new settings, in place of the old rows.
+    args.push("--replace");
+    let log = run_ok(&args);
+    assert!(log.contains("3 samples: 3 run, 0 already"), "{log}");
+    let rows = Store::open_read_only(&db).unwrap().rows().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.settings.0["rope_theta"] == "20000"));
+    // The same settings again: everything is reused.
+    let log = run_ok(&args);
+    assert!(log.contains("3 samples: 0 run, 3 already"), "{log}");
+}
+
+/// Both protocols in one run: each method's rows under each, reported apart. The full cache
+/// answers alike under both (only the prefill's end moves); SnapKV's choice differs, as its
+/// budget and observation window then come from the context alone.
+#[test]
+fn the_query_agnostic_protocol_runs_beside_the_papers() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("protocols");
+    let spec = spec(&dir, "\"baseline\", \"snapkv-4x\"");
+    let db = dir.join("results.db");
+    let (spec, db_s) = (spec.to_str().unwrap(), db.to_str().unwrap());
+    let log = run_ok(&[
+        "run",
+        "--spec",
+        spec,
+        "--db",
+        db_s,
+        "--protocols",
+        "paper,query-agnostic",
+    ]);
+    assert!(log.contains("12 samples: 12 run"), "{log}");
+    let rows = Store::open_read_only(&db).unwrap().rows().unwrap();
+    let find = |method: &str, protocol: &str, sample: &str| {
+        rows.iter()
+            .find(|r| {
+                r.key.method.starts_with(method)
+                    && r.key.protocol == protocol
+                    && r.key.sample == sample
+            })
+            .unwrap()
+    };
+    for r in rows.iter().filter(|r| r.key.protocol == "query-agnostic") {
+        let paper = find(&r.key.method, "paper", &r.key.sample);
+        if r.key.method == "baseline" {
+            assert_eq!(r.kept_tokens, r.prompt_tokens + r.new_tokens);
+            assert_eq!(r.score, paper.score, "{}", r.key);
+        } else {
+            assert_ne!(r.kept_tokens, paper.kept_tokens, "{}", r.key);
+        }
+    }
+    let out_dir = dir.join("report");
+    let out = longctx(&["report", "--db", db_s, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains("| baseline [query-agnostic] |"), "{report}");
+    assert!(report.contains("| baseline |"), "{report}");
 }
 
 fn spec_for_other(dir: &Path) -> PathBuf {
@@ -181,7 +272,7 @@ fn kill_9_loses_at_most_the_sample_in_flight() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     let stored = loop {
-        let n = Store::open(&db)
+        let n = Store::open_read_only(&db)
             .ok()
             .and_then(|s| s.rows().ok())
             .map_or(0, |r| r.len());
@@ -282,7 +373,26 @@ fn bad_specs_and_incompatible_databases_are_clear_errors() {
         "{}",
         stderr(&out)
     );
-    assert!(outcomes(&db).is_empty());
+    assert!(
+        !db.exists(),
+        "a run that failed before its first sample left {db:?}"
+    );
+    // Reading commands never write: an empty file stays empty.
+    let empty = dir.join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let out = longctx(&[
+        "report",
+        "--db",
+        empty.to_str().unwrap(),
+        "--out",
+        dir.join("r").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("not a longctx results database"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
     let old = dir.join("old.db");
     drop(Store::open(&old).unwrap());
     rusqlite::Connection::open(&old)

@@ -22,7 +22,7 @@ fn a_real_prompt_is_cut_in_the_middle_to_max_length_tokens() {
     let tokenizer = ModelTokenizer(&loaded.tokenizer);
     let dataset = Dataset::by_name("qasper").unwrap();
     let row = &load(&sample, "qasper", OnBadLine::Fail).unwrap().samples[0];
-    let prompt = dataset.prompt(row);
+    let prompt = dataset.prompt(row).text;
     let full = tokenizer.encode(&prompt).len();
     assert!(full > 2000, "the sample prompt has {full} tokens");
     let cut = truncate_middle(&prompt, 1000, &tokenizer);

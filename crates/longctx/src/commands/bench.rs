@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use longctx_models::{argmax, LanguageModel};
+use longctx_models::{argmax, LanguageModel, Reservation};
 use serde::Serialize;
 
 use super::{MethodArg, ModelArgs};
@@ -88,7 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let tokens = prompt(context, vocab);
         model.reset();
         memory::reset_peak();
-        model.reserve(context, args.decode_tokens)?;
+        model.reserve(Reservation::prompt(context, args.decode_tokens))?;
         let start = Instant::now();
         let mut logits = model.prefill(&tokens)?;
         let prefill = start.elapsed().as_secs_f64();

@@ -44,22 +44,22 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if !args.db.exists() {
         anyhow::bail!("no results database at {}", args.db.display());
     }
-    let rows = Store::open(&args.db)?.rows()?;
+    let rows = super::report::as_shown(&Store::open_read_only(&args.db)?.rows()?);
     let mut runs: BTreeMap<(&str, &str), PredictionsByFile> = BTreeMap::new();
     for r in &rows {
         let file = match (
-            r.task.strip_prefix("longbench/"),
-            r.task.strip_prefix("longbench-e/"),
+            r.key.task.strip_prefix("longbench/"),
+            r.key.task.strip_prefix("longbench-e/"),
         ) {
             (Some(name), _) => name.to_string(),
             (_, Some(name)) => format!("{name}_e"),
             _ => continue,
         };
-        runs.entry((&r.model, &r.method))
+        runs.entry((&r.key.model, &r.key.method))
             .or_default()
             .entry(file)
             .or_default()
-            .insert(&r.sample, &r.prediction);
+            .insert(&r.key.sample, &r.prediction);
     }
     if runs.is_empty() {
         anyhow::bail!("{} holds no LongBench rows to export", args.db.display());

@@ -16,12 +16,10 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: MergeArgs) -> Result<()> {
+    // Inputs are only read: a mistyped or empty file is refused, never turned into a store.
     let mut inputs = Vec::new();
     for path in &args.inputs {
-        if !path.exists() {
-            anyhow::bail!("merge input {} does not exist", path.display());
-        }
-        inputs.push(Store::open(path)?);
+        inputs.push(Store::open_read_only(path)?);
     }
     // Shards of one plan carry the same fingerprint; anything else is a different experiment.
     let first = inputs[0].plans()?;
@@ -38,12 +36,23 @@ pub fn run(args: MergeArgs) -> Result<()> {
         }
     }
     let mut out = Store::open(&args.out)?;
-    let (mut added, mut same) = (0, 0);
-    for store in &inputs {
-        let (a, s) = out.merge_from(store)?;
-        added += a;
-        same += s;
+    let held = out.plans()?;
+    if !held.is_empty() && held != first {
+        let message = format!(
+            "{} already holds plan(s) {:?} but the inputs hold {:?}: merge into another output; nothing was merged",
+            args.out.display(),
+            held,
+            first
+        );
+        anyhow::bail!(message);
     }
+    let (added, same) = match out.merge_from(&inputs) {
+        Ok(counts) => counts,
+        Err(e) => {
+            out.discard_if_unused();
+            return Err(e.into());
+        }
+    };
     println!(
         "merged {} databases into {}: {added} rows added, {same} already there",
         inputs.len(),

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use longctx_models::{LanguageModel, Logits};
+use longctx_models::{LanguageModel, Logits, Reservation};
 
 use super::{MethodArg, ModelArgs};
 
@@ -24,7 +24,7 @@ pub struct PerplexityArgs {
 /// Summed negative log-likelihood of `window[1..]` given its prefix, and the count scored.
 pub fn window_nll(model: &mut dyn LanguageModel, window: &[u32]) -> Result<(f64, usize)> {
     model.reset();
-    model.reserve(window.len(), 0)?;
+    model.reserve(Reservation::prompt(window.len(), 0))?;
     let logits = model.append(window, Logits::All)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
     let rows: Vec<Vec<f32>> = log_probs.to_vec2()?;

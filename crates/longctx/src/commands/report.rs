@@ -35,7 +35,10 @@ type Groups<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a ResultRow>>;
 fn group<'a>(rows: &'a [ResultRow], keep: impl Fn(&ResultRow) -> bool) -> Groups<'a> {
     let mut groups: Groups = BTreeMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
-        groups.entry((&r.model, &r.method)).or_default().push(r);
+        groups
+            .entry((&r.key.model, &r.key.method))
+            .or_default()
+            .push(r);
     }
     groups
 }
@@ -53,11 +56,29 @@ fn mean(rows: &[&ResultRow], f: impl Fn(&ResultRow) -> f64) -> f64 {
 }
 
 fn is_needle(r: &ResultRow) -> bool {
-    r.task.starts_with("needle/")
+    r.key.task.starts_with("needle/")
+}
+
+/// The protocol every table assumes unless a row's method label says otherwise.
+const PAPER_PROTOCOL: &str = "paper";
+
+/// Rows as the tables show them: a row run under another protocol than the paper's is a
+/// method of its own, labelled `<spec> [<protocol>]`, so the two never share a cell.
+pub(crate) fn as_shown(rows: &[ResultRow]) -> Vec<ResultRow> {
+    rows.iter()
+        .cloned()
+        .map(|mut r| {
+            if r.key.protocol != PAPER_PROTOCOL {
+                r.key.method = format!("{} [{}]", r.key.method, r.key.protocol);
+            }
+            r
+        })
+        .collect()
 }
 
 fn nominal(method: &str) -> String {
-    Method::parse(method)
+    let spec = method.split(" [").next().unwrap_or(method);
+    Method::parse(spec)
         .ok()
         .and_then(|m| m.nominal_ratio())
         .map_or("-".into(), |r| format!("{r:.2}x"))
@@ -132,7 +153,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
     let mut lengths: Vec<usize> = rows
         .iter()
         .filter(|r| is_needle(r))
-        .filter_map(|r| needle_cell(&r.sample).map(|c| c.0))
+        .filter_map(|r| needle_cell(&r.key.sample).map(|c| c.0))
         .collect();
     lengths.sort_unstable();
     lengths.dedup();
@@ -154,7 +175,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
                 let at: Vec<&ResultRow> = group
                     .iter()
                     .copied()
-                    .filter(|r| needle_cell(&r.sample).map(|c| c.0) == Some(*l))
+                    .filter(|r| needle_cell(&r.key.sample).map(|c| c.0) == Some(*l))
                     .collect();
                 if at.is_empty() {
                     "-".into()
@@ -191,7 +212,7 @@ fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, usize)> 
         let task = format!("longbench/{}", d.name);
         let samples: Vec<f64> = group
             .iter()
-            .filter(|r| r.task == task)
+            .filter(|r| r.key.task == task)
             .map(|r| r.score)
             .collect();
         if !samples.is_empty() {
@@ -231,8 +252,10 @@ fn category_cell(scores: &BTreeMap<&str, (f64, usize)>, category: Category) -> S
 
 /// The paper's Table 2 layout per model, and the per-dataset table (Tables 6–9 layout).
 fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
-    let groups = group(rows, |r| r.task.starts_with("longbench/") || is_needle(r));
-    if !rows.iter().any(|r| r.task.starts_with("longbench/")) {
+    let groups = group(rows, |r| {
+        r.key.task.starts_with("longbench/") || is_needle(r)
+    });
+    if !rows.iter().any(|r| r.key.task.starts_with("longbench/")) {
         return None;
     }
     let mut out = String::from("| model | method | nominal ratio | measured ratio | ");
@@ -250,7 +273,7 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
         let lb: Vec<&ResultRow> = group
             .iter()
             .copied()
-            .filter(|r| r.task.starts_with("longbench/"))
+            .filter(|r| r.key.task.starts_with("longbench/"))
             .collect();
         let scores = dataset_scores(&lb);
         let paper15: Vec<f64> = scores
@@ -303,7 +326,7 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
 /// LongBench-E: each dataset's score per length bucket (words), as its `eval.py --e`
 /// reports them.
 fn longbench_e_table(rows: &[ResultRow]) -> Option<String> {
-    let groups = group(rows, |r| r.task.starts_with("longbench-e/"));
+    let groups = group(rows, |r| r.key.task.starts_with("longbench-e/"));
     if groups.is_empty() {
         return None;
     }
@@ -311,14 +334,14 @@ fn longbench_e_table(rows: &[ResultRow]) -> Option<String> {
         "| model | method | dataset | samples | 0-4k | 4-8k | 8k+ |\n|---|---|---|--:|--:|--:|--:|\n",
     );
     for ((model, method), group) in &groups {
-        let mut tasks: Vec<&str> = group.iter().map(|r| r.task.as_str()).collect();
+        let mut tasks: Vec<&str> = group.iter().map(|r| r.key.task.as_str()).collect();
         tasks.sort_unstable();
         tasks.dedup();
         for task in tasks {
             let scored: Vec<(f64, usize)> = group
                 .iter()
-                .filter(|r| r.task == task)
-                .filter_map(|r| Some((r.score, longbench_e_length(&r.sample)?)))
+                .filter(|r| r.key.task == task)
+                .filter_map(|r| Some((r.score, longbench_e_length(&r.key.sample)?)))
                 .collect();
             let cells: Vec<String> = bucket_scores(&scored)
                 .values()
@@ -338,14 +361,14 @@ fn longbench_e_table(rows: &[ResultRow]) -> Option<String> {
 
 /// Per synthetic task, mean score per method.
 fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
-    let groups = group(rows, |r| r.task.starts_with("synthetic/"));
+    let groups = group(rows, |r| r.key.task.starts_with("synthetic/"));
     if groups.is_empty() {
         return None;
     }
     let mut tasks: Vec<&str> = rows
         .iter()
-        .filter(|r| r.task.starts_with("synthetic/"))
-        .map(|r| r.task.as_str())
+        .filter(|r| r.key.task.starts_with("synthetic/"))
+        .map(|r| r.key.task.as_str())
         .collect();
     tasks.sort_unstable();
     tasks.dedup();
@@ -358,7 +381,8 @@ fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
         let cells: Vec<String> = tasks
             .iter()
             .map(|t| {
-                let at: Vec<&ResultRow> = group.iter().copied().filter(|r| r.task == *t).collect();
+                let at: Vec<&ResultRow> =
+                    group.iter().copied().filter(|r| r.key.task == *t).collect();
                 if at.is_empty() {
                     "-".into()
                 } else {
@@ -402,7 +426,10 @@ pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
 
 /// The paper's Table 2 rows for the methods we ran (every model the paper has).
 fn paper_table(rows: &[ResultRow]) -> String {
-    let mut ours: Vec<String> = rows.iter().filter_map(|r| paper_name(&r.method)).collect();
+    let mut ours: Vec<String> = rows
+        .iter()
+        .filter_map(|r| paper_name(&r.key.method))
+        .collect();
     ours.sort_unstable();
     ours.dedup();
     let mut lines = PAPER_TABLE2.lines();
@@ -424,7 +451,7 @@ fn paper_table(rows: &[ResultRow]) -> String {
 fn needle_heatmap(model: &str, method: &str, group: &[&ResultRow]) -> Option<String> {
     let cells: Vec<(usize, f64)> = group
         .iter()
-        .filter_map(|r| needle_cell(&r.sample))
+        .filter_map(|r| needle_cell(&r.key.sample))
         .collect();
     let mut lengths: Vec<usize> = cells.iter().map(|c| c.0).collect();
     lengths.sort_unstable();
@@ -444,7 +471,7 @@ fn needle_heatmap(model: &str, method: &str, group: &[&ResultRow]) -> Option<Str
                     let at: Vec<&ResultRow> = group
                         .iter()
                         .copied()
-                        .filter(|r| needle_cell(&r.sample) == Some((*l, *d)))
+                        .filter(|r| needle_cell(&r.key.sample) == Some((*l, *d)))
                         .collect();
                     (!at.is_empty()).then(|| mean(&at, |r| r.score))
                 })
@@ -469,7 +496,7 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
     let lb: Vec<&ResultRow> = group
         .iter()
         .copied()
-        .filter(|r| r.task.starts_with("longbench/"))
+        .filter(|r| r.key.task.starts_with("longbench/"))
         .collect();
     let scores = dataset_scores(&lb);
     let mut out = Vec::new();
@@ -493,7 +520,7 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
     // Each synthetic task tests a different skill (RULER's categories): one axis each.
     let mut synthetic: Vec<&str> = group
         .iter()
-        .filter_map(|r| r.task.strip_prefix("synthetic/"))
+        .filter_map(|r| r.key.task.strip_prefix("synthetic/"))
         .collect();
     synthetic.sort_unstable();
     synthetic.dedup();
@@ -501,7 +528,7 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
         let at: Vec<&ResultRow> = group
             .iter()
             .copied()
-            .filter(|r| r.task.strip_prefix("synthetic/") == Some(task))
+            .filter(|r| r.key.task.strip_prefix("synthetic/") == Some(task))
             .collect();
         let name = task.split(':').next().unwrap_or(task);
         out.push((name.to_string(), 100.0 * mean(&at, |r| r.score)));
@@ -617,15 +644,16 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
 /// Every row as CSV (RFC 4180 quoting).
 fn csv(rows: &[ResultRow]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out = String::from("model,method,task,sample,prediction,score,score2,prompt_tokens,kept_tokens,kv_bytes,offloaded_bytes,uncompressed_bytes,fp16_bytes,prefill_ms,decode_ms,new_tokens,peak_rss,settings_hash,version,timestamp\n");
+    let mut out = String::from("model,method,protocol,task,sample,prediction,score,score2,prompt_tokens,kept_tokens,kv_bytes,offloaded_bytes,uncompressed_bytes,fp16_bytes,prefill_ms,decode_ms,new_tokens,peak_rss,settings,version,timestamp\n");
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{}",
-            quote(&r.model),
-            quote(&r.method),
-            quote(&r.task),
-            quote(&r.sample),
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{}",
+            quote(&r.key.model),
+            quote(&r.key.method),
+            quote(&r.key.protocol),
+            quote(&r.key.task),
+            quote(&r.key.sample),
             quote(&r.prediction),
             r.score,
             if r.score2.is_nan() {
@@ -643,7 +671,7 @@ fn csv(rows: &[ResultRow]) -> String {
             r.decode_ms,
             r.new_tokens,
             r.peak_rss,
-            r.settings_hash,
+            quote(&r.settings.to_json()),
             r.version,
             r.timestamp
         );
@@ -670,13 +698,14 @@ pub fn run(args: ReportArgs) -> Result<()> {
             args.db.display()
         );
     }
-    let rows = Store::open(&args.db)?.rows()?;
+    let stored = Store::open_read_only(&args.db)?.rows()?;
+    let rows = as_shown(&stored);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut report = String::from("# longctx report\n\n");
     let _ = writeln!(
         report,
-        "From `{}` ({} rows). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. All rows: `results.csv`.\n",
+        "From `{}` ({} rows). A method marked `[query-agnostic]` ran under that protocol (context compressed before the question was read); every other row under the paper's (question inside the prompt). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. All rows: `results.csv`.\n",
         args.db.display(),
         rows.len()
     );
@@ -716,7 +745,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report += "\n## The paper's numbers (Table 2) for the methods above\n\n";
         report += &paper_table(&rows);
     }
-    write(&args.out.join("results.csv"), csv(&rows))?;
+    write(&args.out.join("results.csv"), csv(&stored))?;
     let path = args.out.join("report.md");
     write(&path, &report)?;
     print!("{report}");

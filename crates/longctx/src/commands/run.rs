@@ -5,17 +5,19 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use longctx_models::{
-    generate_greedy, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
+    generate_greedy_after_context, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
 };
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
+use longctx_tasks::prompt::Prompt;
 use longctx_tasks::synthetic::SyntheticTask;
+use longctx_tasks::SCORING_VERSION;
 use sha2::{Digest, Sha256};
 
 use super::{install, ModelArgs};
-use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Shard};
+use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard};
 use crate::methods::{presets, Method};
-use crate::store::{ResultRow, Store};
+use crate::store::{ResultRow, RowKey, Settings, Store};
 use crate::tokenize::{haystack_tokens_per_word, ModelTokenizer};
 use crate::{assets, memory};
 
@@ -37,6 +39,11 @@ pub struct PlanArgs {
     /// At most this many LongBench samples per dataset.
     #[arg(long)]
     longbench_limit: Option<usize>,
+    /// Protocols to run every method under, comma-separated, instead of the spec's:
+    /// `paper` (the question inside the prefill) or `query-agnostic` (context compressed
+    /// first, then the question) [default: paper].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    protocols: Option<Vec<Protocol>>,
     /// Run only this slice of the plan: shard i of N (0-based), cost-balanced.
     #[arg(long)]
     shard: Option<Shard>,
@@ -63,6 +70,10 @@ pub struct RunArgs {
     /// The results database.
     #[arg(long, default_value = "results/longctx.db")]
     db: PathBuf,
+    /// Run again, and replace, the stored samples whose settings differ from this run's
+    /// (without it, such a sample is an error that names the setting).
+    #[arg(long)]
+    replace: bool,
 }
 
 /// What one sample asks of the model and how its answer is scored.
@@ -86,7 +97,7 @@ struct TaskSample {
     id: String,
     /// The only model that runs it (a needle grid fitted to that model), or every model.
     model: Option<usize>,
-    prompt: String,
+    prompt: Prompt,
     chat: bool,
     max_new_tokens: usize,
     /// Words of context, for the cost estimate.
@@ -94,10 +105,11 @@ struct TaskSample {
     job: Job,
 }
 
-/// One unit of work: a model × method × task sample.
+/// One unit of work: a model × method × protocol × task sample.
 pub struct WorkItem {
     model: usize,
     method: usize,
+    protocol: Protocol,
     sample: usize,
 }
 
@@ -118,6 +130,9 @@ impl PlanArgs {
         };
         if let Some(methods) = &self.methods {
             spec.methods = methods.clone();
+        }
+        if let Some(protocols) = &self.protocols {
+            spec.protocols = protocols.clone();
         }
         if self.full {
             spec.methods = presets().into_iter().map(|p| p.name).collect();
@@ -282,15 +297,18 @@ impl PlanArgs {
         let mut items = Vec::new();
         for model in 0..spec.models.len() {
             for method in 0..methods.len() {
-                for (sample, s) in samples.iter().enumerate() {
-                    if s.model.is_some_and(|only| only != model) {
-                        continue;
+                for &protocol in &spec.protocols {
+                    for (sample, s) in samples.iter().enumerate() {
+                        if s.model.is_some_and(|only| only != model) {
+                            continue;
+                        }
+                        items.push(WorkItem {
+                            model,
+                            method,
+                            protocol,
+                            sample,
+                        });
                     }
-                    items.push(WorkItem {
-                        model,
-                        method,
-                        sample,
-                    });
                 }
             }
         }
@@ -323,8 +341,8 @@ impl PlanArgs {
 
 impl Plan {
     /// A fingerprint of what decides the plan's rows: the models (file names and
-    /// max_length), the methods' full specs and every sample's task, id, prompt and answer
-    /// length. Shards of one plan share it wherever their files lie; `merge` refuses
+    /// max_length), the methods' full specs, the protocols and every sample's task, id,
+    /// prompt (and where its question begins) and answer length. Shards of one plan share it wherever their files lie; `merge` refuses
     /// databases whose fingerprints differ.
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
@@ -339,10 +357,14 @@ impl Plan {
         for m in &self.methods {
             part(&m.to_string());
         }
+        for p in &self.spec.protocols {
+            part(p.name());
+        }
         for s in &self.samples {
             part(&s.task);
             part(&s.id);
-            part(&s.prompt);
+            part(&s.prompt.text);
+            part(&s.prompt.question_at.to_string());
             part(&s.max_new_tokens.to_string());
         }
         format!("{:x}", h.finalize())[..16].to_string()
@@ -392,7 +414,7 @@ pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
             std::fs::create_dir_all(&folder)
                 .with_context(|| format!("creating {}", folder.display()))?;
             let path = folder.join(format!("{}.txt", super::slug(&s.id)));
-            std::fs::write(&path, &s.prompt)
+            std::fs::write(&path, &s.prompt.text)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         eprintln!(
@@ -406,7 +428,7 @@ pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
         let s = &plan.samples[item.sample];
         let key = (
             plan.spec.models[item.model].path.clone(),
-            plan.methods[item.method].to_string(),
+            method_label(&plan.methods[item.method], item.protocol),
             s.task.clone(),
         );
         match cells
@@ -444,37 +466,133 @@ fn now() -> String {
         .to_string()
 }
 
-/// A sample's prompt for this model, as text and tokens: LongBench prompts cut in the middle
-/// to `max_length`, then the chat template where the task uses it. `max_length` defaults to
-/// the model's context less the answer (`max_new_tokens`) and less what this model's chat
-/// template adds around the prompt (measured on an empty message). A prompt that leaves no
-/// room for the answer is an error.
+/// A sample's prompt as one model reads it under one protocol.
+struct Fitted {
+    /// Token ids, chat template included.
+    tokens: Vec<u32>,
+    /// How many of them are the prefill the cache compresses: all under the paper's
+    /// protocol, the context part (and the template's opening) under the query-agnostic one.
+    context_tokens: usize,
+}
+
+/// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`,
+/// then the chat template where the task uses it. `max_length` defaults to the model's
+/// context less the answer (`max_new_tokens`) and less what this model's chat template adds
+/// around the prompt (measured on an empty message). Under the query-agnostic protocol the
+/// context and the question are tokenized apart; a question cut by truncation is an error, as
+/// is a prompt that leaves no room for the answer.
 fn fitted_prompt(
     loaded: &LoadedModel,
     max_length: Option<usize>,
     s: &TaskSample,
-) -> Result<(String, Vec<u32>)> {
+    protocol: Protocol,
+) -> Result<Fitted> {
     let limit = loaded.model.context_limit();
-    let text = match &s.job {
+    let mut cut_to = match &s.job {
         Job::LongBench { .. } => {
             let template = loaded.prompt_tokens("", s.chat)?.len();
-            let max_length =
-                max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + template));
-            longbench::truncate_middle(&s.prompt, max_length, &ModelTokenizer(&loaded.tokenizer))
+            Some(max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + template)))
         }
-        _ => s.prompt.clone(),
+        _ => None,
     };
-    let prompt = loaded.prompt_tokens(&text, s.chat)?;
-    if prompt.len() + s.max_new_tokens > limit {
-        anyhow::bail!(
-            "{} sample {}: the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
-            s.task,
-            s.id,
-            prompt.len(),
-            s.max_new_tokens
-        );
+    // With the default max_length, a cut that still comes out a few tokens long (tokens
+    // merged or split again across the cut, or between context and question) is cut again
+    // by that much.
+    for _ in 0..8 {
+        let text = match cut_to {
+            Some(n) => {
+                longbench::truncate_middle(&s.prompt.text, n, &ModelTokenizer(&loaded.tokenizer))
+            }
+            None => s.prompt.text.clone(),
+        };
+        let (tokens, context_tokens) = match protocol {
+            Protocol::Paper => {
+                let tokens = loaded.prompt_tokens(&text, s.chat)?;
+                let n = tokens.len();
+                (tokens, n)
+            }
+            Protocol::QueryAgnostic => {
+                let question = s.prompt.question();
+                if !text.ends_with(question) {
+                    anyhow::bail!(
+                        "{} sample {}: cutting the prompt to max_length reached into its question, which the query-agnostic protocol needs whole: raise max_length",
+                        s.task,
+                        s.id
+                    );
+                }
+                loaded.prompt_tokens_split(&text, text.len() - question.len(), s.chat)?
+            }
+        };
+        let over = (tokens.len() + s.max_new_tokens).saturating_sub(limit);
+        match cut_to {
+            _ if over == 0 => {
+                return Ok(Fitted {
+                    tokens,
+                    context_tokens,
+                })
+            }
+            Some(n) if max_length.is_none() && over < n => cut_to = Some(n - over),
+            _ => anyhow::bail!(
+                "{} sample {}: the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
+                s.task,
+                s.id,
+                tokens.len(),
+                s.max_new_tokens
+            ),
+        }
     }
-    Ok((text, prompt))
+    anyhow::bail!(
+        "{} sample {}: no cut of the prompt fits the model's context of {limit} with {} tokens for the answer: set max_length",
+        s.task,
+        s.id,
+        s.max_new_tokens
+    )
+}
+
+/// What a model's rows depend on besides their key and prompt: the model's content and the
+/// options that change its numbers, the seed and the scoring rules.
+fn model_settings(args: &ModelArgs, max_length: Option<usize>, seed: u64) -> Result<Settings> {
+    let path = args.model_path()?;
+    let sha = crate::assets::model_sha256(&path)
+        .with_context(|| format!("reading {} to fingerprint it", path.display()))?;
+    let or_trained = |v: Option<String>| v.unwrap_or_else(|| "trained".into());
+    Ok(Settings::default()
+        .with("model_sha256", sha)
+        .with("context", or_trained(args.context.map(|c| c.to_string())))
+        .with(
+            "rope_theta",
+            or_trained(args.rope_theta.map(|t| t.to_string())),
+        )
+        .with("prefill_chunk", args.prefill_chunk)
+        .with(
+            "max_length",
+            max_length.map_or("auto".into(), |m| m.to_string()),
+        )
+        .with("seed", seed)
+        .with("scoring", SCORING_VERSION))
+}
+
+/// A row's settings: its model's, the exact tokens fed (and where the prefill ended) and the
+/// answer length.
+fn row_settings(model: &Settings, fitted: &Fitted, s: &TaskSample) -> Settings {
+    let mut hash = Sha256::new();
+    for t in &fitted.tokens {
+        hash.update(t.to_le_bytes());
+    }
+    hash.update((fitted.context_tokens as u64).to_le_bytes());
+    model
+        .clone()
+        .with("prompt_sha256", format!("{:x}", hash.finalize()))
+        .with("max_new_tokens", s.max_new_tokens)
+}
+
+/// How a method and protocol are shown in logs and plans: the spec, with the protocol when
+/// it is not the paper's.
+fn method_label(method: &Method, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Paper => method.to_string(),
+        other => format!("{method} [{}]", other.name()),
+    }
 }
 
 /// How a sample's answer ends. With `stop_at_newline` (samsum) it is LongBench's pred.py:
@@ -500,17 +618,23 @@ fn generation_settings(
 /// Run one sample under the installed method, score and measure it.
 fn run_sample(
     loaded: &mut LoadedModel,
-    model_name: &str,
-    max_length: Option<usize>,
-    method: &Method,
+    key: RowKey,
+    fitted: &Fitted,
+    settings: Settings,
     s: &TaskSample,
 ) -> Result<ResultRow> {
-    let (text, prompt) = fitted_prompt(loaded, max_length, s)?;
     let stop_at_newline =
         matches!(&s.job, Job::LongBench { dataset, .. } if dataset.stops_at_newline());
-    let settings = generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
+    let generation_settings =
+        generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
     memory::reset_peak();
-    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |_| true)?;
+    let generation = generate_greedy_after_context(
+        &mut loaded.model,
+        &fitted.tokens,
+        fitted.context_tokens,
+        &generation_settings,
+        |_| true,
+    )?;
     let prediction = loaded.tokenizer.decode(&generation.tokens, true)?;
     let (score, score2) = match &s.job {
         Job::Needle { key } => needle::score(key, &prediction),
@@ -521,22 +645,14 @@ fn run_sample(
         ),
     };
     let cache = loaded.model.cache();
-    let seen = (prompt.len() + generation.decode_steps) as i64;
+    let seen = (fitted.tokens.len() + generation.decode_steps) as i64;
     let shape = loaded.model.config().kv_shape();
-    let mut hash = Sha256::new();
-    for part in [model_name, &method.to_string(), &s.task, &text] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
     Ok(ResultRow {
-        model: model_name.into(),
-        method: method.to_string(),
-        task: s.task.clone(),
-        sample: s.id.clone(),
+        key,
         prediction,
         score,
         score2,
-        prompt_tokens: prompt.len() as i64,
+        prompt_tokens: fitted.tokens.len() as i64,
         kept_tokens: cache.mean_kept_tokens().round() as i64,
         kv_bytes: cache.stored_bytes() as i64,
         offloaded_bytes: cache.offloaded_bytes() as i64,
@@ -546,7 +662,7 @@ fn run_sample(
         decode_ms: generation.decode.as_secs_f64() * 1e3,
         new_tokens: generation.decode_steps as i64,
         peak_rss: memory::peak_rss_bytes().unwrap_or(0) as i64,
-        settings_hash: format!("{:x}", hash.finalize()),
+        settings,
         version: env!("CARGO_PKG_VERSION").into(),
         timestamp: now(),
     })
@@ -643,9 +759,32 @@ fn cost_units(sample: &TaskSample) -> u64 {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    // The whole plan (specs, tasks, data files) is checked before any sample runs.
+    // The whole plan (specs, tasks, data files) is checked before the database is touched.
     let plan = args.plan.plan()?;
     let mut store = Store::open(&args.db)?;
+    match run_plan(&args, &plan, &mut store) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A database this run created and never wrote a row to is removed again.
+            store.discard_if_unused();
+            Err(e)
+        }
+    }
+}
+
+/// The key a work item's row is stored under.
+fn row_key(plan: &Plan, names: &[String], item: &WorkItem) -> RowKey {
+    let sample = &plan.samples[item.sample];
+    RowKey {
+        model: names[item.model].clone(),
+        method: plan.methods[item.method].to_string(),
+        protocol: item.protocol.name().into(),
+        task: sample.task.clone(),
+        sample: sample.id.clone(),
+    }
+}
+
+fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
     store.claim_plan(&plan.fingerprint())?;
     let total = plan.items.len();
     let models: Vec<ModelArgs> = (0..plan.spec.models.len())
@@ -655,76 +794,102 @@ pub fn run(args: RunArgs) -> Result<()> {
         .iter()
         .map(|m| Ok(model_name(&m.model_path()?)))
         .collect::<Result<_>>()?;
-    let mut pending = Vec::new();
-    for item in &plan.items {
-        let sample = &plan.samples[item.sample];
-        let method = plan.methods[item.method].to_string();
-        if !store.contains(&names[item.model], &method, &sample.task, &sample.id)? {
-            pending.push(item);
+    // Before anything runs: every prompt is built for its model (a generated prompt that
+    // does not fit is an error now, not hours in), and every stored row is checked against
+    // the settings this run would use.
+    let mut pending: Vec<(&WorkItem, Settings)> = Vec::new();
+    let mut stale: Vec<(RowKey, Vec<String>)> = Vec::new();
+    for (m, model_spec) in plan.spec.models.iter().enumerate() {
+        let mine: Vec<&WorkItem> = plan.items.iter().filter(|i| i.model == m).collect();
+        if mine.is_empty() {
+            continue;
         }
+        let probe = args.plan.model_args(&plan.spec, m, true).load_bare()?;
+        let base = model_settings(&models[m], model_spec.max_length, plan.spec.seed)?;
+        let mut of_sample: std::collections::BTreeMap<(usize, Protocol), Settings> =
+            std::collections::BTreeMap::new();
+        for item in mine {
+            let sample = &plan.samples[item.sample];
+            let settings = match of_sample.get(&(item.sample, item.protocol)) {
+                Some(settings) => settings.clone(),
+                None => {
+                    let fitted =
+                        fitted_prompt(&probe, model_spec.max_length, sample, item.protocol)
+                            .with_context(|| format!("model {}", names[m]))?;
+                    let settings = row_settings(&base, &fitted, sample);
+                    of_sample.insert((item.sample, item.protocol), settings.clone());
+                    settings
+                }
+            };
+            let key = row_key(plan, &names, item);
+            match store.stored(&key)? {
+                None => pending.push((item, settings)),
+                Some(row) if row.settings == settings => {}
+                Some(_) if args.replace => pending.push((item, settings)),
+                Some(row) => stale.push((key, row.settings.differences(&settings))),
+            }
+        }
+    }
+    if let Some((key, differences)) = stale.first() {
+        anyhow::bail!(
+            "{} of the plan's samples are stored in {} with other settings than this run's, e.g. {key}: {} (stored vs now). Use a new --db, or pass --replace to run them again and replace the stored rows",
+            stale.len(),
+            args.db.display(),
+            differences.join("; ")
+        );
     }
     let skipped = total - pending.len();
     if skipped > 0 {
         eprintln!(
-            "{skipped} of {total} samples are already in {} and are skipped",
+            "{skipped} of {total} samples are already in {} with the same settings and are skipped",
             args.db.display()
         );
     }
     let cost = |item: &WorkItem| cost_units(&plan.samples[item.sample]);
-    let mut progress = Progress::new(pending.len(), pending.iter().map(|i| cost(i)).sum());
+    let mut progress = Progress::new(pending.len(), pending.iter().map(|(i, _)| cost(i)).sum());
     let mut ran = 0;
     for (m, model_spec) in plan.spec.models.iter().enumerate() {
-        let mine: Vec<&WorkItem> = pending.iter().copied().filter(|i| i.model == m).collect();
+        let mine: Vec<&(&WorkItem, Settings)> =
+            pending.iter().filter(|(i, _)| i.model == m).collect();
         if mine.is_empty() {
             continue;
         }
         let mut loaded = models[m].load_bare()?;
-        // Generated prompts (needle, synthetic) must all fit before any runs; LongBench's
-        // are cut to fit.
-        let mut generated: Vec<usize> = mine
-            .iter()
-            .map(|i| i.sample)
-            .filter(|&s| !matches!(plan.samples[s].job, Job::LongBench { .. }))
-            .collect();
-        generated.sort_unstable();
-        generated.dedup();
-        for s in generated {
-            fitted_prompt(&loaded, model_spec.max_length, &plan.samples[s])
-                .with_context(|| format!("model {}", names[m]))?;
-        }
-        let model_name = &names[m];
         let mut installed = None;
-        for (k, item) in mine.iter().enumerate() {
+        for (k, (item, settings)) in mine.iter().enumerate() {
             let (method, sample) = (&plan.methods[item.method], &plan.samples[item.sample]);
-            let spec = method.to_string();
-            let same_cell = |other: &&WorkItem| {
-                other.method == item.method && plan.samples[other.sample].task == sample.task
+            let label = method_label(method, item.protocol);
+            let same_cell = |other: &&&(&WorkItem, Settings)| {
+                other.0.method == item.method
+                    && other.0.protocol == item.protocol
+                    && plan.samples[other.0.sample].task == sample.task
             };
-            if k == 0 || !same_cell(&mine[k - 1]) {
-                let cell: Vec<&&WorkItem> = mine[k..].iter().take_while(|o| same_cell(o)).collect();
+            if k == 0 || !same_cell(&&mine[k - 1]) {
+                let cell: Vec<_> = mine[k..].iter().take_while(|o| same_cell(o)).collect();
                 progress.start_cell(
-                    format!("{spec} {} ({} samples)", sample.task, cell.len()),
-                    cell.iter().map(|o| cost(o)).sum(),
+                    format!("{label} {} ({} samples)", sample.task, cell.len()),
+                    cell.iter().map(|o| cost(o.0)).sum(),
                 );
             }
             if installed != Some(item.method) {
                 install(&mut loaded, method)?;
                 installed = Some(item.method);
             }
+            let fitted = fitted_prompt(&loaded, model_spec.max_length, sample, item.protocol)?;
             let row = run_sample(
                 &mut loaded,
-                model_name,
-                model_spec.max_length,
-                method,
+                row_key(plan, &names, item),
+                &fitted,
+                settings.clone(),
                 sample,
             )
-            .with_context(|| format!("method {spec}, {} sample {}", sample.task, sample.id))?;
-            store.insert(&row)?;
+            .with_context(|| format!("method {label}, {} sample {}", sample.task, sample.id))?;
+            store.insert(&row, args.replace)?;
             ran += 1;
             progress.finish_sample(
                 cost(item),
                 format!(
-                    "{spec} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
+                    "{label} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
                     sample.task,
                     sample.id,
                     row.score,
@@ -741,7 +906,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         progress.started.elapsed().as_secs_f64()
     );
     // One screen: every method of the database, then where the full report comes from.
-    println!("{}", super::report::efficiency_table(&store.rows()?));
+    println!(
+        "{}",
+        super::report::efficiency_table(&super::report::as_shown(&store.rows()?))
+    );
     println!(
         "results: {}\nreport:  longctx report --db {} --out report/   (writes report/report.md)",
         args.db.display(),
