@@ -55,6 +55,14 @@ pub trait KvCache: Send {
         v: &Tensor,
     ) -> Result<Tensor>;
 
+    /// Whether every query attends only within a bounded distance (a window, and memory
+    /// read at a fixed distance), so that an input longer than the model's context can be
+    /// streamed through: the benchmark's StreamingLLM and InfLLM. Attention then never spans
+    /// more positions than the model was trained on, whatever the input's length.
+    fn streams(&self) -> bool {
+        false
+    }
+
     /// Told once the whole prompt has been processed; post-prefill policies evict here.
     fn end_prefill(&mut self) -> Result<()>;
 
@@ -100,6 +108,10 @@ pub struct Reservation {
     pub appended: usize,
     /// Most tokens generated: storage is set aside for up to [`DECODE_RESERVE`] of them.
     pub new_tokens: usize,
+    /// The input length a token-dropping policy's budget derives from, when it is not the
+    /// prompt's: the benchmark streams a long input through StreamingLLM and InfLLM with the
+    /// budget of the truncated input, `min(L, max_length)`.
+    pub budget_input: Option<usize>,
 }
 
 impl Reservation {
@@ -107,9 +119,14 @@ impl Reservation {
     pub fn prompt(prompt: usize, new_tokens: usize) -> Self {
         Self {
             prompt,
-            appended: 0,
             new_tokens,
+            ..Self::default()
         }
+    }
+
+    /// The input length budgets derive from.
+    pub fn budget_input(&self) -> usize {
+        self.budget_input.unwrap_or(self.prompt)
     }
 
     /// Rows to set aside after the prompt: every appended token, and generated ones up to

@@ -167,8 +167,11 @@ impl DropSettings {
 /// The budget of one sequence, fixed by `reserve`.
 #[derive(Debug, Clone, Copy)]
 struct Sequence {
+    /// Tokens of the prefill.
     prompt: usize,
+    /// What the sequence was reserved as.
     reservation: Reservation,
+    /// Tokens kept per head (before a per-layer schedule).
     budget: usize,
 }
 
@@ -347,7 +350,9 @@ impl DroppingCache {
                 Some(vec![keep; heads.len()])
             }
             DropPolicy::H2O { .. } => {
-                let recent = self.h2o_split(self.sequence.map_or(n, |s| s.prompt)).1;
+                let recent = self
+                    .h2o_split(self.sequence.map_or(n, |s| s.reservation.budget_input()))
+                    .1;
                 Some(
                     heads
                         .iter()
@@ -400,7 +405,7 @@ impl DroppingCache {
         let Some(s) = self.sequence else { return };
         let budget = self.budget_of(layer, s.budget);
         if self.views[layer].is_some() {
-            let (heavy, recent) = self.h2o_split(s.prompt);
+            let (heavy, recent) = self.h2o_split(s.reservation.budget_input());
             let views = self.views[layer].as_mut().expect("checked");
             views.choose(heavy, recent);
             for (g, h) in self.layers[layer].iter_mut().enumerate() {
@@ -599,16 +604,16 @@ impl KvCache for DroppingCache {
     }
 
     fn reserve(&mut self, reservation: Reservation) -> Result<()> {
-        let prompt_tokens = reservation.prompt;
+        let budget_input = reservation.budget_input();
         let budget = match self.settings.policy {
             DropPolicy::H2O { .. } => {
-                let (heavy, recent) = self.h2o_split(prompt_tokens);
+                let (heavy, recent) = self.h2o_split(budget_input);
                 heavy + recent
             }
-            _ => self.settings.budget.tokens(prompt_tokens),
+            _ => self.settings.budget.tokens(budget_input),
         };
         let s = Sequence {
-            prompt: prompt_tokens,
+            prompt: reservation.prompt,
             reservation,
             budget,
         };
@@ -681,6 +686,16 @@ impl KvCache for DroppingCache {
             self.evict(layer);
         }
         Ok(out)
+    }
+
+    /// StreamingLLM with re-indexed sinks: the window is read at its distances and the sinks
+    /// at one fixed distance, as `stream_llm.py` does. Without re-indexing the sinks' distance
+    /// grows with the input.
+    fn streams(&self) -> bool {
+        matches!(
+            self.settings.policy,
+            DropPolicy::StreamingLlm { reindex: true, .. }
+        )
     }
 
     fn end_prefill(&mut self) -> Result<()> {

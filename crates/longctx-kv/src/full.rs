@@ -243,6 +243,7 @@ mod tests {
             prompt: 90,
             appended: 100,
             new_tokens: 1000,
+            budget_input: None,
         })
         .unwrap();
         let rows = 90 + 100 + crate::DECODE_RESERVE;

@@ -426,7 +426,9 @@ impl KvCache for InfLlmCache {
     }
 
     fn reserve(&mut self, r: Reservation) -> Result<()> {
-        let split = self.settings.split(self.settings.budget.tokens(r.prompt));
+        let split = self
+            .settings
+            .split(self.settings.budget.tokens(r.budget_input()));
         self.split = Some(split);
         let d = self.shape.head_dim;
         // The remainder peaks at window + a partial block + a chunk, never beyond the sequence.
@@ -476,6 +478,11 @@ impl KvCache for InfLlmCache {
         }
         self.processed[layer] = pos + t;
         Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    /// The window is read at its distances and the memory at one fixed distance.
+    fn streams(&self) -> bool {
+        true
     }
 
     fn end_prefill(&mut self) -> Result<()> {

@@ -28,5 +28,5 @@ pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;
 pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use kivi::{KiviCache, KiviSettings};
-pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable};
+pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable, MAX_STREAM_POSITIONS};
 pub use window::{windowed_attention, Memory, Windowed};

@@ -85,11 +85,21 @@ impl RopeSettings {
     }
 }
 
+/// Most positions a stream may reach (16M): only policies whose attention spans a bounded
+/// window are fed past the model's context, and none needs more.
+pub const MAX_STREAM_POSITIONS: usize = 1 << 24;
+
 /// Precomputed cos/sin of every position's rotation, shared by a model and its cache.
+///
+/// Positions past the table (an input streamed through a windowed policy beyond the
+/// model's context) are rotated with angles computed on the spot in f64: attention within
+/// the window depends only on the distance between query and key, which these angles keep
+/// exact where f32 angles at large positions would not.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     cos: Tensor,
     sin: Tensor,
+    inverse_frequencies: Vec<f64>,
     style: RopeStyle,
     max_positions: usize,
 }
@@ -113,47 +123,60 @@ impl RopeTable {
         Ok(Self {
             cos: Tensor::from_vec(cos, (n, half), device)?,
             sin: Tensor::from_vec(sin, (n, half), device)?,
+            inverse_frequencies: inv,
             style: settings.style,
             max_positions: n,
         })
     }
 
-    /// Positions this table covers.
+    /// cos and sin rows (`[t, half]`) of positions `start..start + t`: the table's, or
+    /// past it, computed in f64.
+    fn rows(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let end = start + t;
+        if end > MAX_STREAM_POSITIONS {
+            return Err(KvError::ContextExceeded {
+                position: end - 1,
+                limit: MAX_STREAM_POSITIONS,
+            });
+        }
+        if end <= self.max_positions {
+            return Ok((self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?));
+        }
+        let half = self.inverse_frequencies.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for p in start..end {
+            for f in &self.inverse_frequencies {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let device = self.cos.device();
+        Ok((
+            Tensor::from_vec(cos, (t, half), device)?,
+            Tensor::from_vec(sin, (t, half), device)?,
+        ))
+    }
+
+    /// Positions the table covers: the model's context.
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
 
     /// Rotate `x` (`[heads, t, head_dim]`) as tokens at positions `start..start + t`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let t = x.dim(1)?;
-        self.check(start + t)?;
-        self.rotate(
-            x,
-            &self.cos.narrow(0, start, t)?,
-            &self.sin.narrow(0, start, t)?,
-        )
+        let (cos, sin) = self.rows(start, x.dim(1)?)?;
+        self.rotate(x, &cos, &sin)
     }
 
     /// Rotate every token of `x` at the one position `position`: InfLLM's and the
     /// benchmark's StreamingLLM's queries for memory kept at a fixed distance.
     pub fn apply_at(&self, x: &Tensor, position: usize) -> Result<Tensor> {
         let t = x.dim(1)?;
-        self.check(position + 1)?;
-        let row = |table: &Tensor| -> Result<Tensor> {
-            let r = table.narrow(0, position, 1)?;
-            Ok(r.broadcast_as((t, r.dim(1)?))?.contiguous()?)
-        };
-        self.rotate(x, &row(&self.cos)?, &row(&self.sin)?)
-    }
-
-    fn check(&self, end: usize) -> Result<()> {
-        if end > self.max_positions {
-            return Err(KvError::ContextExceeded {
-                position: end - 1,
-                limit: self.max_positions,
-            });
-        }
-        Ok(())
+        let (cos, sin) = self.rows(position, 1)?;
+        let spread =
+            |r: Tensor| -> Result<Tensor> { Ok(r.broadcast_as((t, r.dim(1)?))?.contiguous()?) };
+        self.rotate(x, &spread(cos)?, &spread(sin)?)
     }
 
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -211,16 +234,49 @@ mod tests {
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[1] - 3f32.sin()).abs() < 1e-6);
     }
 
+    /// Past the table, rotations come from f64 angles: they match the table's where both
+    /// exist (to f32 rounding of the table's angles), and keep the distance between two
+    /// positions however far the stream has gone. Beyond the stream ceiling is an error.
     #[test]
-    fn positions_past_the_table_are_an_error() {
-        let table = RopeTable::new(&settings(RopeStyle::Half), &Device::Cpu).unwrap();
-        let x = Tensor::zeros((1, 2, 4), DType::F32, &Device::Cpu).unwrap();
+    fn positions_past_the_table_keep_relative_rotations() {
+        let short = RopeTable::new(&settings(RopeStyle::Half), &Device::Cpu).unwrap();
+        let long = RopeTable::new(
+            &RopeSettings {
+                max_positions: 4096,
+                ..settings(RopeStyle::Half)
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 40, 4), &Device::Cpu).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let past = short.apply(&x, 5).unwrap();
+        assert!(max_diff(&past, &long.apply(&x, 5).unwrap()) < 1e-5);
+        assert!(
+            max_diff(
+                &short.apply_at(&x, 30).unwrap(),
+                &long.apply_at(&x, 30).unwrap()
+            ) < 1e-5
+        );
+        // q·k of a query and a key 3 apart is the same at positions 10/7 and 3_000_010/3_000_007.
+        let dot = |table: &RopeTable, q_at: usize, k_at: usize| -> f32 {
+            let q = table.apply_at(&x.narrow(1, 0, 1).unwrap(), q_at).unwrap();
+            let k = table.apply_at(&x.narrow(1, 1, 1).unwrap(), k_at).unwrap();
+            (q * k).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        assert!((dot(&short, 10, 7) - dot(&short, 3_000_010, 3_000_007)).abs() < 1e-4);
         assert!(matches!(
-            table.apply(&x, 7),
-            Err(KvError::ContextExceeded {
-                position: 8,
-                limit: 8
-            })
+            short.apply(&x, MAX_STREAM_POSITIONS - 1),
+            Err(KvError::ContextExceeded { .. })
         ));
     }
 

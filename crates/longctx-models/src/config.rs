@@ -19,6 +19,20 @@ pub enum Architecture {
     Qwen2,
 }
 
+/// Most layers a model header may claim.
+pub const MAX_LAYERS: usize = 1024;
+/// Most attention heads.
+pub const MAX_HEADS: usize = 1024;
+/// Largest head dimension.
+pub const MAX_HEAD_DIM: usize = 1024;
+/// Largest hidden or feed-forward width.
+pub const MAX_WIDTH: usize = 1 << 18;
+/// Largest vocabulary.
+pub const MAX_VOCAB: usize = 1 << 22;
+/// Longest context (header or `--context`): the RoPE table is built for it, so 1M positions
+/// at most (512 MiB at head dimension 128); longer inputs can only be streamed.
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 /// Hyper-parameters of one Llama-family model.
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
@@ -79,6 +93,32 @@ impl LlamaConfig {
                 "hidden size, layer count, context and an even head dimension must be positive"
                     .into(),
             ));
+        }
+        // Everything below sizes an allocation (layers, the RoPE table, buffers): a header
+        // claiming more than any model has is refused before anything is sized by it.
+        let sizes = [
+            (
+                "layer count (block_count / num_hidden_layers)",
+                self.layers,
+                MAX_LAYERS,
+            ),
+            ("attention heads", self.heads, MAX_HEADS),
+            ("head dimension", self.head_dim, MAX_HEAD_DIM),
+            ("hidden size", self.hidden, MAX_WIDTH),
+            ("feed-forward size", self.intermediate, MAX_WIDTH),
+            ("vocabulary size", self.vocab, MAX_VOCAB),
+            (
+                "context (context_length / max_position_embeddings)",
+                self.context,
+                MAX_CONTEXT,
+            ),
+        ];
+        for (what, value, most) in sizes {
+            if value > most {
+                return Err(bad(format!(
+                    "its {what} is {value}, beyond the {most} this loader accepts: the header is damaged or not a model's"
+                )));
+            }
         }
         Ok(self)
     }

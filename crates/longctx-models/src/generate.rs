@@ -77,21 +77,33 @@ pub fn generate_greedy(
     settings: &GenerationSettings,
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    generate_greedy_after_context(model, prompt, prompt.len(), settings, on_token)
+    generate_greedy_fed(model, prompt, Feed::default(), settings, on_token)
 }
 
-/// Greedy decoding where only `prompt[..context]` is the prefill: the cache policy sizes its
-/// budget from it and compresses it at the end of prefill; the rest of the prompt (the
-/// question) is then fed one token at a time under the compressed cache, as decoding steps
-/// are, before the answer is generated (kvpress's query-agnostic protocol). Both phases count
-/// as prefill time. `context == prompt.len()` is [`generate_greedy`].
-pub fn generate_greedy_after_context(
+/// How a prompt is fed to the model before its answer is generated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Feed {
+    /// How many of the prompt's tokens are the prefill (the rest, the question, follows
+    /// under the compressed cache: kvpress's query-agnostic protocol); `None`: all of them.
+    pub context: Option<usize>,
+    /// The input length a token-dropping policy's budget derives from, when not the
+    /// prefill's (the benchmark's budget `min(L, max_length)` for a streamed input).
+    pub budget_input: Option<usize>,
+}
+
+/// Greedy decoding fed as `feed` says. With a context split, only `prompt[..context]` is the
+/// prefill: the cache policy sizes its budget from it and compresses it at the end of
+/// prefill; the rest of the prompt (the question) is then fed one token at a time under the
+/// compressed cache, as decoding steps are, before the answer is generated. Both phases
+/// count as prefill time.
+pub fn generate_greedy_fed(
     model: &mut dyn LanguageModel,
     prompt: &[u32],
-    context: usize,
+    feed: Feed,
     settings: &GenerationSettings,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    let context = feed.context.unwrap_or(prompt.len());
     if context == 0 || context > prompt.len() {
         return Err(crate::ModelError::Tokenizer(format!(
             "the context part of a prompt must hold between 1 and {} tokens, not {context}",
@@ -103,6 +115,7 @@ pub fn generate_greedy_after_context(
         prompt: context,
         appended: prompt.len() - context,
         new_tokens: settings.max_new_tokens,
+        budget_input: feed.budget_input,
     })?;
     let start = Instant::now();
     let mut logits = model.prefill(&prompt[..context])?;
@@ -244,12 +257,16 @@ mod tests {
             min_new_tokens: 0,
         };
         let mut model = Recorder::default();
-        let g =
-            generate_greedy_after_context(&mut model, &[5; 10], 7, &settings, |_| true).unwrap();
+        let feed = Feed {
+            context: Some(7),
+            budget_input: Some(5),
+        };
+        let g = generate_greedy_fed(&mut model, &[5; 10], feed, &settings, |_| true).unwrap();
         let want = Reservation {
             prompt: 7,
             appended: 3,
             new_tokens: 2,
+            budget_input: Some(5),
         };
         assert_eq!(model.reserved, want);
         assert_eq!(
@@ -264,10 +281,11 @@ mod tests {
         assert_eq!(model.reserved, Reservation::prompt(10, 2));
         assert_eq!(model.calls[0], (10, false));
         for bad in [0, 11] {
-            assert!(
-                generate_greedy_after_context(&mut model, &[5; 10], bad, &settings, |_| true)
-                    .is_err()
-            );
+            let feed = Feed {
+                context: Some(bad),
+                budget_input: None,
+            };
+            assert!(generate_greedy_fed(&mut model, &[5; 10], feed, &settings, |_| true).is_err());
         }
     }
 

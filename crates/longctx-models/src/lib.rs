@@ -18,7 +18,7 @@ pub use longctx_kv::Reservation;
 pub use chat::ChatTemplate;
 pub use error::{ModelError, Result};
 pub use generate::{
-    argmax, argmax_except, generate_greedy, generate_greedy_after_context, Generation,
+    argmax, argmax_except, generate_greedy, generate_greedy_fed, Feed, Generation,
     GenerationSettings, StopReason,
 };
 pub use llama::{LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};

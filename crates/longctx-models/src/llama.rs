@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use longctx_kv::{FullCache, KvCache, KvShape, Reservation, RopeScaling, RopeTable};
+use longctx_kv::{
+    FullCache, KvCache, KvShape, Reservation, RopeScaling, RopeTable, MAX_STREAM_POSITIONS,
+};
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, MAX_CONTEXT};
 use crate::gguf::GgufFile;
 use crate::linear::Linear;
 use crate::{LanguageModel, Logits, ModelError, Result};
@@ -72,18 +74,59 @@ enum Weights {
     Safetensors(MmapedSafetensors, PathBuf),
 }
 
+/// A tensor's expected shape, dimension by dimension; `None` takes any size.
+type Shape<'a> = &'a [Option<usize>];
+
 impl Weights {
-    fn vector(&self, gguf: &str, hf: &str) -> Result<Tensor> {
+    /// The file or folder the weights come from.
+    fn path(&self) -> PathBuf {
         match self {
-            Weights::Gguf(g) => Ok(g.tensor(gguf, &Device::Cpu)?.dequantize(&Device::Cpu)?),
+            Weights::Gguf(g) => g.path().to_path_buf(),
+            Weights::Safetensors(_, dir) => dir.clone(),
+        }
+    }
+
+    /// A shape that differs from the config's is an error naming the file and tensor:
+    /// a damaged or mislabelled checkpoint must not run with whatever shapes it holds.
+    fn check_shape(&self, gguf: &str, hf: &str, found: &[usize], want: Shape) -> Result<()> {
+        let fits = found.len() == want.len()
+            && found
+                .iter()
+                .zip(want)
+                .all(|(f, w)| w.is_none_or(|w| w == *f));
+        if fits {
+            return Ok(());
+        }
+        let name = match self {
+            Weights::Gguf(_) => gguf,
+            Weights::Safetensors(..) => hf,
+        };
+        let want: Vec<String> = want
+            .iter()
+            .map(|w| w.map_or("any".into(), |w| w.to_string()))
+            .collect();
+        Err(ModelError::BadCheckpoint {
+            path: self.path(),
+            reason: format!(
+                "tensor {name} has shape {found:?}, but the model's config asks for [{}]",
+                want.join(", ")
+            ),
+        })
+    }
+
+    fn vector(&self, gguf: &str, hf: &str, want: Shape) -> Result<Tensor> {
+        let t = match self {
+            Weights::Gguf(g) => g.tensor(gguf, &Device::Cpu)?.dequantize(&Device::Cpu)?,
             Weights::Safetensors(st, dir) => st
                 .load(hf, &Device::Cpu)
                 .and_then(|t| t.to_dtype(DType::F32))
                 .map_err(|e| ModelError::BadCheckpoint {
                     path: dir.clone(),
                     reason: format!("tensor {hf}: {e}"),
-                }),
-        }
+                })?,
+        };
+        self.check_shape(gguf, hf, t.dims(), want)?;
+        Ok(t)
     }
 
     fn has(&self, gguf: &str, hf: &str) -> bool {
@@ -93,20 +136,26 @@ impl Weights {
         }
     }
 
+    /// A `[outputs, inputs]` projection, with its bias when named.
     fn linear(
         &self,
         gguf: &str,
         hf: &str,
         bias: Option<(&str, &str)>,
         dense: bool,
+        want: Shape,
     ) -> Result<Linear> {
         let bias = match bias {
-            Some((gb, hb)) => Some(self.vector(gb, hb)?),
+            Some((gb, hb)) => Some(self.vector(gb, hb, &want[..1])?),
             None => None,
         };
         match self {
-            Weights::Gguf(g) => Linear::from_qtensor(g.tensor(gguf, &Device::Cpu)?, dense, bias),
-            Weights::Safetensors(..) => Ok(Linear::from_dense(self.vector(gguf, hf)?, bias)),
+            Weights::Gguf(g) => {
+                let q = g.tensor(gguf, &Device::Cpu)?;
+                self.check_shape(gguf, hf, q.shape().dims(), want)?;
+                Linear::from_qtensor(q, dense, bias)
+            }
+            Weights::Safetensors(..) => Ok(Linear::from_dense(self.vector(gguf, hf, want)?, bias)),
         }
     }
 }
@@ -157,16 +206,29 @@ impl LlamaModel {
             config.rope.theta = theta;
         }
         if let Some(context) = options.context {
+            if context == 0 || context > MAX_CONTEXT {
+                return Err(ModelError::Unsupported {
+                    what: format!("--context {context}"),
+                    hint: format!("a context holds between 1 and {MAX_CONTEXT} tokens (the RoPE table is built for it)"),
+                });
+            }
             config.context = context;
         }
         config.rope.max_positions = config.context;
         let dense = options.dense_prefill_weights;
-        let embeddings = w.vector("token_embd.weight", "model.embed_tokens.weight")?;
+        let (hidden, inner) = (Some(config.hidden), Some(config.intermediate));
+        let q_width = Some(config.heads * config.head_dim);
+        let kv_width = Some(config.kv_heads * config.head_dim);
+        let embeddings = w.vector(
+            "token_embd.weight",
+            "model.embed_tokens.weight",
+            &[None, hidden],
+        )?;
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let g = |n: &str| format!("blk.{i}.{n}");
             let h = |n: &str| format!("model.layers.{i}.{n}");
-            let lin = |gn: &str, hn: &str, with_bias: bool| {
+            let lin = |gn: &str, hn: &str, with_bias: bool, want: Shape| {
                 let bias = with_bias.then(|| {
                     (
                         g(&gn.replace("weight", "bias")),
@@ -178,25 +240,75 @@ impl LlamaModel {
                     &h(hn),
                     bias.as_ref().map(|(a, c)| (a.as_str(), c.as_str())),
                     dense,
+                    want,
                 )
             };
             let qkv_bias = config.qkv_bias;
             blocks.push(Block {
-                attn_norm: w.vector(&g("attn_norm.weight"), &h("input_layernorm.weight"))?,
-                q: lin("attn_q.weight", "self_attn.q_proj.weight", qkv_bias)?,
-                k: lin("attn_k.weight", "self_attn.k_proj.weight", qkv_bias)?,
-                v: lin("attn_v.weight", "self_attn.v_proj.weight", qkv_bias)?,
-                o: lin("attn_output.weight", "self_attn.o_proj.weight", false)?,
-                ffn_norm: w.vector(&g("ffn_norm.weight"), &h("post_attention_layernorm.weight"))?,
-                gate: lin("ffn_gate.weight", "mlp.gate_proj.weight", false)?,
-                up: lin("ffn_up.weight", "mlp.up_proj.weight", false)?,
-                down: lin("ffn_down.weight", "mlp.down_proj.weight", false)?,
+                attn_norm: w.vector(
+                    &g("attn_norm.weight"),
+                    &h("input_layernorm.weight"),
+                    &[hidden],
+                )?,
+                q: lin(
+                    "attn_q.weight",
+                    "self_attn.q_proj.weight",
+                    qkv_bias,
+                    &[q_width, hidden],
+                )?,
+                k: lin(
+                    "attn_k.weight",
+                    "self_attn.k_proj.weight",
+                    qkv_bias,
+                    &[kv_width, hidden],
+                )?,
+                v: lin(
+                    "attn_v.weight",
+                    "self_attn.v_proj.weight",
+                    qkv_bias,
+                    &[kv_width, hidden],
+                )?,
+                o: lin(
+                    "attn_output.weight",
+                    "self_attn.o_proj.weight",
+                    false,
+                    &[hidden, q_width],
+                )?,
+                ffn_norm: w.vector(
+                    &g("ffn_norm.weight"),
+                    &h("post_attention_layernorm.weight"),
+                    &[hidden],
+                )?,
+                gate: lin(
+                    "ffn_gate.weight",
+                    "mlp.gate_proj.weight",
+                    false,
+                    &[inner, hidden],
+                )?,
+                up: lin(
+                    "ffn_up.weight",
+                    "mlp.up_proj.weight",
+                    false,
+                    &[inner, hidden],
+                )?,
+                down: lin(
+                    "ffn_down.weight",
+                    "mlp.down_proj.weight",
+                    false,
+                    &[hidden, inner],
+                )?,
             });
         }
-        let final_norm = w.vector("output_norm.weight", "model.norm.weight")?;
+        let final_norm = w.vector("output_norm.weight", "model.norm.weight", &[hidden])?;
         let tied = !w.has("output.weight", "lm_head.weight");
         let lm_head = if !tied {
-            w.linear("output.weight", "lm_head.weight", None, true)?
+            w.linear(
+                "output.weight",
+                "lm_head.weight",
+                None,
+                true,
+                &[None, hidden],
+            )?
         } else {
             // Tied embeddings: the output projection is the embedding matrix, shared, not copied.
             match &w {
@@ -206,6 +318,7 @@ impl LlamaModel {
                         "model.embed_tokens.weight",
                         None,
                         false,
+                        &[None, hidden],
                     )?
                     .with_dense(embeddings.clone()),
                 Weights::Safetensors(..) => Linear::from_dense(embeddings.clone(), None),
@@ -304,10 +417,10 @@ impl LanguageModel for LlamaModel {
             ));
         }
         let needed = self.seen + tokens.len();
-        if needed > self.config.context {
+        if needed > self.context_limit() {
             return Err(ModelError::ContextTooLong {
                 needed,
-                limit: self.config.context,
+                limit: self.context_limit(),
             });
         }
         if let Some(&bad) = tokens
@@ -339,8 +452,16 @@ impl LanguageModel for LlamaModel {
         Ok(self.cache.end_prefill()?)
     }
 
+    /// A prompt longer than the model can hold is refused here, before storage is sized by it.
     fn reserve(&mut self, mut r: Reservation) -> Result<()> {
-        let room = self.config.context.saturating_sub(r.prompt + r.appended);
+        let needed = r.prompt.saturating_add(r.appended);
+        if needed > self.context_limit() {
+            return Err(ModelError::ContextTooLong {
+                needed,
+                limit: self.context_limit(),
+            });
+        }
+        let room = self.context_limit() - needed;
         r.new_tokens = r.new_tokens.min(room);
         Ok(self.cache.reserve(r)?)
     }
@@ -349,8 +470,14 @@ impl LanguageModel for LlamaModel {
         self.seen
     }
 
+    /// The trained (or `--context`) window, unless the cache streams: a policy whose
+    /// attention spans a bounded distance reads any input up to the stream ceiling.
     fn context_limit(&self) -> usize {
-        self.config.context
+        if self.cache.streams() {
+            MAX_STREAM_POSITIONS
+        } else {
+            self.config.context
+        }
     }
 
     fn state_bytes(&self) -> usize {

@@ -128,10 +128,10 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        let chat = match config.get("chat_template").and_then(|t| t.as_str()) {
-            Some(src) => Some(template(src, &tokenizer)?),
-            None => None,
-        };
+        let chat = config
+            .get("chat_template")
+            .and_then(|t| t.as_str())
+            .map(|src| template(src, &tokenizer));
         return Ok(LoadedModel {
             model,
             tokenizer,
@@ -149,10 +149,10 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     // The architecture is checked before anything else, so an unsupported model says so first.
     crate::config::LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-    let chat = match gguf.get_str("tokenizer.chat_template") {
-        Ok(src) => Some(template(src, &tokenizer)?),
-        Err(_) => None,
-    };
+    let chat = gguf
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .map(|src| template(src, &tokenizer));
     let model = LlamaModel::from_gguf(gguf, options)?;
     Ok(LoadedModel {
         model,
@@ -162,7 +162,7 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     })
 }
 
-fn template(src: &str, tokenizer: &TextTokenizer) -> Result<ChatTemplate> {
+fn template(src: &str, tokenizer: &TextTokenizer) -> ChatTemplate {
     let name = |id: Option<u32>| {
         id.and_then(|i| tokenizer.id_to_token(i))
             .unwrap_or_default()

@@ -22,6 +22,11 @@ pub const QUESTION: &str = "\nWhat is the pass key? The pass key is ";
 /// The needle sentence; `<PASS KEY>` stands for the key.
 pub const NEEDLE_TEMPLATE: &str =
     "The pass key is <PASS KEY>. Remember it. <PASS KEY> is the pass key.";
+/// Longest haystack a grid may ask for, in words (and longest generated context of any
+/// task): beyond what a streamed input may reach.
+pub const MAX_WORDS: usize = 1 << 22;
+/// Most samples a needle grid may hold.
+pub const MAX_GRID_SAMPLES: usize = 1 << 20;
 /// Tokens the benchmark lets the model generate.
 pub const MAX_NEW_TOKENS: usize = 256;
 /// The benchmark feeds the prompt as raw text (no chat template): it ends with "The pass key
@@ -177,6 +182,19 @@ impl NeedleGrid {
         if from == 0 || from > to || count == 0 || depths == 0 || trials == 0 {
             return Err(NeedleError::Grid(format!(
                 "lengths {from}..{to} in {count} steps, {depths} depths, {trials} trials: need 0 < from <= to and positive counts"
+            )));
+        }
+        if to > MAX_WORDS {
+            return Err(NeedleError::Grid(format!(
+                "a haystack of {to} words is beyond the {MAX_WORDS} words any model here can read"
+            )));
+        }
+        let cells = count
+            .checked_mul(depths)
+            .and_then(|n| n.checked_mul(trials));
+        if cells.is_none_or(|n| n > MAX_GRID_SAMPLES) {
+            return Err(NeedleError::Grid(format!(
+                "{count} lengths × {depths} depths × {trials} trials is more than {MAX_GRID_SAMPLES} samples"
             )));
         }
         Ok(Self {

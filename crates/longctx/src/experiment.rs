@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use longctx_kv::MAX_STREAM_POSITIONS;
+use longctx_tasks::needle::{MAX_GRID_SAMPLES, MAX_WORDS};
+
 use crate::methods::Method;
 
 /// A whole experiment as written in a TOML file. Unknown keys are errors.
@@ -25,6 +28,9 @@ pub struct ExperimentSpec {
     /// How prompts reach the model; each method runs under each protocol listed.
     #[serde(default = "paper_protocol")]
     pub protocols: Vec<Protocol>,
+    /// How LongBench prompts longer than `max_length` reach each method.
+    #[serde(default)]
+    pub truncation: Truncation,
     /// Seed of every generated sample.
     #[serde(default)]
     pub seed: u64,
@@ -53,6 +59,21 @@ impl Protocol {
             Self::QueryAgnostic => "query-agnostic",
         }
     }
+}
+
+/// How a LongBench prompt longer than `max_length` reaches a method.
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncation {
+    /// The benchmark's: methods that attend within a bounded distance (StreamingLLM,
+    /// InfLLM) stream the whole input with the budget of `min(L, max_length)` tokens; every
+    /// other method reads the prompt cut in the middle to `max_length`.
+    #[default]
+    Paper,
+    /// Every method reads the prompt cut in the middle (LongBench's own rule).
+    Middle,
 }
 
 fn paper_protocol() -> Vec<Protocol> {
@@ -154,6 +175,7 @@ impl ExperimentSpec {
             }),
             longbench: None,
             protocols: paper_protocol(),
+            truncation: Truncation::Paper,
             seed: 0,
             threads: None,
         }
@@ -194,6 +216,13 @@ impl ExperimentSpec {
             if s.words == 0 || s.samples == 0 {
                 anyhow::bail!("synthetic.words and synthetic.samples must be positive");
             }
+            if s.words > MAX_WORDS || s.samples > MAX_GRID_SAMPLES {
+                anyhow::bail!(
+                    "synthetic.words = {} and synthetic.samples = {} must be at most {MAX_WORDS} and {MAX_GRID_SAMPLES}",
+                    s.words,
+                    s.samples
+                );
+            }
         }
         if let Some(n) = &self.needle {
             longctx_tasks::needle::NeedleGrid::new(
@@ -204,8 +233,11 @@ impl ExperimentSpec {
                 n.trials,
                 self.seed,
             )?;
-            if n.max_new_tokens == 0 {
-                anyhow::bail!("needle.max_new_tokens must be positive");
+            if n.max_new_tokens == 0 || n.max_new_tokens > MAX_STREAM_POSITIONS {
+                anyhow::bail!(
+                    "needle.max_new_tokens = {} must be between 1 and {MAX_STREAM_POSITIONS}",
+                    n.max_new_tokens
+                );
             }
         }
         if self.threads == Some(0) {
@@ -219,6 +251,9 @@ impl ExperimentSpec {
         Ok(())
     }
 }
+
+/// Most shards a plan may be cut into (the balancer keeps one load per shard).
+pub const MAX_SHARDS: usize = 1 << 16;
 
 /// Which slice of the plan a process runs: shard `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,9 +273,11 @@ impl std::str::FromStr for Shard {
             .split_once('/')
             .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
         match parsed {
-            Some((index, count)) if count > 0 && index < count => Ok(Self { index, count }),
+            Some((index, count)) if count > 0 && index < count && count <= MAX_SHARDS => {
+                Ok(Self { index, count })
+            }
             _ => Err(format!(
-                "--shard {s}: expected i/N with 0 <= i < N, e.g. 0/4"
+                "--shard {s}: expected i/N with 0 <= i < N <= {MAX_SHARDS}, e.g. 0/4"
             )),
         }
     }
@@ -309,6 +346,7 @@ mod tests {
         assert_eq!(load, [6.0, 6.0, 6.0]);
         assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
         assert!("3/3".parse::<Shard>().is_err());
+        assert!("0/18446744073709551615".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());
     }
 }

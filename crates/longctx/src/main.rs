@@ -15,12 +15,19 @@ fn main() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            // clap's first line names the problem; its usage block follows on --help.
+            // clap's message up to its usage block, on one line: the problem and what it
+            // names (the missing arguments are listed on the lines after the first).
             let rendered = err.render().to_string();
-            eprintln!(
-                "{} (see --help)",
-                rendered.lines().next().unwrap_or("invalid command line")
-            );
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            let message = match message.join(" ") {
+                m if m.is_empty() => "invalid command line".to_string(),
+                m => m,
+            };
+            eprintln!("{message} (see --help)");
             std::process::exit(2);
         }
     };

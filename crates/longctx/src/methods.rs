@@ -10,7 +10,7 @@ use candle_core::Device;
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
     FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings,
-    KvCache, KvError, KvShape, RopeTable, Sinks,
+    KvCache, KvError, KvShape, RopeTable, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -50,7 +50,7 @@ const DROPPING: [(&str, &str, &str); 8] = [
     (
         "streamingllm",
         "streamingllm:ratio={r},sinks=0.021,reindex=true",
-        "the benchmark's (InfLLM's stream_llm.py): int(0.021*T) sinks re-indexed, an exact per-query window; the original keeps 4 sinks (streamingllm-4sinks)",
+        "the benchmark's (InfLLM's stream_llm.py): int(0.021*T) sinks re-indexed, an exact per-query window; streams a LongBench input past max_length whole (truncation=paper); the original keeps 4 sinks (streamingllm-4sinks)",
     ),
     (
         "streamingllm-4sinks",
@@ -70,7 +70,7 @@ const DROPPING: [(&str, &str, &str); 8] = [
     (
         "infllm",
         "infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512,remainder=chunk",
-        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py; equal to its outputs in tests): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer, and its chunk-wide reading of the tokens waiting for a block (remainder=query is the exact mask)",
+        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py; equal to its outputs in tests): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer, and its chunk-wide reading of the tokens waiting for a block (remainder=query is the exact mask); streams a LongBench input past max_length whole (truncation=paper)",
     ),
     (
         "snapkv",
@@ -220,9 +220,13 @@ impl<'a> Settings<'a> {
         Ok(bits as u32)
     }
 
+    /// A positive count of tokens or channels, at most what a sequence may hold.
     fn take_positive(&mut self, key: &str) -> Result<usize, MethodError> {
         match self.take_u64(key)? {
             0 => Err(self.error(format!("{key} must be positive"))),
+            n if n > MAX_STREAM_POSITIONS as u64 => Err(self.error(format!(
+                "{key}={n} is more than any sequence holds (at most {MAX_STREAM_POSITIONS})"
+            ))),
             n => Ok(n as usize),
         }
     }
@@ -242,8 +246,10 @@ impl<'a> Settings<'a> {
                 ))),
             },
             (None, Some(b)) => match b.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Budget::Tokens(n)),
-                _ => Err(self.error(format!("budget={b} must be a positive whole number"))),
+                Ok(n) if n > 0 && n <= MAX_STREAM_POSITIONS => Ok(Budget::Tokens(n)),
+                _ => Err(self.error(format!(
+                    "budget={b} must be a whole number between 1 and {MAX_STREAM_POSITIONS}"
+                ))),
             },
         }
     }

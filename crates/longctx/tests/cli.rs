@@ -518,3 +518,130 @@ fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "the plan has no samples");
 }
+
+/// A copy of the tiny Llama fixture with `edit` applied to one of its JSON files.
+fn tiny_model_with(name: &str, file: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama3");
+    let dir = temp_file(&format!("{name}/.keep"), b"")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join(file);
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, value.to_string()).unwrap();
+    dir
+}
+
+/// Sizes from headers, specs and flags are bounded before anything is sized by them; a
+/// damaged checkpoint names its file and tensor; a broken chat template stops only chat.
+#[test]
+fn sizes_from_headers_specs_and_flags_are_bounded() {
+    let tiny = |dir: &PathBuf| dir.to_str().unwrap().to_string();
+    let absurd_layers = tiny_model_with("layers", "config.json", |c| {
+        c["num_hidden_layers"] = 1_000_000_000_000u64.into()
+    });
+    let absurd_context = tiny_model_with("context", "config.json", |c| {
+        c["max_position_embeddings"] = 1_000_000_000_000u64.into()
+    });
+    let wrong_shape = tiny_model_with("shape", "config.json", |c| {
+        c["intermediate_size"] = 999.into()
+    });
+    let huge = "18446744073709551615";
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--model".into(), tiny(&absurd_layers)],
+            "layer count (block_count / num_hidden_layers) is 1000000000000",
+        ),
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--model".into(), tiny(&absurd_context)],
+            "context (context_length / max_position_embeddings) is 1000000000000",
+        ),
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--model".into(), tiny(&wrong_shape)],
+            "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], but the model's config asks for [999, 64]",
+        ),
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--context".into(), "1000000000000".into()],
+            "--context 1000000000000",
+        ),
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--method".into(), format!("kivi:bits=2,group=32,residual={huge}")],
+            "residual=18446744073709551615 is more than any sequence holds",
+        ),
+        (
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--method".into(), format!("snapkv:budget={huge},window=32,kernel=7")],
+            "budget=18446744073709551615",
+        ),
+        (vec!["run".into(), "--shard".into(), format!("0/{huge}")], "--shard 0/18446744073709551615"),
+        (
+            vec!["bench".into(), "--model".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_llama3").into(), "--contexts".into(), "8".into(), "--decode-tokens".into(), huge.into()],
+            "--decode-tokens",
+        ),
+        (vec!["merge".into()], "<OUT> <INPUTS>"),
+        (
+            vec![
+                "perplexity".into(),
+                "--text".into(),
+                temp_file("text.txt", b"one two three").to_str().unwrap().into(),
+                "--ctx".into(),
+                "100000".into(),
+                "--model".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_llama3").into(),
+            ],
+            "--ctx 100000 is longer than the model's context of 256 tokens",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = longctx(&args);
+        assert!(code == 1 || code == 2, "{args:?}: exit {code}\n{stderr}");
+        assert_one_line_error(&stderr, needle);
+    }
+    // Spec sizes that would overflow or exhaust memory.
+    for (section, needle) in [
+        ("[needle]\nlengths = 18446744073709551615\nmin_words = 10\nmax_words = 20\ndepths = 2\ntrials = 2\nmax_new_tokens = 8\n", "more than 1048576 samples"),
+        ("[needle]\nlengths = 1\nmin_words = 10\nmax_words = 20\ndepths = 1\ntrials = 1\nmax_new_tokens = 18446744073709551615\n", "needle.max_new_tokens"),
+        ("[synthetic]\ntasks = [\"niah_multikey\"]\nwords = 18446744073709551615\nsamples = 1\n", "synthetic.words"),
+    ] {
+        let spec = temp_file(
+            "overflow.toml",
+            format!("methods = [\"baseline\"]\n[[models]]\npath = \"default\"\n{section}").as_bytes(),
+        );
+        let (code, stderr) = longctx(&["plan", "--spec", spec.to_str().unwrap()]);
+        assert_eq!(code, 1, "{stderr}");
+        assert_one_line_error(&stderr, needle);
+    }
+    // A broken chat template fails chat prompts only, naming itself.
+    let broken_chat = tiny_model_with("chat", "tokenizer_config.json", |c| {
+        c["chat_template"] = "{% for %}".into()
+    });
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--model",
+        &tiny(&broken_chat),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&stderr, "chat template: syntax error");
+    let (code, stderr) = longctx(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--model",
+        &tiny(&broken_chat),
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+}

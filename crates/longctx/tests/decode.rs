@@ -61,3 +61,48 @@ fn context_is_enforced_unless_extended() {
     let logits = model.prefill(&tokens).unwrap();
     assert_eq!(logits.dims(), &[1, 512]);
 }
+
+/// StreamingLLM and InfLLM attend within a bounded distance, so they stream an input past
+/// the model's context (the benchmark's truncation protocol): the rotations past the RoPE
+/// table, computed on the spot, give the logits the same model gets with a table that covers
+/// the input. The full cache still refuses such an input.
+#[test]
+fn windowed_methods_stream_past_the_context() {
+    use longctx::methods::Method;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama3");
+    let tokens: Vec<u32> = (0..700).map(|i| (i * 7 % 500) as u32).collect();
+    let extended = LoadOptions {
+        context: Some(1024),
+        ..LoadOptions::default()
+    };
+    for spec in ["streamingllm-4x", "infllm:ratio=4,sinks=0.021,retrieved=0.324,block=32,representatives=4,chunk=64,remainder=chunk"] {
+        let method = Method::parse(spec).unwrap();
+        let logits = |options: &LoadOptions| {
+            let mut loaded = load_model(&dir, options).unwrap();
+            longctx::commands::install(&mut loaded, &method).unwrap();
+            let model = &mut loaded.model;
+            model.reserve(longctx_models::Reservation::prompt(700, 0)).unwrap();
+            let logits = model.prefill(&tokens).unwrap();
+            (logits, model.cache().mean_kept_tokens())
+        };
+        let (streamed, kept) = logits(&LoadOptions::default());
+        let (covered, kept_covered) = logits(&extended);
+        let diff = (&streamed - &covered)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("{spec}: streamed vs covered max logit difference {diff}, kept {kept}");
+        assert!(diff < 1e-3, "{spec}: {diff}");
+        assert_eq!(kept, kept_covered);
+        assert!(kept < 700.0);
+    }
+    let mut full = load_model(&dir, &LoadOptions::default()).unwrap().model;
+    assert!(matches!(
+        full.prefill(&tokens),
+        Err(ModelError::ContextTooLong { .. })
+    ));
+}

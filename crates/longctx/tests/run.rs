@@ -612,3 +612,58 @@ fn a_needle_without_max_words_is_fitted_to_the_model() {
         "{tokens} prompt tokens for a context of {context}"
     );
 }
+
+/// The benchmark's truncation protocol: a LongBench prompt longer than max_length reaches
+/// StreamingLLM whole, with the budget of max_length tokens, and every other method cut in
+/// the middle; `--truncation middle` cuts it for every method.
+#[test]
+fn streaming_methods_read_long_prompts_whole() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("truncation");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let context = "Question: Where is Paris?\nType: Location\n".repeat(120);
+    let row = serde_json::json!({
+        "_id": "t1", "context": context, "input": "How many legs has a spider?",
+        "answers": ["Number"], "length": 900, "all_classes": ["Location", "Number"],
+    });
+    std::fs::write(data.join("trec.jsonl"), row.to_string()).unwrap();
+    let spec = dir.join("spec.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "methods = [\"baseline\", \"streamingllm-4x\"]\n[[models]]\npath = \"default\"\nmax_length = 300\n[longbench]\ndir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let rows = |extra: &[&str], db: &str| {
+        let db = dir.join(db);
+        let mut args = vec![
+            "run",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run_ok(&args);
+        Store::open_read_only(&db).unwrap().rows().unwrap()
+    };
+    let paper = rows(&[], "paper.db");
+    let (cut, streamed) = (&paper[0], &paper[1]);
+    assert!(cut.key.method == "baseline" && streamed.key.method.starts_with("streamingllm"));
+    assert_eq!(cut.settings.0["truncation"], "middle");
+    assert_eq!(streamed.settings.0["truncation"], "stream");
+    assert!(cut.prompt_tokens <= 300 + 40, "{}", cut.prompt_tokens);
+    assert!(streamed.prompt_tokens > 1000, "{}", streamed.prompt_tokens);
+    // The budget is a quarter of max_length, not of the whole input.
+    assert!(
+        streamed.kept_tokens <= 300 / 4 + 1,
+        "{}",
+        streamed.kept_tokens
+    );
+    let middle = rows(&["--truncation", "middle"], "middle.db");
+    assert_eq!(middle[1].settings.0["truncation"], "middle");
+    assert_eq!(middle[1].prompt_tokens, cut.prompt_tokens);
+}

@@ -68,7 +68,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(&too_long) = args
         .contexts
         .iter()
-        .find(|&&c| c + args.decode_tokens > limit || c == 0)
+        .find(|&&c| c.saturating_add(args.decode_tokens) > limit || c == 0)
     {
         anyhow::bail!("--contexts {too_long}: a context plus --decode-tokens ({}) must be between 1 and the model's context of {limit} tokens", args.decode_tokens);
     }

@@ -43,6 +43,13 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading --text {}", args.text.display()))?;
     let (mut loaded, method) = args.model.load(&args.method)?;
+    let limit = loaded.model.context_limit();
+    if args.ctx > limit {
+        anyhow::bail!(
+            "--ctx {} is longer than the model's context of {limit} tokens",
+            args.ctx
+        );
+    }
     let tokens = loaded.tokenizer.encode(&text, true)?;
     if tokens.len() < 2 {
         anyhow::bail!(

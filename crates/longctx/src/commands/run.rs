@@ -4,8 +4,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use longctx_kv::MAX_STREAM_POSITIONS;
 use longctx_models::{
-    generate_greedy_after_context, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
+    generate_greedy_fed, Feed, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
 };
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
@@ -15,7 +16,7 @@ use longctx_tasks::SCORING_VERSION;
 use sha2::{Digest, Sha256};
 
 use super::{install, ModelArgs};
-use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard};
+use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard, Truncation};
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store};
 use crate::tokenize::{haystack_tokens_per_word, ModelTokenizer};
@@ -44,6 +45,11 @@ pub struct PlanArgs {
     /// first, then the question) [default: paper].
     #[arg(long, value_delimiter = ',', value_enum)]
     protocols: Option<Vec<Protocol>>,
+    /// How LongBench prompts longer than max_length reach each method, instead of the
+    /// spec's: `paper` (StreamingLLM and InfLLM stream the whole input, the others read it
+    /// cut in the middle) or `middle` (every method reads it cut) [default: paper].
+    #[arg(long, value_enum)]
+    truncation: Option<Truncation>,
     /// Run only this slice of the plan: shard i of N (0-based), cost-balanced.
     #[arg(long)]
     shard: Option<Shard>,
@@ -133,6 +139,9 @@ impl PlanArgs {
         }
         if let Some(protocols) = &self.protocols {
             spec.protocols = protocols.clone();
+        }
+        if let Some(truncation) = self.truncation {
+            spec.truncation = truncation;
         }
         if self.full {
             spec.methods = presets().into_iter().map(|p| p.name).collect();
@@ -470,31 +479,40 @@ fn now() -> String {
 struct Fitted {
     /// Token ids, chat template included.
     tokens: Vec<u32>,
-    /// How many of them are the prefill the cache compresses: all under the paper's
-    /// protocol, the context part (and the template's opening) under the query-agnostic one.
-    context_tokens: usize,
+    /// How the tokens are fed: where the prefill the cache compresses ends (the context
+    /// part under the query-agnostic protocol), and the input length a streamed prompt's
+    /// budget derives from.
+    feed: Feed,
 }
 
-/// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`,
-/// then the chat template where the task uses it. `max_length` defaults to the model's
-/// context less the answer (`max_new_tokens`) and less what this model's chat template adds
-/// around the prompt (measured on an empty message). Under the query-agnostic protocol the
-/// context and the question are tokenized apart; a question cut by truncation is an error, as
-/// is a prompt that leaves no room for the answer.
+/// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`
+/// (or, `streamed`, whole, with the budget of `min(L, max_length)` tokens), then the chat
+/// template where the task uses it. `max_length` defaults to the model's context less the
+/// answer (`max_new_tokens`) and less what this model's chat template adds around the
+/// prompt (measured on an empty message). Under the query-agnostic protocol the context and
+/// the question are tokenized apart; a question cut by truncation is an error, as is a
+/// prompt that leaves no room for the answer.
 fn fitted_prompt(
     loaded: &LoadedModel,
     max_length: Option<usize>,
     s: &TaskSample,
     protocol: Protocol,
+    streamed: bool,
 ) -> Result<Fitted> {
-    let limit = loaded.model.context_limit();
-    let mut cut_to = match &s.job {
+    let context = loaded.model.config().context;
+    let limit = if streamed {
+        MAX_STREAM_POSITIONS
+    } else {
+        context
+    };
+    let longbench_length = match &s.job {
         Job::LongBench { .. } => {
             let template = loaded.prompt_tokens("", s.chat)?.len();
-            Some(max_length.unwrap_or(limit.saturating_sub(s.max_new_tokens + template)))
+            Some(max_length.unwrap_or(context.saturating_sub(s.max_new_tokens + template)))
         }
         _ => None,
     };
+    let mut cut_to = longbench_length.filter(|_| !streamed);
     // With the default max_length, a cut that still comes out a few tokens long (tokens
     // merged or split again across the cut, or between context and question) is cut again
     // by that much.
@@ -526,10 +544,14 @@ fn fitted_prompt(
         let over = (tokens.len() + s.max_new_tokens).saturating_sub(limit);
         match cut_to {
             _ if over == 0 => {
-                return Ok(Fitted {
-                    tokens,
-                    context_tokens,
-                })
+                let budget_input = longbench_length
+                    .filter(|&n| streamed && context_tokens > n)
+                    .map(|n| context_tokens.min(n));
+                let feed = Feed {
+                    context: Some(context_tokens),
+                    budget_input,
+                };
+                return Ok(Fitted { tokens, feed });
             }
             Some(n) if max_length.is_none() && over < n => cut_to = Some(n - over),
             _ => anyhow::bail!(
@@ -572,18 +594,27 @@ fn model_settings(args: &ModelArgs, max_length: Option<usize>, seed: u64) -> Res
         .with("scoring", SCORING_VERSION))
 }
 
-/// A row's settings: its model's, the exact tokens fed (and where the prefill ended) and the
-/// answer length.
-fn row_settings(model: &Settings, fitted: &Fitted, s: &TaskSample) -> Settings {
+/// A row's settings: its model's, the exact tokens fed (and where the prefill ended, and
+/// the budget's input length), the answer length and, for LongBench, whether the prompt
+/// was streamed whole or cut.
+fn row_settings(model: &Settings, fitted: &Fitted, s: &TaskSample, streamed: bool) -> Settings {
     let mut hash = Sha256::new();
     for t in &fitted.tokens {
         hash.update(t.to_le_bytes());
     }
-    hash.update((fitted.context_tokens as u64).to_le_bytes());
-    model
+    let feed = &fitted.feed;
+    for n in [feed.context, feed.budget_input] {
+        hash.update((n.map_or(u64::MAX, |n| n as u64)).to_le_bytes());
+    }
+    let settings = model
         .clone()
         .with("prompt_sha256", format!("{:x}", hash.finalize()))
-        .with("max_new_tokens", s.max_new_tokens)
+        .with("max_new_tokens", s.max_new_tokens);
+    match (&s.job, streamed) {
+        (Job::LongBench { .. }, true) => settings.with("truncation", "stream"),
+        (Job::LongBench { .. }, false) => settings.with("truncation", "middle"),
+        _ => settings,
+    }
 }
 
 /// How a method and protocol are shown in logs and plans: the spec, with the protocol when
@@ -628,10 +659,10 @@ fn run_sample(
     let generation_settings =
         generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
     memory::reset_peak();
-    let generation = generate_greedy_after_context(
+    let generation = generate_greedy_fed(
         &mut loaded.model,
         &fitted.tokens,
-        fitted.context_tokens,
+        fitted.feed,
         &generation_settings,
         |_| true,
     )?;
@@ -806,18 +837,34 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
         }
         let probe = args.plan.model_args(&plan.spec, m, true).load_bare()?;
         let base = model_settings(&models[m], model_spec.max_length, plan.spec.seed)?;
-        let mut of_sample: std::collections::BTreeMap<(usize, Protocol), Settings> =
+        let streams: Vec<bool> = plan
+            .methods
+            .iter()
+            .map(|method| {
+                let cache = method.build_cache(probe.model.config().kv_shape(), probe.model.rope());
+                Ok(cache
+                    .with_context(|| format!("method \"{method}\""))?
+                    .streams())
+            })
+            .collect::<Result<_>>()?;
+        let mut of_sample: std::collections::BTreeMap<(usize, Protocol, bool), Settings> =
             std::collections::BTreeMap::new();
         for item in mine {
             let sample = &plan.samples[item.sample];
-            let settings = match of_sample.get(&(item.sample, item.protocol)) {
+            let streamed = streams[item.method] && plan.spec.truncation == Truncation::Paper;
+            let settings = match of_sample.get(&(item.sample, item.protocol, streamed)) {
                 Some(settings) => settings.clone(),
                 None => {
-                    let fitted =
-                        fitted_prompt(&probe, model_spec.max_length, sample, item.protocol)
-                            .with_context(|| format!("model {}", names[m]))?;
-                    let settings = row_settings(&base, &fitted, sample);
-                    of_sample.insert((item.sample, item.protocol), settings.clone());
+                    let fitted = fitted_prompt(
+                        &probe,
+                        model_spec.max_length,
+                        sample,
+                        item.protocol,
+                        streamed,
+                    )
+                    .with_context(|| format!("model {}", names[m]))?;
+                    let settings = row_settings(&base, &fitted, sample, streamed);
+                    of_sample.insert((item.sample, item.protocol, streamed), settings.clone());
                     settings
                 }
             };
@@ -875,7 +922,15 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
                 install(&mut loaded, method)?;
                 installed = Some(item.method);
             }
-            let fitted = fitted_prompt(&loaded, model_spec.max_length, sample, item.protocol)?;
+            let streamed =
+                loaded.model.cache().streams() && plan.spec.truncation == Truncation::Paper;
+            let fitted = fitted_prompt(
+                &loaded,
+                model_spec.max_length,
+                sample,
+                item.protocol,
+                streamed,
+            )?;
             let row = run_sample(
                 &mut loaded,
                 row_key(plan, &names, item),
