@@ -202,6 +202,54 @@ fn rows_made_with_other_settings_are_refused_or_replaced() {
     assert!(log.contains("3 samples: 0 run, 3 already"), "{log}");
 }
 
+/// Two model folders of one name but different content: their rows share a key, so the
+/// second is refused, naming the model's hash.
+#[test]
+fn another_model_under_the_same_name_is_refused() {
+    let dir = temp_dir("same-name");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama3");
+    for (copy, eps) in [("a", 1e-5), ("b", 1e-6)] {
+        let model = dir.join(copy).join("tiny");
+        std::fs::create_dir_all(&model).unwrap();
+        for entry in std::fs::read_dir(&fixture).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+        }
+        let config = model.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        c["rms_norm_eps"] = eps.into();
+        std::fs::write(&config, c.to_string()).unwrap();
+    }
+    let spec = dir.join("spec.toml");
+    std::fs::write(
+        &spec,
+        "methods = [\"baseline\"]\n[[models]]\npath = \"default\"\n[needle]\nlengths = 1\nmin_words = 40\nmax_words = 40\ndepths = 1\ntrials = 1\nmax_new_tokens = 4\n",
+    )
+    .unwrap();
+    let db = dir.join("results.db");
+    let run = |copy: &str| {
+        longctx(&[
+            "run",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--model",
+            dir.join(copy).join("tiny").to_str().unwrap(),
+        ])
+    };
+    let first = run("a");
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = run("b");
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("model_sha256"),
+        "{}",
+        stderr(&second)
+    );
+}
+
 /// Both protocols in one run: each method's rows under each, reported apart. The full cache
 /// answers alike under both (only the prefill's end moves); SnapKV's choice differs, as its
 /// budget and observation window then come from the context alone.
