@@ -87,6 +87,13 @@ pub trait KvCache: Send {
     /// Tokens whose keys/values `layer` currently keeps.
     fn kept_tokens(&self, layer: usize) -> usize;
 
+    /// Positions of the tokens `layer` keeps for key/value head `kv_head`, ascending, where
+    /// the policy chooses tokens (token dropping); `None` for policies that keep every token
+    /// or retrieve them. What a comparison with another library's kept sets reads.
+    fn kept_positions(&self, _layer: usize, _kv_head: usize) -> Option<Vec<usize>> {
+        None
+    }
+
     /// Kept tokens averaged over layers: what a row reports, since layers differ
     /// (PyramidKV's budgets fall by layer).
     fn mean_kept_tokens(&self) -> f64 {

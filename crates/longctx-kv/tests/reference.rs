@@ -261,7 +261,11 @@ fn kept_after_prefill(
     }
     cache.end_prefill().unwrap();
     (0..layers.len())
-        .map(|l| (0..kv_heads).map(|g| cache.kept_positions(l, g)).collect())
+        .map(|l| {
+            (0..kv_heads)
+                .map(|g| cache.kept_positions(l, g).unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -358,7 +362,7 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
     let diff = difference_observed(&f, &mut cache, &f.json["outputs"], |c| {
         kept.push(
             (0..f.shape.kv_heads)
-                .map(|g| c.kept_positions(0, g))
+                .map(|g| c.kept_positions(0, g).unwrap())
                 .collect::<Vec<_>>(),
         )
     });
