@@ -18,6 +18,12 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
   the same tokens.
 - TOVAPress: the last prompt token's attention, averaged over all heads, chosen once; kvpress
   always keeps the last token (TOVA's own cache does not).
+- SnapKVPress(window_size=64, kernel_size=5): what the last 64 queries attend to,
+  average-pooled, averaged over each key/value head's group; our `snapkv` with `pool=avg`.
+  Its scores are recorded too. Then kvpress's pipeline step, the query-agnostic protocol: the
+  question is fed after the compressed context (positions continuing from the context's
+  end) and 8 tokens are generated greedily; the question's last logits (top 20) and the
+  tokens are stored, with the same for no press.
 
 Besides the kept positions, each layer records how far the last kept and first dropped
 tokens' scores are apart at the cut, so that a test can tell a real disagreement from a
@@ -30,9 +36,20 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from kvpress import StreamingLLMPress, TOVAPress
+from kvpress import SnapKVPress, StreamingLLMPress, TOVAPress
 
 RATIO = 0.75  # kvpress's compression_ratio: keep int(L * 0.25), our ratio=4
+QUESTION = "\nWhat is the pass key? The pass key is"
+NEW_TOKENS = 8
+
+
+class RecordingSnapKV(SnapKVPress):
+    """SnapKVPress that keeps the scores it ranks by, one list per layer."""
+
+    def score(self, *args, **kwargs):
+        scores = super().score(*args, **kwargs)
+        self.recorded.append(scores[0].tolist())
+        return scores
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 )
@@ -61,7 +78,27 @@ def prefill(model, ids, press=None):
         else:
             with press(model):
                 model(ids, past_key_values=cache)
+    return cache
+
+
+def keys(cache):
     return [cache.layers[l].keys[0] for l in range(len(cache.layers))]
+
+
+def answer(model, cache, context_length, question_ids):
+    """kvpress's pipeline after the context: the question at positions continuing from the
+    context's end, then greedy tokens (`KVPressTextGenerationPipeline.generate_answer`)."""
+    with torch.no_grad():
+        position_ids = torch.arange(context_length, context_length + question_ids.shape[1]).unsqueeze(0)
+        out = model(input_ids=question_ids, past_key_values=cache, position_ids=position_ids)
+        logits = out.logits[0, -1]
+        top = torch.topk(logits, 20)
+        tokens = [int(logits.argmax())]
+        position = position_ids[:, -1:] + 1
+        for i in range(NEW_TOKENS - 1):
+            out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, position_ids=position + i)
+            tokens.append(int(out.logits[0, -1].argmax()))
+    return {"top_ids": top.indices.tolist(), "top_logits": top.values.tolist(), "tokens": tokens}
 
 
 def tova_margins(model, ids, kept_by_layer):
@@ -82,14 +119,21 @@ def main():
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     ids = tokenizer(PASSAGE, return_tensors="pt").input_ids
-    full = prefill(model, ids)
+    question_ids = tokenizer(QUESTION, return_tensors="pt", add_special_tokens=False).input_ids
+    full = keys(prefill(model, ids))
     cases = {}
+    snapkv = RecordingSnapKV(compression_ratio=RATIO, window_size=64, kernel_size=5)
+    snapkv.recorded = []
+    answers = {"baseline": answer(model, prefill(model, ids), ids.shape[1], question_ids)}
     for name, press in [
         ("streamingllm", StreamingLLMPress(compression_ratio=RATIO, n_sink=4)),
         ("tova", TOVAPress(compression_ratio=RATIO)),
+        ("snapkv", snapkv),
     ]:
-        compressed = prefill(model, ids, press)
-        cases[name] = [kept_positions(f, c) for f, c in zip(full, compressed)]
+        cache = prefill(model, ids, press)
+        cases[name] = [kept_positions(f, c) for f, c in zip(full, keys(cache))]
+        if name == "snapkv":
+            answers[name] = answer(model, cache, ids.shape[1], question_ids)
     fixture = {
         "model": gguf.name,
         "kvpress": __import__("kvpress").__version__ if hasattr(__import__("kvpress"), "__version__") else "0.5.5",
@@ -98,6 +142,9 @@ def main():
         "ids": ids[0].tolist(),
         "kept": cases,
         "tova_scores": tova_margins(model, ids, cases["tova"]),
+        "snapkv_scores": snapkv.recorded,
+        "question_ids": question_ids[0].tolist(),
+        "answers": answers,
     }
     Path(sys.argv[2]).write_text(json.dumps(fixture))
     print(f"{len(fixture['ids'])} tokens; kept per layer:",

@@ -103,13 +103,18 @@ pub enum DropPolicy {
     /// `heads` whether each query head chooses for itself or each key/value head for its
     /// group.
     H2O { count_prefill: bool, heads: Heads },
-    /// Observation `window` queries, max-pooling `kernel`.
-    SnapKv { window: usize, kernel: usize },
+    /// Observation `window` queries, scores pooled over `kernel` positions.
+    SnapKv {
+        window: usize,
+        kernel: usize,
+        pool: Pool,
+    },
     /// SnapKV's selection under layer budgets falling in integer steps (KVCache-Factory's
     /// schedule): outside the window the last layer keeps `(B − window) / beta`.
     PyramidKv {
         window: usize,
         kernel: usize,
+        pool: Pool,
         beta: usize,
     },
     /// Lowest current attention, averaged over the layer's heads, leaves first.
@@ -136,7 +141,7 @@ impl DropSettings {
             } if !(0.0..1.0).contains(&f) => Err(KvError::Setting(format!(
                 "sink fraction {f} must be in [0, 1)"
             ))),
-            DropPolicy::SnapKv { window, kernel }
+            DropPolicy::SnapKv { window, kernel, .. }
             | DropPolicy::PyramidKv { window, kernel, .. }
                 if window == 0 || kernel == 0 || kernel.is_multiple_of(2) =>
             {
@@ -375,14 +380,23 @@ impl DroppingCache {
                 }
                 Some(vec![keep; heads.len()])
             }
-            DropPolicy::SnapKv { window, kernel }
-            | DropPolicy::PyramidKv { window, kernel, .. } => {
+            DropPolicy::SnapKv {
+                window,
+                kernel,
+                pool: how,
+            }
+            | DropPolicy::PyramidKv {
+                window,
+                kernel,
+                pool: how,
+                ..
+            } => {
                 let window = window.min(budget);
                 Some(
                     heads
                         .iter()
                         .map(|h| {
-                            let pooled = max_pool(&h.scores()[..n - window], kernel);
+                            let pooled = pool(&h.scores()[..n - window], kernel, how);
                             let mut keep = vec![false; n];
                             for i in top_k(&pooled, budget - window) {
                                 keep[i] = true;
@@ -581,6 +595,31 @@ fn sink_count(sinks: Sinks, budget: usize) -> usize {
     .min(budget)
 }
 
+/// How SnapKV smooths its scores over neighbouring positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// `max_pool1d`: SnapKV's and KVCache-Factory's code.
+    Max,
+    /// `avg_pool1d` with zero padding counted: kvpress's `SnapKVPress`.
+    Average,
+}
+
+/// `scores` pooled over a centred window of `kernel` positions.
+fn pool(scores: &[f32], kernel: usize, pool: Pool) -> Vec<f32> {
+    match pool {
+        Pool::Max => max_pool(scores, kernel),
+        Pool::Average => {
+            let half = kernel / 2;
+            (0..scores.len())
+                .map(|i| {
+                    let window = &scores[i.saturating_sub(half)..(i + half + 1).min(scores.len())];
+                    window.iter().sum::<f32>() / kernel as f32
+                })
+                .collect()
+        }
+    }
+}
+
 /// Max over a centred window of `kernel` scores (SnapKV's pooling, padding at the edges).
 fn max_pool(scores: &[f32], kernel: usize) -> Vec<f32> {
     let half = kernel / 2;
@@ -775,6 +814,7 @@ mod tests {
     const SNAPKV: DropPolicy = DropPolicy::SnapKv {
         window: 4,
         kernel: 3,
+        pool: Pool::Max,
     };
 
     const EVERY_POLICY: [DropPolicy; 8] = [
@@ -802,6 +842,7 @@ mod tests {
         DropPolicy::PyramidKv {
             window: 4,
             kernel: 3,
+            pool: Pool::Max,
             beta: 20,
         },
         DropPolicy::Tova,
@@ -1095,6 +1136,7 @@ mod tests {
         let policy = DropPolicy::PyramidKv {
             window: 4,
             kernel: 3,
+            pool: Pool::Max,
             beta: 20,
         };
         let mut c = cache(policy, Budget::Tokens(40));
@@ -1125,7 +1167,8 @@ mod tests {
         assert!(bad(
             DropPolicy::SnapKv {
                 window: 4,
-                kernel: 4
+                kernel: 4,
+                pool: Pool::Max
             },
             Budget::Ratio(2.0)
         ));

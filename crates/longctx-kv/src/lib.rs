@@ -22,7 +22,7 @@ mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
 pub use cache::{KvCache, KvShape, Reservation, DECODE_RESERVE};
-pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Sinks};
+pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KvCache, KvShape, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
+    InfLlmSettings, KvCache, KvShape, Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
 
@@ -274,12 +274,20 @@ fn snapkv_and_pyramidkv_keep_what_kvcache_factory_keeps() {
     let selection = load("selection.json");
     let (window, kernel) = (number(&selection, "window"), number(&selection, "kernel"));
     let policies = [
-        ("snapkv", DropPolicy::SnapKv { window, kernel }),
+        (
+            "snapkv",
+            DropPolicy::SnapKv {
+                window,
+                kernel,
+                pool: Pool::Max,
+            },
+        ),
         (
             "pyramidkv",
             DropPolicy::PyramidKv {
                 window,
                 kernel,
+                pool: Pool::Max,
                 beta: number(&selection, "beta"),
             },
         ),

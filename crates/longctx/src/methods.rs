@@ -1,5 +1,5 @@
 //! The method registry: spec strings such as `baseline`, `kivi-2bit`, `h2o-4x` or
-//! `snapkv:ratio=4,window=32,kernel=7`, parsed once, with an error naming any unknown method
+//! `snapkv:ratio=4,window=32,kernel=7,pool=max`, parsed once, with an error naming any unknown method
 //! or key, missing value or value out of range, never a silent default. A parsed method
 //! prints back as its full spec ([`Method`]'s `Display`), which is what results record.
 
@@ -10,7 +10,7 @@ use candle_core::Device;
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
     FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings,
-    KvCache, KvError, KvShape, RopeTable, Sinks, MAX_STREAM_POSITIONS,
+    KvCache, KvError, KvShape, Pool, RopeTable, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -39,6 +39,14 @@ pub struct Preset {
     pub paper_ratio: Option<f64>,
     /// How it relates to the benchmark's code and to the original method.
     pub note: &'static str,
+}
+
+/// How a pooling is spelled in a spec.
+fn pool_name(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Max => "max",
+        Pool::Average => "avg",
+    }
 }
 
 /// The compression ratios of the paper's token-dropping presets.
@@ -74,12 +82,12 @@ const DROPPING: [(&str, &str, &str); 8] = [
     ),
     (
         "snapkv",
-        "snapkv:ratio={r},window=32,kernel=7",
+        "snapkv:ratio={r},window=32,kernel=7,pool=max",
         "SnapKV's LongBench settings (window 32, kernel 7, max pooling), chosen per KV head as KVCache-Factory's kv-head mode (kept sets equal to its code in tests, up to ties); not in the paper",
     ),
     (
         "pyramidkv",
-        "pyramidkv:ratio={r},window=8,kernel=7,beta=20",
+        "pyramidkv:ratio={r},window=8,kernel=7,pool=max,beta=20",
         "KVCache-Factory's run_longbench.py (window 8, integer budget steps, uniform below twice the budget), chosen per KV head (kept sets equal to its code in tests, up to ties); not in the paper",
     ),
     (
@@ -358,12 +366,26 @@ impl Method {
             "snapkv" | "pyramidkv" => {
                 let budget = s.take_budget()?;
                 let (window, kernel) = s.take_window_kernel()?;
+                let pool = match s.take("pool")? {
+                    "max" => Pool::Max,
+                    "avg" => Pool::Average,
+                    v => {
+                        return Err(s.error(format!(
+                            "pool={v} must be max (SnapKV's code) or avg (kvpress)"
+                        )))
+                    }
+                };
                 let policy = if name == "snapkv" {
-                    DropPolicy::SnapKv { window, kernel }
+                    DropPolicy::SnapKv {
+                        window,
+                        kernel,
+                        pool,
+                    }
                 } else {
                     DropPolicy::PyramidKv {
                         window,
                         kernel,
+                        pool,
                         beta: s.take_positive("beta")?,
                     }
                 };
@@ -525,14 +547,21 @@ impl fmt::Display for Method {
                         };
                         write!(f, ",count_prefill={count_prefill},heads={heads}")
                     }
-                    DropPolicy::SnapKv { window, kernel } => {
-                        write!(f, ",window={window},kernel={kernel}")
-                    }
+                    DropPolicy::SnapKv {
+                        window,
+                        kernel,
+                        pool,
+                    } => write!(f, ",window={window},kernel={kernel},pool={}", pool_name(pool)),
                     DropPolicy::PyramidKv {
                         window,
                         kernel,
+                        pool,
                         beta,
-                    } => write!(f, ",window={window},kernel={kernel},beta={beta}"),
+                    } => write!(
+                        f,
+                        ",window={window},kernel={kernel},pool={},beta={beta}",
+                        pool_name(pool)
+                    ),
                     DropPolicy::Tova => Ok(()),
                 }
             }

@@ -576,7 +576,7 @@ fn sizes_from_headers_specs_and_flags_are_bounded() {
             "residual=18446744073709551615 is more than any sequence holds",
         ),
         (
-            vec!["generate".into(), "--prompt".into(), "x".into(), "--method".into(), format!("snapkv:budget={huge},window=32,kernel=7")],
+            vec!["generate".into(), "--prompt".into(), "x".into(), "--method".into(), format!("snapkv:budget={huge},window=32,kernel=7,pool=max")],
             "budget=18446744073709551615",
         ),
         (vec!["run".into(), "--shard".into(), format!("0/{huge}")], "--shard 0/18446744073709551615"),

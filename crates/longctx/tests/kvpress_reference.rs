@@ -57,72 +57,160 @@ fn streamingllm_keeps_what_kvpress_keeps() {
     }
 }
 
+/// Compares kept sets where the reference also gave its scores. Allowed differences, and
+/// only these: a position whose score is within 1e-5 of the cut (float rounding between two
+/// implementations may order such near-ties either way), and `forced` positions the
+/// reference always keeps where our policy ranks them (then ours holds one other instead).
+/// Returns the near-tie swaps and the forced positions we dropped.
+fn compare_up_to_near_ties(
+    name: &str,
+    ours: &[Vec<Vec<usize>>],
+    kept: &Value,
+    scores_of: impl Fn(usize, usize) -> Vec<f64>,
+    forced: impl Fn(usize) -> bool,
+) -> (usize, usize) {
+    let (mut near_ties, mut forced_dropped) = (0, 0);
+    for (l, layer) in kept.as_array().unwrap().iter().enumerate() {
+        for (g, head) in layer.as_array().unwrap().iter().enumerate() {
+            let scores = scores_of(l, g);
+            let theirs = as_positions(head);
+            let mine = &ours[l][g];
+            assert_eq!(mine.len(), theirs.len(), "{name} layer {l} head {g}");
+            // The score at the cut: the lowest the reference kept by rank.
+            let cut = theirs
+                .iter()
+                .filter(|&&p| !forced(p))
+                .map(|&p| scores[p])
+                .fold(f64::INFINITY, f64::min);
+            let mut spare = 0;
+            for &p in theirs.iter().filter(|p| !mine.contains(p)) {
+                if forced(p) {
+                    forced_dropped += 1;
+                    spare += 1;
+                    continue;
+                }
+                assert!(
+                    (scores[p] - cut).abs() < 1e-5,
+                    "{name} layer {l} head {g}: kvpress keeps {p} (score {}, cut {cut}), we do not",
+                    scores[p]
+                );
+                near_ties += 1;
+            }
+            for &p in mine.iter().filter(|p| !theirs.contains(p)) {
+                if (scores[p] - cut).abs() < 1e-5 {
+                    continue;
+                }
+                assert!(
+                    spare > 0,
+                    "{name} layer {l} head {g}: we keep {p} (score {}, cut {cut}), kvpress does not",
+                    scores[p]
+                );
+                spare -= 1;
+            }
+        }
+    }
+    (near_ties, forced_dropped)
+}
+
+fn scores(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect()
+}
+
 /// TOVAPress scores by the last prompt token's attention averaged over all heads, as ours
-/// does. Two differences are allowed, and only these:
-/// - kvpress always keeps the last token (TOVA's own cache does not, nor do we): where our
-///   set lacks it, ours holds one more of the others instead;
-/// - a position whose score is within 1e-5 of the cut (float rounding between two
-///   implementations may order such near-ties either way).
+/// does; kvpress always keeps the last token (TOVA's own cache does not, nor do we).
 #[test]
 fn tova_keeps_what_kvpress_keeps_up_to_near_ties() {
     let f = fixture();
     let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
     let last = ids.len() - 1;
     let ours = kept("tova-4x", &ids);
-    let (mut near_ties, mut last_token) = (0, 0);
-    for (l, layer) in f["kept"]["tova"].as_array().unwrap().iter().enumerate() {
-        let scores: Vec<f64> = f["tova_scores"][l]
+    let (ties, dropped) = compare_up_to_near_ties(
+        "tova",
+        &ours,
+        &f["kept"]["tova"],
+        |l, _| scores(&f["tova_scores"][l]),
+        |p| p == last,
+    );
+    eprintln!("TOVA: {ties} near-tie swaps, last token dropped by us in {dropped} layer-heads");
+}
+
+/// SnapKVPress(window 64, kernel 5): average pooling and per-group means, which our
+/// `snapkv` does with `pool=avg`; both always keep the observation window.
+#[test]
+fn snapkv_with_average_pooling_keeps_what_kvpress_keeps_up_to_near_ties() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let window_from = ids.len() - 64;
+    let ours = kept("snapkv:ratio=4,window=64,kernel=5,pool=avg", &ids);
+    let (ties, _) = compare_up_to_near_ties(
+        "snapkv",
+        &ours,
+        &f["kept"]["snapkv"],
+        |l, g| scores(&f["snapkv_scores"][l][g]),
+        |p| p >= window_from,
+    );
+    eprintln!("SnapKV: {ties} near-tie swaps");
+}
+
+/// kvpress's pipeline is the query-agnostic protocol: the context prefilled and compressed,
+/// the question fed after it, then greedy tokens. Ours, fed the same way, gives the
+/// question's last logits (top 20, to 2e-3) and the same 8 tokens, with no compression and
+/// under SnapKV (`pool=avg`).
+#[test]
+fn the_query_agnostic_protocol_answers_as_kvpress_pipeline() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let question: Vec<u32> = as_positions(&f["question_ids"])
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let path = longctx::assets::default_model().expect("fetching the default model");
+    for (name, spec) in [
+        ("baseline", "baseline"),
+        ("snapkv", "snapkv:ratio=4,window=64,kernel=5,pool=avg"),
+    ] {
+        let want = &f["answers"][name];
+        let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+        longctx::commands::install(&mut loaded, &Method::parse(spec).unwrap()).unwrap();
+        let model = &mut loaded.model;
+        model
+            .reserve(Reservation {
+                prompt: ids.len(),
+                appended: question.len(),
+                new_tokens: 8,
+                budget_input: None,
+            })
+            .unwrap();
+        let mut logits = model.prefill(&ids).unwrap();
+        for &t in &question {
+            logits = model.step(t).unwrap();
+        }
+        let row: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        for (id, value) in want["top_ids"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| s.as_f64().unwrap())
-            .collect();
-        for (g, head) in layer.as_array().unwrap().iter().enumerate() {
-            let theirs = as_positions(head);
-            let mine = &ours[l][g];
-            assert_eq!(mine.len(), theirs.len(), "layer {l} head {g}");
-            // The score at the cut: the lowest that kvpress kept, besides its forced last token.
-            let cut = theirs
-                .iter()
-                .filter(|&&p| p != last)
-                .map(|&p| scores[p])
-                .fold(f64::INFINITY, f64::min);
-            let only_theirs: Vec<usize> = theirs
-                .iter()
-                .filter(|p| !mine.contains(p))
-                .copied()
-                .collect();
-            let only_mine: Vec<usize> = mine
-                .iter()
-                .filter(|p| !theirs.contains(p))
-                .copied()
-                .collect();
-            let mut extra_for_last = only_theirs.contains(&last);
-            for &p in &only_theirs {
-                if p == last {
-                    last_token += 1;
-                    continue;
-                }
-                assert!(
-                    (scores[p] - cut).abs() < 1e-5,
-                    "layer {l} head {g}: kvpress keeps {p} (score {}, cut {cut}), we do not",
-                    scores[p]
-                );
-                near_ties += 1;
-            }
-            for &p in &only_mine {
-                if (scores[p] - cut).abs() < 1e-5 {
-                    continue;
-                }
-                assert!(
-                    std::mem::take(&mut extra_for_last),
-                    "layer {l} head {g}: we keep {p} (score {}, cut {cut}), kvpress does not",
-                    scores[p]
-                );
-            }
+            .zip(scores(&want["top_logits"]))
+        {
+            let ours = row[id.as_u64().unwrap() as usize] as f64;
+            assert!(
+                (ours - value).abs() < 2e-3,
+                "{name}: logit of {id}: {ours} vs {value}"
+            );
         }
+        let mut tokens = vec![longctx_models::argmax(&logits).unwrap()];
+        for _ in 1..8 {
+            let next = model.step(*tokens.last().unwrap()).unwrap();
+            tokens.push(longctx_models::argmax(&next).unwrap());
+        }
+        let want_tokens: Vec<u32> = as_positions(&want["tokens"])
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
+        assert_eq!(tokens, want_tokens, "{name}");
     }
-    eprintln!(
-        "TOVA: {near_ties} near-tie swaps, last token dropped by us in {last_token} layer-heads"
-    );
 }
