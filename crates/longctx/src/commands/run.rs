@@ -1,25 +1,28 @@
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use longctx_kv::MAX_STREAM_POSITIONS;
 use longctx_models::{
-    generate_greedy_fed, Feed, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
+    generate_greedy_fed, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
 };
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
 use longctx_tasks::prompt::Prompt;
 use longctx_tasks::synthetic::SyntheticTask;
-use longctx_tasks::SCORING_VERSION;
 use sha2::{Digest, Sha256};
+
+mod fitting;
+mod progress;
+
+use fitting::{fitted_prompt, model_settings, row_settings, Fitted};
+use progress::Progress;
 
 use super::{install, ModelArgs};
 use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard, Truncation};
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store};
-use crate::tokenize::{haystack_tokens_per_word, ModelTokenizer};
+use crate::tokenize::haystack_tokens_per_word;
 use crate::{assets, memory};
 
 /// Options that choose the plan, shared by `run` and `plan`.
@@ -475,148 +478,6 @@ fn now() -> String {
         .to_string()
 }
 
-/// A sample's prompt as one model reads it under one protocol.
-struct Fitted {
-    /// Token ids, chat template included.
-    tokens: Vec<u32>,
-    /// How the tokens are fed: where the prefill the cache compresses ends (the context
-    /// part under the query-agnostic protocol), and the input length a streamed prompt's
-    /// budget derives from.
-    feed: Feed,
-}
-
-/// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`
-/// (or, `streamed`, whole, with the budget of `min(L, max_length)` tokens), then the chat
-/// template where the task uses it. `max_length` defaults to the model's context less the
-/// answer (`max_new_tokens`) and less what this model's chat template adds around the
-/// prompt (measured on an empty message). Under the query-agnostic protocol the context and
-/// the question are tokenized apart; a question cut by truncation is an error, as is a
-/// prompt that leaves no room for the answer.
-fn fitted_prompt(
-    loaded: &LoadedModel,
-    max_length: Option<usize>,
-    s: &TaskSample,
-    protocol: Protocol,
-    streamed: bool,
-) -> Result<Fitted> {
-    let context = loaded.model.config().context;
-    let limit = if streamed {
-        MAX_STREAM_POSITIONS
-    } else {
-        context
-    };
-    let longbench_length = match &s.job {
-        Job::LongBench { .. } => {
-            let template = loaded.prompt_tokens("", s.chat)?.len();
-            Some(max_length.unwrap_or(context.saturating_sub(s.max_new_tokens + template)))
-        }
-        _ => None,
-    };
-    let mut cut_to = longbench_length.filter(|_| !streamed);
-    // With the default max_length, a cut that still comes out a few tokens long (tokens
-    // merged or split again across the cut, or between context and question) is cut again
-    // by that much.
-    for _ in 0..8 {
-        let text = match cut_to {
-            Some(n) => {
-                longbench::truncate_middle(&s.prompt.text, n, &ModelTokenizer(&loaded.tokenizer))
-            }
-            None => s.prompt.text.clone(),
-        };
-        let (tokens, context_tokens) = match protocol {
-            Protocol::Paper => {
-                let tokens = loaded.prompt_tokens(&text, s.chat)?;
-                let n = tokens.len();
-                (tokens, n)
-            }
-            Protocol::QueryAgnostic => {
-                let question = s.prompt.question();
-                if !text.ends_with(question) {
-                    anyhow::bail!(
-                        "{} sample {}: cutting the prompt to max_length reached into its question, which the query-agnostic protocol needs whole: raise max_length",
-                        s.task,
-                        s.id
-                    );
-                }
-                loaded.prompt_tokens_split(&text, text.len() - question.len(), s.chat)?
-            }
-        };
-        let over = (tokens.len() + s.max_new_tokens).saturating_sub(limit);
-        match cut_to {
-            _ if over == 0 => {
-                let budget_input = longbench_length
-                    .filter(|&n| streamed && context_tokens > n)
-                    .map(|n| context_tokens.min(n));
-                let feed = Feed {
-                    context: Some(context_tokens),
-                    budget_input,
-                };
-                return Ok(Fitted { tokens, feed });
-            }
-            Some(n) if max_length.is_none() && over < n => cut_to = Some(n - over),
-            _ => anyhow::bail!(
-                "{} sample {}: the prompt is {} tokens; with {} for the answer it exceeds the model's context of {limit}: shorten the task (needle max_words, synthetic words) or set max_length",
-                s.task,
-                s.id,
-                tokens.len(),
-                s.max_new_tokens
-            ),
-        }
-    }
-    anyhow::bail!(
-        "{} sample {}: no cut of the prompt fits the model's context of {limit} with {} tokens for the answer: set max_length",
-        s.task,
-        s.id,
-        s.max_new_tokens
-    )
-}
-
-/// What a model's rows depend on besides their key and prompt: the model's content and the
-/// options that change its numbers, the seed and the scoring rules.
-fn model_settings(args: &ModelArgs, max_length: Option<usize>, seed: u64) -> Result<Settings> {
-    let path = args.model_path()?;
-    let sha = crate::assets::model_sha256(&path)
-        .with_context(|| format!("reading {} to fingerprint it", path.display()))?;
-    let or_trained = |v: Option<String>| v.unwrap_or_else(|| "trained".into());
-    Ok(Settings::default()
-        .with("model_sha256", sha)
-        .with("context", or_trained(args.context.map(|c| c.to_string())))
-        .with(
-            "rope_theta",
-            or_trained(args.rope_theta.map(|t| t.to_string())),
-        )
-        .with("prefill_chunk", args.prefill_chunk)
-        .with(
-            "max_length",
-            max_length.map_or("auto".into(), |m| m.to_string()),
-        )
-        .with("seed", seed)
-        .with("scoring", SCORING_VERSION))
-}
-
-/// A row's settings: its model's, the exact tokens fed (and where the prefill ended, and
-/// the budget's input length), the answer length and, for LongBench, whether the prompt
-/// was streamed whole or cut.
-fn row_settings(model: &Settings, fitted: &Fitted, s: &TaskSample, streamed: bool) -> Settings {
-    let mut hash = Sha256::new();
-    for t in &fitted.tokens {
-        hash.update(t.to_le_bytes());
-    }
-    let feed = &fitted.feed;
-    for n in [feed.context, feed.budget_input] {
-        hash.update((n.map_or(u64::MAX, |n| n as u64)).to_le_bytes());
-    }
-    let settings = model
-        .clone()
-        .with("prompt_sha256", format!("{:x}", hash.finalize()))
-        .with("max_new_tokens", s.max_new_tokens);
-    match (&s.job, streamed) {
-        (Job::LongBench { .. }, true) => settings.with("truncation", "stream"),
-        (Job::LongBench { .. }, false) => settings.with("truncation", "middle"),
-        _ => settings,
-    }
-}
-
 /// How a method and protocol are shown in logs and plans: the spec, with the protocol when
 /// it is not the paper's.
 fn method_label(method: &Method, protocol: Protocol) -> String {
@@ -697,84 +558,6 @@ fn run_sample(
         version: env!("CARGO_PKG_VERSION").into(),
         timestamp: now(),
     })
-}
-
-/// What a run shows while it works: a bar for the whole plan and one for the current cell
-/// (model × method × task). Both advance by each sample's estimated cost, so their ETAs
-/// weigh long and short samples alike. Without a terminal the bars stay hidden and every
-/// sample is a line with the plan's ETA instead.
-struct Progress {
-    bars: MultiProgress,
-    plan: ProgressBar,
-    cell: ProgressBar,
-    started: Instant,
-    samples: usize,
-    done: usize,
-    cost_done: u64,
-    cost_total: u64,
-}
-
-impl Progress {
-    fn new(samples: usize, cost_total: u64) -> Self {
-        let bars = MultiProgress::new();
-        let style = |template: &str| {
-            ProgressStyle::with_template(template)
-                .expect("a valid progress template")
-                .progress_chars("=> ")
-        };
-        let plan = bars.add(ProgressBar::new(cost_total).with_style(style(
-            "plan [{bar:30.cyan/blue}] {msg} {elapsed_precise}, ETA {eta_precise}",
-        )));
-        let cell = bars.add(
-            ProgressBar::new(0)
-                .with_style(style("cell [{bar:30.green/white}] ETA {eta_precise} {msg}")),
-        );
-        plan.set_message(format!("0/{samples} samples"));
-        Self {
-            bars,
-            plan,
-            cell,
-            started: Instant::now(),
-            samples,
-            done: 0,
-            cost_done: 0,
-            cost_total,
-        }
-    }
-
-    /// A new cell begins: its label and the estimated cost of its samples still to run.
-    fn start_cell(&self, label: String, cost: u64) {
-        self.cell.reset();
-        self.cell.set_length(cost);
-        self.cell.set_message(label);
-    }
-
-    /// One sample finished: advance both bars and show its result line.
-    fn finish_sample(&mut self, cost: u64, line: String) {
-        self.done += 1;
-        self.cost_done += cost;
-        self.plan.inc(cost);
-        self.cell.inc(cost);
-        self.plan
-            .set_message(format!("{}/{} samples", self.done, self.samples));
-        if self.bars.is_hidden() {
-            let elapsed = self.started.elapsed().as_secs_f64();
-            let left = (self.cost_total - self.cost_done) as f64 / self.cost_done.max(1) as f64;
-            eprintln!(
-                "[{}/{} {elapsed:.0}s, ETA {:.0}s] {line}",
-                self.done,
-                self.samples,
-                elapsed * left
-            );
-        } else {
-            let _ = self.bars.println(line);
-        }
-    }
-
-    fn finish(&self) {
-        self.cell.finish_and_clear();
-        self.plan.finish_and_clear();
-    }
 }
 
 /// The name results are stored under: the model file's stem (the default model's is
