@@ -8,6 +8,18 @@
 
 use longctx_models::{argmax, load_model, LanguageModel, LoadOptions, Logits, ModelError};
 
+/// Largest absolute difference between two tensors of one shape.
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn incremental_decoding_equals_full_forward() {
     let path = longctx::assets::default_model().expect("fetching the default model");
@@ -25,14 +37,7 @@ fn incremental_decoding_equals_full_forward() {
         logits = model.step(next).unwrap();
         let mut fresh = load_model(&path, &LoadOptions::default()).unwrap().model;
         let full = fresh.append(&tokens, Logits::Last).unwrap();
-        let diff = (&logits - &full)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&logits, &full);
         worst = worst.max(diff);
         assert_eq!(argmax(&logits).unwrap(), argmax(&full).unwrap());
     }
@@ -87,14 +92,7 @@ fn windowed_methods_stream_past_the_context() {
         };
         let (streamed, kept) = logits(&LoadOptions::default());
         let (covered, kept_covered) = logits(&extended);
-        let diff = (&streamed - &covered)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&streamed, &covered);
         eprintln!("{spec}: streamed vs covered max logit difference {diff}, kept {kept}");
         assert!(diff < 1e-3, "{spec}: {diff}");
         assert_eq!(kept, kept_covered);
