@@ -21,6 +21,8 @@ import sys
 
 import torch
 
+from fixture_util import flat
+
 Q_HEADS, KV_HEADS, DIM, LAYERS, THETA = 4, 2, 16, 3, 10000.0
 WINDOW, KERNEL, CAPACITY, BETA = 8, 7, 40, 20
 
@@ -44,10 +46,6 @@ def kept_positions(keys, compressed):
         out.append(sorted(int(matches[r].nonzero()[0, 0]) for r in range(rows.shape[0])))
     return out
 
-
-def flat(x):
-    """Values as the shortest decimals that read back as the same float32."""
-    return [float(str(f)) for f in x.reshape(-1).numpy()]
 
 
 def main():

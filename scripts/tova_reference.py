@@ -21,6 +21,8 @@ import sys
 
 import torch
 
+from fixture_util import flat
+
 Q_HEADS, KV_HEADS, DIM, TOKENS, PROMPT, THETA, CACHE = 4, 2, 16, 80, 60, 10000.0, 24
 
 
@@ -33,10 +35,6 @@ def rotate(x, start):
     half = DIM // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
-
-def flat(x):
-    """Values as the shortest decimals that read back as the same float32."""
-    return [float(str(f)) for f in x.detach().reshape(-1).numpy()]
 
 
 def main():

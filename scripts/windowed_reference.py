@@ -20,6 +20,8 @@ import sys
 
 import torch
 
+from fixture_util import flat
+
 Q_HEADS, KV_HEADS, DIM, TOKENS, PROMPT, THETA = 4, 2, 32, 104, 80, 10000.0
 
 
@@ -85,10 +87,6 @@ def streaming_outputs(attention, q, k, v, n_init, n_local):
         outs.append(out.reshape(length, Q_HEADS, DIM).permute(1, 0, 2))
     return torch.cat(outs, dim=1)
 
-
-def flat(x):
-    """Values as the shortest decimals that read back as the same float32."""
-    return [float(str(f)) for f in x.detach().float().cpu().reshape(-1).numpy()]
 
 
 def main():

@@ -60,6 +60,7 @@ impl PackedRows {
     }
 
     /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
+    /// Codes round half to even, as `torch.round` in the reference implementations.
     pub fn push(&mut self, row: &[f32]) {
         if self.codes.len() + self.codes_per_row() > self.codes.capacity() {
             self.reserve(growth_step(self.rows));
@@ -76,7 +77,7 @@ impl PackedRows {
             self.scales.push(scale16);
             for (i, v) in values.iter().enumerate() {
                 let code = if scale > 0.0 {
-                    ((v - min) / scale).round().clamp(0.0, levels) as u8
+                    ((v - min) / scale).round_ties_even().clamp(0.0, levels) as u8
                 } else {
                     0
                 };

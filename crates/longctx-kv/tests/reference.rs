@@ -11,19 +11,31 @@
 //!   benchmark's `LlamaFlashAttention2_h2o` (`pipeline/h2o/utils_hh/modify_llama.py`) at
 //!   heavy = recent = 0.125, its flash prompt pass replaced by the same causal attention in
 //!   PyTorch; one layer of 4 query heads over 2 key/value heads of 16 channels.
+//! - `h2o_original.json` (`scripts/h2o_original_reference.py`, CPU, transformers 4.36.2):
+//!   outputs and kept positions of the original H2O's real-dropping `H2OLlamaAttention`
+//!   (FMInference/H2O `h2o_hf/utils_real_drop/modify_llama.py`), used as is: 4 heads of 16
+//!   channels (it has no grouped-query attention), 80 prompt tokens, 24 steps, 10 heavy and
+//!   10 recent.
 //! - `tova.json` (`scripts/tova_reference.py`): TOVA's own `TOVACache.reduce`, driven as
 //!   its patched Llama attention does (store, attend, reduce), cache of 24 tokens, 60
 //!   prompt tokens then 20 decoding steps: outputs and kept positions.
 //! - `selection.json` (`scripts/selection_reference.py`): the positions SnapKV and PyramidKV
 //!   keep after prefill in Zefan-Cai/KVCache-Factory's `update_kv` (kv-head mode, max
 //!   pooling), 3 layers of 4 query heads over 2 key/value heads, prompts of 100 and 50 tokens.
+//! - `kivi.json` (`scripts/kivi_reference.py`, CPU, transformers 4.36.2): outputs of the
+//!   benchmark's `LlamaFlashAttention_KIVI` (`pipeline/kivi/models/llama_kivi.py`) at 2 and
+//!   4 bits, groups of 16, residual 32; its flash pass, Triton quantizer and CUDA
+//!   dequantizing matmul replaced by the same computations in PyTorch (float32, with what the
+//!   benchmark holds in float16 rounded to float16). One layer of 4 query heads over 2
+//!   key/value heads of 32 channels, 80 prompt tokens, then 56 decoding steps.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KvCache, KvShape, Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
+    InfLlmSettings, KiviCache, KiviSettings, KvCache, KvShape, Pool, Reservation, RopeSettings,
+    RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
 
@@ -358,13 +370,11 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
     }
 }
 
-#[test]
-fn tova_keeps_and_attends_as_tovas_own_cache() {
-    let f = fixture("tova.json");
-    let settings = DropSettings {
-        policy: DropPolicy::Tova,
-        budget: Budget::Tokens(number(&f.json, "cache_size")),
-    };
+/// Runs `settings` over fixture `name`, comparing outputs (within `bound`) and the positions
+/// each key/value head keeps after the prompt and after every decoding step with the
+/// reference's (`kept`: one list per call, one per head).
+fn keeps_and_attends_as(name: &str, settings: DropSettings, bound: f32) {
+    let f = fixture(name);
     let mut cache = DroppingCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap();
     let mut kept = Vec::new();
     let diff = difference_observed(&f, &mut cache, &f.json["outputs"], |c| {
@@ -374,8 +384,8 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
                 .collect::<Vec<_>>(),
         )
     });
-    eprintln!("tova: max abs difference {diff:e}");
-    assert!(diff < 1e-5, "max abs difference {diff}");
+    eprintln!("{name}: max abs difference {diff:e}");
+    assert!(diff < bound, "{name}: max abs difference {diff}");
     let want: Vec<Vec<Vec<usize>>> = f.json["kept"]
         .as_array()
         .unwrap()
@@ -390,6 +400,65 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
         .collect();
     assert_eq!(kept.len(), want.len());
     for (step, (ours, theirs)) in kept.iter().zip(&want).enumerate() {
-        assert_eq!(ours, theirs, "after call {step}");
+        assert_eq!(ours, theirs, "{name}: after call {step}");
     }
+}
+
+#[test]
+fn tova_keeps_and_attends_as_tovas_own_cache() {
+    let size = number(&load("tova.json"), "cache_size");
+    let settings = DropSettings {
+        policy: DropPolicy::Tova,
+        budget: Budget::Tokens(size),
+    };
+    keeps_and_attends_as("tova.json", settings, 1e-5);
+}
+
+/// The original H2O (`h2o-original`): prompt attention starts the scores, and the cache is cut
+/// to heavy + recent after the prompt and after every step.
+#[test]
+fn h2o_original_keeps_and_attends_as_fminference_h2o() {
+    let f = load("h2o_original.json");
+    let settings = DropSettings {
+        policy: DropPolicy::H2O {
+            count_prefill: true,
+            heads: Heads::KeyValue,
+        },
+        // A token budget is split as the reference's hh_size and recent_size (10 each).
+        budget: Budget::Tokens(number(&f, "hh_size") + number(&f, "recent_size")),
+    };
+    // transformers 4.36 computes RoPE's frequencies in float32, as in the h2o.json test.
+    keeps_and_attends_as("h2o_original.json", settings, 5e-5);
+}
+
+#[test]
+fn kivi_equals_the_benchmarks_quantized_attention() {
+    let f = fixture("kivi.json");
+    let (group, residual) = (number(&f.json, "group"), number(&f.json, "residual"));
+    let kivi = |bits, residual| {
+        let settings = KiviSettings {
+            bits,
+            group,
+            residual,
+        };
+        KiviCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
+    };
+    let mut compared = 0;
+    for case in f.json["cases"].as_array().unwrap() {
+        let bits = number(case, "bits") as u32;
+        let diff = difference(&f, &mut kivi(bits, residual), &case["outputs"]);
+        // The same streaming rules with the residual window halved: what the comparison
+        // would see if we quantized at other moments than the reference.
+        let shifted = difference(&f, &mut kivi(bits, residual / 2), &case["outputs"]);
+        eprintln!("kivi {bits}-bit: max abs difference {diff:e} (residual halved: {shifted:e})");
+        // The reference held in float16 what we hold in 16 bits (minima, scales, the
+        // full-precision window); what remains is float32 summation order.
+        assert!(diff < 2e-4, "{bits}-bit: max abs difference {diff}");
+        assert!(
+            shifted > 10.0 * diff,
+            "{bits}-bit: {shifted} against {diff}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 2);
 }

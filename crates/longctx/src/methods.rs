@@ -68,12 +68,12 @@ const DROPPING: [(&str, &str, &str); 8] = [
     (
         "h2o",
         "h2o:ratio={r},count_prefill=false,heads=query",
-        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them, heavy = recent = int(r(L+1)), chosen per query head; frees what no query head reads (the benchmark only masks)",
+        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them, heavy = recent = int(r(L+1)), chosen per query head (equal to its outputs in tests); frees what no query head reads (the benchmark only masks)",
     ),
     (
         "h2o-original",
         "h2o:ratio={r},count_prefill=true,heads=kv",
-        "the original FMInference/H2O's prefill attention counted toward the scores, chosen per KV head (per query head with prefill scores is not built); not the paper's setting",
+        "the original FMInference/H2O (utils_real_drop): prefill attention starts the scores, cut to heavy + recent after the prompt and every step (outputs and kept sets equal to its code in tests); it has no grouped-query attention, so a KV head chooses by its group's summed attention (per query head with prefill scores is not built); not the paper's setting",
     ),
     (
         "infllm",
@@ -93,7 +93,7 @@ const DROPPING: [(&str, &str, &str); 8] = [
     (
         "tova",
         "tova:ratio={r}",
-        "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads; not in the paper",
+        "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads (outputs and kept sets equal to its cache in tests); not in the paper",
     ),
 ];
 
@@ -111,7 +111,7 @@ pub fn presets() -> Vec<Preset> {
             "kivi-2bit",
             "kivi:bits=2,group=32,residual=128",
             Some(5.05),
-            "the benchmark's llama_kivi.py (= jy-yuan/KIVI): prompt attended in full precision, 128-token residual",
+            "the benchmark's llama_kivi.py (= jy-yuan/KIVI): prompt attended in full precision, 128-token residual (equal to its outputs in tests)",
         ),
         fixed(
             "kivi-4bit",
