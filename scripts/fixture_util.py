@@ -96,3 +96,17 @@ def one_layer_config(q_heads, kv_heads, dim, theta):
         max_position_embeddings=512,
         rope_theta=theta,
     )
+
+
+def flash_stand_in(q, k, v, mask, length, dropout=0.0, softmax_scale=None):
+    """flash-attn's causal attention (its `_flash_attention_forward` in these modules) in
+    PyTorch, on its layout [batch, tokens, heads, dim]: key/value heads shared by groups of
+    query heads, and the causal mask aligned to the last key (flash-attn >= 2.1), so that a
+    single decoding query sees every key."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    groups = q.shape[1] // k.shape[1]
+    k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
+    queries, keys = q.shape[2], k.shape[2]
+    visible = torch.arange(keys)[None, :] <= torch.arange(queries)[:, None] + (keys - queries)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    return out.transpose(1, 2)

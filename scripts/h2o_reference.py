@@ -23,6 +23,7 @@ import torch
 
 from fixture_util import (
     drive,
+    flash_stand_in,
     flat,
     heads_first,
     load_projections,
@@ -45,15 +46,7 @@ def main():
     config.recent_ratio = RATIO
     attention = modify_llama.LlamaFlashAttention2_h2o(config, layer_idx=0).eval()
 
-    def causal(q, k, v, mask, length, dropout=0.0, softmax_scale=None):
-        # flash-attn's layout [batch, tokens, heads, dim], key/value heads shared by groups.
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-        groups = q.shape[1] // k.shape[1]
-        k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return out.transpose(1, 2)
-
-    attention._flash_attention_forward = causal
+    attention._flash_attention_forward = flash_stand_in
 
     hidden, weights = seeded_layer(TOKENS, Q_HEADS, KV_HEADS, DIM, DIM**0.5)
     load_projections(attention, weights)

@@ -37,6 +37,7 @@ import torch
 
 from fixture_util import (
     drive,
+    flash_stand_in,
     flat,
     heads_first,
     load_projections,
@@ -97,13 +98,7 @@ def run(llama_kivi, bits, hidden, weights):
     config.use_flash = True
     attention = llama_kivi.LlamaFlashAttention_KIVI(config).eval()
 
-    def causal(q, k, v, mask, length, dropout=0.0, softmax_scale=None):
-        # flash-attn's layout [batch, tokens, heads, dim]; key/value heads already repeated.
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return out.transpose(1, 2)
-
-    attention._flash_attention_forward = causal
+    attention._flash_attention_forward = flash_stand_in
     load_projections(attention, weights)
 
     def sixteen_bit_window(cache):

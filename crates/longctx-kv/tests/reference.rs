@@ -16,6 +16,12 @@
 //!   (FMInference/H2O `h2o_hf/utils_real_drop/modify_llama.py`), used as is: 4 heads of 16
 //!   channels (it has no grouped-query attention), 80 prompt tokens, 24 steps, 10 heavy and
 //!   10 recent.
+//! - `flexgen.json` (`scripts/flexgen_reference.py`, CPU, transformers 4.40.2): outputs of
+//!   the benchmark's simulated-quantization `LlamaFlashAttention2`
+//!   (`pipeline/flexgen/models/llama_simquant.py`) at 2 and 4 bits, groups of 32 per token;
+//!   its flash pass replaced by PyTorch, its quantizer's minimum and scale rounded to float16.
+//!   One layer of 4 query heads over 2 key/value heads of 64 channels, 80 prompt tokens, 24
+//!   steps.
 //! - `tova.json` (`scripts/tova_reference.py`): TOVA's own `TOVACache.reduce`, driven as
 //!   its patched Llama attention does (store, attend, reduce), cache of 24 tokens, 60
 //!   prompt tokens then 20 decoding steps: outputs and kept positions.
@@ -33,9 +39,9 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use longctx_kv::{
-    Budget, DropPolicy, DropSettings, DroppingCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KiviCache, KiviSettings, KvCache, KvShape, Pool, Reservation, RopeSettings,
-    RopeStyle, RopeTable, Sinks,
+    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
+    Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvShape,
+    Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
 
@@ -431,34 +437,60 @@ fn h2o_original_keeps_and_attends_as_fminference_h2o() {
     keeps_and_attends_as("h2o_original.json", settings, 5e-5);
 }
 
-#[test]
-fn kivi_equals_the_benchmarks_quantized_attention() {
-    let f = fixture("kivi.json");
-    let (group, residual) = (number(&f.json, "group"), number(&f.json, "residual"));
-    let kivi = |bits, residual| {
-        let settings = KiviSettings {
-            bits,
-            group,
-            residual,
-        };
-        KiviCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
-    };
+/// For each bit width of a quantization fixture: our outputs under `cache(bits, false)`
+/// against the reference's, and under `cache(bits, true)`, a variant that quantizes other
+/// tokens or at other moments, which must be far off; `contrast` names the variant.
+fn quantized_cases<C: KvCache>(
+    name: &str,
+    contrast: &str,
+    cache: impl Fn(&Fixture, u32, bool) -> C,
+) {
+    let f = fixture(name);
     let mut compared = 0;
     for case in f.json["cases"].as_array().unwrap() {
         let bits = number(case, "bits") as u32;
-        let diff = difference(&f, &mut kivi(bits, residual), &case["outputs"]);
-        // The same streaming rules with the residual window halved: what the comparison
-        // would see if we quantized at other moments than the reference.
-        let shifted = difference(&f, &mut kivi(bits, residual / 2), &case["outputs"]);
-        eprintln!("kivi {bits}-bit: max abs difference {diff:e} (residual halved: {shifted:e})");
-        // The reference held in float16 what we hold in 16 bits (minima, scales, the
+        let diff = difference(&f, &mut cache(&f, bits, false), &case["outputs"]);
+        let other = difference(&f, &mut cache(&f, bits, true), &case["outputs"]);
+        eprintln!("{name} {bits}-bit: max abs difference {diff:e} ({contrast}: {other:e})");
+        // The references held in float16 what we hold in 16 bits (minima, scales, KIVI's
         // full-precision window); what remains is float32 summation order.
-        assert!(diff < 2e-4, "{bits}-bit: max abs difference {diff}");
+        assert!(diff < 2e-4, "{name} {bits}-bit: max abs difference {diff}");
         assert!(
-            shifted > 10.0 * diff,
-            "{bits}-bit: {shifted} against {diff}"
+            other > 10.0 * diff,
+            "{name} {bits}-bit: {other} against {diff}"
         );
         compared += 1;
     }
     assert_eq!(compared, 2);
+}
+
+#[test]
+fn kivi_equals_the_benchmarks_quantized_attention() {
+    quantized_cases("kivi.json", "residual halved", |f, bits, halved| {
+        let residual = number(&f.json, "residual");
+        let settings = KiviSettings {
+            bits,
+            group: number(&f.json, "group"),
+            residual: if halved { residual / 2 } else { residual },
+        };
+        KiviCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
+    });
+}
+
+/// FlexGen as the benchmark ran it (`flexgen-4bit`): everything attention reads quantized;
+/// the original's rule (full-precision prefill and own token) is the contrast.
+#[test]
+fn flexgen_equals_the_benchmarks_simulated_quantization() {
+    quantized_cases("flexgen.json", "prefill=full", |f, bits, original| {
+        let settings = FlexGenSettings {
+            bits,
+            group: number(&f.json, "group"),
+            prefill: if original {
+                FlexGenPrefill::Full
+            } else {
+                FlexGenPrefill::Quantized
+            },
+        };
+        FlexGenCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
+    });
 }

@@ -123,7 +123,7 @@ pub fn presets() -> Vec<Preset> {
             "flexgen-4bit",
             "flexgen:bits=4,group=32,prefill=quantized",
             Some(3.20),
-            "the benchmark's llama_simquant.py: every key and value quantized before attention reads it, prefill included",
+            "the benchmark's llama_simquant.py: every key and value quantized before attention reads it, prefill included (equal to its outputs in tests)",
         ),
         fixed(
             "flexgen-original-4bit",
