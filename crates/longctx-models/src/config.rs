@@ -19,6 +19,19 @@ pub enum Architecture {
     Qwen2,
 }
 
+impl Architecture {
+    /// The architecture and RoPE layout of a GGUF `general.architecture` name, if this crate
+    /// implements it. llama.cpp's converter permutes Llama q/k rows for interleaved RoPE;
+    /// Qwen2 keeps NEOX order.
+    pub fn from_gguf_name(name: &str) -> Option<(Self, RopeStyle)> {
+        match name {
+            "llama" | "mistral" => Some((Self::Llama, RopeStyle::Interleaved)),
+            "qwen2" => Some((Self::Qwen2, RopeStyle::Half)),
+            _ => None,
+        }
+    }
+}
+
 /// Most layers a model header may claim.
 pub const MAX_LAYERS: usize = 1024;
 /// Most attention heads.
@@ -126,17 +139,11 @@ impl LlamaConfig {
     /// Read from GGUF metadata (`general.architecture` selects the key prefix).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
-        let (architecture, style) = match arch {
-            // llama.cpp's converter permutes Llama q/k rows for interleaved RoPE; Qwen2 keeps NEOX order.
-            "llama" | "mistral" => (Architecture::Llama, RopeStyle::Interleaved),
-            "qwen2" => (Architecture::Qwen2, RopeStyle::Half),
-            other => {
-                return Err(ModelError::Unsupported {
-                    what: format!("GGUF architecture \"{other}\" in {}", g.path().display()),
-                    hint: "supported architectures are llama, mistral and qwen2".into(),
-                })
-            }
-        };
+        let (architecture, style) =
+            Architecture::from_gguf_name(arch).ok_or_else(|| ModelError::Unsupported {
+                what: format!("GGUF architecture \"{arch}\" in {}", g.path().display()),
+                hint: "supported architectures are llama, mistral and qwen2".into(),
+            })?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
         let heads = g.get_usize(&key("attention.head_count"))?;

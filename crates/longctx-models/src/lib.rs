@@ -1,6 +1,7 @@
 //! Weights, tokenizers, chat templates and model architectures behind one
 //! [`LanguageModel`] trait, so that generation, tasks and benchmarks are written once.
 
+mod blocks;
 mod chat;
 pub mod config;
 mod error;

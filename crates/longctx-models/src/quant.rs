@@ -2,15 +2,19 @@
 //!
 //! Decoding one token reads every weight once, so it is bound by memory bandwidth: reading
 //! 4.5-bit blocks instead of f32 is what makes it fast. Each block is dequantized in
-//! registers and multiplied with the f32 activations (which stay f32: no activation
-//! quantization error, unlike llama.cpp's Q8 activations). Types without a kernel here are
-//! served by the dense f32 path.
+//! registers (or a stack buffer) and multiplied with the f32 activations (which stay f32:
+//! no activation quantization error, unlike llama.cpp's Q8 activations). Q4_1 and Q8_0 have
+//! hand-written AVX-512 and AVX2 kernels; the other formats ([`crate::blocks`]) one loop
+//! compiled for each instruction set. The kernel is chosen at run time from what the CPU
+//! has. F32 and the activation formats (Q8_1, Q8_K) are served by the dense f32 path.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
-/// Elements per quantization block for the types handled here.
+use crate::blocks::{self, BlockFormat};
+
+/// Elements per block of Q4_1 and Q8_0, and per entry of the activation sums.
 const BLOCK: usize = 32;
 
 /// Block layouts with a kernel.
@@ -20,32 +24,82 @@ pub enum QuantKind {
     Q4_1,
     /// d: f16, 32 signed bytes; value = d·q.
     Q8_0,
+    /// [`blocks::Q4_0`].
+    Q4_0,
+    /// [`blocks::Q5_0`].
+    Q5_0,
+    /// [`blocks::Q5_1`].
+    Q5_1,
+    /// [`blocks::Q2K`].
+    Q2K,
+    /// [`blocks::Q3K`].
+    Q3K,
+    /// [`blocks::Q4K`].
+    Q4K,
+    /// [`blocks::Q5K`].
+    Q5K,
+    /// [`blocks::Q6K`].
+    Q6K,
+    /// [`blocks::F16`].
+    F16,
+    /// [`blocks::Bf16`].
+    Bf16,
 }
 
 impl QuantKind {
     /// The kind for a GGUF storage type, if a kernel exists.
     pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q4_1 => Some(Self::Q4_1),
-            GgmlDType::Q8_0 => Some(Self::Q8_0),
-            _ => None,
+        Some(match dtype {
+            GgmlDType::Q4_1 => Self::Q4_1,
+            GgmlDType::Q8_0 => Self::Q8_0,
+            GgmlDType::Q4_0 => Self::Q4_0,
+            GgmlDType::Q5_0 => Self::Q5_0,
+            GgmlDType::Q5_1 => Self::Q5_1,
+            GgmlDType::Q2K => Self::Q2K,
+            GgmlDType::Q3K => Self::Q3K,
+            GgmlDType::Q4K => Self::Q4K,
+            GgmlDType::Q5K => Self::Q5K,
+            GgmlDType::Q6K => Self::Q6K,
+            GgmlDType::F16 => Self::F16,
+            GgmlDType::BF16 => Self::Bf16,
+            GgmlDType::F32 | GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+        })
+    }
+
+    /// Values and bytes per block.
+    fn block(self) -> (usize, usize) {
+        fn of<F: BlockFormat>() -> (usize, usize) {
+            (F::ELEMS, F::BYTES)
+        }
+        match self {
+            Self::Q4_1 => (BLOCK, 20),
+            Self::Q8_0 => (BLOCK, 34),
+            Self::Q4_0 => of::<blocks::Q4_0>(),
+            Self::Q5_0 => of::<blocks::Q5_0>(),
+            Self::Q5_1 => of::<blocks::Q5_1>(),
+            Self::Q2K => of::<blocks::Q2K>(),
+            Self::Q3K => of::<blocks::Q3K>(),
+            Self::Q4K => of::<blocks::Q4K>(),
+            Self::Q5K => of::<blocks::Q5K>(),
+            Self::Q6K => of::<blocks::Q6K>(),
+            Self::F16 => of::<blocks::F16>(),
+            Self::Bf16 => of::<blocks::Bf16>(),
         }
     }
 
-    fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4_1 => 20,
-            Self::Q8_0 => 34,
-        }
+    /// Bytes of one row of `cols` values, if `cols` is a whole number of blocks.
+    fn row_bytes(self, cols: usize) -> Option<usize> {
+        let (elems, bytes) = self.block();
+        cols.is_multiple_of(elems).then(|| cols / elems * bytes)
     }
 }
 
 /// A `[rows, cols]` matrix of quantized blocks, row-major.
 pub struct QuantMatrix {
-    kind: QuantKind,
     dot: DotFn,
     rows: usize,
     cols: usize,
+    row_bytes: usize,
     data: Vec<u8>,
 }
 
@@ -55,12 +109,13 @@ const ROWS_PER_TASK: usize = 16;
 impl QuantMatrix {
     /// Wrap raw GGUF block bytes; `None` when the shape does not fit whole blocks.
     pub fn new(kind: QuantKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
-        let expected = rows * (cols / BLOCK) * kind.block_bytes();
-        (cols.is_multiple_of(BLOCK) && data.len() == expected).then(|| Self {
-            kind,
+        let row_bytes = kind.row_bytes(cols)?;
+        // The activation sums are per 32 values.
+        (cols.is_multiple_of(BLOCK) && data.len() == rows * row_bytes).then(|| Self {
             dot: available_kernels(kind)[0],
             rows,
             cols,
+            row_bytes,
             data: data.to_vec(),
         })
     }
@@ -79,7 +134,7 @@ impl QuantMatrix {
     pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "input length");
         assert_eq!(out.len(), self.rows, "output length");
-        let row_bytes = self.cols / BLOCK * self.kind.block_bytes();
+        let row_bytes = self.row_bytes;
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
         let dot = self.dot;
         out.par_chunks_mut(ROWS_PER_TASK)
@@ -95,8 +150,53 @@ impl QuantMatrix {
 
 type DotFn = fn(&[u8], &[f32], &[f32]) -> f32;
 
+/// [`blocks::dot`] for one format, compiled for AVX-512, for AVX2 and portably; the ones
+/// this CPU can run, fastest first.
+macro_rules! compiled_kernels {
+    ($format:ty) => {{
+        let mut kernels: Vec<DotFn> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            unsafe fn avx512(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+                blocks::dot::<$format>(row, x)
+            }
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+                blocks::dot::<$format>(row, x)
+            }
+            // SAFETY (both closures): each is only listed when the CPU has its features.
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("f16c") {
+                kernels.push(|r, x, s| unsafe { avx512(r, x, s) });
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                kernels.push(|r, x, s| unsafe { avx2(r, x, s) });
+            }
+        }
+        kernels.push(|r, x, _s| blocks::dot::<$format>(r, x));
+        kernels
+    }};
+}
 /// Every dot-product kernel this CPU can run for `kind`, fastest first (the portable one last).
 fn available_kernels(kind: QuantKind) -> Vec<DotFn> {
+    match kind {
+        QuantKind::Q4_1 | QuantKind::Q8_0 => hand_written_kernels(kind),
+        QuantKind::Q4_0 => compiled_kernels!(blocks::Q4_0),
+        QuantKind::Q5_0 => compiled_kernels!(blocks::Q5_0),
+        QuantKind::Q5_1 => compiled_kernels!(blocks::Q5_1),
+        QuantKind::Q2K => compiled_kernels!(blocks::Q2K),
+        QuantKind::Q3K => compiled_kernels!(blocks::Q3K),
+        QuantKind::Q4K => compiled_kernels!(blocks::Q4K),
+        QuantKind::Q5K => compiled_kernels!(blocks::Q5K),
+        QuantKind::Q6K => compiled_kernels!(blocks::Q6K),
+        QuantKind::F16 => compiled_kernels!(blocks::F16),
+        QuantKind::Bf16 => compiled_kernels!(blocks::Bf16),
+    }
+}
+
+/// The kernels of Q4_1 and Q8_0, written with intrinsics, fastest first.
+fn hand_written_kernels(kind: QuantKind) -> Vec<DotFn> {
     let mut kernels: Vec<DotFn> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -105,19 +205,19 @@ fn available_kernels(kind: QuantKind) -> Vec<DotFn> {
         if has!("avx512f") && has!("f16c") {
             kernels.push(match kind {
                 QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1_avx512(r, x, s) },
-                QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0_avx512(r, x, s) },
+                _ => |r, x, s| unsafe { x86::dot_q8_0_avx512(r, x, s) },
             });
         }
         if has!("avx2") && has!("fma") && has!("f16c") {
             kernels.push(match kind {
                 QuantKind::Q4_1 => |r, x, s| unsafe { x86::dot_q4_1(r, x, s) },
-                QuantKind::Q8_0 => |r, x, s| unsafe { x86::dot_q8_0(r, x, s) },
+                _ => |r, x, s| unsafe { x86::dot_q8_0(r, x, s) },
             });
         }
     }
     kernels.push(match kind {
         QuantKind::Q4_1 => dot_q4_1,
-        QuantKind::Q8_0 => dot_q8_0,
+        _ => dot_q8_0,
     });
     kernels
 }
@@ -285,7 +385,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn check(kind: QuantKind, dtype: GgmlDType) {
-        let (rows, cols) = (37, 256);
+        let (rows, cols) = (37, 512);
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
         let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
         let raw = q.data().unwrap().to_vec();
@@ -308,33 +408,51 @@ mod tests {
         let close = |g: f32, w: f32| (g - w).abs() < 1e-3 * (1.0 + w.abs());
         assert!(
             got.iter().zip(&want).all(|(g, w)| close(*g, *w)),
-            "{got:?} vs {want:?}"
+            "{kind:?}: {got:?} vs {want:?}"
         );
         // Every kernel this CPU offers, the portable one included, on every row.
         let xs: Vec<f32> = x.to_vec1().unwrap();
         let sums: Vec<f32> = xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-        let row_bytes = cols / BLOCK * kind.block_bytes();
+        let row_bytes = kind.row_bytes(cols).unwrap();
         for (k, dot) in available_kernels(kind).into_iter().enumerate() {
             for (r, w) in want.iter().enumerate() {
                 let g = dot(&raw[r * row_bytes..(r + 1) * row_bytes], &xs, &sums);
-                assert!(close(g, *w), "kernel {k}, row {r}: {g} vs {w}");
+                assert!(close(g, *w), "{kind:?} kernel {k}, row {r}: {g} vs {w}");
             }
         }
     }
 
+    /// Every format with a kernel, each kernel against candle's dequantization.
     #[test]
-    fn q4_1_matvec_equals_dequantized_matmul() {
-        check(QuantKind::Q4_1, GgmlDType::Q4_1);
-    }
-
-    #[test]
-    fn q8_0_matvec_equals_dequantized_matmul() {
-        check(QuantKind::Q8_0, GgmlDType::Q8_0);
+    fn matvec_equals_dequantized_matmul_in_every_format() {
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+        ] {
+            let kind = QuantKind::from_ggml(dtype).unwrap();
+            check(kind, dtype);
+        }
+        for dtype in [GgmlDType::F32, GgmlDType::Q8_1, GgmlDType::Q8K] {
+            assert_eq!(QuantKind::from_ggml(dtype), None, "{dtype:?}");
+        }
     }
 
     #[test]
     fn wrong_sizes_are_refused() {
         assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 32, &[0u8; 39]).is_none());
         assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 33, &[0u8; 40]).is_none());
+        // K-quants need whole super-blocks of 256.
+        assert!(QuantMatrix::new(QuantKind::Q4K, 1, 128, &[0u8; 72]).is_none());
+        assert!(QuantMatrix::new(QuantKind::Q4K, 1, 256, &[0u8; 144]).is_some());
     }
 }

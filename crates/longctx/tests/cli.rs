@@ -586,6 +586,10 @@ fn sizes_from_headers_specs_and_flags_are_bounded() {
         ),
         (vec!["merge".into()], "<OUT> <INPUTS>"),
         (
+            vec!["fetch".into(), "--model".into(), "llama-9000".into()],
+            "no model named \"llama-9000\"; the names are smollm2-135m, gemma-3-270m",
+        ),
+        (
             vec![
                 "perplexity".into(),
                 "--text".into(),

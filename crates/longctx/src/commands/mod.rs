@@ -5,6 +5,7 @@ pub mod export;
 pub mod generate;
 pub mod merge;
 pub mod methods;
+pub mod models;
 pub mod perplexity;
 pub mod report;
 pub mod run;
@@ -36,8 +37,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download and verify the default model and the needle haystack into the cache.
-    Fetch,
+    /// Download and verify the default model and the needle haystack (or one named model)
+    /// into the cache.
+    Fetch(FetchArgs),
     /// Generate an answer to a prompt (greedy).
     Generate(generate::GenerateArgs),
     /// Perplexity of a text file over consecutive non-overlapping windows.
@@ -46,6 +48,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List the KV-cache methods and presets.
     Methods,
+    /// List the models fetchable by name.
+    Models,
     /// Run methods over tasks and store every sample's result (resumable).
     Run(run::RunArgs),
     /// Print the plan's cells and estimated cost without running anything.
@@ -62,11 +66,19 @@ enum Command {
     Tasks(tasks::TasksArgs),
 }
 
+/// Options of `longctx fetch`.
+#[derive(Args)]
+pub struct FetchArgs {
+    /// A model name from `longctx models` to fetch instead of the default assets.
+    #[arg(long)]
+    model: Option<String>,
+}
+
 /// Options that choose and configure the model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file, a Hugging Face model directory, or an id in the local Hugging Face cache
-    /// [default: SmolLM2-135M-Instruct, fetched on first use].
+    /// A model name from `longctx models` (fetched on first use), a GGUF file, a Hugging Face
+    /// model directory, or an id in the local Hugging Face cache [default: smollm2-135m].
     #[arg(long)]
     model: Option<String>,
     /// Worker threads for matrix products [default: all cores].
@@ -123,9 +135,12 @@ impl ModelArgs {
 
     /// The model's file or directory; the default model is fetched if it is not cached.
     pub fn model_path(&self) -> Result<PathBuf> {
-        Ok(match &self.model {
-            Some(spec) => resolve_model_path(spec)?,
+        Ok(match self.model.as_deref() {
             None => assets::default_model()?,
+            Some(name) => match assets::named_model(name) {
+                Some(model) => assets::fetch_model(model)?,
+                None => resolve_model_path(name)?,
+            },
         })
     }
 
@@ -182,11 +197,22 @@ pub(crate) fn slug(text: &str) -> String {
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Fetch => {
-            let model = assets::default_model()?;
-            println!("model     {}", model.display());
-            let haystack = assets::haystack_dir()?;
-            println!("haystack  {}", haystack.display());
+        Command::Fetch(args) => {
+            let Some(name) = args.model else {
+                let model = assets::default_model()?;
+                println!("model     {}", model.display());
+                let haystack = assets::haystack_dir()?;
+                println!("haystack  {}", haystack.display());
+                return Ok(());
+            };
+            let model = assets::named_model(&name).ok_or_else(|| {
+                let names: Vec<&str> = assets::MODELS.iter().map(|m| m.name).collect();
+                anyhow::anyhow!(
+                    "no model named \"{name}\"; the names are {} (`longctx models` lists them)",
+                    names.join(", ")
+                )
+            })?;
+            println!("{}", assets::fetch_model(model)?.display());
             Ok(())
         }
         Command::Generate(args) => generate::run(args),
@@ -194,6 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
         Command::Methods => methods::run(),
+        Command::Models => models::run(),
         Command::Run(args) => run::run(args),
         Command::Plan(args) => run::print_plan(args),
         Command::Merge(args) => merge::run(args),
