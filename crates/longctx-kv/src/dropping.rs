@@ -46,6 +46,9 @@ use crate::{
 pub enum Budget {
     /// Keep prompt tokens / ratio (rounded, at least 1): the same ratio on every input.
     Ratio(f64),
+    /// Keep this fraction of the prompt's tokens (rounded down, at least 1): the benchmark's
+    /// configs give some budgets this way, e.g. 0.17 of the input at 6×, not 1/6.
+    Fraction(f64),
     /// Keep this many tokens whatever the prompt length.
     Tokens(usize),
 }
@@ -56,15 +59,28 @@ impl Budget {
     pub fn tokens(&self, prompt_tokens: usize) -> usize {
         match *self {
             Budget::Ratio(r) => ((prompt_tokens as f64 / r).floor() as usize).max(1),
+            Budget::Fraction(f) => ((prompt_tokens as f64 * f).floor() as usize).max(1),
             Budget::Tokens(n) => n.max(1),
         }
     }
 
-    /// A ratio of at least 1, or a positive token count.
+    /// What it keeps of a prompt, as a fraction, where that does not depend on the prompt.
+    pub fn fraction(&self) -> Option<f64> {
+        match *self {
+            Budget::Ratio(r) => Some(1.0 / r),
+            Budget::Fraction(f) => Some(f),
+            Budget::Tokens(_) => None,
+        }
+    }
+
+    /// A ratio of at least 1, a fraction in (0, 1], or a positive token count.
     pub(crate) fn validate(&self) -> Result<()> {
         match *self {
             Budget::Ratio(r) if !(r >= 1.0 && r.is_finite()) => Err(KvError::Setting(format!(
                 "ratio={r} must be at least 1 (ratio = prompt tokens / kept tokens)"
+            ))),
+            Budget::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(KvError::Setting(format!(
+                "fraction={f} must be in (0, 1] (the share of the prompt kept)"
             ))),
             Budget::Tokens(0) => Err(KvError::Setting("budget must be positive".into())),
             _ => Ok(()),
@@ -243,9 +259,10 @@ impl DroppingCache {
         )
     }
 
-    /// H2O's `(heavy, recent)`: for a ratio r, `int(seen / 2r)` each, where `seen` counts
-    /// the tokens when scores start (the prompt, plus the first decoded token when prefill
-    /// counts nothing), as the benchmark's `int(ratio · (L + 1))`; a token budget halves.
+    /// H2O's `(heavy, recent)`: for a ratio r, `int(seen / 2r)` each (for a fraction f,
+    /// `int(f/2 · seen)`), where `seen` counts the tokens when scores start (the prompt, plus
+    /// the first decoded token when prefill counts nothing), as the benchmark's
+    /// `int(heavy_ratio · (L + 1))`; a token budget halves.
     fn h2o_split(&self, prompt: usize) -> (usize, usize) {
         let DropPolicy::H2O { count_prefill, .. } = self.settings.policy else {
             unreachable!("H2O only");
@@ -254,6 +271,11 @@ impl DroppingCache {
             Budget::Ratio(r) => {
                 let seen = prompt + usize::from(!count_prefill);
                 let half = (seen as f64 / (2.0 * r)) as usize;
+                (half, half.max(1))
+            }
+            Budget::Fraction(f) => {
+                let seen = prompt + usize::from(!count_prefill);
+                let half = (f / 2.0 * seen as f64) as usize;
                 (half, half.max(1))
             }
             Budget::Tokens(n) => (n / 2, n - n / 2),
@@ -928,6 +950,26 @@ mod tests {
         assert_eq!(c.stored_bytes(), 2 * 2 * 9 * (64 + 64 + 2) * 4);
     }
 
+    /// The benchmark's 6x H2O config gives heavy = recent = 0.083 of the tokens seen at the
+    /// first decoding step: `fraction=0.166` halves to exactly that, where `ratio=6` gives 1/12.
+    #[test]
+    fn h2o_fraction_splits_as_the_benchmarks_heavy_and_recent_ratios() {
+        assert_eq!(0.166f64 / 2.0, 0.083f64);
+        let policy = DropPolicy::H2O {
+            count_prefill: false,
+            heads: Heads::Query,
+        };
+        // 2,399 prompt tokens + the first decoded one: int(0.083 * 2400) = 199.
+        assert_eq!(
+            cache(policy, Budget::Fraction(0.166)).h2o_split(2399),
+            (199, 199)
+        );
+        assert_eq!(
+            cache(policy, Budget::Ratio(6.0)).h2o_split(2399),
+            (200, 200)
+        );
+    }
+
     /// The benchmark's H2O: from the first decoding query on, each query head accumulates
     /// its own attention over what it still reads and keeps the last 4 tokens and its 4
     /// heaviest others; a key/value head stores what any of its query heads reads.
@@ -1153,6 +1195,9 @@ mod tests {
     fn ratio_budgets_follow_the_prompt_and_bad_settings_are_refused() {
         assert_eq!(Budget::Ratio(4.0).tokens(4096), 1024);
         assert_eq!(Budget::Ratio(8.0).tokens(3), 1);
+        // The benchmark's 6x: 0.17 of the input, not 1/6.
+        assert_eq!(Budget::Fraction(0.17).tokens(5000), 850);
+        assert_eq!(Budget::Ratio(6.0).tokens(5000), 833);
         let bad = |policy, budget| {
             DroppingCache::new(
                 shape(),
@@ -1164,6 +1209,8 @@ mod tests {
         };
         assert!(bad(DropPolicy::Tova, Budget::Ratio(0.5)));
         assert!(bad(DropPolicy::Tova, Budget::Tokens(0)));
+        assert!(bad(DropPolicy::Tova, Budget::Fraction(0.0)));
+        assert!(bad(DropPolicy::Tova, Budget::Fraction(1.5)));
         assert!(bad(
             DropPolicy::SnapKv {
                 window: 4,

@@ -52,49 +52,68 @@ fn pool_name(pool: Pool) -> &'static str {
 /// The compression ratios of the paper's token-dropping presets.
 pub const DROP_RATIOS: [u32; 4] = [2, 4, 6, 8];
 
-/// The token-dropping families with presets at every ratio of [`DROP_RATIOS`]: name, spec
-/// at ratio `{r}`, and how the preset relates to the benchmark's code and the original.
-const DROPPING: [(&str, &str, &str); 8] = [
-    (
-        "streamingllm",
-        "streamingllm:ratio={r},sinks=0.021,reindex=true",
-        "the benchmark's (InfLLM's stream_llm.py): int(0.021*T) sinks re-indexed, an exact per-query window; streams a LongBench input past max_length whole (truncation=paper); the original keeps 4 sinks (streamingllm-4sinks)",
-    ),
-    (
-        "streamingllm-4sinks",
-        "streamingllm:ratio={r},sinks=4,reindex=true",
-        "the original StreamingLLM's 4 sinks; otherwise as streamingllm",
-    ),
-    (
-        "h2o",
-        "h2o:ratio={r},count_prefill=false,heads=query",
-        "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them, heavy = recent = int(r(L+1)), chosen per query head (equal to its outputs in tests); frees what no query head reads (the benchmark only masks)",
-    ),
-    (
-        "h2o-original",
-        "h2o:ratio={r},count_prefill=true,heads=kv",
-        "the original FMInference/H2O (utils_real_drop): prefill attention starts the scores, cut to heavy + recent after the prompt and every step (outputs and kept sets equal to its code in tests); it has no grouped-query attention, so a KV head chooses by its group's summed attention (per query head with prefill scores is not built); not the paper's setting",
-    ),
-    (
-        "infllm",
-        "infllm:ratio={r},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512,remainder=chunk",
-        "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py; equal to its outputs in tests): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer, and its chunk-wide reading of the tokens waiting for a block (remainder=query is the exact mask); streams a LongBench input past max_length whole (truncation=paper)",
-    ),
-    (
-        "snapkv",
-        "snapkv:ratio={r},window=32,kernel=7,pool=max",
-        "SnapKV's LongBench settings (window 32, kernel 7, max pooling), chosen per KV head as KVCache-Factory's kv-head mode (kept sets equal to its code in tests, up to ties); not in the paper",
-    ),
-    (
-        "pyramidkv",
-        "pyramidkv:ratio={r},window=8,kernel=7,pool=max,beta=20",
-        "KVCache-Factory's run_longbench.py (window 8, integer budget steps, uniform below twice the budget), chosen per KV head (kept sets equal to its code in tests, up to ties); not in the paper",
-    ),
-    (
-        "tova",
-        "tova:ratio={r}",
-        "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads (outputs and kept sets equal to its cache in tests); not in the paper",
-    ),
+/// A token-dropping family with presets at every ratio of [`DROP_RATIOS`].
+struct Family {
+    /// Preset name prefix (`{name}-{r}x`).
+    name: &'static str,
+    /// The spec, with `{budget}` standing for the budget.
+    spec: &'static str,
+    /// The budget at 6×: the benchmark's configs give 0.17 of the input for StreamingLLM and
+    /// InfLLM and heavy = recent = 0.083 for H2O there, not 1/6 (the other ratios are exact).
+    six: &'static str,
+    /// How the preset relates to the benchmark's code and the original.
+    note: &'static str,
+}
+
+const DROPPING: [Family; 8] = [
+    Family {
+        name: "streamingllm",
+        spec: "streamingllm:{budget},sinks=0.021,reindex=true",
+        six: "fraction=0.17",
+        note: "the benchmark's (InfLLM's stream_llm.py): int(0.021*T) sinks re-indexed, an exact per-query window; streams a LongBench input past max_length whole (truncation=paper); the original keeps 4 sinks (streamingllm-4sinks)",
+    },
+    Family {
+        name: "streamingllm-4sinks",
+        spec: "streamingllm:{budget},sinks=4,reindex=true",
+        six: "fraction=0.17",
+        note: "the original StreamingLLM's 4 sinks; otherwise as streamingllm",
+    },
+    Family {
+        name: "h2o",
+        spec: "h2o:{budget},count_prefill=false,heads=query",
+        six: "fraction=0.166",
+        note: "the benchmark's (h2o/utils_hh/modify_llama.py): no scores from prefill, the first decoding query starts them, heavy = recent = int(r(L+1)), chosen per query head (equal to its outputs in tests); frees what no query head reads (the benchmark only masks)",
+    },
+    Family {
+        name: "h2o-original",
+        spec: "h2o:{budget},count_prefill=true,heads=kv",
+        six: "fraction=0.166",
+        note: "the original FMInference/H2O (utils_real_drop): prefill attention starts the scores, cut to heavy + recent after the prompt and every step (outputs and kept sets equal to its code in tests); it has no grouped-query attention, so a KV head chooses by its group's summed attention (per query head with prefill scores is not built); not the paper's setting",
+    },
+    Family {
+        name: "infllm",
+        spec: "infllm:{budget},sinks=0.021,retrieved=0.324,block=128,representatives=4,chunk=512,remainder=chunk",
+        six: "fraction=0.17",
+        note: "the benchmark's (InfLLM's context_manager.py, budgets of infllm_utils.py; equal to its outputs in tests): window max(512, rest), chunks of 512, memory at a fixed distance, one block choice per layer, and its chunk-wide reading of the tokens waiting for a block (remainder=query is the exact mask); streams a LongBench input past max_length whole (truncation=paper)",
+    },
+    Family {
+        name: "snapkv",
+        spec: "snapkv:{budget},window=32,kernel=7,pool=max",
+        six: "ratio=6",
+        note: "SnapKV's LongBench settings (window 32, kernel 7, max pooling), chosen per KV head as KVCache-Factory's kv-head mode (kept sets equal to its code in tests, up to ties); not in the paper",
+    },
+    Family {
+        name: "pyramidkv",
+        spec: "pyramidkv:{budget},window=8,kernel=7,pool=max,beta=20",
+        six: "ratio=6",
+        note: "KVCache-Factory's run_longbench.py (window 8, integer budget steps, uniform below twice the budget), chosen per KV head (kept sets equal to its code in tests, up to ties); not in the paper",
+    },
+    Family {
+        name: "tova",
+        spec: "tova:{budget}",
+        six: "ratio=6",
+        note: "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads (outputs and kept sets equal to its cache in tests); not in the paper",
+    },
 ];
 
 /// Every preset, in listing order.
@@ -132,13 +151,17 @@ pub fn presets() -> Vec<Preset> {
             "the original FlexLLMGen: full-precision prefill, compressed after, groups of 64; not the paper's setting",
         ),
     ];
-    for (family, spec, note) in DROPPING {
+    for family in DROPPING {
         for r in DROP_RATIOS {
+            let budget = match r {
+                6 => family.six.to_string(),
+                r => format!("ratio={r}"),
+            };
             all.push(Preset {
-                name: format!("{family}-{r}x"),
-                spec: spec.replace("{r}", &r.to_string()),
+                name: format!("{}-{r}x", family.name),
+                spec: family.spec.replace("{budget}", &budget),
                 paper_ratio: Some(r as f64),
-                note,
+                note: family.note,
             });
         }
     }
@@ -239,26 +262,38 @@ impl<'a> Settings<'a> {
         }
     }
 
-    /// `ratio=R` (prompt tokens / kept tokens, at least 1) or `budget=N` tokens, not both.
+    /// Exactly one of `ratio=R` (prompt tokens / kept tokens, at least 1), `fraction=F` (the
+    /// share of the prompt kept, in (0, 1]) or `budget=N` tokens.
     fn take_budget(&mut self) -> Result<Budget, MethodError> {
-        match (self.take_optional("ratio"), self.take_optional("budget")) {
-            (Some(_), Some(_)) => Err(self.error("give ratio or budget, not both".into())),
-            (None, None) => Err(self.error(
-                "missing required key \"ratio\" (prompt tokens / kept tokens) or \"budget\" (tokens)"
-                    .into(),
-            )),
-            (Some(r), None) => match r.parse::<f64>() {
+        let given = [
+            self.take_optional("ratio"),
+            self.take_optional("fraction"),
+            self.take_optional("budget"),
+        ];
+        match given {
+            [Some(r), None, None] => match r.parse::<f64>() {
                 Ok(x) if x >= 1.0 && x.is_finite() => Ok(Budget::Ratio(x)),
                 _ => Err(self.error(format!(
                     "ratio={r} must be a number of at least 1 (ratio = prompt tokens / kept tokens)"
                 ))),
             },
-            (None, Some(b)) => match b.parse::<usize>() {
+            [None, Some(f), None] => match f.parse::<f64>() {
+                Ok(x) if x > 0.0 && x <= 1.0 => Ok(Budget::Fraction(x)),
+                _ => Err(self.error(format!(
+                    "fraction={f} must be a number in (0, 1] (the share of the prompt kept)"
+                ))),
+            },
+            [None, None, Some(b)] => match b.parse::<usize>() {
                 Ok(n) if n > 0 && n <= MAX_STREAM_POSITIONS => Ok(Budget::Tokens(n)),
                 _ => Err(self.error(format!(
                     "budget={b} must be a whole number between 1 and {MAX_STREAM_POSITIONS}"
                 ))),
             },
+            [None, None, None] => Err(self.error(
+                "missing required key \"ratio\" (prompt tokens / kept tokens), \"fraction\" (share kept) or \"budget\" (tokens)"
+                    .into(),
+            )),
+            _ => Err(self.error("give one of ratio, fraction and budget".into())),
         }
     }
 
@@ -471,10 +506,7 @@ impl Method {
             Method::Drop(d) => d.budget,
             Method::InfLlm(s) => s.budget,
         };
-        match budget {
-            Budget::Ratio(r) => Some(r),
-            Budget::Tokens(_) => None,
-        }
+        budget.fraction().map(|f| 1.0 / f)
     }
 
     /// Build the method's cache for a model (settings that depend on the model, such as a
@@ -502,6 +534,7 @@ impl fmt::Display for BudgetSpec<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Budget::Ratio(r) => write!(f, "ratio={r}"),
+            Budget::Fraction(x) => write!(f, "fraction={x}"),
             Budget::Tokens(n) => write!(f, "budget={n}"),
         }
     }
@@ -626,7 +659,17 @@ mod tests {
                 .abs()
                 < 1e-12
         );
-        assert_eq!(Method::parse("h2o-6x").unwrap().nominal_ratio(), Some(6.0));
+        // The benchmark's 6x budgets are fractions of the input, as its configs give them.
+        assert_eq!(
+            spec("h2o-6x"),
+            "h2o:fraction=0.166,count_prefill=false,heads=query"
+        );
+        assert!(spec("streamingllm-6x").starts_with("streamingllm:fraction=0.17,"));
+        assert!(spec("infllm-6x").starts_with("infllm:fraction=0.17,"));
+        assert!(spec("snapkv-6x").starts_with("snapkv:ratio=6,"));
+        let ratio = |p: &str| Method::parse(p).unwrap().nominal_ratio().unwrap();
+        assert!((ratio("h2o-6x") - 1.0 / 0.166).abs() < 1e-12);
+        assert_eq!(ratio("snapkv-6x"), 6.0);
         assert_eq!(
             Method::parse("tova:budget=512").unwrap().nominal_ratio(),
             None
@@ -653,7 +696,11 @@ mod tests {
         assert!(err("h2o:ratio=0.5,count_prefill=true,heads=kv")
             .contains("ratio=0.5 must be a number of at least 1"));
         assert!(err("h2o:count_prefill=true,heads=kv").contains("missing required key \"ratio\""));
-        assert!(err("h2o:ratio=4,budget=9,count_prefill=true,heads=kv").contains("not both"));
+        assert!(
+            err("h2o:fraction=1.5,count_prefill=true,heads=kv").contains("fraction=1.5 must be")
+        );
+        assert!(err("h2o:ratio=4,budget=9,count_prefill=true,heads=kv")
+            .contains("give one of ratio, fraction and budget"));
         assert!(err("h2o:ratio=4,count_prefill=yes,heads=kv").contains("must be true or false"));
         assert!(err("h2o:ratio=4,count_prefill=false,heads=all").contains("heads=all must be"));
         assert!(err("h2o:ratio=4,count_prefill=true,heads=query").contains("needs heads=kv"));
