@@ -6,49 +6,79 @@ fetched with `longctx fetch --model NAME`:
 
     python3 scripts/named_model_reference.py \
         --gguf ~/.cache/longctx/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
+        --haystack ~/.cache/longctx/haystack/PaulGrahamEssays \
         --out crates/longctx/tests/fixtures/qwen2.5-coder-0.5b_logits.json
 
-It writes, for one chat prompt, the token ids transformers' chat template gives, the top-1 id
-at every position and at every position the logits of a fixed sample of the vocabulary plus
-that row's 20 largest (as `reference_logits.py` does), so that a test can compare both our
-prefill and our token-by-token decoding (the quantized mat-vec kernels) position by position.
-transformers dequantizes the GGUF to float32 and runs its own implementation.
+It writes two prompts: a question (inside the chat template when the model ships one, else
+as raw text) and the start of an essay (1,300 tokens of raw text: past a 512-token sliding
+window), each after BOS where the file asks for it. For each, the token ids, the top-1 id at every position,
+and at a spread of positions and the last 8 the logits of a fixed sample of the vocabulary
+plus that row's 20 largest (`reference_logits.logit_fixture`), so that a test can compare our
+prefill and, for the last 8 tokens, our token-by-token decoding (the quantized mat-vec
+kernels). Also the token ids of `reference_logits.py`'s tricky strings. transformers
+dequantizes the GGUF to float32 and runs its own implementation.
 """
 import argparse
 import json
 import os
 
 import torch
+from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reference_logits import logit_fixture
+from reference_logits import TRICKY, logit_fixture
 
 QUESTION = "Write a Python function that returns the square of a number."
+ESSAY_TOKENS = 1300
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
+    ap.add_argument("--haystack", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     d, f = os.path.split(os.path.abspath(args.gguf))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tok(chat, add_special_tokens=False)["input_ids"]
+    # The file says whether a sequence starts with BOS (llama.cpp follows it; transformers'
+    # GGUF tokenizers do not always add it, so it is added here as the file asks).
+    add_bos = bool(GGUFReader(args.gguf).fields["tokenizer.ggml.add_bos_token"].contents())
+
+    def encode(text):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return [tok.bos_token_id] + ids if add_bos and ids[:1] != [tok.bos_token_id] else ids
+
+    chat = tok.chat_template is not None
+    if chat:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = QUESTION
+    question_ids = encode(text)
+    essays = sorted(os.listdir(args.haystack))
+    essay = open(os.path.join(args.haystack, essays[0]), encoding="utf-8").read()
+    essay_ids = encode(essay)[:ESSAY_TOKENS]
+    essay_text = tok.decode(essay_ids, skip_special_tokens=True)
+    assert encode(essay_text) == essay_ids, "the cut essay re-tokenizes differently"
     source = f"transformers {__import__('transformers').__version__} on {f}, dequantized to f32"
+    prompts = [(text, question_ids), (essay_text, essay_ids)]
     with open(args.out, "w") as fh:
         json.dump(
             {
                 "source": source,
                 "question": QUESTION,
-                "cases": logit_fixture(model, [(chat, ids)], len(ids)),
+                "chat": chat,
+                "cases": logit_fixture(model, prompts, 24, last_rows=8),
+                "tokenizer": [
+                    {"text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]}
+                    for t in TRICKY
+                ],
             },
             fh,
         )
-    print(f"wrote {args.out}: {len(ids)} tokens")
+    print(f"wrote {args.out}: {[len(ids) for _, ids in prompts]} tokens")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ It writes:
   smollm2_perplexity.json perplexity of an essay at ctx 512 (windows as longctx defines them)
   tiny_<arch>/            tiny random-weight Hugging Face models (config.json, safetensors,
                           tokenizer.json) and their reference logits, for the HF-directory path
+                          (`--tiny gemma3` writes only that one)
 
 transformers dequantizes the GGUF to float32 and runs its own Llama implementation: an
 implementation independent of longctx.
@@ -53,16 +54,17 @@ def window_nll(model, ids, ctx):
     return nll, count, len(windows)
 
 
-def logit_fixture(model, prompts, keep_rows):
-    """Top-1 at every position; at a spread of positions, the logits of a fixed sample of the
-    vocabulary (every 97th id) plus that row's 20 largest, which is what the tolerance test needs
-    without storing whole rows."""
+def logit_fixture(model, prompts, keep_rows, last_rows=1):
+    """Top-1 at every position; at a spread of positions and the last `last_rows`, the logits
+    of a fixed sample of the vocabulary (every 97th id) plus that row's 20 largest, which is
+    what the tolerance test needs without storing whole rows."""
     cases = []
     for text, ids in prompts:
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
         n, vocab = logits.shape
-        rows = sorted(set([0, n - 1] + list(range(0, n, max(1, n // keep_rows)))))
+        spread = list(range(0, n, max(1, n // keep_rows)))
+        rows = sorted(set([0] + spread + list(range(max(0, n - last_rows), n))))
         kept = {}
         for r in rows:
             top = torch.topk(logits[r], 20).indices.tolist()
@@ -119,6 +121,11 @@ TINY = {
     "mistral": dict(model_type="mistral", rope_theta=1000000.0, num_key_value_heads=1, tie_word_embeddings=False),
     # Qwen2: biases on q/k/v, tied embeddings.
     "qwen2": dict(model_type="qwen2", rope_theta=1000000.0, num_key_value_heads=2, tie_word_embeddings=True),
+    # Gemma-3: 7 layers (the 6th global, the others in an 8-token window, so the prompt runs
+    # past it), a head dimension that is not hidden / heads, a query scale that is not the
+    # head dimension's.
+    "gemma3": dict(model_type="gemma3_text", num_hidden_layers=7, num_key_value_heads=2, head_dim=32,
+                   sliding_window=8, query_pre_attn_scalar=24),
 }
 
 
@@ -143,16 +150,16 @@ def small_tokenizer(tok, out, size=512):
     return small
 
 
-def tiny_models(args, gguf_dir, gguf_file):
+def tiny_models(args, gguf_dir, gguf_file, names):
     from transformers import AutoConfig
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    for name, extra in TINY.items():
+    for name in names:
         torch.manual_seed(0)
-        extra = dict(extra)
-        model_type = extra.pop("model_type")
-        cfg = AutoConfig.for_model(model_type, vocab_size=512, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
-                                   rms_norm_eps=1e-5, **extra)
+        settings = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5)
+        settings.update(TINY[name])
+        model_type = settings.pop("model_type")
+        cfg = AutoConfig.for_model(model_type, **settings)
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
         with torch.no_grad():
             for p in model.parameters():
@@ -178,10 +185,12 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--haystack", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--tiny", help="only these tiny models (comma-separated names of TINY)")
     args = ap.parse_args()
-    gguf_reference(args)
+    if args.tiny is None:
+        gguf_reference(args)
     d, f = os.path.split(os.path.abspath(args.gguf))
-    tiny_models(args, d, f)
+    tiny_models(args, d, f, args.tiny.split(",") if args.tiny else list(TINY))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,12 @@ pub trait KvCache: Send {
     /// Bytes really held by the storage attention reads from (allocated capacity included).
     fn stored_bytes(&self) -> usize;
 
+    /// [`KvCache::stored_bytes`] per named group of layers, where layers are grouped (a
+    /// hybrid model's local and global layers); empty for a cache serving every layer alike.
+    fn stored_bytes_by_group(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
+
     /// Bytes of evicted context a retrieval policy keeps in a cheaper store to bring back
     /// later (InfLLM's offloaded blocks); zero for every policy that truly forgets.
     fn offloaded_bytes(&self) -> usize {

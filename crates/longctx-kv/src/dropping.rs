@@ -694,9 +694,24 @@ impl KvCache for DroppingCache {
     ) -> Result<Tensor> {
         check_chunk(&self.shape, layer, pos, self.processed[layer])?;
         if self.sequence.is_none() {
-            return Err(KvError::Invalid(
-                "a token-dropping cache needs the prompt length: call reserve before the first chunk".into(),
-            ));
+            // A fixed window (a token budget, a count of sinks) does not depend on the
+            // prompt: such a cache (a local layer's) starts a sequence unannounced.
+            let fixed = matches!(
+                (self.settings.policy, self.settings.budget),
+                (
+                    DropPolicy::StreamingLlm {
+                        sinks: Sinks::Count(_),
+                        ..
+                    },
+                    Budget::Tokens(_)
+                )
+            );
+            if !fixed {
+                return Err(KvError::Invalid(
+                    "a token-dropping cache needs the prompt length: call reserve before the first chunk".into(),
+                ));
+            }
+            self.reserve(Reservation::default())?;
         }
         let t = q.dim(1)?;
         let n = self.layers[layer][0].len();

@@ -11,6 +11,7 @@ mod dropping;
 mod error;
 mod flexgen;
 mod full;
+mod grouped;
 mod infllm;
 mod kivi;
 mod query_heads;
@@ -26,6 +27,7 @@ pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool,
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;
+pub use grouped::{GroupedCache, LayerGroup};
 pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable, MAX_STREAM_POSITIONS};

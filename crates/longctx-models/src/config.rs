@@ -1,4 +1,5 @@
-//! The Llama-family hyper-parameters, read from GGUF metadata or a Hugging Face config.json.
+//! The decoder hyper-parameters (the Llama family and Gemma-3), read from GGUF metadata or a
+//! Hugging Face config.json.
 
 use std::path::Path;
 
@@ -17,6 +18,9 @@ pub enum Architecture {
     Mistral,
     /// Qwen2: the Llama layout with biases on the q/k/v projections.
     Qwen2,
+    /// Gemma-3: the Llama layout with a scaled embedding, q/k norms, norms after attention
+    /// and the MLP, GELU, and local (sliding-window) layers between global ones.
+    Gemma3,
 }
 
 impl Architecture {
@@ -27,6 +31,7 @@ impl Architecture {
         match name {
             "llama" | "mistral" => Some((Self::Llama, RopeStyle::Interleaved)),
             "qwen2" => Some((Self::Qwen2, RopeStyle::Half)),
+            "gemma3" => Some((Self::Gemma3, RopeStyle::Half)),
             _ => None,
         }
     }
@@ -45,6 +50,19 @@ pub const MAX_VOCAB: usize = 1 << 22;
 /// Longest context (header or `--context`): the RoPE table is built for it, so 1M positions
 /// at most (512 MiB at head dimension 128); longer inputs can only be streamed.
 pub const MAX_CONTEXT: usize = 1 << 20;
+
+/// What Gemma-3 adds to the Llama layout's hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaLayout {
+    /// Tokens a local layer attends to, its own included.
+    pub sliding_window: usize,
+    /// For each layer, whether it is local (sliding-window) rather than global.
+    pub local_layers: Vec<bool>,
+    /// RoPE base of the local layers (the global ones use `rope.theta`).
+    pub local_rope_theta: f64,
+    /// Scores are scaled by `query_pre_attn_scalar^-1/2` (not `head_dim^-1/2`).
+    pub query_pre_attn_scalar: f64,
+}
 
 /// Hyper-parameters of one Llama-family model.
 #[derive(Debug, Clone)]
@@ -73,9 +91,18 @@ pub struct LlamaConfig {
     pub rope: RopeSettings,
     /// Whether q/k/v projections carry biases.
     pub qkv_bias: bool,
+    /// Gemma-3's additions; `None` for the Llama layout.
+    pub gemma: Option<GemmaLayout>,
 }
 
 impl LlamaConfig {
+    /// Whether `layer` attends within a sliding window (Gemma-3's local layers).
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.gemma
+            .as_ref()
+            .is_some_and(|g| g.local_layers.get(layer) == Some(&true))
+    }
+
     /// The attention geometry caches are built for.
     pub fn kv_shape(&self) -> KvShape {
         KvShape {
@@ -133,6 +160,22 @@ impl LlamaConfig {
                 )));
             }
         }
+        if let Some(g) = &self.gemma {
+            // The window sizes the local layers' caches.
+            if g.local_layers.len() != self.layers {
+                return Err(bad(format!(
+                    "{} layer types for {} layers",
+                    g.local_layers.len(),
+                    self.layers
+                )));
+            }
+            if g.sliding_window == 0 || g.sliding_window > self.context {
+                return Err(bad(format!(
+                    "its sliding window is {} tokens, outside 1..={} (its context)",
+                    g.sliding_window, self.context
+                )));
+            }
+        }
         Ok(self)
     }
 
@@ -142,7 +185,7 @@ impl LlamaConfig {
         let (architecture, style) =
             Architecture::from_gguf_name(arch).ok_or_else(|| ModelError::Unsupported {
                 what: format!("GGUF architecture \"{arch}\" in {}", g.path().display()),
-                hint: "supported architectures are llama, mistral and qwen2".into(),
+                hint: "supported architectures are llama, mistral, qwen2 and gemma3".into(),
             })?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
@@ -152,7 +195,9 @@ impl LlamaConfig {
             .unwrap_or(heads);
         let head_dim = g
             .get_usize(&key("rope.dimension_count"))
+            .or_else(|_| g.get_usize(&key("attention.key_length")))
             .unwrap_or(hidden / heads.max(1));
+        let layers = g.get_usize(&key("block_count"))?;
         let context = g.get_usize(&key("context_length"))?;
         let vocab = match g.get_usize(&key("vocab_size")) {
             Ok(v) => v,
@@ -174,7 +219,7 @@ impl LlamaConfig {
             architecture,
             hidden,
             intermediate: g.get_usize(&key("feed_forward_length"))?,
-            layers: g.get_usize(&key("block_count"))?,
+            layers,
             heads,
             kv_heads,
             head_dim,
@@ -189,6 +234,22 @@ impl LlamaConfig {
                 max_positions: context,
             },
             qkv_bias: architecture == Architecture::Qwen2,
+            gemma: match architecture {
+                // As llama.cpp reads Gemma-3: the window from the file; the pattern (5 local
+                // layers per global one), the local RoPE base and the query scale (head_dim,
+                // or hidden / heads for the 62-layer 27B) are fixed by the architecture.
+                Architecture::Gemma3 => Some(GemmaLayout {
+                    sliding_window: g.get_usize(&key("attention.sliding_window"))?,
+                    local_layers: (0..layers).map(|l| !(l + 1).is_multiple_of(6)).collect(),
+                    local_rope_theta: 10_000.0,
+                    query_pre_attn_scalar: if layers == 62 {
+                        (hidden / heads.max(1)) as f64
+                    } else {
+                        head_dim as f64
+                    },
+                }),
+                _ => None,
+            },
         }
         .check(g.path())
     }
@@ -216,10 +277,11 @@ impl LlamaConfig {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
+            "gemma3_text" => Architecture::Gemma3,
             other => {
                 return Err(ModelError::Unsupported {
                     what: format!("model_type \"{other}\" in {}", path.display()),
-                    hint: "supported model types are llama, mistral and qwen2".into(),
+                    hint: "supported model types are llama, mistral, qwen2 and gemma3_text".into(),
                 })
             }
         };
@@ -231,11 +293,13 @@ impl LlamaConfig {
             .and_then(Value::as_u64)
             .map(|x| x as usize)
             .unwrap_or(hidden / heads.max(1));
-        // transformers 5 moves rope_theta and rope_scaling into `rope_parameters`.
-        let rope_params = v
+        // transformers 5 moves rope_theta and rope_scaling into `rope_parameters`, per layer
+        // type for Gemma-3 (its global layers' and its local layers').
+        let all_params = v
             .get("rope_parameters")
             .or_else(|| v.get("rope_scaling"))
             .filter(|p| !p.is_null());
+        let rope_params = all_params.map(|p| p.get("full_attention").unwrap_or(p));
         let theta = v
             .get("rope_theta")
             .and_then(Value::as_f64)
@@ -279,6 +343,13 @@ impl LlamaConfig {
             }
         };
         let context = num("max_position_embeddings")?;
+        let layers = num("num_hidden_layers")?;
+        let gemma = match architecture {
+            Architecture::Gemma3 => {
+                Some(Self::gemma_from_hf(&v, all_params, layers, head_dim, path)?)
+            }
+            _ => None,
+        };
         let qkv_bias = architecture == Architecture::Qwen2
             || v.get("attention_bias")
                 .and_then(Value::as_bool)
@@ -287,7 +358,7 @@ impl LlamaConfig {
             architecture,
             hidden,
             intermediate: num("intermediate_size")?,
-            layers: num("num_hidden_layers")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
@@ -305,7 +376,70 @@ impl LlamaConfig {
                 max_positions: context,
             },
             qkv_bias,
+            gemma,
         }
         .check(path)
+    }
+
+    /// Gemma-3's additions from a `gemma3_text` config.json: layer types (or the 4.x
+    /// pattern), window, local RoPE base and query scale. Soft-capping (Gemma-2) and other
+    /// activations are refused, not ignored.
+    fn gemma_from_hf(
+        v: &Value,
+        rope_params: Option<&Value>,
+        layers: usize,
+        head_dim: usize,
+        path: &Path,
+    ) -> Result<GemmaLayout> {
+        let unsupported = |what: String| ModelError::Unsupported {
+            what: format!("{what} in {}", path.display()),
+            hint: "Gemma-3's text layout (GELU-tanh, no soft-capping) is implemented".into(),
+        };
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(unsupported(format!("{key} = {}", v[key])));
+            }
+        }
+        match v.get("hidden_activation").and_then(Value::as_str) {
+            None | Some("gelu_pytorch_tanh") => {}
+            Some(other) => return Err(unsupported(format!("hidden_activation \"{other}\""))),
+        }
+        let local_layers = match v.get("layer_types").and_then(Value::as_array) {
+            Some(types) => types
+                .iter()
+                .map(|t| t.as_str() == Some("sliding_attention"))
+                .collect(),
+            None => {
+                let every = ["sliding_window_pattern", "_sliding_window_pattern"]
+                    .iter()
+                    .find_map(|k| v.get(*k).and_then(Value::as_u64))
+                    .unwrap_or(6)
+                    .max(1) as usize;
+                (0..layers)
+                    .map(|l| !(l + 1).is_multiple_of(every))
+                    .collect()
+            }
+        };
+        let local_rope_theta = rope_params
+            .and_then(|p| p.get("sliding_attention"))
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| v.get("rope_local_base_freq"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0);
+        Ok(GemmaLayout {
+            sliding_window: v
+                .get("sliding_window")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ModelError::BadCheckpoint {
+                    path: path.into(),
+                    reason: "missing integer field \"sliding_window\"".into(),
+                })? as usize,
+            local_layers,
+            local_rope_theta,
+            query_pre_attn_scalar: v
+                .get("query_pre_attn_scalar")
+                .and_then(Value::as_f64)
+                .unwrap_or(head_dim as f64),
+        })
     }
 }

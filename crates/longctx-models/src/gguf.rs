@@ -335,6 +335,21 @@ impl GgufFile {
         }
     }
 
+    /// An array of numbers (SentencePiece scores).
+    pub fn get_floats(&self, key: &str) -> Result<Vec<f64>> {
+        match self.get(key)? {
+            MetaValue::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    MetaValue::Float(x) => Ok(*x),
+                    MetaValue::Int(i) => Ok(*i as f64),
+                    other => Err(self.wrong_type(key, "an array of numbers", other)),
+                })
+                .collect(),
+            other => Err(self.wrong_type(key, "an array of numbers", other)),
+        }
+    }
+
     /// An array of integers (token types).
     pub fn get_ints(&self, key: &str) -> Result<Vec<i128>> {
         match self.get(key)? {

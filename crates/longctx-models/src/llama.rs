@@ -1,5 +1,7 @@
-//! The Llama-family forward pass (Llama 2/3, Mistral, LongChat, SmolLM2, Qwen2), written over
-//! a [`KvCache`] so that any cache policy plugs in without touching the model.
+//! The decoder forward pass of the Llama family (Llama 2/3, Mistral, LongChat, SmolLM2, Qwen2)
+//! and of Gemma-3, which adds to the same blocks (a scaled embedding, q/k norms, norms after
+//! attention and the MLP, GELU, local sliding-window layers), written over a [`KvCache`] so
+//! that any cache policy plugs in without touching the model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,10 +9,12 @@ use std::sync::Arc;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use longctx_kv::{
-    FullCache, KvCache, KvShape, Reservation, RopeScaling, RopeTable, MAX_STREAM_POSITIONS,
+    Budget, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache, KvCache, KvError,
+    KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings, RopeTable, Sinks,
+    MAX_STREAM_POSITIONS,
 };
 
-use crate::config::{LlamaConfig, MAX_CONTEXT};
+use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
 use crate::gguf::GgufFile;
 use crate::linear::Linear;
 use crate::{LanguageModel, Logits, ModelError, Result};
@@ -52,7 +56,15 @@ struct Block {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// Gemma-3: RMS norms of each query and key head, before RoPE.
+    qk_norms: Option<(Tensor, Tensor)>,
+    /// Gemma-3: RMS norms of the attention's and the MLP's outputs, before the residual add.
+    post_norms: Option<(Tensor, Tensor)>,
 }
+
+/// A cache builder: what a method makes of a geometry and a RoPE table.
+pub type CacheBuilder<'a> =
+    dyn FnOnce(KvShape, Arc<RopeTable>) -> std::result::Result<Box<dyn KvCache>, KvError> + 'a;
 
 /// A Llama-family transformer with its sequence state (a KV cache).
 pub struct LlamaModel {
@@ -62,6 +74,8 @@ pub struct LlamaModel {
     final_norm: Tensor,
     lm_head: Linear,
     rope: Arc<RopeTable>,
+    /// Gemma-3's local layers' RoPE (their own base).
+    local_rope: Option<Arc<RopeTable>>,
     cache: Box<dyn KvCache>,
     seen: usize,
     prefill_chunk: usize,
@@ -127,6 +141,17 @@ impl Weights {
         };
         self.check_shape(gguf, hf, t.dims(), want)?;
         Ok(t)
+    }
+
+    /// An RMS norm's weight of `width` values. Gemma scales by `1 + weight`: its GGUF files
+    /// store the sum (llama.cpp's converter adds the 1), its Hugging Face checkpoints the
+    /// weight alone, so `one_plus` adds it to those.
+    fn norm(&self, gguf: &str, hf: &str, width: Option<usize>, one_plus: bool) -> Result<Tensor> {
+        let w = self.vector(gguf, hf, &[width])?;
+        Ok(match self {
+            Weights::Safetensors(..) if one_plus => (w + 1.0)?,
+            _ => w,
+        })
     }
 
     fn has(&self, gguf: &str, hf: &str) -> bool {
@@ -244,12 +269,11 @@ impl LlamaModel {
                 )
             };
             let qkv_bias = config.qkv_bias;
+            let gemma = config.architecture == Architecture::Gemma3;
+            let norm = |gn: &str, hn: &str, width| w.norm(&g(gn), &h(hn), width, gemma);
+            let head = Some(config.head_dim);
             blocks.push(Block {
-                attn_norm: w.vector(
-                    &g("attn_norm.weight"),
-                    &h("input_layernorm.weight"),
-                    &[hidden],
-                )?,
+                attn_norm: norm("attn_norm.weight", "input_layernorm.weight", hidden)?,
                 q: lin(
                     "attn_q.weight",
                     "self_attn.q_proj.weight",
@@ -274,11 +298,17 @@ impl LlamaModel {
                     false,
                     &[hidden, q_width],
                 )?,
-                ffn_norm: w.vector(
-                    &g("ffn_norm.weight"),
-                    &h("post_attention_layernorm.weight"),
-                    &[hidden],
-                )?,
+                // Llama's norm before the MLP is transformers' "post_attention_layernorm";
+                // Gemma names its own norm after attention so.
+                ffn_norm: if gemma {
+                    norm(
+                        "ffn_norm.weight",
+                        "pre_feedforward_layernorm.weight",
+                        hidden,
+                    )?
+                } else {
+                    norm("ffn_norm.weight", "post_attention_layernorm.weight", hidden)?
+                },
                 gate: lin(
                     "ffn_gate.weight",
                     "mlp.gate_proj.weight",
@@ -297,9 +327,36 @@ impl LlamaModel {
                     false,
                     &[hidden, inner],
                 )?,
+                qk_norms: match gemma {
+                    true => Some((
+                        norm("attn_q_norm.weight", "self_attn.q_norm.weight", head)?,
+                        norm("attn_k_norm.weight", "self_attn.k_norm.weight", head)?,
+                    )),
+                    false => None,
+                },
+                post_norms: match gemma {
+                    true => Some((
+                        norm(
+                            "post_attention_norm.weight",
+                            "post_attention_layernorm.weight",
+                            hidden,
+                        )?,
+                        norm(
+                            "post_ffw_norm.weight",
+                            "post_feedforward_layernorm.weight",
+                            hidden,
+                        )?,
+                    )),
+                    false => None,
+                },
             });
         }
-        let final_norm = w.vector("output_norm.weight", "model.norm.weight", &[hidden])?;
+        let final_norm = w.norm(
+            "output_norm.weight",
+            "model.norm.weight",
+            hidden,
+            config.architecture == Architecture::Gemma3,
+        )?;
         let tied = !w.has("output.weight", "lm_head.weight");
         let lm_head = if !tied {
             w.linear(
@@ -325,11 +382,17 @@ impl LlamaModel {
             }
         };
         let rope = Arc::new(RopeTable::new(&config.rope, &Device::Cpu)?);
-        let cache: Box<dyn KvCache> = Box::new(FullCache::new(
-            config.kv_shape(),
-            rope.clone(),
-            &Device::Cpu,
-        ));
+        let local_rope = match &config.gemma {
+            Some(g) => {
+                let settings = RopeSettings {
+                    theta: g.local_rope_theta,
+                    scaling: None,
+                    ..config.rope.clone()
+                };
+                Some(Arc::new(RopeTable::new(&settings, &Device::Cpu)?))
+            }
+            None => None,
+        };
         let shared_embeddings = if tied { embeddings.elem_count() * 4 } else { 0 };
         let weight_bytes = embeddings.elem_count() * 4 + lm_head.bytes() - shared_embeddings
             + blocks
@@ -341,18 +404,27 @@ impl LlamaModel {
                         .sum::<usize>()
                 })
                 .sum::<usize>();
-        Ok(Self {
+        let mut model = Self {
+            cache: Box::new(FullCache::new(
+                config.kv_shape(),
+                rope.clone(),
+                &Device::Cpu,
+            )),
             config,
             embeddings,
             blocks,
             final_norm,
             lm_head,
             rope,
-            cache,
+            local_rope,
             seen: 0,
             prefill_chunk: options.prefill_chunk.max(1),
             weight_bytes,
-        })
+        };
+        model.set_cache(Box::new(|shape, rope| {
+            Ok(Box::new(FullCache::new(shape, rope, &Device::Cpu)))
+        }))?;
+        Ok(model)
     }
 
     /// Hyper-parameters (after any overrides).
@@ -360,15 +432,45 @@ impl LlamaModel {
         &self.config
     }
 
-    /// Install another cache policy, built for this model's geometry and RoPE; the sequence restarts.
-    pub fn set_cache(&mut self, build: impl FnOnce(KvShape, Arc<RopeTable>) -> Box<dyn KvCache>) {
-        self.cache = build(self.config.kv_shape(), self.rope.clone());
+    /// Install another cache policy, built by `build` for the layers it serves (all of them,
+    /// or Gemma-3's global layers, the local ones keeping their sliding window) with their
+    /// geometry and RoPE; the sequence restarts.
+    pub fn set_cache(&mut self, build: Box<CacheBuilder>) -> Result<()> {
+        self.cache = match (&self.config.gemma, &self.local_rope) {
+            (Some(gemma), Some(local_rope)) => {
+                let (local, global): (Vec<usize>, Vec<usize>) =
+                    (0..self.config.layers).partition(|&l| self.config.is_local(l));
+                let shape = |layers: &[usize]| KvShape {
+                    layers: layers.len(),
+                    ..self.config.kv_shape()
+                };
+                let window = DropSettings {
+                    policy: DropPolicy::StreamingLlm {
+                        sinks: Sinks::Count(0),
+                        reindex: false,
+                    },
+                    budget: Budget::Tokens(gemma.sliding_window),
+                };
+                let local_cache =
+                    DroppingCache::new(shape(&local), local_rope.clone(), &Device::Cpu, window)?;
+                let global_cache = build(shape(&global), self.rope.clone())?;
+                Box::new(GroupedCache::new(vec![
+                    LayerGroup {
+                        name: "global",
+                        layers: global,
+                        cache: global_cache,
+                    },
+                    LayerGroup {
+                        name: "local",
+                        layers: local,
+                        cache: Box::new(local_cache),
+                    },
+                ])?)
+            }
+            _ => build(self.config.kv_shape(), self.rope.clone())?,
+        };
         self.seen = 0;
-    }
-
-    /// The RoPE table caches rotate with.
-    pub fn rope(&self) -> Arc<RopeTable> {
-        self.rope.clone()
+        Ok(())
     }
 
     /// The cache in use (for byte and kept-token accounting).
@@ -392,17 +494,42 @@ impl LlamaModel {
         let (heads, kv_heads, d, eps) = (c.heads, c.kv_heads, c.head_dim, c.rms_eps as f32);
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
+        let gemma = c.gemma.as_ref();
+        if gemma.is_some() {
+            x = (x * (c.hidden as f64).sqrt())?;
+        }
+        // The caches scale scores by head_dim^-1/2; Gemma's scale is folded into the queries.
+        let query_scale = gemma.map(|g| (d as f64 / g.query_pre_attn_scalar).sqrt());
+        let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, eps);
         for (layer, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = Self::heads_first(&b.q.forward(&h)?, t, heads, d)?;
-            let k = Self::heads_first(&b.k.forward(&h)?, t, kv_heads, d)?;
+            let h = norm(&x, &b.attn_norm)?;
+            let mut q = Self::heads_first(&b.q.forward(&h)?, t, heads, d)?;
+            let mut k = Self::heads_first(&b.k.forward(&h)?, t, kv_heads, d)?;
             let v = Self::heads_first(&b.v.forward(&h)?, t, kv_heads, d)?;
+            if let Some((q_norm, k_norm)) = &b.qk_norms {
+                (q, k) = (norm(&q, q_norm)?, norm(&k, k_norm)?);
+            }
+            if let Some(scale) = query_scale.filter(|&s| s != 1.0) {
+                q = (q * scale)?;
+            }
             let attn = self.cache.attend(layer, self.seen, &q, &k, &v)?;
             let attn = attn.transpose(0, 1)?.reshape((t, heads * d))?;
-            x = (x + b.o.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let mlp = (b.gate.forward(&h)?.silu()? * b.up.forward(&h)?)?;
-            x = (x + b.down.forward(&mlp)?)?;
+            let mut attn = b.o.forward(&attn)?;
+            if let Some((after_attn, _)) = &b.post_norms {
+                attn = norm(&attn, after_attn)?;
+            }
+            x = (x + attn)?;
+            let h = norm(&x, &b.ffn_norm)?;
+            let gate = b.gate.forward(&h)?;
+            let gate = match gemma {
+                Some(_) => gate.gelu()?,
+                None => gate.silu()?,
+            };
+            let mut mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
+            if let Some((_, after_mlp)) = &b.post_norms {
+                mlp = norm(&mlp, after_mlp)?;
+            }
+            x = (x + mlp)?;
         }
         self.seen += t;
         Ok(candle_nn::ops::rms_norm(&x, &self.final_norm, eps)?)

@@ -2,8 +2,14 @@
 
 use std::path::Path;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -38,18 +44,73 @@ fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
 }
 
 impl TextTokenizer {
-    /// Build the byte-level BPE tokenizer that GGUF metadata describes (`tokenizer.ggml.model = gpt2`).
+    /// Build the tokenizer that GGUF metadata describes: byte-level BPE
+    /// (`tokenizer.ggml.model = gpt2`), or Gemma's SentencePiece vocabulary (`llama` in a
+    /// Gemma file).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(ModelError::Unsupported {
-                what: format!("GGUF tokenizer model \"{model}\" in {}", g.path().display()),
-                hint: "byte-level BPE (gpt2) tokenizers are read from GGUF; for SentencePiece models pass the Hugging Face directory with tokenizer.json".into(),
-            });
-        }
+        let architecture = g.get_str("general.architecture").unwrap_or("");
         let tokens = g.get_strings("tokenizer.ggml.tokens")?;
-        let merges = g.get_strings("tokenizer.ggml.merges")?;
         let types = g.get_ints("tokenizer.ggml.token_type").unwrap_or_default();
+        // Token types matched whole in text, as llama.cpp does with parse_special: control (3)
+        // and user-defined (4) for BPE vocabularies; control only for Gemma, whose
+        // user-defined pieces (runs of spaces and newlines) are ordinary pieces to
+        // transformers' unigram model.
+        let (mut inner, whole_types): (Tokenizer, &[i128]) = match model {
+            "gpt2" => (Self::byte_level_bpe(g, &tokens)?, &[3, 4]),
+            "llama" if architecture.starts_with("gemma") => {
+                (Self::gemma_sentencepiece(g, &tokens)?, &[3])
+            }
+            other => {
+                return Err(ModelError::Unsupported {
+                    what: format!(
+                        "GGUF tokenizer model \"{other}\" of architecture \"{architecture}\" in {}",
+                        g.path().display()
+                    ),
+                    hint: "byte-level BPE (gpt2) and Gemma's SentencePiece vocabularies are read from GGUF; for other SentencePiece models pass the Hugging Face directory with tokenizer.json".into(),
+                })
+            }
+        };
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter())
+            .filter(|(_, t)| whole_types.contains(t))
+            .map(|(s, _)| AddedToken::from(s.to_string(), true))
+            .collect();
+        inner.add_special_tokens(specials).map_err(tok_err)?;
+        let id = |k: &str| g.get_usize(k).ok().map(|v| v as u32);
+        let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .chain(id("tokenizer.ggml.eot_token_id"))
+            .collect();
+        for name in [
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<end_of_turn>",
+        ] {
+            if let Some(i) = inner.token_to_id(name) {
+                stop_tokens.push(i);
+            }
+        }
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        let add_bos = matches!(
+            g.metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(crate::gguf::MetaValue::Bool(true))
+        );
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            add_bos,
+            stop_tokens,
+        })
+    }
+
+    /// GPT-2-style byte-level BPE from the vocabulary, merges and pre-tokenizer name.
+    fn byte_level_bpe(g: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
+        let merges = g.get_strings("tokenizer.ggml.merges")?;
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -85,41 +146,52 @@ impl TextTokenizer {
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched whole in text, as llama.cpp does with parse_special.
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter())
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(s, _)| AddedToken::from(s.to_string(), true))
-            .collect();
-        inner.add_special_tokens(specials).map_err(tok_err)?;
-        let id = |k: &str| g.get_usize(k).ok().map(|v| v as u32);
-        let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id")
-            .into_iter()
-            .chain(id("tokenizer.ggml.eot_token_id"))
-            .collect();
-        for name in [
-            "<|eot_id|>",
-            "<|end_of_text|>",
-            "<|im_end|>",
-            "<|endoftext|>",
-        ] {
-            if let Some(i) = inner.token_to_id(name) {
-                stop_tokens.push(i);
-            }
+        Ok(inner)
+    }
+
+    /// Gemma's SentencePiece vocabulary as transformers builds it from GGUF (its
+    /// `GGUFGemmaConverter`): a unigram model over the pieces' scores with byte fallback,
+    /// spaces written as `▁`, the tab byte piece read as a tab and whitespace pieces in `▁`s.
+    /// (llama.cpp merges pairs by score instead; the two can split rare strings differently.)
+    fn gemma_sentencepiece(g: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
+        let scores = g.get_floats("tokenizer.ggml.scores")?;
+        if scores.len() != tokens.len() {
+            return Err(ModelError::BadGguf {
+                path: g.path().to_path_buf(),
+                reason: format!(
+                    "{} tokenizer scores for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                ),
+            });
         }
-        stop_tokens.sort_unstable();
-        stop_tokens.dedup();
-        let add_bos = matches!(
-            g.metadata.get("tokenizer.ggml.add_bos_token"),
-            Some(crate::gguf::MetaValue::Bool(true))
-        );
-        Ok(Self {
-            inner,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            add_bos,
-            stop_tokens,
-        })
+        let vocab: Vec<(String, f64)> = tokens
+            .iter()
+            .zip(scores)
+            .map(|(&t, score)| {
+                let piece = if t == "<0x09>" {
+                    "\t".to_string()
+                } else if t.contains(' ') && t.trim().is_empty() {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.to_string()
+                };
+                (piece, score)
+            })
+            .collect();
+        let unk = g.get_usize("tokenizer.ggml.unknown_token_id").ok();
+        let unigram = Unigram::from(vocab, unk, true).map_err(tok_err)?;
+        let mut inner = Tokenizer::new(unigram);
+        inner
+            .with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
+            .map_err(tok_err)?;
+        let decoders: Vec<DecoderWrapper> = vec![
+            Replace::new("\u{2581}", " ").map_err(tok_err)?.into(),
+            ByteFallback::default().into(),
+            Fuse::default().into(),
+        ];
+        inner.with_decoder(Some(DecoderSequence::new(decoders)));
+        Ok(inner)
     }
 
     /// Load `tokenizer.json`; BOS and stop tokens come from the directory's tokenizer_config.json

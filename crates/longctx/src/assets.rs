@@ -92,7 +92,7 @@ pub const MODELS: [NamedModel; 4] = [
     },
     NamedModel {
         name: "gemma-3-270m",
-        about: "Gemma-3-270M instruct, Q4_K_M GGUF (5 sliding-window layers per global layer)",
+        about: "Gemma-3-270M pretrained (no chat template), Q4_K_M GGUF; 5 sliding-window layers per global one",
         architecture: "gemma3",
         context: 32768,
         bytes: 253_113_024,

@@ -39,6 +39,9 @@ struct BenchRow {
     kept_tokens_per_layer: Vec<usize>,
     /// Bytes attention reads from.
     kv_bytes: usize,
+    /// `kv_bytes` by group of layers, for a model whose layers keep different caches
+    /// (Gemma-3's global layers under the method, its local ones in their window).
+    kv_bytes_by_group: std::collections::BTreeMap<&'static str, usize>,
     /// Bytes of evicted context kept for retrieval (InfLLM).
     offloaded_bytes: usize,
     /// Every token seen in the method's uncompressed format.
@@ -47,6 +50,19 @@ struct BenchRow {
     measured_ratio: f64,
     kv_fp16_equivalent_bytes: usize,
     peak_rss_bytes: u64,
+}
+
+/// The KV bytes, with each group's share where layers keep different caches.
+fn kv_bytes_cell(row: &BenchRow) -> String {
+    if row.kv_bytes_by_group.is_empty() {
+        return row.kv_bytes.to_string();
+    }
+    let shares: Vec<String> = row
+        .kv_bytes_by_group
+        .iter()
+        .map(|(group, bytes)| format!("{group} {bytes}"))
+        .collect();
+    format!("{} ({})", row.kv_bytes, shares.join(" + "))
 }
 
 /// Deterministic prompt tokens (a fixed-seed LCG over the vocabulary, as llama-bench uses random tokens).
@@ -107,6 +123,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             kept_tokens: cache.mean_kept_tokens(),
             kept_tokens_per_layer: (0..shape.layers).map(|l| cache.kept_tokens(l)).collect(),
             kv_bytes: cache.stored_bytes(),
+            kv_bytes_by_group: cache.stored_bytes_by_group().into_iter().collect(),
             offloaded_bytes: cache.offloaded_bytes(),
             uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
             measured_ratio: (cache.uncompressed_bytes_per_token() * seen) as f64
@@ -123,7 +140,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 row.prefill_tokens_per_s,
                 row.decode_tokens_per_s,
                 row.kept_tokens,
-                row.kv_bytes,
+                kv_bytes_cell(&row),
                 row.offloaded_bytes,
                 row.measured_ratio,
                 row.kv_fp16_equivalent_bytes,

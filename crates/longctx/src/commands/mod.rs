@@ -113,15 +113,13 @@ impl MethodArg {
     }
 }
 
-/// Give the model a fresh cache of `method`'s policy (model-dependent settings are checked here).
+/// Give the model a fresh cache of `method`'s policy, for the layers the model lets it serve
+/// (model-dependent settings are checked here).
 pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
-    let shape = loaded.model.config().kv_shape();
-    let rope = loaded.model.rope();
-    let cache = method
-        .build_cache(shape, rope)
-        .with_context(|| format!("method \"{method}\""))?;
-    loaded.model.set_cache(|_, _| cache);
-    Ok(())
+    loaded
+        .model
+        .set_cache(Box::new(|shape, rope| method.build_cache(shape, rope)))
+        .with_context(|| format!("method \"{method}\""))
 }
 
 impl ModelArgs {

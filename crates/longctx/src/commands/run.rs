@@ -618,16 +618,14 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
         if mine.is_empty() {
             continue;
         }
-        let probe = args.plan.model_args(&plan.spec, m, true).load_bare()?;
+        let mut probe = args.plan.model_args(&plan.spec, m, true).load_bare()?;
         let base = model_settings(&models[m], model_spec.max_length, plan.spec.seed)?;
         let streams: Vec<bool> = plan
             .methods
             .iter()
             .map(|method| {
-                let cache = method.build_cache(probe.model.config().kv_shape(), probe.model.rope());
-                Ok(cache
-                    .with_context(|| format!("method \"{method}\""))?
-                    .streams())
+                install(&mut probe, method)?;
+                Ok(probe.model.cache().streams())
             })
             .collect::<Result<_>>()?;
         let mut of_sample: std::collections::BTreeMap<(usize, Protocol, bool), Settings> =

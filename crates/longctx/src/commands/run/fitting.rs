@@ -26,7 +26,9 @@ pub(super) struct Fitted {
 
 /// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`
 /// (or, `streamed`, whole, with the budget of `min(L, max_length)` tokens), then the chat
-/// template where the task uses it. `max_length` defaults to the model's context less the
+/// template where the task uses it and the model ships one (a pretrained model without one
+/// reads the raw prompt, as LongBench's `pred.py` feeds models it does not chat with; the
+/// token ids, and so the stored prompt hash, differ). `max_length` defaults to the model's context less the
 /// answer (`max_new_tokens`) and less what this model's chat template adds around the
 /// prompt (measured on an empty message). Under the query-agnostic protocol the context and
 /// the question are tokenized apart; a question cut by truncation is an error, as is a
@@ -39,6 +41,7 @@ pub(super) fn fitted_prompt(
     streamed: bool,
 ) -> Result<Fitted> {
     let context = loaded.model.config().context;
+    let chat = s.chat && loaded.chat.is_some();
     let limit = if streamed {
         MAX_STREAM_POSITIONS
     } else {
@@ -46,7 +49,7 @@ pub(super) fn fitted_prompt(
     };
     let longbench_length = match &s.job {
         Job::LongBench { .. } => {
-            let template = loaded.prompt_tokens("", s.chat)?.len();
+            let template = loaded.prompt_tokens("", chat)?.len();
             Some(max_length.unwrap_or(context.saturating_sub(s.max_new_tokens + template)))
         }
         _ => None,
@@ -64,7 +67,7 @@ pub(super) fn fitted_prompt(
         };
         let (tokens, context_tokens) = match protocol {
             Protocol::Paper => {
-                let tokens = loaded.prompt_tokens(&text, s.chat)?;
+                let tokens = loaded.prompt_tokens(&text, chat)?;
                 let n = tokens.len();
                 (tokens, n)
             }
@@ -77,7 +80,7 @@ pub(super) fn fitted_prompt(
                         s.id
                     );
                 }
-                loaded.prompt_tokens_split(&text, text.len() - question.len(), s.chat)?
+                loaded.prompt_tokens_split(&text, text.len() - question.len(), chat)?
             }
         };
         let over = (tokens.len() + s.max_new_tokens).saturating_sub(limit);
