@@ -23,17 +23,53 @@ pub enum Architecture {
     Gemma3,
 }
 
+/// Every architecture implemented: its GGUF `general.architecture` names, its Hugging Face
+/// `model_type`s, and the RoPE layout of its GGUF files (llama.cpp's converter permutes
+/// Llama q/k rows for interleaved RoPE; Qwen2 and Gemma keep NEOX order; Hugging Face
+/// checkpoints are all NEOX). Adding an architecture starts with a row here.
+const ARCHITECTURES: [(Architecture, &[&str], &[&str], RopeStyle); 4] = [
+    (
+        Architecture::Llama,
+        &["llama", "mistral"],
+        &["llama"],
+        RopeStyle::Interleaved,
+    ),
+    (Architecture::Mistral, &[], &["mistral"], RopeStyle::Half),
+    (Architecture::Qwen2, &["qwen2"], &["qwen2"], RopeStyle::Half),
+    (
+        Architecture::Gemma3,
+        &["gemma3"],
+        &["gemma3_text"],
+        RopeStyle::Half,
+    ),
+];
+
 impl Architecture {
     /// The architecture and RoPE layout of a GGUF `general.architecture` name, if this crate
-    /// implements it. llama.cpp's converter permutes Llama q/k rows for interleaved RoPE;
-    /// Qwen2 keeps NEOX order.
+    /// implements it.
     pub fn from_gguf_name(name: &str) -> Option<(Self, RopeStyle)> {
-        match name {
-            "llama" | "mistral" => Some((Self::Llama, RopeStyle::Interleaved)),
-            "qwen2" => Some((Self::Qwen2, RopeStyle::Half)),
-            "gemma3" => Some((Self::Gemma3, RopeStyle::Half)),
-            _ => None,
-        }
+        ARCHITECTURES
+            .iter()
+            .find(|(_, gguf, _, _)| gguf.contains(&name))
+            .map(|&(a, _, _, style)| (a, style))
+    }
+
+    /// The architecture of a Hugging Face `model_type`, if this crate implements it.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        ARCHITECTURES
+            .iter()
+            .find(|(_, _, hf, _)| hf.contains(&model_type))
+            .map(|&(a, ..)| a)
+    }
+
+    /// The names one kind of file uses, for error messages.
+    fn names(gguf: bool) -> String {
+        let names: Vec<&str> = ARCHITECTURES
+            .iter()
+            .flat_map(|(_, g, h, _)| if gguf { *g } else { *h })
+            .copied()
+            .collect();
+        names.join(", ")
     }
 }
 
@@ -185,7 +221,7 @@ impl LlamaConfig {
         let (architecture, style) =
             Architecture::from_gguf_name(arch).ok_or_else(|| ModelError::Unsupported {
                 what: format!("GGUF architecture \"{arch}\" in {}", g.path().display()),
-                hint: "supported architectures are llama, mistral, qwen2 and gemma3".into(),
+                hint: format!("supported architectures are {}", Architecture::names(true)),
             })?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
@@ -273,18 +309,11 @@ impl LlamaConfig {
                 .ok_or_else(|| bad(format!("missing integer field \"{k}\"")))
         };
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let architecture = match model_type {
-            "llama" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            "gemma3_text" => Architecture::Gemma3,
-            other => {
-                return Err(ModelError::Unsupported {
-                    what: format!("model_type \"{other}\" in {}", path.display()),
-                    hint: "supported model types are llama, mistral, qwen2 and gemma3_text".into(),
-                })
-            }
-        };
+        let architecture =
+            Architecture::from_model_type(model_type).ok_or_else(|| ModelError::Unsupported {
+                what: format!("model_type \"{model_type}\" in {}", path.display()),
+                hint: format!("supported model types are {}", Architecture::names(false)),
+            })?;
         let hidden = num("hidden_size")?;
         let heads = num("num_attention_heads")?;
         let kv_heads = num("num_key_value_heads").unwrap_or(heads);

@@ -194,6 +194,26 @@ mod tests {
         fn reset(&mut self) {
             self.seen = 0;
         }
+        fn trained_context(&self) -> usize {
+            100
+        }
+        fn vocab_size(&self) -> usize {
+            3
+        }
+        fn weight_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    /// A model without a KV cache has none to report and refuses a KV method.
+    #[test]
+    fn a_model_without_a_kv_cache_refuses_kv_methods() {
+        let mut model = PrefersNewline { seen: 0 };
+        assert!(model.cache().is_none());
+        let err = model
+            .set_cache(Box::new(|_, _| unreachable!("never built")))
+            .unwrap_err();
+        assert!(err.to_string().contains("without a KV cache"), "{err}");
     }
 
     /// LongBench's samsum rule (`min_length = prompt + 1` with `eos_token_id = [eos, "\n"]`):
@@ -244,6 +264,15 @@ mod tests {
         }
         fn reset(&mut self) {
             *self = Self::default();
+        }
+        fn trained_context(&self) -> usize {
+            100
+        }
+        fn vocab_size(&self) -> usize {
+            2
+        }
+        fn weight_bytes(&self) -> usize {
+            0
         }
     }
 

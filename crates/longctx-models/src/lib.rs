@@ -14,6 +14,7 @@ mod quant;
 mod tokenizer;
 
 use candle_core::Tensor;
+use longctx_kv::KvCache;
 pub use longctx_kv::Reservation;
 
 pub use chat::ChatTemplate;
@@ -22,7 +23,7 @@ pub use generate::{
     argmax, argmax_except, generate_greedy, generate_greedy_fed, Feed, Generation,
     GenerationSettings, StopReason,
 };
-pub use llama::{LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
+pub use llama::{CacheBuilder, LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
 pub use tokenizer::TextTokenizer;
 
@@ -35,8 +36,9 @@ pub enum Logits {
     All,
 }
 
-/// A language model holding one sequence's state (a KV cache, or a recurrent state).
-pub trait LanguageModel {
+/// A language model holding one sequence's state (a KV cache, or a recurrent state): what
+/// every command runs, whatever the architecture behind it.
+pub trait LanguageModel: Send {
     /// Feed `tokens` after those already seen; returns f32 logits `[positions, vocab]`.
     fn append(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor>;
 
@@ -58,6 +60,31 @@ pub trait LanguageModel {
 
     /// Start a new sequence.
     fn reset(&mut self);
+
+    /// Install a cache policy: `build` makes it for the layers the model lets a method serve
+    /// (all, or Gemma-3's global layers) from their geometry and RoPE; the sequence restarts.
+    /// A model without a KV cache refuses.
+    fn set_cache(&mut self, _build: Box<CacheBuilder>) -> Result<()> {
+        Err(ModelError::Unsupported {
+            what: "a KV-cache method on a model without a KV cache".into(),
+            hint: "run it as it is (baseline)".into(),
+        })
+    }
+
+    /// The cache in use (byte and kept-token accounting, kept sets), its shape spanning
+    /// every layer; `None` for a model without one.
+    fn cache(&self) -> Option<&dyn KvCache> {
+        None
+    }
+
+    /// The trained context, or the one `--context` set: how long a prompt may be fitted to.
+    fn trained_context(&self) -> usize;
+
+    /// Vocabulary size (logit rows).
+    fn vocab_size(&self) -> usize;
+
+    /// Bytes of weights held in memory.
+    fn weight_bytes(&self) -> usize;
 
     /// Process a whole prompt; returns the last position's logits `[1, vocab]`.
     fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor> {

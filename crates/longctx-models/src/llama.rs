@@ -427,62 +427,6 @@ impl LlamaModel {
         Ok(model)
     }
 
-    /// Hyper-parameters (after any overrides).
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    /// Install another cache policy, built by `build` for the layers it serves (all of them,
-    /// or Gemma-3's global layers, the local ones keeping their sliding window) with their
-    /// geometry and RoPE; the sequence restarts.
-    pub fn set_cache(&mut self, build: Box<CacheBuilder>) -> Result<()> {
-        self.cache = match (&self.config.gemma, &self.local_rope) {
-            (Some(gemma), Some(local_rope)) => {
-                let (local, global): (Vec<usize>, Vec<usize>) =
-                    (0..self.config.layers).partition(|&l| self.config.is_local(l));
-                let shape = |layers: &[usize]| KvShape {
-                    layers: layers.len(),
-                    ..self.config.kv_shape()
-                };
-                let window = DropSettings {
-                    policy: DropPolicy::StreamingLlm {
-                        sinks: Sinks::Count(0),
-                        reindex: false,
-                    },
-                    budget: Budget::Tokens(gemma.sliding_window),
-                };
-                let local_cache =
-                    DroppingCache::new(shape(&local), local_rope.clone(), &Device::Cpu, window)?;
-                let global_cache = build(shape(&global), self.rope.clone())?;
-                Box::new(GroupedCache::new(vec![
-                    LayerGroup {
-                        name: "global",
-                        layers: global,
-                        cache: global_cache,
-                    },
-                    LayerGroup {
-                        name: "local",
-                        layers: local,
-                        cache: Box::new(local_cache),
-                    },
-                ])?)
-            }
-            _ => build(self.config.kv_shape(), self.rope.clone())?,
-        };
-        self.seen = 0;
-        Ok(())
-    }
-
-    /// The cache in use (for byte and kept-token accounting).
-    pub fn cache(&self) -> &dyn KvCache {
-        self.cache.as_ref()
-    }
-
-    /// Bytes of weights held in memory.
-    pub fn weight_bytes(&self) -> usize {
-        self.weight_bytes
-    }
-
     fn heads_first(x: &Tensor, t: usize, heads: usize, d: usize) -> Result<Tensor> {
         Ok(x.reshape((t, heads, d))?.transpose(0, 1)?.contiguous()?)
     }
@@ -614,5 +558,60 @@ impl LanguageModel for LlamaModel {
     fn reset(&mut self) {
         self.cache.reset();
         self.seen = 0;
+    }
+
+    /// Gemma-3's local layers keep their sliding window; the method serves the global ones.
+    fn set_cache(&mut self, build: Box<CacheBuilder>) -> Result<()> {
+        self.cache = match (&self.config.gemma, &self.local_rope) {
+            (Some(gemma), Some(local_rope)) => {
+                let (local, global): (Vec<usize>, Vec<usize>) =
+                    (0..self.config.layers).partition(|&l| self.config.is_local(l));
+                let shape = |layers: &[usize]| KvShape {
+                    layers: layers.len(),
+                    ..self.config.kv_shape()
+                };
+                let window = DropSettings {
+                    policy: DropPolicy::StreamingLlm {
+                        sinks: Sinks::Count(0),
+                        reindex: false,
+                    },
+                    budget: Budget::Tokens(gemma.sliding_window),
+                };
+                let local_cache =
+                    DroppingCache::new(shape(&local), local_rope.clone(), &Device::Cpu, window)?;
+                let global_cache = build(shape(&global), self.rope.clone())?;
+                Box::new(GroupedCache::new(vec![
+                    LayerGroup {
+                        name: "global",
+                        layers: global,
+                        cache: global_cache,
+                    },
+                    LayerGroup {
+                        name: "local",
+                        layers: local,
+                        cache: Box::new(local_cache),
+                    },
+                ])?)
+            }
+            _ => build(self.config.kv_shape(), self.rope.clone())?,
+        };
+        self.seen = 0;
+        Ok(())
+    }
+
+    fn cache(&self) -> Option<&dyn KvCache> {
+        Some(self.cache.as_ref())
+    }
+
+    fn trained_context(&self) -> usize {
+        self.config.context
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 }

@@ -4,12 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use crate::gguf::GgufFile;
-use crate::{ChatTemplate, LlamaModel, LoadOptions, ModelError, Result, TextTokenizer};
+use crate::{
+    ChatTemplate, LanguageModel, LlamaModel, LoadOptions, ModelError, Result, TextTokenizer,
+};
 
 /// A model ready to run, with what is needed to talk to it.
 pub struct LoadedModel {
-    /// The network and its sequence state.
-    pub model: LlamaModel,
+    /// The network and its sequence state, whatever its architecture (chosen from the file's
+    /// metadata by [`crate::config::Architecture`]'s table; every architecture so far is a
+    /// decoder of [`LlamaModel`]'s layout).
+    pub model: Box<dyn LanguageModel>,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
     /// Its chat template, when the weights ship one.
@@ -122,7 +126,7 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
                     .into(),
             });
         }
-        let model = LlamaModel::from_hf_dir(path, options)?;
+        let model = Box::new(LlamaModel::from_hf_dir(path, options)?);
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
         let config: serde_json::Value = std::fs::read_to_string(path.join("tokenizer_config.json"))
             .ok()
@@ -153,7 +157,7 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .get_str("tokenizer.chat_template")
         .ok()
         .map(|src| template(src, &tokenizer));
-    let model = LlamaModel::from_gguf(gguf, options)?;
+    let model = Box::new(LlamaModel::from_gguf(gguf, options)?);
     Ok(LoadedModel {
         model,
         tokenizer,

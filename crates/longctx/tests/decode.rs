@@ -6,7 +6,7 @@
 //! runs dense f32 GEMMs; the two differ only in f32 summation order, so logits agree to
 //! ~1e-4 (measured worst: printed below); we allow 5e-3.
 
-use longctx_models::{argmax, load_model, LanguageModel, LoadOptions, Logits, ModelError};
+use longctx_models::{argmax, load_model, LoadOptions, Logits, ModelError};
 
 /// Largest absolute difference between two tensors of one shape.
 fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
@@ -88,7 +88,7 @@ fn windowed_methods_stream_past_the_context() {
             let model = &mut loaded.model;
             model.reserve(longctx_models::Reservation::prompt(700, 0)).unwrap();
             let logits = model.prefill(&tokens).unwrap();
-            (logits, model.cache().mean_kept_tokens())
+            (logits, model.cache().unwrap().mean_kept_tokens())
         };
         let (streamed, kept) = logits(&LoadOptions::default());
         let (covered, kept_covered) = logits(&extended);

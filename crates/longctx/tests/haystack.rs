@@ -61,7 +61,7 @@ fn synthetic_tasks_build_from_the_essays() {
 
 #[test]
 fn the_fitted_grid_fits_the_default_model() {
-    use longctx_models::{load_model, LanguageModel, LoadOptions};
+    use longctx_models::{load_model, LoadOptions};
     let loaded = load_model(
         &longctx::assets::default_model().unwrap(),
         &LoadOptions::default(),

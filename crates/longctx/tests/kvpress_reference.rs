@@ -4,7 +4,7 @@
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
 
 use longctx::methods::Method;
-use longctx_models::{load_model, LanguageModel, LoadOptions, Reservation};
+use longctx_models::{load_model, LoadOptions, Reservation};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -28,11 +28,11 @@ fn kept(spec: &str, ids: &[u32]) -> Vec<Vec<Vec<usize>>> {
     let model = &mut loaded.model;
     model.reserve(Reservation::prompt(ids.len(), 0)).unwrap();
     model.prefill(ids).unwrap();
-    let shape = model.config().kv_shape();
+    let shape = model.cache().unwrap().shape();
     (0..shape.layers)
         .map(|l| {
             (0..shape.kv_heads)
-                .map(|g| model.cache().kept_positions(l, g).unwrap())
+                .map(|g| model.cache().unwrap().kept_positions(l, g).unwrap())
                 .collect()
         })
         .collect()

@@ -109,7 +109,7 @@ fn smollm2_logits_match_transformers() {
         fixture.cases.iter().any(|c| c.ids.len() >= 2000),
         "the fixture must hold a prompt of at least 2,000 tokens"
     );
-    check_logits(&mut loaded.model, &fixture, 2e-2);
+    check_logits(loaded.model.as_mut(), &fixture, 2e-2);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn hugging_face_directories_match_transformers() {
         let fixture: LogitFixture = read(&dir.join("reference_logits.json"));
         eprintln!("{name}:");
         // Pure f32 weights on both sides: only summation order differs.
-        check_logits(&mut loaded.model, &fixture, 1e-3);
+        check_logits(loaded.model.as_mut(), &fixture, 1e-3);
     }
 }
 
@@ -172,7 +172,8 @@ fn perplexity_matches_transformers() {
     let tokens = loaded.tokenizer.encode(&text, true).unwrap();
     let (mut nll, mut count) = (0.0, 0);
     for window in tokens.chunks_exact(want.ctx) {
-        let (n, c) = longctx::commands::perplexity::window_nll(&mut loaded.model, window).unwrap();
+        let (n, c) =
+            longctx::commands::perplexity::window_nll(loaded.model.as_mut(), window).unwrap();
         nll += n;
         count += c;
     }

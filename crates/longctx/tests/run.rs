@@ -624,7 +624,7 @@ fn longbench_rows_export_to_the_official_layout_and_rescore_identically() {
 
 #[test]
 fn a_needle_without_max_words_is_fitted_to_the_model() {
-    use longctx_models::{load_model, LanguageModel, LoadOptions};
+    use longctx_models::{load_model, LoadOptions};
     let model = longctx::assets::default_model().expect("fetching the default model");
     let dir = temp_dir("fitted");
     let spec = dir.join("spec.toml");

@@ -1,8 +1,8 @@
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use longctx_models::{argmax, LanguageModel, Reservation};
+use longctx_models::{argmax, Reservation};
 use serde::Serialize;
 
 use super::{MethodArg, ModelArgs};
@@ -88,9 +88,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     {
         anyhow::bail!("--contexts {too_long}: a context plus --decode-tokens ({}) must be between 1 and the model's context of {limit} tokens", args.decode_tokens);
     }
-    let vocab = loaded.model.config().vocab;
-    let shape = loaded.model.config().kv_shape();
-    let model = &mut loaded.model;
+    let vocab = loaded.model.vocab_size();
+    let model = loaded.model.as_mut();
     if !args.json {
         println!(
             "weights held: {} MiB (quantized blocks plus dense f32 copies for prefill)\n",
@@ -114,7 +113,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let decode = start.elapsed().as_secs_f64();
         let seen = context + args.decode_tokens;
-        let cache = model.cache();
+        let cache = model
+            .cache()
+            .context("the model keeps no KV cache to measure")?;
+        let shape = cache.shape();
         let row = BenchRow {
             method: method.to_string(),
             context,

@@ -40,7 +40,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut produced = Vec::new();
     let mut stdout = std::io::stdout();
     // Stream text as it becomes whole: decode everything so far and print the new suffix.
-    let generation = generate_greedy(&mut loaded.model, &prompt, &settings, |token| {
+    let generation = generate_greedy(loaded.model.as_mut(), &prompt, &settings, |token| {
         produced.push(token);
         if let Ok(text) = tokenizer.decode(&produced, true) {
             if text.len() > shown && text.is_char_boundary(shown) && !text.ends_with('\u{fffd}') {
@@ -64,7 +64,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         generation.prompt_tokens as f64 / generation.prefill.as_secs_f64().max(1e-9),
         generation.tokens.len(),
         decode_rate,
-        loaded.model.cache().stored_bytes()
+        loaded.model.state_bytes()
     );
     Ok(())
 }

@@ -66,7 +66,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     };
     let (mut nll, mut count) = (0.0, 0);
     for window in &windows {
-        let (n, c) = window_nll(&mut loaded.model, window)?;
+        let (n, c) = window_nll(loaded.model.as_mut(), window)?;
         nll += n;
         count += c;
     }

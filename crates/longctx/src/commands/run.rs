@@ -3,9 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use longctx_models::{
-    generate_greedy_fed, GenerationSettings, LanguageModel, LoadedModel, TextTokenizer,
-};
+use longctx_models::{generate_greedy_fed, GenerationSettings, LoadedModel, TextTokenizer};
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
 use longctx_tasks::prompt::Prompt;
@@ -521,7 +519,7 @@ fn run_sample(
         generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
     memory::reset_peak();
     let generation = generate_greedy_fed(
-        &mut loaded.model,
+        loaded.model.as_mut(),
         &fitted.tokens,
         fitted.feed,
         &generation_settings,
@@ -536,9 +534,12 @@ fn run_sample(
             f64::NAN,
         ),
     };
-    let cache = loaded.model.cache();
+    let cache = loaded
+        .model
+        .cache()
+        .context("the model keeps no KV cache to account for")?;
     let seen = (fitted.tokens.len() + generation.decode_steps) as i64;
-    let shape = loaded.model.config().kv_shape();
+    let shape = cache.shape();
     Ok(ResultRow {
         key,
         prediction,
@@ -625,7 +626,7 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             .iter()
             .map(|method| {
                 install(&mut probe, method)?;
-                Ok(probe.model.cache().streams())
+                Ok(probe.model.cache().is_some_and(|c| c.streams()))
             })
             .collect::<Result<_>>()?;
         let mut of_sample: std::collections::BTreeMap<(usize, Protocol, bool), Settings> =
@@ -703,8 +704,8 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
                 install(&mut loaded, method)?;
                 installed = Some(item.method);
             }
-            let streamed =
-                loaded.model.cache().streams() && plan.spec.truncation == Truncation::Paper;
+            let streamed = loaded.model.cache().is_some_and(|c| c.streams())
+                && plan.spec.truncation == Truncation::Paper;
             let fitted = fitted_prompt(
                 &loaded,
                 model_spec.max_length,

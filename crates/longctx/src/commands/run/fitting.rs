@@ -40,7 +40,7 @@ pub(super) fn fitted_prompt(
     protocol: Protocol,
     streamed: bool,
 ) -> Result<Fitted> {
-    let context = loaded.model.config().context;
+    let context = loaded.model.trained_context();
     let chat = s.chat && loaded.chat.is_some();
     let limit = if streamed {
         MAX_STREAM_POSITIONS
