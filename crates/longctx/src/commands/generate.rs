@@ -15,7 +15,8 @@ pub struct GenerateArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// Feed the prompt as raw text, without the model's chat template.
+    /// Feed the prompt as raw text, without the model's chat template (a model that ships
+    /// none, such as a pretrained one, always reads raw text).
     #[arg(long)]
     no_chat: bool,
     #[command(flatten)]
@@ -29,7 +30,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         anyhow::bail!("--max-new-tokens 0 would generate nothing: pass at least 1");
     }
     let (mut loaded, method) = args.model.load(&args.method)?;
-    let prompt = loaded.prompt_tokens(&args.prompt, !args.no_chat)?;
+    let chat = !args.no_chat && loaded.chat.is_some();
+    if !args.no_chat && !chat {
+        tracing::info!(
+            "{} ships no chat template: the prompt is fed as raw text",
+            loaded.source.display()
+        );
+    }
+    let prompt = loaded.prompt_tokens(&args.prompt, chat)?;
     let settings = GenerationSettings {
         max_new_tokens: args.max_new_tokens,
         stop_tokens: loaded.tokenizer.stop_tokens().to_vec(),
