@@ -170,13 +170,16 @@ fn perplexity_matches_transformers() {
     let text = std::fs::read_to_string(essay).unwrap();
     let mut loaded = default_model();
     let tokens = loaded.tokenizer.encode(&text, true).unwrap();
-    let (mut nll, mut count) = (0.0, 0);
-    for window in tokens.chunks_exact(want.ctx) {
-        let (n, c) =
-            longctx::commands::perplexity::window_nll(loaded.model.as_mut(), window).unwrap();
-        nll += n;
-        count += c;
-    }
+    use longctx::commands::perplexity::{score, Protocol};
+    let s = score(
+        loaded.model.as_mut(),
+        &tokens,
+        want.ctx,
+        Protocol::Full,
+        None,
+    )
+    .unwrap();
+    let (nll, count) = (s.nll, s.scored);
     let ours = (nll / count as f64).exp();
     eprintln!(
         "perplexity ours {ours:.4}, transformers {:.4}",

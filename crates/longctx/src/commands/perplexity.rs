@@ -1,10 +1,23 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use longctx_models::{LanguageModel, Logits, Reservation};
 
 use super::{MethodArg, ModelArgs};
+
+/// How a text is cut into windows and which positions are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// Consecutive non-overlapping windows of `--ctx` tokens (a shorter text is one window),
+    /// every position after a window's first scored.
+    Full,
+    /// llama.cpp's `llama-perplexity`: windows of `--ctx` tokens, each window's first token
+    /// replaced by BOS when the model starts sequences with it, only the positions from
+    /// `ctx/2` on scored; at least `2·ctx` tokens are needed.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
 
 /// `longctx perplexity`.
 #[derive(Args)]
@@ -15,25 +28,94 @@ pub struct PerplexityArgs {
     /// Window length in tokens; windows do not overlap and each restarts the sequence.
     #[arg(long, default_value_t = 512)]
     ctx: usize,
+    /// Which windows and positions are scored: full, or llama.cpp (as `llama-perplexity`).
+    #[arg(long, value_enum, default_value_t = Protocol::Full)]
+    protocol: Protocol,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     method: MethodArg,
 }
 
-/// Summed negative log-likelihood of `window[1..]` given its prefix, and the count scored.
-pub fn window_nll(model: &mut dyn LanguageModel, window: &[u32]) -> Result<(f64, usize)> {
+/// Summed negative log-likelihood of `window[from + 1..]`, each token given everything
+/// before it in the window, and how many tokens that is.
+pub fn window_nll(
+    model: &mut dyn LanguageModel,
+    window: &[u32],
+    from: usize,
+) -> Result<(f64, usize)> {
     model.reset();
     model.reserve(Reservation::prompt(window.len(), 0))?;
     let logits = model.append(window, Logits::All)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
     let rows: Vec<Vec<f32>> = log_probs.to_vec2()?;
-    let nll: f64 = window[1..]
+    let nll: f64 = window[from + 1..]
         .iter()
-        .enumerate()
-        .map(|(i, &next)| -(rows[i][next as usize] as f64))
+        .zip(&rows[from..])
+        .map(|(&next, row)| -(row[next as usize] as f64))
         .sum();
-    Ok((nll, window.len() - 1))
+    Ok((nll, window.len() - from - 1))
+}
+
+/// A text's score: summed negative log-likelihood, tokens scored, windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Summed negative log-likelihood.
+    pub nll: f64,
+    /// Tokens scored.
+    pub scored: usize,
+    /// Windows run.
+    pub windows: usize,
+}
+
+/// Score `tokens` (the text as the tokenizer encodes it, BOS included where the model adds
+/// one) in windows of `ctx` under `protocol`; `bos` is the token a llama.cpp window starts
+/// with.
+pub fn score(
+    model: &mut dyn LanguageModel,
+    tokens: &[u32],
+    ctx: usize,
+    protocol: Protocol,
+    bos: Option<u32>,
+) -> Result<Score> {
+    let (mut nll, mut scored, mut windows) = (0.0, 0, 0);
+    match protocol {
+        Protocol::Full => {
+            // Whole windows only, so every window is scored in the same conditions; a text
+            // shorter than one window is scored as a single window.
+            let cut: Vec<&[u32]> = if tokens.len() < ctx {
+                vec![tokens]
+            } else {
+                tokens.chunks_exact(ctx).collect()
+            };
+            for window in cut {
+                let (n, c) = window_nll(model, window, 0)?;
+                (nll, scored, windows) = (nll + n, scored + c, windows + 1);
+            }
+        }
+        Protocol::LlamaCpp => {
+            if tokens.len() < 2 * ctx {
+                anyhow::bail!(
+                    "the text is {} tokens; llama.cpp's protocol needs at least 2 x --ctx ({})",
+                    tokens.len(),
+                    2 * ctx
+                );
+            }
+            for chunk in tokens.chunks_exact(ctx) {
+                let mut window = chunk.to_vec();
+                if let Some(bos) = bos {
+                    window[0] = bos;
+                }
+                let (n, c) = window_nll(model, &window, ctx / 2)?;
+                (nll, scored, windows) = (nll + n, scored + c, windows + 1);
+            }
+        }
+    }
+    Ok(Score {
+        nll,
+        scored,
+        windows,
+    })
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
@@ -57,27 +139,100 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             args.text.display()
         );
     }
-    // Whole windows only, so every window is scored in the same conditions; a text shorter
-    // than one window is scored as a single window.
-    let windows: Vec<&[u32]> = if tokens.len() < args.ctx {
-        vec![&tokens[..]]
-    } else {
-        tokens.chunks_exact(args.ctx).collect()
-    };
-    let (mut nll, mut count) = (0.0, 0);
-    for window in &windows {
-        let (n, c) = window_nll(loaded.model.as_mut(), window)?;
-        nll += n;
-        count += c;
-    }
+    // The model starts sequences with BOS when its tokenizer put one first.
+    let bos = loaded
+        .tokenizer
+        .bos_token()
+        .filter(|b| tokens.first() == Some(b));
+    let s = score(loaded.model.as_mut(), &tokens, args.ctx, args.protocol, bos)?;
     println!(
-        "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}  method {method}",
+        "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}  protocol {:?}  method {method}",
         tokens.len(),
-        windows.len(),
-        windows[0].len(),
-        count,
-        nll / count as f64,
-        (nll / count as f64).exp()
+        s.windows,
+        args.ctx.min(tokens.len()),
+        s.scored,
+        s.nll / s.scored as f64,
+        (s.nll / s.scored as f64).exp(),
+        args.protocol,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use longctx_models::Result as ModelResult;
+
+    /// Uniform logits over 4 tokens; records every window it is fed.
+    #[derive(Default)]
+    struct Uniform {
+        fed: Vec<Vec<u32>>,
+    }
+
+    impl LanguageModel for Uniform {
+        fn append(&mut self, tokens: &[u32], _: Logits) -> ModelResult<Tensor> {
+            self.fed.push(tokens.to_vec());
+            Ok(Tensor::zeros(
+                (tokens.len(), 4),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?)
+        }
+        fn end_prefill(&mut self) -> ModelResult<()> {
+            Ok(())
+        }
+        fn reserve(&mut self, _: Reservation) -> ModelResult<()> {
+            Ok(())
+        }
+        fn seen_tokens(&self) -> usize {
+            0
+        }
+        fn context_limit(&self) -> usize {
+            64
+        }
+        fn state_bytes(&self) -> usize {
+            0
+        }
+        fn reset(&mut self) {}
+        fn trained_context(&self) -> usize {
+            64
+        }
+        fn vocab_size(&self) -> usize {
+            4
+        }
+        fn weight_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    /// llama.cpp's protocol on 20 tokens at ctx 8: 2 windows, each starting with BOS and
+    /// scoring positions 4..=6 (3 tokens); uniform logits give ln 4 per token.
+    #[test]
+    fn llama_cpp_protocol_scores_the_second_half_after_bos() {
+        let tokens: Vec<u32> = (0..20).map(|i| i % 4).collect();
+        let mut model = Uniform::default();
+        let s = score(&mut model, &tokens, 8, Protocol::LlamaCpp, Some(3)).unwrap();
+        assert_eq!((s.windows, s.scored), (2, 6));
+        assert!(
+            (s.nll - 6.0 * 4f64.ln()).abs() < 1e-5,
+            "f32 log-softmax: {}",
+            s.nll
+        );
+        assert_eq!(model.fed[1][0], 3, "the window starts with BOS");
+        assert_eq!(model.fed[1][1..], tokens[9..16]);
+        let full = score(&mut Uniform::default(), &tokens, 8, Protocol::Full, Some(3)).unwrap();
+        assert_eq!((full.windows, full.scored), (2, 14));
+        let short = score(
+            &mut Uniform::default(),
+            &tokens[..15],
+            8,
+            Protocol::LlamaCpp,
+            None,
+        );
+        assert!(short
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2 x --ctx (16)"));
+    }
 }
