@@ -16,11 +16,14 @@ and at a spread of positions and the last 8 the logits of a fixed sample of the 
 plus that row's 20 largest (`reference_logits.logit_fixture`), so that a test can compare our
 prefill and, for the last 8 tokens, our token-by-token decoding (the quantized mat-vec
 kernels). Also the token ids of `reference_logits.py`'s tricky strings. transformers
-dequantizes the GGUF to float32 and runs its own implementation.
+dequantizes the GGUF to float32 and runs its own implementation. With `--llama-tokenize
+PATH` (llama.cpp's tool, as `scripts/llamacpp.sh` builds it) the token ids come from
+llama.cpp instead, the GGUF's own tokenizer: Gemma's fixture is written so.
 """
 import argparse
 import json
 import os
+import subprocess
 
 import torch
 from gguf import GGUFReader
@@ -37,6 +40,7 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--haystack", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--llama-tokenize", help="llama.cpp's llama-tokenize: token ids from it")
     args = ap.parse_args()
     d, f = os.path.split(os.path.abspath(args.gguf))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
@@ -45,9 +49,21 @@ def main():
     # GGUF tokenizers do not always add it, so it is added here as the file asks).
     add_bos = bool(GGUFReader(args.gguf).fields["tokenizer.ggml.add_bos_token"].contents())
 
-    def encode(text):
+    def tokenize(text, bos):
+        if args.llama_tokenize and not text:
+            return [tok.bos_token_id] if bos else []
+        if args.llama_tokenize:
+            # llama.cpp's tokenizer, the GGUF's own (transformers reads some vocabularies,
+            # Gemma's, as a unigram model that splits words differently).
+            command = [args.llama_tokenize, "-m", args.gguf, "-p", text, "--ids", "--log-disable"]
+            out = subprocess.run(command + ([] if bos else ["--no-bos"]), capture_output=True,
+                                 text=True, check=True).stdout
+            return json.loads(out.strip().splitlines()[-1])
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        return [tok.bos_token_id] + ids if add_bos and ids[:1] != [tok.bos_token_id] else ids
+        return [tok.bos_token_id] + ids if bos and ids[:1] != [tok.bos_token_id] else ids
+
+    def encode(text):
+        return tokenize(text, add_bos)
 
     chat = tok.chat_template is not None
     if chat:
@@ -63,6 +79,8 @@ def main():
     essay_text = tok.decode(essay_ids, skip_special_tokens=True)
     assert encode(essay_text) == essay_ids, "the cut essay re-tokenizes differently"
     source = f"transformers {__import__('transformers').__version__} on {f}, dequantized to f32"
+    if args.llama_tokenize:
+        source += "; token ids from llama.cpp's llama-tokenize"
     prompts = [(text, question_ids), (essay_text, essay_ids)]
     with open(args.out, "w") as fh:
         json.dump(
@@ -71,10 +89,7 @@ def main():
                 "question": QUESTION,
                 "chat": chat,
                 "cases": logit_fixture(model, prompts, 24, last_rows=8),
-                "tokenizer": [
-                    {"text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]}
-                    for t in TRICKY
-                ],
+                "tokenizer": [{"text": t, "ids": tokenize(t, False)} for t in TRICKY],
             },
             fh,
         )

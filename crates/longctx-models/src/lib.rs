@@ -11,6 +11,7 @@ mod linear;
 mod llama;
 mod load;
 mod quant;
+mod sentencepiece;
 mod tokenizer;
 
 use candle_core::Tensor;

@@ -2,14 +2,8 @@
 
 use std::path::Path;
 
-use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::decoders::fuse::Fuse;
-use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
-use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -17,14 +11,31 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::gguf::GgufFile;
+use crate::sentencepiece::SentencePiece;
 use crate::{ModelError, Result};
 
 /// A model's tokenizer with the ids that matter for generation.
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Backend,
     bos: Option<u32>,
     add_bos: bool,
     stop_tokens: Vec<u32>,
+}
+
+/// What turns text into ids: a Hugging Face tokenizer (BPE vocabularies, tokenizer.json), or
+/// a SentencePiece vocabulary tokenized as llama.cpp does.
+enum Backend {
+    Hf(Box<Tokenizer>),
+    SentencePiece(Box<SentencePiece>),
+}
+
+impl Backend {
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Backend::Hf(t) => t.token_to_id(token),
+            Backend::SentencePiece(v) => v.id(token),
+        }
+    }
 }
 
 /// Llama-3's pre-tokenizer regex ("llama-bpe" in GGUF).
@@ -46,20 +57,44 @@ fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
 impl TextTokenizer {
     /// Build the tokenizer that GGUF metadata describes: byte-level BPE
     /// (`tokenizer.ggml.model = gpt2`), or Gemma's SentencePiece vocabulary (`llama` in a
-    /// Gemma file).
+    /// Gemma file), tokenized as llama.cpp does.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let model = g.get_str("tokenizer.ggml.model")?;
         let architecture = g.get_str("general.architecture").unwrap_or("");
         let tokens = g.get_strings("tokenizer.ggml.tokens")?;
         let types = g.get_ints("tokenizer.ggml.token_type").unwrap_or_default();
-        // Token types matched whole in text, as llama.cpp does with parse_special: control (3)
-        // and user-defined (4) for BPE vocabularies; control only for Gemma, whose
-        // user-defined pieces (runs of spaces and newlines) are ordinary pieces to
-        // transformers' unigram model.
-        let (mut inner, whole_types): (Tokenizer, &[i128]) = match model {
-            "gpt2" => (Self::byte_level_bpe(g, &tokens)?, &[3, 4]),
+        let inner = match model {
+            "gpt2" => {
+                let mut bpe = Self::byte_level_bpe(g, &tokens)?;
+                // Control (3) and user-defined (4) tokens are matched whole in text, as
+                // llama.cpp does with parse_special.
+                let specials: Vec<AddedToken> = tokens
+                    .iter()
+                    .zip(types.iter())
+                    .filter(|(_, &t)| t == 3 || t == 4)
+                    .map(|(s, _)| AddedToken::from(s.to_string(), true))
+                    .collect();
+                bpe.add_special_tokens(specials).map_err(tok_err)?;
+                Backend::Hf(Box::new(bpe))
+            }
             "llama" if architecture.starts_with("gemma") => {
-                (Self::gemma_sentencepiece(g, &tokens)?, &[3])
+                let scores = g.get_floats("tokenizer.ggml.scores")?;
+                if scores.len() != tokens.len() || types.len() != tokens.len() {
+                    return Err(ModelError::BadGguf {
+                        path: g.path().to_path_buf(),
+                        reason: format!(
+                            "{} tokenizer scores and {} token types for {} tokens",
+                            scores.len(),
+                            types.len(),
+                            tokens.len()
+                        ),
+                    });
+                }
+                Backend::SentencePiece(Box::new(SentencePiece::new(
+                    tokens.iter().map(|t| t.to_string()).collect(),
+                    scores.iter().map(|&x| x as f32).collect(),
+                    types,
+                )))
             }
             other => {
                 return Err(ModelError::Unsupported {
@@ -71,13 +106,6 @@ impl TextTokenizer {
                 })
             }
         };
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter())
-            .filter(|(_, t)| whole_types.contains(t))
-            .map(|(s, _)| AddedToken::from(s.to_string(), true))
-            .collect();
-        inner.add_special_tokens(specials).map_err(tok_err)?;
         let id = |k: &str| g.get_usize(k).ok().map(|v| v as u32);
         let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id")
             .into_iter()
@@ -149,51 +177,6 @@ impl TextTokenizer {
         Ok(inner)
     }
 
-    /// Gemma's SentencePiece vocabulary as transformers builds it from GGUF (its
-    /// `GGUFGemmaConverter`): a unigram model over the pieces' scores with byte fallback,
-    /// spaces written as `▁`, the tab byte piece read as a tab and whitespace pieces in `▁`s.
-    /// (llama.cpp merges pairs by score instead; the two can split rare strings differently.)
-    fn gemma_sentencepiece(g: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
-        let scores = g.get_floats("tokenizer.ggml.scores")?;
-        if scores.len() != tokens.len() {
-            return Err(ModelError::BadGguf {
-                path: g.path().to_path_buf(),
-                reason: format!(
-                    "{} tokenizer scores for {} tokens",
-                    scores.len(),
-                    tokens.len()
-                ),
-            });
-        }
-        let vocab: Vec<(String, f64)> = tokens
-            .iter()
-            .zip(scores)
-            .map(|(&t, score)| {
-                let piece = if t == "<0x09>" {
-                    "\t".to_string()
-                } else if t.contains(' ') && t.trim().is_empty() {
-                    "\u{2581}".repeat(t.chars().count())
-                } else {
-                    t.to_string()
-                };
-                (piece, score)
-            })
-            .collect();
-        let unk = g.get_usize("tokenizer.ggml.unknown_token_id").ok();
-        let unigram = Unigram::from(vocab, unk, true).map_err(tok_err)?;
-        let mut inner = Tokenizer::new(unigram);
-        inner
-            .with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
-            .map_err(tok_err)?;
-        let decoders: Vec<DecoderWrapper> = vec![
-            Replace::new("\u{2581}", " ").map_err(tok_err)?.into(),
-            ByteFallback::default().into(),
-            Fuse::default().into(),
-        ];
-        inner.with_decoder(Some(DecoderSequence::new(decoders)));
-        Ok(inner)
-    }
-
     /// Load `tokenizer.json`; BOS and stop tokens come from the directory's tokenizer_config.json
     /// and generation_config.json when present.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
@@ -232,7 +215,7 @@ impl TextTokenizer {
         stop_tokens.dedup();
         // tokenizer.json's post-processor adds BOS itself when the model wants it.
         Ok(Self {
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             bos,
             add_bos: false,
             stop_tokens,
@@ -242,8 +225,14 @@ impl TextTokenizer {
     /// Token ids of `text`; `at_start` adds what the model expects at a sequence's start (BOS).
     /// Special tokens written in the text (e.g. by a chat template) map to their ids.
     pub fn encode(&self, text: &str, at_start: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, at_start).map_err(tok_err)?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = match &self.inner {
+            Backend::Hf(t) => t
+                .encode(text, at_start)
+                .map_err(tok_err)?
+                .get_ids()
+                .to_vec(),
+            Backend::SentencePiece(v) => v.encode(text),
+        };
         if at_start && self.add_bos {
             if let Some(b) = self.bos {
                 if ids.first() != Some(&b) {
@@ -256,7 +245,10 @@ impl TextTokenizer {
 
     /// Text of `ids`; special tokens are dropped when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        match &self.inner {
+            Backend::Hf(t) => t.decode(ids, skip_special).map_err(tok_err),
+            Backend::SentencePiece(v) => Ok(v.decode(ids, skip_special)),
+        }
     }
 
     /// Ids that end generation (end-of-sequence, end-of-turn).
@@ -271,6 +263,9 @@ impl TextTokenizer {
 
     /// The token string of an id (for templates that name BOS/EOS).
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::SentencePiece(v) => v.piece(id).map(str::to_string),
+        }
     }
 }

@@ -266,7 +266,8 @@ fn qwen_logits_match_transformers_in_prefill_and_decoding() {
 
 /// Gemma-3-270M (pretrained): a gemma3 GGUF (Q5_0, Q4_K, Q6_K and Q8_0 tensors) with 5 local
 /// layers (a 512-token window, RoPE base 10,000) per global one; the essay's 1,300 tokens
-/// run past the window.
+/// run past the window. Its token ids come from llama.cpp's tokenizer (the fixture's
+/// `--llama-tokenize`): transformers reads this vocabulary as a unigram model.
 #[test]
 fn gemma_logits_match_transformers_in_prefill_and_decoding() {
     named_model_matches_transformers("gemma-3-270m", 1e-2);
