@@ -73,6 +73,15 @@ impl Architecture {
     }
 }
 
+/// Gemma's local/global pattern over `layers` layers: every `every`-th layer (from 1) global.
+/// Built for at most [`MAX_LAYERS`] + 1 layers: a header claiming more is refused by the
+/// config's check, not allocated for.
+fn layer_pattern(layers: usize, every: usize) -> Vec<bool> {
+    (0..layers.min(MAX_LAYERS + 1))
+        .map(|l| !(l + 1).is_multiple_of(every))
+        .collect()
+}
+
 /// Most layers a model header may claim.
 pub const MAX_LAYERS: usize = 1024;
 /// Most attention heads.
@@ -276,7 +285,7 @@ impl LlamaConfig {
                 // or hidden / heads for the 62-layer 27B) are fixed by the architecture.
                 Architecture::Gemma3 => Some(GemmaLayout {
                     sliding_window: g.get_usize(&key("attention.sliding_window"))?,
-                    local_layers: (0..layers).map(|l| !(l + 1).is_multiple_of(6)).collect(),
+                    local_layers: layer_pattern(layers, 6),
                     local_rope_theta: 10_000.0,
                     query_pre_attn_scalar: if layers == 62 {
                         (hidden / heads.max(1)) as f64
@@ -444,9 +453,7 @@ impl LlamaConfig {
                     .find_map(|k| v.get(*k).and_then(Value::as_u64))
                     .unwrap_or(6)
                     .max(1) as usize;
-                (0..layers)
-                    .map(|l| !(l + 1).is_multiple_of(every))
-                    .collect()
+                layer_pattern(layers, every)
             }
         };
         let local_rope_theta = rope_params
