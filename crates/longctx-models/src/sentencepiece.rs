@@ -71,8 +71,7 @@ impl SentencePiece {
         for (i, piece) in pieces.iter().enumerate() {
             ids.insert(piece.clone(), i as u32);
             if types.get(i) == Some(&BYTE) {
-                let hex = piece.trim_start_matches("<0x").trim_end_matches('>');
-                if let Ok(b) = u8::from_str_radix(hex, 16) {
+                if let Some(b) = byte_of(piece) {
                     bytes[b as usize] = Some(i as u32);
                 }
             }
@@ -128,12 +127,7 @@ impl SentencePiece {
             };
             match self.types.get(id as usize) {
                 Some(&CONTROL) if skip_control => {}
-                Some(&BYTE) => bytes.extend(
-                    self.bytes
-                        .iter()
-                        .position(|b| *b == Some(id))
-                        .map(|b| b as u8),
-                ),
+                Some(&BYTE) => bytes.extend(byte_of(piece)),
                 _ => bytes.extend(piece.replace('\u{2581}', " ").as_bytes()),
             }
         }
@@ -236,6 +230,12 @@ impl SentencePiece {
             at = symbols[i].next;
         }
     }
+}
+
+/// The byte a `<0xXX>` piece stands for.
+fn byte_of(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
 }
 
 /// A piece of text between special pieces, or a special piece.
