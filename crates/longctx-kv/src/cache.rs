@@ -1,4 +1,4 @@
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::{KvError, Result};
 
@@ -20,6 +20,58 @@ impl KvShape {
     /// reference against which compression ratios are stated.
     pub fn fp16_bytes_per_token(&self) -> usize {
         2 * self.layers * self.kv_heads * self.head_dim * 2
+    }
+}
+
+/// The precision of the keys and values that the caches keeping them uncompressed (the
+/// baseline, the token-dropping policies and Gemma-3's local windows) store; attention widens
+/// them to f32 a tile at a time. 16 bits is what the reference models hold and what
+/// compression ratios are stated against; f32 is the engine's arithmetic, for comparisons
+/// with f32 references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvPrecision {
+    /// The tensor type keys and values are held in.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvPrecision::F16 => DType::F16,
+            KvPrecision::F32 => DType::F32,
+        }
+    }
+
+    /// Bytes per stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvPrecision::F16 => 2,
+            KvPrecision::F32 => 4,
+        }
+    }
+
+    /// How settings and specs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvPrecision::F16 => "f16",
+            KvPrecision::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for KvPrecision {
+    type Err = KvError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f16" => Ok(KvPrecision::F16),
+            "f32" => Ok(KvPrecision::F32),
+            other => Err(KvError::Invalid(format!(
+                "KV precision \"{other}\": use f16 (16-bit keys and values, the reference models' precision) or f32"
+            ))),
+        }
     }
 }
 

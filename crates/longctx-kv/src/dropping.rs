@@ -38,7 +38,8 @@ use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
 use crate::{
-    causal_attention, causal_attention_with_weights, KvCache, KvError, KvShape, Result, RopeTable,
+    causal_attention, causal_attention_with_weights, KvCache, KvError, KvPrecision, KvShape,
+    Result, RopeTable,
 };
 
 /// How many tokens a policy keeps for one input.
@@ -197,9 +198,10 @@ struct Sequence {
     budget: usize,
 }
 
-/// A token-dropping cache: budget-sized f32 rows per layer and key/value head.
+/// A token-dropping cache: budget-sized f16 or f32 rows per layer and key/value head.
 pub struct DroppingCache {
     shape: KvShape,
+    precision: KvPrecision,
     rope: Arc<RopeTable>,
     device: Device,
     settings: DropSettings,
@@ -222,17 +224,19 @@ impl DroppingCache {
         rope: Arc<RopeTable>,
         device: &Device,
         settings: DropSettings,
+        precision: KvPrecision,
     ) -> Result<Self> {
         settings.validate()?;
         Ok(Self {
             shape,
+            precision,
             rope,
             device: device.clone(),
             settings,
             layers: (0..shape.layers)
                 .map(|_| {
                     (0..shape.kv_heads)
-                        .map(|_| TokenRows::new(shape.head_dim))
+                        .map(|_| TokenRows::new(shape.head_dim, precision))
                         .collect()
                 })
                 .collect(),
@@ -499,7 +503,7 @@ impl DroppingCache {
         }
         if let Some(views) = self.views[layer].as_mut() {
             views.push_row();
-            let out = views.attend(&query, heads, d);
+            let out = views.attend(&query, heads, d)?;
             return Ok(Tensor::from_vec(
                 out,
                 (self.shape.q_heads, 1, d),
@@ -508,9 +512,7 @@ impl DroppingCache {
         }
         let n = heads[0].len();
         let mut weights = vec![vec![0f32; n]; heads.len()];
-        let key_rows: Vec<&[f32]> = heads.iter().map(|h| h.keys()).collect();
-        let value_rows: Vec<&[f32]> = heads.iter().map(|h| h.values()).collect();
-        let out = attend_rows(&query, &key_rows, &value_rows, d, &mut weights);
+        let out = attend_rows(&query, heads, d, &mut weights)?;
         self.fold_scores(layer, &weights);
         Ok(Tensor::from_vec(
             out,
@@ -528,9 +530,17 @@ impl DroppingCache {
         }
         let (held_k, held_v) = stack_heads(heads, &self.device)?;
         Ok((
-            Tensor::cat(&[&held_k, k], 1)?,
-            Tensor::cat(&[&held_v, v], 1)?,
+            Tensor::cat(&[&held_k.to_dtype(DType::F32)?, k], 1)?,
+            Tensor::cat(&[&held_v.to_dtype(DType::F32)?, v], 1)?,
         ))
+    }
+
+    /// `x` (f32) with every element rounded to the stored precision, contiguous.
+    fn rounded(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.precision {
+            KvPrecision::F32 => x.contiguous()?,
+            other => x.to_dtype(other.dtype())?.to_dtype(DType::F32)?,
+        })
     }
 
     /// Store a chunk's rotated keys and values at positions `pos..`, scores at zero.
@@ -716,8 +726,10 @@ impl KvCache for DroppingCache {
         let t = q.dim(1)?;
         let n = self.layers[layer][0].len();
         let q_rotated = self.rope.apply(q, pos)?;
-        let k = self.rope.apply(k, pos)?.contiguous()?;
-        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        // Rounded to the stored precision at once, so that a chunk attends to itself as it
+        // will be read back.
+        let k = self.rounded(&self.rope.apply(k, pos)?)?;
+        let v = self.rounded(&v.to_dtype(DType::F32)?)?;
         let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
             self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
@@ -812,6 +824,11 @@ impl KvCache for DroppingCache {
                 .sum::<usize>()
     }
 
+    fn uncompressed_bytes_per_token(&self) -> usize {
+        let s = self.shape;
+        2 * s.layers * s.kv_heads * s.head_dim * self.precision.bytes()
+    }
+
     /// Averaged over key/value heads, which hold different unions under `heads=query`.
     fn kept_tokens(&self, layer: usize) -> usize {
         self.layers.get(layer).map_or(0, |heads| {
@@ -839,11 +856,16 @@ mod tests {
     use crate::testutil::*;
 
     fn cache(policy: DropPolicy, budget: Budget) -> DroppingCache {
+        cache_in(policy, budget, KvPrecision::F32)
+    }
+
+    fn cache_in(policy: DropPolicy, budget: Budget, precision: KvPrecision) -> DroppingCache {
         DroppingCache::new(
             shape(),
             rope(),
             &Device::Cpu,
             DropSettings { policy, budget },
+            precision,
         )
         .unwrap()
     }
@@ -890,17 +912,20 @@ mod tests {
         (0..2).map(|g| c.kept_positions(0, g).unwrap()).collect()
     }
 
+    /// In either precision.
     #[test]
     fn a_budget_covering_the_sequence_equals_the_full_cache() {
         let data = sequence(30);
         let chunks = [9, 15];
-        let want = full_outputs(&data, &chunks);
-        for policy in EVERY_POLICY {
-            let mut c = cache(policy, Budget::Tokens(30));
-            let (got, held) = run(&mut c, &data, &chunks, |c| c.kept_tokens(0));
-            let diff = max_difference(&got, &want);
-            assert!(diff < 1e-4, "{policy:?}: {diff}");
-            assert_eq!(held.last(), Some(&30), "{policy:?}");
+        for precision in [KvPrecision::F32, KvPrecision::F16] {
+            let want = full_outputs_in(&data, &chunks, precision);
+            for policy in EVERY_POLICY {
+                let mut c = cache_in(policy, Budget::Tokens(30), precision);
+                let (got, held) = run(&mut c, &data, &chunks, |c| c.kept_tokens(0));
+                let diff = max_difference(&got, &want);
+                assert!(diff < 1e-4, "{precision:?} {policy:?}: {diff}");
+                assert_eq!(held.last(), Some(&30), "{policy:?}");
+            }
         }
     }
 
@@ -1219,6 +1244,7 @@ mod tests {
                 rope(),
                 &Device::Cpu,
                 DropSettings { policy, budget },
+                KvPrecision::F32,
             )
             .is_err()
         };

@@ -478,7 +478,7 @@ impl KvCache for FlexGenCache {
 mod tests {
     use super::*;
     use crate::testutil::{max_difference, rope, shape};
-    use crate::FullCache;
+    use crate::{FullCache, KvPrecision};
 
     #[test]
     fn dequantization_error_is_within_the_min_max_bound() {
@@ -548,7 +548,7 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 40, 64), &dev).unwrap();
         for prefill in [FlexGenPrefill::Quantized, FlexGenPrefill::Full] {
-            let mut full = FullCache::new(shape(), rope(), &dev);
+            let mut full = FullCache::new(shape(), rope(), &dev, KvPrecision::F32);
             let mut quant = FlexGenCache::new(
                 shape(),
                 rope(),

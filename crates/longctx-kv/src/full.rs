@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::cache::{check_chunk, growth_step, Reservation};
-use crate::{causal_attention, KvCache, KvShape, Result, RopeTable};
+use crate::{causal_attention, KvCache, KvPrecision, KvShape, Result, RopeTable};
 
 /// Keys and values of one layer in preallocated `[kv_heads, capacity, head_dim]` buffers,
 /// written in place; growth beyond what `reserve` set aside copies into a larger buffer.
@@ -13,9 +13,10 @@ struct LayerBuffers {
     len: usize,
 }
 
-/// The uncompressed baseline: every token's rotated key and value kept in f32.
+/// The uncompressed baseline: every token's rotated key and value kept, in f16 or f32.
 pub struct FullCache {
     shape: KvShape,
+    precision: KvPrecision,
     rope: Arc<RopeTable>,
     device: Device,
     layers: Vec<Option<LayerBuffers>>,
@@ -27,9 +28,15 @@ const MIN_CAPACITY: usize = 256;
 
 impl FullCache {
     /// An empty cache; storage is allocated on `reserve` or the first chunk.
-    pub fn new(shape: KvShape, rope: Arc<RopeTable>, device: &Device) -> Self {
+    pub fn new(
+        shape: KvShape,
+        rope: Arc<RopeTable>,
+        device: &Device,
+        precision: KvPrecision,
+    ) -> Self {
         Self {
             shape,
+            precision,
             rope,
             device: device.clone(),
             layers: (0..shape.layers).map(|_| None).collect(),
@@ -39,9 +46,10 @@ impl FullCache {
 
     fn allocate(&self, capacity: usize) -> Result<(Tensor, Tensor)> {
         let dims = (self.shape.kv_heads, capacity, self.shape.head_dim);
+        let dtype = self.precision.dtype();
         Ok((
-            Tensor::zeros(dims, DType::F32, &self.device)?,
-            Tensor::zeros(dims, DType::F32, &self.device)?,
+            Tensor::zeros(dims, dtype, &self.device)?,
+            Tensor::zeros(dims, dtype, &self.device)?,
         ))
     }
 
@@ -108,10 +116,13 @@ impl KvCache for FullCache {
         let buffers = self.layers[layer]
             .as_mut()
             .expect("ensure_room allocated the layer");
-        buffers.keys.slice_set(&k.contiguous()?, 1, pos)?;
+        let dtype = self.precision.dtype();
+        buffers
+            .keys
+            .slice_set(&k.to_dtype(dtype)?.contiguous()?, 1, pos)?;
         buffers
             .values
-            .slice_set(&v.to_dtype(DType::F32)?.contiguous()?, 1, pos)?;
+            .slice_set(&v.to_dtype(dtype)?.contiguous()?, 1, pos)?;
         buffers.len = pos + t;
         let keys = buffers.keys.narrow(1, 0, buffers.len)?;
         let values = buffers.values.narrow(1, 0, buffers.len)?;
@@ -126,8 +137,13 @@ impl KvCache for FullCache {
         self.layers
             .iter()
             .flatten()
-            .map(|b| b.keys.elem_count() * 4 + b.values.elem_count() * 4)
+            .map(|b| (b.keys.elem_count() + b.values.elem_count()) * self.precision.bytes())
             .sum()
+    }
+
+    fn uncompressed_bytes_per_token(&self) -> usize {
+        let s = self.shape;
+        2 * s.layers * s.kv_heads * s.head_dim * self.precision.bytes()
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {
@@ -148,8 +164,13 @@ impl KvCache for FullCache {
 mod tests {
     use super::*;
     use crate::{KvError, RopeSettings, RopeStyle};
+    use candle_core::DType;
 
     fn cache(max_positions: usize) -> FullCache {
+        cache_in(max_positions, KvPrecision::F32)
+    }
+
+    fn cache_in(max_positions: usize, precision: KvPrecision) -> FullCache {
         let shape = KvShape {
             layers: 2,
             q_heads: 4,
@@ -167,7 +188,53 @@ mod tests {
             shape,
             Arc::new(RopeTable::new(&settings, &Device::Cpu).unwrap()),
             &Device::Cpu,
+            precision,
         )
+    }
+
+    /// f16 buffers take half the bytes and attend exactly as f32 buffers holding the same
+    /// keys and values rounded to f16 do.
+    #[test]
+    fn f16_storage_halves_the_bytes_and_reads_the_rounded_rows() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (4, 20, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 20, 8), &dev).unwrap();
+        let round = |x: &Tensor| {
+            x.to_dtype(DType::F16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let mut half = cache_in(64, KvPrecision::F16);
+        let got = half.attend(0, 0, &q, &k, &v).unwrap();
+        let rotated_k = half.rope.apply(&k, 0).unwrap();
+        let want = causal_attention(
+            &half.rope.apply(&q, 0).unwrap(),
+            &round(&rotated_k),
+            &round(&v),
+            0,
+        )
+        .unwrap();
+        let diff: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            diff < 1e-6,
+            "f16 storage against its rounded values: {diff}"
+        );
+        let mut wide = cache(64);
+        wide.attend(0, 0, &q, &k, &v).unwrap();
+        assert_eq!(2 * half.stored_bytes(), wide.stored_bytes());
+        assert_eq!(
+            2 * half.uncompressed_bytes_per_token(),
+            wide.uncompressed_bytes_per_token()
+        );
     }
 
     #[test]

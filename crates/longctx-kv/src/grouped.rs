@@ -158,7 +158,7 @@ impl KvCache for GroupedCache {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use crate::{Budget, DropPolicy, DropSettings, DroppingCache, FullCache, Sinks};
+    use crate::{Budget, DropPolicy, DropSettings, DroppingCache, FullCache, KvPrecision, Sinks};
     use candle_core::Device;
 
     fn window(layers: usize, tokens: usize) -> Box<dyn KvCache> {
@@ -170,7 +170,9 @@ mod tests {
             budget: Budget::Tokens(tokens),
         };
         let shape = KvShape { layers, ..shape() };
-        Box::new(DroppingCache::new(shape, rope(), &Device::Cpu, settings).unwrap())
+        Box::new(
+            DroppingCache::new(shape, rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap(),
+        )
     }
 
     fn full(layers: usize) -> Box<dyn KvCache> {
@@ -178,6 +180,7 @@ mod tests {
             KvShape { layers, ..shape() },
             rope(),
             &Device::Cpu,
+            KvPrecision::F32,
         ))
     }
 

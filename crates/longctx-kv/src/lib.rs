@@ -19,10 +19,11 @@ mod rope;
 mod rows;
 #[cfg(test)]
 mod testutil;
+mod tiled;
 mod window;
 
-pub use attention::{causal_attention, causal_attention_with_weights, ATTENTION_QUERY_BLOCK};
-pub use cache::{KvCache, KvShape, Reservation, DECODE_RESERVE};
+pub use attention::{causal_attention, causal_attention_with_weights};
+pub use cache::{KvCache, KvPrecision, KvShape, Reservation, DECODE_RESERVE};
 pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};

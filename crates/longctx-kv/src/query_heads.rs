@@ -6,8 +6,9 @@
 
 use rayon::prelude::*;
 
-use crate::attention::attend_one_head;
+use crate::attention::attend_read_rows;
 use crate::rows::{top_k, TokenRows};
+use crate::Result;
 
 /// One query head's view of its key/value head's rows (same order).
 struct View {
@@ -48,31 +49,28 @@ impl QueryHeadViews {
 
     /// One decoding query per head (`query` is `[q_heads · d]`) over the rows each head
     /// reads; adds each row's probability to the head's score and returns `[q_heads · d]`.
-    pub fn attend(&mut self, query: &[f32], rows: &[TokenRows], d: usize) -> Vec<f32> {
+    pub fn attend(&mut self, query: &[f32], rows: &[TokenRows], d: usize) -> Result<Vec<f32>> {
         let group = self.group;
-        self.views
+        let per_head: Vec<Vec<f32>> = self
+            .views
             .par_iter_mut()
             .enumerate()
-            .flat_map_iter(|(h, view)| {
-                let (keys, values) = (rows[h / group].keys(), rows[h / group].values());
+            .map(|(h, view)| {
                 let read: Vec<usize> = (0..view.alive.len()).filter(|&r| view.alive[r]).collect();
-                let key_rows: Vec<&[f32]> =
-                    read.iter().map(|&r| &keys[r * d..(r + 1) * d]).collect();
-                let value_rows: Vec<&[f32]> =
-                    read.iter().map(|&r| &values[r * d..(r + 1) * d]).collect();
                 let mut received = vec![0f32; read.len()];
-                let out = attend_one_head(
+                let out = attend_read_rows(
                     &query[h * d..(h + 1) * d],
-                    &key_rows,
-                    &value_rows,
+                    &rows[h / group],
+                    &read,
                     &mut received,
-                );
+                )?;
                 for (&r, p) in read.iter().zip(received) {
                     view.scores[r] += p;
                 }
-                out
+                Ok(out)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(per_head.concat())
     }
 
     /// Each query head keeps the last `recent` rows and the `heavy` highest-scored of the

@@ -1,9 +1,134 @@
 use candle_core::{Device, Tensor};
+use half::f16;
 
-use crate::Result;
+use crate::tiled::KvElement;
+use crate::{KvPrecision, Result};
 
-/// The kept tokens of one key/value head in f32 rows, with each token's absolute position
-/// and an accumulated score: what token-dropping policies hold.
+/// Key or value elements in the cache's precision.
+#[derive(Debug, Clone)]
+enum Elements {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+/// Stored rows, read in their precision: what the attention kernels take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RowsView<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+/// Apply `$body` to the vector inside an [`Elements`], whatever its type.
+macro_rules! each {
+    ($elements:expr, $v:ident => $body:expr) => {
+        match $elements {
+            Elements::F16($v) => $body,
+            Elements::F32($v) => $body,
+        }
+    };
+}
+
+impl Elements {
+    fn new(precision: KvPrecision) -> Self {
+        match precision {
+            KvPrecision::F16 => Elements::F16(Vec::new()),
+            KvPrecision::F32 => Elements::F32(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, row: &[f32]) {
+        match self {
+            Elements::F16(v) => v.extend(row.iter().map(|&x| f16::from_f32(x))),
+            Elements::F32(v) => v.extend_from_slice(row),
+        }
+    }
+
+    fn fit(&mut self, target: usize) {
+        each!(self, v => {
+            let target = target.max(v.len());
+            if v.capacity() > target {
+                v.shrink_to(target);
+            } else {
+                v.reserve_exact(target - v.len());
+            }
+        })
+    }
+
+    fn reserve_exact(&mut self, extra: usize) {
+        each!(self, v => v.reserve_exact(extra))
+    }
+
+    fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
+        each!(self, v => v.copy_within(from, to))
+    }
+
+    fn truncate(&mut self, len: usize) {
+        each!(self, v => v.truncate(len))
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Elements::F16(v) => 2 * v.capacity(),
+            Elements::F32(v) => 4 * v.capacity(),
+        }
+    }
+
+    fn view(&self) -> RowsView<'_> {
+        match self {
+            Elements::F16(v) => RowsView::F16(v),
+            Elements::F32(v) => RowsView::F32(v),
+        }
+    }
+}
+
+impl RowsView<'_> {
+    /// The rows as a tensor of `shape`, in their precision.
+    pub fn tensor(&self, shape: (usize, usize, usize), device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            RowsView::F16(v) => Tensor::from_slice(v, shape, device)?,
+            RowsView::F32(v) => Tensor::from_slice(v, shape, device)?,
+        })
+    }
+
+    /// Rows `rows` (of `width` elements each), widened to f32, one after another.
+    pub fn gather(&self, rows: &[usize], width: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows.len() * width];
+        for (&j, dst) in rows.iter().zip(out.chunks_exact_mut(width)) {
+            match self {
+                RowsView::F16(v) => f16::widen(&v[j * width..(j + 1) * width], dst),
+                RowsView::F32(v) => dst.copy_from_slice(&v[j * width..(j + 1) * width]),
+            }
+        }
+        out
+    }
+}
+
+/// The element types rows may be held in, each read from a view of its own type.
+pub(crate) trait ViewElement: KvElement {
+    /// The view's elements, when they are of this type.
+    fn of(view: RowsView<'_>) -> Option<&[Self]>;
+}
+
+impl ViewElement for f16 {
+    fn of(view: RowsView<'_>) -> Option<&[f16]> {
+        match view {
+            RowsView::F16(v) => Some(v),
+            RowsView::F32(_) => None,
+        }
+    }
+}
+
+impl ViewElement for f32 {
+    fn of(view: RowsView<'_>) -> Option<&[f32]> {
+        match view {
+            RowsView::F32(v) => Some(v),
+            RowsView::F16(_) => None,
+        }
+    }
+}
+
+/// The kept tokens of one key/value head, in f16 or f32 rows, with each token's absolute
+/// position and an accumulated score: what token-dropping policies hold.
 ///
 /// Eviction compacts rows in place, so storage never outgrows the capacity set for the
 /// policy's budget, and [`TokenRows::set_capacity`] really returns memory when a
@@ -11,19 +136,19 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub(crate) struct TokenRows {
     width: usize,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Elements,
+    values: Elements,
     positions: Vec<u32>,
     scores: Vec<f32>,
 }
 
 impl TokenRows {
     /// No rows of `width` values yet, nothing allocated.
-    pub fn new(width: usize) -> Self {
+    pub fn new(width: usize, precision: KvPrecision) -> Self {
         Self {
             width,
-            keys: Vec::new(),
-            values: Vec::new(),
+            keys: Elements::new(precision),
+            values: Elements::new(precision),
             positions: Vec::new(),
             scores: Vec::new(),
         }
@@ -49,8 +174,8 @@ impl TokenRows {
                 v.reserve_exact(target - v.len());
             }
         }
-        fit(&mut self.keys, rows * self.width);
-        fit(&mut self.values, rows * self.width);
+        self.keys.fit(rows * self.width);
+        self.values.fit(rows * self.width);
         fit(&mut self.positions, rows);
         fit(&mut self.scores, rows);
     }
@@ -63,10 +188,10 @@ impl TokenRows {
         self.scores.reserve_exact(extra);
     }
 
-    /// Append one token.
+    /// Append one token (rounded to the rows' precision).
     pub fn push(&mut self, key: &[f32], value: &[f32], position: usize, score: f32) {
-        self.keys.extend_from_slice(key);
-        self.values.extend_from_slice(value);
+        self.keys.push(key);
+        self.values.push(value);
         self.positions.push(position as u32);
         self.scores.push(score);
     }
@@ -90,14 +215,14 @@ impl TokenRows {
         self.scores.truncate(to);
     }
 
-    /// Key rows, row-major.
-    pub fn keys(&self) -> &[f32] {
-        &self.keys
+    /// Key rows, row-major, in their precision.
+    pub fn keys(&self) -> RowsView<'_> {
+        self.keys.view()
     }
 
-    /// Value rows, row-major.
-    pub fn values(&self) -> &[f32] {
-        &self.values
+    /// Value rows, row-major, in their precision.
+    pub fn values(&self) -> RowsView<'_> {
+        self.values.view()
     }
 
     /// Absolute position of each kept token.
@@ -117,16 +242,15 @@ impl TokenRows {
 
     /// Bytes allocated: key and value rows plus the per-token bookkeeping.
     pub fn bytes(&self) -> usize {
-        4 * (self.keys.capacity()
-            + self.values.capacity()
-            + self.positions.capacity()
-            + self.scores.capacity())
+        self.keys.bytes()
+            + self.values.bytes()
+            + 4 * (self.positions.capacity() + self.scores.capacity())
     }
 
     /// Forget every token, keeping allocations.
     pub fn clear(&mut self) {
-        self.keys.clear();
-        self.values.clear();
+        self.keys.truncate(0);
+        self.values.truncate(0);
         self.positions.clear();
         self.scores.clear();
     }
@@ -135,19 +259,18 @@ impl TokenRows {
 /// Per-head token rows, `[head][token][channel]`: a chunk's keys or values as plain vectors.
 pub(crate) type HeadRows = Vec<Vec<Vec<f32>>>;
 
-/// Keys and values of several heads' rows as `[heads, n, width]` tensors (every head holds
-/// the same number of tokens).
+/// Keys and values of several heads' rows as `[heads, n, width]` tensors in their
+/// precision (every head holds the same number of tokens).
 pub(crate) fn stack_heads(heads: &[TokenRows], device: &Device) -> Result<(Tensor, Tensor)> {
     let (n, w) = (heads[0].len(), heads[0].width);
-    let keys: Vec<f32> = heads.iter().flat_map(|h| h.keys.iter().copied()).collect();
-    let values: Vec<f32> = heads
-        .iter()
-        .flat_map(|h| h.values.iter().copied())
-        .collect();
-    Ok((
-        Tensor::from_vec(keys, (heads.len(), n, w), device)?,
-        Tensor::from_vec(values, (heads.len(), n, w), device)?,
-    ))
+    let stack = |view: fn(&TokenRows) -> RowsView<'_>| -> Result<Tensor> {
+        let per_head: Vec<Tensor> = heads
+            .iter()
+            .map(|h| view(h).tensor((1, n, w), device))
+            .collect::<Result<_>>()?;
+        Ok(Tensor::cat(&per_head, 0)?)
+    };
+    Ok((stack(TokenRows::keys)?, stack(TokenRows::values)?))
 }
 
 /// Indices of the `k` largest scores (all of them when fewer), in ascending index order.
@@ -166,7 +289,7 @@ mod tests {
 
     #[test]
     fn retain_compacts_in_order_and_capacity_really_shrinks() {
-        let mut rows = TokenRows::new(2);
+        let mut rows = TokenRows::new(2, KvPrecision::F32);
         rows.set_capacity(10);
         for i in 0..10 {
             rows.push(&[i as f32, 0.0], &[0.0, i as f32], i, i as f32);
@@ -175,10 +298,23 @@ mod tests {
             true, false, false, true, false, false, false, false, true, true,
         ]);
         assert_eq!(rows.positions().collect::<Vec<_>>(), vec![0, 3, 8, 9]);
-        assert_eq!(rows.keys(), &[0.0, 0.0, 3.0, 0.0, 8.0, 0.0, 9.0, 0.0]);
+        let kept = rows.keys().gather(&[0, 1, 2, 3], 2);
+        assert_eq!(kept, vec![0.0, 0.0, 3.0, 0.0, 8.0, 0.0, 9.0, 0.0]);
         assert_eq!(rows.scores(), &[0.0, 3.0, 8.0, 9.0]);
         rows.set_capacity(4);
         assert_eq!(rows.bytes(), 4 * (8 + 8 + 4 + 4));
+    }
+
+    /// f16 rows hold each element in 2 bytes, rounded as f16 rounds.
+    #[test]
+    fn f16_rows_take_half_the_bytes() {
+        let mut rows = TokenRows::new(2, KvPrecision::F16);
+        rows.set_capacity(4);
+        rows.push(&[1.0 / 3.0, 2.0], &[0.5, -1.0], 0, 0.0);
+        assert_eq!(rows.bytes(), 2 * (8 + 8) + 4 * (4 + 4));
+        let third = f16::from_f32(1.0 / 3.0).to_f32();
+        assert_eq!(rows.keys().gather(&[0], 2), vec![third, 2.0]);
+        assert_ne!(third, 1.0 / 3.0);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use crate::rows::HeadRows;
-use crate::{FullCache, KvCache, KvShape, Reservation, RopeSettings, RopeStyle, RopeTable};
+use crate::{
+    FullCache, KvCache, KvPrecision, KvShape, Reservation, RopeSettings, RopeStyle, RopeTable,
+};
 
 /// Two layers, 4 query heads over 2 key/value heads of 64 channels.
 pub fn shape() -> KvShape {
@@ -106,9 +108,18 @@ pub fn max_difference(a: &[Tensor], b: &[Tensor]) -> f32 {
         .fold(0f32, f32::max)
 }
 
-/// Outputs of the uncompressed cache on the same run.
+/// Outputs of the uncompressed cache on the same run, keys and values in f32.
 pub fn full_outputs(data: &(Tensor, Tensor, Tensor), chunks: &[usize]) -> Vec<Tensor> {
-    let mut full = FullCache::new(shape(), rope(), &Device::Cpu);
+    full_outputs_in(data, chunks, KvPrecision::F32)
+}
+
+/// Outputs of the uncompressed cache on the same run, keys and values in `precision`.
+pub fn full_outputs_in(
+    data: &(Tensor, Tensor, Tensor),
+    chunks: &[usize],
+    precision: KvPrecision,
+) -> Vec<Tensor> {
+    let mut full = FullCache::new(shape(), rope(), &Device::Cpu, precision);
     run(&mut full, data, chunks, |_| ()).0
 }
 

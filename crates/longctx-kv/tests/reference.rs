@@ -40,10 +40,15 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
-    Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvShape,
-    Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
+    Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache,
+    KvPrecision, KvShape, Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
+
+/// A token-dropping cache in f32, the precision every reference here ran in.
+fn dropping(shape: KvShape, rope: Arc<RopeTable>, settings: DropSettings) -> DroppingCache {
+    DroppingCache::new(shape, rope, &Device::Cpu, settings, KvPrecision::F32).unwrap()
+}
 
 fn load(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -228,7 +233,7 @@ fn streamingllm_equals_the_benchmarks_stream_llm() {
         },
         budget: Budget::Tokens(n_init + n_local),
     };
-    let mut cache = DroppingCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap();
+    let mut cache = dropping(f.shape, f.rope.clone(), settings);
     let diff = difference(&f, &mut cache, &case["outputs"]);
     eprintln!("streamingllm: max abs difference {diff:e}");
     assert!(diff < 1e-5, "max abs difference {diff}");
@@ -258,7 +263,7 @@ fn kept_after_prefill(
         policy,
         budget: Budget::Tokens(number(selection, "capacity")),
     };
-    let mut cache = DroppingCache::new(shape, rope(selection, d), &Device::Cpu, settings).unwrap();
+    let mut cache = dropping(shape, rope(selection, d), settings);
     cache.reserve(Reservation::prompt(tokens, 0)).unwrap();
     let tensor = |layer: &Value, key: &str, h: usize| {
         Tensor::from_vec(floats(&layer[key]), (h, tokens, d), &Device::Cpu).unwrap()
@@ -364,7 +369,7 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
         },
         budget: Budget::Ratio(ratio),
     };
-    let mut cache = DroppingCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap();
+    let mut cache = dropping(f.shape, f.rope.clone(), settings);
     let diff = difference(&f, &mut cache, &f.json["outputs"]);
     eprintln!("h2o: max abs difference {diff:e}");
     // transformers 4.40 computes RoPE's frequencies in float32 (ours: f64, then rounded):
@@ -381,7 +386,7 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
 /// reference's (`kept`: one list per call, one per head).
 fn keeps_and_attends_as(name: &str, settings: DropSettings, bound: f32) {
     let f = fixture(name);
-    let mut cache = DroppingCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap();
+    let mut cache = dropping(f.shape, f.rope.clone(), settings);
     let mut kept = Vec::new();
     let diff = difference_observed(&f, &mut cache, &f.json["outputs"], |c| {
         kept.push(

@@ -203,6 +203,13 @@ mod tests {
         fn weight_bytes(&self) -> usize {
             0
         }
+        fn compute_profile(&self) -> crate::ComputeProfile {
+            crate::ComputeProfile {
+                layer_weights: 0,
+                head_weights: 0,
+                attention: Vec::new(),
+            }
+        }
     }
 
     /// A model without a KV cache has none to report and refuses a KV method.
@@ -211,7 +218,7 @@ mod tests {
         let mut model = PrefersNewline { seen: 0 };
         assert!(model.cache().is_none());
         let err = model
-            .set_cache(Box::new(|_, _| unreachable!("never built")))
+            .set_cache(Box::new(|_, _, _| unreachable!("never built")))
             .unwrap_err();
         assert!(err.to_string().contains("without a KV cache"), "{err}");
     }
@@ -273,6 +280,13 @@ mod tests {
         }
         fn weight_bytes(&self) -> usize {
             0
+        }
+        fn compute_profile(&self) -> crate::ComputeProfile {
+            crate::ComputeProfile {
+                layer_weights: 0,
+                head_weights: 0,
+                attention: Vec::new(),
+            }
         }
     }
 

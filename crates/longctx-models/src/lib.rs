@@ -16,7 +16,7 @@ mod tokenizer;
 
 use candle_core::Tensor;
 use longctx_kv::KvCache;
-pub use longctx_kv::Reservation;
+pub use longctx_kv::{KvPrecision, Reservation};
 
 pub use chat::ChatTemplate;
 pub use error::{ModelError, Result};
@@ -35,6 +35,28 @@ pub enum Logits {
     Last,
     /// Every position's (perplexity, reference comparisons).
     All,
+}
+
+/// The arithmetic a model does per token, so that plans can estimate the time of a sample
+/// on any model from its shape (the constants that turn it into seconds live with the plan).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeProfile {
+    /// Weights every token is multiplied by in its layers (prefill and decoding alike).
+    pub layer_weights: usize,
+    /// Weights of the output head: multiplied once per prefill (its last position) and once
+    /// per decoded token.
+    pub head_weights: usize,
+    /// Each attention layer's work per visible key.
+    pub attention: Vec<AttentionWork>,
+}
+
+/// What one attention layer does for one query and one visible key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionWork {
+    /// Query heads × head dimension: multiply-adds for the score, and again for the value.
+    pub width: usize,
+    /// The most keys a query sees (a sliding window), or `None` for the whole context.
+    pub window: Option<usize>,
 }
 
 /// A language model holding one sequence's state (a KV cache, or a recurrent state): what
@@ -86,6 +108,9 @@ pub trait LanguageModel: Send {
 
     /// Bytes of weights held in memory.
     fn weight_bytes(&self) -> usize;
+
+    /// The arithmetic per token, for time estimates.
+    fn compute_profile(&self) -> ComputeProfile;
 
     /// Process a whole prompt; returns the last position's logits `[1, vocab]`.
     fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor> {

@@ -10,14 +10,14 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use longctx_kv::{
     Budget, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache, KvCache, KvError,
-    KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings, RopeTable, Sinks,
+    KvPrecision, KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings, RopeTable, Sinks,
     MAX_STREAM_POSITIONS,
 };
 
 use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
 use crate::gguf::GgufFile;
 use crate::linear::Linear;
-use crate::{LanguageModel, Logits, ModelError, Result};
+use crate::{AttentionWork, ComputeProfile, LanguageModel, Logits, ModelError, Result};
 
 /// Tokens processed per prefill chunk: peak activation memory is bounded by chunk × context.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
@@ -33,6 +33,9 @@ pub struct LoadOptions {
     pub prefill_chunk: usize,
     /// Keep dense f32 copies of quantized weights for prefill GEMMs (faster prefill, more memory).
     pub dense_prefill_weights: bool,
+    /// The precision of keys and values held uncompressed (the baseline's, token-dropping
+    /// methods', the local layers' windows).
+    pub kv_precision: KvPrecision,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +45,7 @@ impl Default for LoadOptions {
             context: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             dense_prefill_weights: true,
+            kv_precision: KvPrecision::default(),
         }
     }
 }
@@ -62,9 +66,10 @@ struct Block {
     post_norms: Option<(Tensor, Tensor)>,
 }
 
-/// A cache builder: what a method makes of a geometry and a RoPE table.
-pub type CacheBuilder<'a> =
-    dyn FnOnce(KvShape, Arc<RopeTable>) -> std::result::Result<Box<dyn KvCache>, KvError> + 'a;
+/// A cache builder: what a method makes of a geometry, a RoPE table and the precision of
+/// keys and values held uncompressed.
+pub type CacheBuilder<'a> = dyn FnOnce(KvShape, Arc<RopeTable>, KvPrecision) -> std::result::Result<Box<dyn KvCache>, KvError>
+    + 'a;
 
 /// A Llama-family transformer with its sequence state (a KV cache).
 pub struct LlamaModel {
@@ -79,6 +84,8 @@ pub struct LlamaModel {
     cache: Box<dyn KvCache>,
     seen: usize,
     prefill_chunk: usize,
+    /// What uncompressed caches hold keys and values in.
+    kv_precision: KvPrecision,
     weight_bytes: usize,
 }
 
@@ -409,6 +416,7 @@ impl LlamaModel {
                 config.kv_shape(),
                 rope.clone(),
                 &Device::Cpu,
+                options.kv_precision,
             )),
             config,
             embeddings,
@@ -419,10 +427,16 @@ impl LlamaModel {
             local_rope,
             seen: 0,
             prefill_chunk: options.prefill_chunk.max(1),
+            kv_precision: options.kv_precision,
             weight_bytes,
         };
-        model.set_cache(Box::new(|shape, rope| {
-            Ok(Box::new(FullCache::new(shape, rope, &Device::Cpu)))
+        model.set_cache(Box::new(|shape, rope, precision| {
+            Ok(Box::new(FullCache::new(
+                shape,
+                rope,
+                &Device::Cpu,
+                precision,
+            )))
         }))?;
         Ok(model)
     }
@@ -577,9 +591,14 @@ impl LanguageModel for LlamaModel {
                     },
                     budget: Budget::Tokens(gemma.sliding_window),
                 };
-                let local_cache =
-                    DroppingCache::new(shape(&local), local_rope.clone(), &Device::Cpu, window)?;
-                let global_cache = build(shape(&global), self.rope.clone())?;
+                let local_cache = DroppingCache::new(
+                    shape(&local),
+                    local_rope.clone(),
+                    &Device::Cpu,
+                    window,
+                    self.kv_precision,
+                )?;
+                let global_cache = build(shape(&global), self.rope.clone(), self.kv_precision)?;
                 Box::new(GroupedCache::new(vec![
                     LayerGroup {
                         name: "global",
@@ -593,7 +612,7 @@ impl LanguageModel for LlamaModel {
                     },
                 ])?)
             }
-            _ => build(self.config.kv_shape(), self.rope.clone())?,
+            _ => build(self.config.kv_shape(), self.rope.clone(), self.kv_precision)?,
         };
         self.seen = 0;
         Ok(())
@@ -613,5 +632,26 @@ impl LanguageModel for LlamaModel {
 
     fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+
+    fn compute_profile(&self) -> ComputeProfile {
+        let c = &self.config;
+        let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let attention_projections = c.hidden * (q + 2 * kv) + q * c.hidden;
+        let mlp = 3 * c.hidden * c.intermediate;
+        ComputeProfile {
+            layer_weights: c.layers * (attention_projections + mlp),
+            head_weights: c.vocab * c.hidden,
+            attention: (0..c.layers)
+                .map(|l| AttentionWork {
+                    width: q,
+                    window: c
+                        .gemma
+                        .as_ref()
+                        .filter(|_| c.is_local(l))
+                        .map(|g| g.sliding_window),
+                })
+                .collect(),
+        }
     }
 }

@@ -327,7 +327,7 @@ fn bad_method_specs_fail_before_loading() {
 #[test]
 fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
     longctx::assets::default_model().expect("fetching the default model");
-    let run = |method: &str| {
+    let run = |method: &str, precision: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
             .args([
                 "bench",
@@ -338,6 +338,8 @@ fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
                 "--json",
                 "--method",
                 method,
+                "--kv-precision",
+                precision,
             ])
             .output()
             .unwrap();
@@ -352,15 +354,26 @@ fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
             row["kv_fp16_equivalent_bytes"].as_f64().unwrap(),
         )
     };
-    let (quant, fp16) = run("flexgen-4bit");
-    let (full, _) = run("baseline");
-    // Measured ratio against 16-bit is the nominal 3.2x; baseline holds f32, twice 16-bit.
+    let (quant, fp16) = run("flexgen-4bit", "f16");
+    let (full, _) = run("baseline", "f16");
+    let (wide, _) = run("baseline", "f32");
+    assert_eq!(
+        wide,
+        2.0 * full,
+        "f32 keys and values take twice the bytes of f16 ones"
+    );
+    // Measured ratio against 16-bit is the nominal 3.2x; the baseline holds f16 keys and
+    // values (the default --kv-precision), so its bytes are the 16-bit ones.
     assert!(
         (fp16 / quant - 3.2).abs() < 0.01,
         "measured ratio {}",
         fp16 / quant
     );
-    assert!((full / quant - 6.4).abs() < 0.02);
+    assert!(
+        (full / quant - 3.2).abs() < 0.01,
+        "baseline over flexgen {}",
+        full / quant
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
         .args([
             "generate",
@@ -398,7 +411,7 @@ fn bench_row(method: &str, context: usize) -> serde_json::Value {
 }
 
 #[test]
-fn every_4x_dropping_preset_holds_at_most_26_percent_of_the_baseline_bytes() {
+fn every_4x_dropping_preset_holds_about_a_quarter_of_the_baseline_bytes() {
     longctx::assets::default_model().expect("fetching the default model");
     let baseline = bench_row("baseline", 1024)["kv_bytes"].as_f64().unwrap();
     for method in [
@@ -411,9 +424,15 @@ fn every_4x_dropping_preset_holds_at_most_26_percent_of_the_baseline_bytes() {
     ] {
         let row = bench_row(method, 1024);
         let share = row["kv_bytes"].as_f64().unwrap() / baseline;
+        // A kept token holds its f16 key and value (256 bytes per head) and 8 bytes of
+        // position and score: a quarter of the tokens is 0.258 of the baseline's bytes.
         // PyramidKV's integer schedule (KVCache-Factory's) keeps a little more than the
         // uniform budget: 7,800 tokens over 30 layers here against 30 x 256 = 7,680.
-        let most = if method == "pyramidkv-4x" { 0.27 } else { 0.26 };
+        let most = if method == "pyramidkv-4x" {
+            0.275
+        } else {
+            0.265
+        };
         assert!(share <= most, "{method} holds {share:.3} of the baseline");
         assert!(
             share >= 0.24,

@@ -4,7 +4,7 @@
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
 
 use longctx::methods::Method;
-use longctx_models::{load_model, LoadOptions, Reservation};
+use longctx_models::{load_model, KvPrecision, LoadOptions, Reservation};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -20,10 +20,18 @@ fn as_positions(v: &Value) -> Vec<usize> {
         .collect()
 }
 
+/// kvpress ran the model in f32, keys and values included: so do we here.
+fn f32_options() -> LoadOptions {
+    LoadOptions {
+        kv_precision: KvPrecision::F32,
+        ..LoadOptions::default()
+    }
+}
+
 /// Positions every layer and key/value head keeps after prefilling `ids` under `spec`.
 fn kept(spec: &str, ids: &[u32]) -> Vec<Vec<Vec<usize>>> {
     let path = longctx::assets::default_model().expect("fetching the default model");
-    let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+    let mut loaded = load_model(&path, &f32_options()).unwrap();
     longctx::commands::install(&mut loaded, &Method::parse(spec).unwrap()).unwrap();
     let model = &mut loaded.model;
     model.reserve(Reservation::prompt(ids.len(), 0)).unwrap();
@@ -174,7 +182,7 @@ fn the_query_agnostic_protocol_answers_as_kvpress_pipeline() {
         ("snapkv", "snapkv:ratio=4,window=64,kernel=5,pool=avg"),
     ] {
         let want = &f["answers"][name];
-        let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+        let mut loaded = load_model(&path, &f32_options()).unwrap();
         longctx::commands::install(&mut loaded, &Method::parse(spec).unwrap()).unwrap();
         let model = &mut loaded.model;
         model

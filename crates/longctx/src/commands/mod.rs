@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use longctx_models::{
-    load_model, resolve_model_path, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK,
+    load_model, resolve_model_path, KvPrecision, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK,
 };
 
 use crate::assets;
@@ -96,6 +96,14 @@ pub struct ModelArgs {
     /// Keep no dense f32 weight copies (less memory, slower prefill).
     #[arg(long)]
     no_dense_weights: bool,
+    /// Precision of keys and values held uncompressed (the baseline, token-dropping
+    /// methods, Gemma-3's local windows): f16 as the reference models hold them, or f32.
+    #[arg(long, default_value = "f16", value_parser = parse_precision)]
+    kv_precision: KvPrecision,
+}
+
+fn parse_precision(text: &str) -> std::result::Result<KvPrecision, String> {
+    text.parse().map_err(|e: longctx_kv::KvError| e.to_string())
 }
 
 /// The KV-cache method option of single-method commands.
@@ -118,7 +126,9 @@ impl MethodArg {
 pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
     loaded
         .model
-        .set_cache(Box::new(|shape, rope| method.build_cache(shape, rope)))
+        .set_cache(Box::new(|shape, rope, precision| {
+            method.build_cache(shape, rope, precision)
+        }))
         .with_context(|| format!("method \"{method}\""))
 }
 
@@ -174,6 +184,7 @@ impl ModelArgs {
             context: self.context,
             prefill_chunk: self.prefill_chunk,
             dense_prefill_weights: !self.no_dense_weights,
+            kv_precision: self.kv_precision,
         };
         load_model(&path, &options).with_context(|| format!("loading {}", path.display()))
     }

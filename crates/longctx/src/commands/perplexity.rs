@@ -204,6 +204,13 @@ mod tests {
         fn weight_bytes(&self) -> usize {
             0
         }
+        fn compute_profile(&self) -> longctx_models::ComputeProfile {
+            longctx_models::ComputeProfile {
+                layer_weights: 0,
+                head_weights: 0,
+                attention: Vec::new(),
+            }
+        }
     }
 
     /// llama.cpp's protocol on 20 tokens at ctx 8: 2 windows, each starting with BOS and

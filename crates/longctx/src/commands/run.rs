@@ -10,9 +10,11 @@ use longctx_tasks::prompt::Prompt;
 use longctx_tasks::synthetic::SyntheticTask;
 use sha2::{Digest, Sha256};
 
+mod cost;
 mod fitting;
 mod progress;
 
+use cost::ModelCost;
 use fitting::{fitted_prompt, model_settings, row_settings, Fitted};
 use progress::Progress;
 
@@ -126,6 +128,8 @@ pub struct Plan {
     methods: Vec<Method>,
     samples: Vec<TaskSample>,
     items: Vec<WorkItem>,
+    /// Each spec model's cost, for estimates.
+    costs: Vec<ModelCost>,
 }
 
 impl PlanArgs {
@@ -188,8 +192,26 @@ impl PlanArgs {
             .map(|m| Method::parse(m))
             .collect::<Result<_, _>>()?;
         let mut samples = Vec::new();
-        if spec.needle.is_some() || spec.synthetic.is_some() {
-            let haystack = Haystack::from_dir(&assets::haystack_dir()?)?;
+        let haystack = match spec.needle.is_some() || spec.synthetic.is_some() {
+            true => Some(Haystack::from_dir(&assets::haystack_dir()?)?),
+            false => None,
+        };
+        // Every model's context and cost, read from its file (weights stay quantized).
+        let mut contexts = Vec::new();
+        let mut costs = Vec::new();
+        for m in 0..spec.models.len() {
+            let loaded = self.model_args(&spec, m, true).load_bare()?;
+            let context = loaded.model.context_limit();
+            let tokens_per_word = haystack.as_ref().map_or(cost::TOKENS_PER_WORD, |h| {
+                haystack_tokens_per_word(&loaded.tokenizer, context, h)
+            });
+            contexts.push(context);
+            costs.push(ModelCost {
+                profile: loaded.model.compute_profile(),
+                tokens_per_word,
+            });
+        }
+        if let Some(haystack) = &haystack {
             if let Some(n) = &spec.needle {
                 // One grid for every model, or without max_words one per model, its longest
                 // haystack the longest that fits the model's context.
@@ -197,14 +219,12 @@ impl PlanArgs {
                     Some(words) => vec![(None, words)],
                     None => (0..spec.models.len())
                         .map(|m| {
-                            let loaded = self.model_args(&spec, m, true).load_bare()?;
-                            let context = loaded.model.context_limit();
-                            let per_word =
-                                haystack_tokens_per_word(&loaded.tokenizer, context, &haystack);
-                            let words = needle::fitting_words(context, per_word, n.max_new_tokens);
-                            Ok((Some(m), words))
+                            let per_word = costs[m].tokens_per_word;
+                            let words =
+                                needle::fitting_words(contexts[m], per_word, n.max_new_tokens);
+                            (Some(m), words)
                         })
-                        .collect::<Result<_>>()?,
+                        .collect(),
                 };
                 for (model, max_words) in longest {
                     let grid = NeedleGrid::new(
@@ -215,7 +235,7 @@ impl PlanArgs {
                         n.trials,
                         spec.seed,
                     )?;
-                    for s in grid.samples(&haystack) {
+                    for s in grid.samples(haystack) {
                         samples.push(TaskSample {
                             task: format!("needle/passkey:max_new_tokens={}", n.max_new_tokens),
                             id: format!(
@@ -236,7 +256,7 @@ impl PlanArgs {
                 for name in &syn.tasks {
                     let task = SyntheticTask::by_name(name).expect("checked with the spec");
                     for index in 0..syn.samples {
-                        let s = task.generate(&haystack, syn.words, spec.seed, index);
+                        let s = task.generate(haystack, syn.words, spec.seed, index);
                         samples.push(TaskSample {
                             task: format!("synthetic/{name}:words={}", syn.words),
                             id: format!("index={index}"),
@@ -328,11 +348,14 @@ impl PlanArgs {
             );
         }
         if let Some(shard) = self.shard {
-            let costs: Vec<f64> = items
+            let seconds: Vec<f64> = items
                 .iter()
-                .map(|i| estimated_seconds(&samples[i.sample]))
+                .map(|i| {
+                    costs[i.model]
+                        .seconds(samples[i.sample].words, samples[i.sample].max_new_tokens)
+                })
                 .collect();
-            let owner = balance(&costs, shard.count);
+            let owner = balance(&seconds, shard.count);
             items = items
                 .into_iter()
                 .zip(owner)
@@ -345,11 +368,18 @@ impl PlanArgs {
             methods,
             samples,
             items,
+            costs,
         })
     }
 }
 
 impl Plan {
+    /// A work item's estimated seconds on this project's 2-core machine.
+    fn estimated_seconds(&self, item: &WorkItem) -> f64 {
+        let s = &self.samples[item.sample];
+        self.costs[item.model].seconds(s.words, s.max_new_tokens)
+    }
+
     /// A fingerprint of what decides the plan's rows: the models (file names and
     /// max_length), the methods' full specs, the protocols and every sample's task, id,
     /// prompt (and where its question begins) and answer length. Shards of one plan share it wherever their files lie; `merge` refuses
@@ -408,13 +438,6 @@ pub(crate) fn longbench_e_length(id: &str) -> Option<usize> {
     id.split_once(' ')?.0.strip_prefix("length=")?.parse().ok()
 }
 
-/// A rough cost of one sample on a 2-core laptop CPU with a 135M model: linear work per
-/// token plus attention's quadratic term (about 1.4 tokens per word).
-fn estimated_seconds(sample: &TaskSample) -> f64 {
-    let tokens = sample.words as f64 * 1.4 + 100.0;
-    tokens / 400.0 + tokens * tokens / 1.2e6 + sample.max_new_tokens as f64 / 40.0
-}
-
 /// `longctx plan`: the cells and their estimated cost, without running anything.
 pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
     let plan = args.plan.plan()?;
@@ -447,9 +470,9 @@ pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
         {
             Some(c) => {
                 c.3 += 1;
-                c.4 += estimated_seconds(s);
+                c.4 += plan.estimated_seconds(item);
             }
-            None => cells.push((key.0, key.1, key.2, 1, estimated_seconds(s))),
+            None => cells.push((key.0, key.1, key.2, 1, plan.estimated_seconds(item))),
         }
     }
     println!("| model | method | task | samples | est. minutes |");
@@ -459,7 +482,7 @@ pub fn print_plan(args: PlanCommandArgs) -> Result<()> {
     }
     let total: f64 = cells.iter().map(|c| c.4).sum();
     println!(
-        "\n{} cells, {} samples, about {:.0} minutes on a 2-core CPU with the default model (plan {})",
+        "\n{} cells, {} samples, about {:.0} minutes on a 2-core CPU, each model's arithmetic at the rates measured with the default model (plan {})",
         cells.len(),
         plan.items.len(),
         total / 60.0,
@@ -568,9 +591,9 @@ fn model_name(path: &Path) -> String {
         .map_or("model".into(), |s| s.to_string_lossy().into_owned())
 }
 
-/// A sample's estimated cost in the progress bars' unit (milliseconds).
-fn cost_units(sample: &TaskSample) -> u64 {
-    (estimated_seconds(sample) * 1e3) as u64
+/// A work item's estimated cost in the progress bars' unit (milliseconds).
+fn cost_units(plan: &Plan, item: &WorkItem) -> u64 {
+    (plan.estimated_seconds(item) * 1e3) as u64
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -674,7 +697,7 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             args.db.display()
         );
     }
-    let cost = |item: &WorkItem| cost_units(&plan.samples[item.sample]);
+    let cost = |item: &WorkItem| cost_units(plan, item);
     let mut progress = Progress::new(pending.len(), pending.iter().map(|(i, _)| cost(i)).sum());
     let mut ran = 0;
     for (m, model_spec) in plan.spec.models.iter().enumerate() {

@@ -132,6 +132,7 @@ pub(super) fn model_settings(
             or_trained(args.rope_theta.map(|t| t.to_string())),
         )
         .with("prefill_chunk", args.prefill_chunk)
+        .with("kv_precision", args.kv_precision.name())
         .with(
             "max_length",
             max_length.map_or("auto".into(), |m| m.to_string()),
