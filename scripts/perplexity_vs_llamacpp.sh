@@ -3,7 +3,7 @@
 # threads: longctx under `--protocol llama.cpp` (windows of CTX tokens, each starting with BOS
 # where the model uses one, the second half scored) against `llama-perplexity -c CTX`.
 #
-#   scripts/perplexity_vs_llamacpp.sh [THREADS] [CTX] [MODEL NAME...]
+#   scripts/perplexity_vs_llamacpp.sh [THREADS] [CTX] [MODEL NAME...]   (default: every named model)
 #
 # The text is the first four haystack essays. llama.cpp is built by scripts/llamacpp.sh,
 # unless LLAMA_PERPLEXITY points at a binary.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 threads="${1:-2}"
 ctx="${2:-512}"
 models=("${@:3}")
-[ "${#models[@]}" -eq 0 ] && models=(smollm2-135m qwen2.5-coder-0.5b gemma-3-270m)
+[ "${#models[@]}" -eq 0 ] && models=(smollm2-135m qwen2.5-coder-0.5b gemma-3-270m qwen2.5-coder-1.5b)
 cargo build --release -q
 haystack="$(./target/release/longctx fetch | awk '/^haystack/ {print $2}')"
 text="$(mktemp)"
