@@ -216,14 +216,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = crate::testutil::max_difference(&[got], &[want]);
         assert!(
             diff < 1e-6,
             "f16 storage against its rounded values: {diff}"
