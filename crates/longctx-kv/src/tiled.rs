@@ -19,6 +19,8 @@ use rayon::prelude::*;
 
 use crate::{KvError, Result};
 
+mod decode;
+
 /// Query positions per tile; the tile's rows are these positions of every query head of
 /// the group.
 const QUERY_TILE: usize = 32;
@@ -35,17 +37,35 @@ const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
 pub trait KvElement: Copy + Send + Sync + 'static {
     /// Widen `src` into `dst` (of the same length).
     fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// `src` as the type it is, for kernels that widen in registers.
+    fn stored(src: &[Self]) -> Stored<'_>;
+}
+
+/// Stored keys or values, by type.
+#[derive(Clone, Copy)]
+pub enum Stored<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
 }
 
 impl KvElement for f32 {
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
+
+    fn stored(src: &[f32]) -> Stored<'_> {
+        Stored::F32(src)
+    }
 }
 
 impl KvElement for f16 {
     fn widen(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
+    }
+
+    fn stored(src: &[f16]) -> Stored<'_> {
+        Stored::F16(src)
     }
 }
 
@@ -60,10 +80,22 @@ pub struct StridedRows<'a, E> {
 impl<E: KvElement> StridedRows<'_, E> {
     /// Rows `first..first + count` as f32 into `dst`: `count` rows of `padded`, zero past
     /// `width`.
-    fn widen(&self, first: usize, count: usize, width: usize, padded: usize, dst: &mut [f32]) {
+    #[inline(always)]
+    fn widen<F: Arith>(
+        &self,
+        first: usize,
+        count: usize,
+        width: usize,
+        padded: usize,
+        dst: &mut [f32],
+    ) {
+        let widen = |src: &[E], dst: &mut [f32]| match E::stored(src) {
+            Stored::F16(halves) => F::widen_halves(halves, dst),
+            Stored::F32(_) => E::widen(src, dst),
+        };
         if self.stride == width && padded == width {
             let start = self.base + first * width;
-            E::widen(
+            widen(
                 &self.data[start..start + count * width],
                 &mut dst[..count * width],
             );
@@ -71,7 +103,7 @@ impl<E: KvElement> StridedRows<'_, E> {
         }
         for (j, row) in dst.chunks_exact_mut(padded).take(count).enumerate() {
             let start = self.base + (first + j) * self.stride;
-            E::widen(&self.data[start..start + width], &mut row[..width]);
+            widen(&self.data[start..start + width], &mut row[..width]);
             row[width..].fill(0.0);
         }
     }
@@ -107,10 +139,10 @@ pub fn available() -> Vec<Simd> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
+        if has!("avx512f") && has!("fma") && has!("f16c") {
             levels.push(Simd::Avx512);
         }
-        if has!("avx2") && has!("fma") {
+        if has!("avx2") && has!("fma") && has!("f16c") {
             levels.push(Simd::Avx2);
         }
     }
@@ -205,8 +237,17 @@ fn run<E: KvElement, const D: usize, const R: usize>(
                 .map(move |q0| (g, q0, QUERY_TILE.min(p.t - q0)))
         })
         .collect();
-    let split = if tiles.len() >= 4 * rayon::current_num_threads() {
+    // Enough tasks for every thread: a decoding query's keys are split in parts of at least
+    // a few tiles.
+    let threads = rayon::current_num_threads();
+    let split = if tiles.len() >= 4 * threads {
         usize::MAX
+    } else if p.t == 1 {
+        let parts = (4 * threads).div_ceil(tiles.len());
+        (p.first_query_key + 1)
+            .div_ceil(parts)
+            .next_multiple_of(KEY_TILE)
+            .clamp(4 * KEY_TILE, KEY_SPLIT)
     } else {
         KEY_SPLIT
     };
@@ -223,9 +264,18 @@ fn run<E: KvElement, const D: usize, const R: usize>(
             })
         })
         .collect();
+    // Portably, f16 rows widen faster a tile at a time (`half`'s run conversion) than eight
+    // values at a time in the decoding kernel (measured 1.1 against 5.1 ms at 8,000 keys).
+    let portable_halves = simd == Simd::Portable && matches!(E::stored(&[]), Stored::F16(_));
+    let decoder = if p.t == 1 && p.width == D && !portable_halves {
+        decoder::<E, D>(simd)
+    } else {
+        None
+    };
     let partials: Vec<Partial> = tasks
         .par_iter()
         .map(|task| match simd {
+            _ if let Some(decode) = decoder => decode(p, task),
             // SAFETY: `available` lists an instruction set only when the CPU has it.
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => unsafe { pass_avx512::<E, D, R>(p, task) },
@@ -269,6 +319,59 @@ fn run<E: KvElement, const D: usize, const R: usize>(
     Ok(out)
 }
 
+/// The kernel of [`decode::pass`] for `D`-wide rows on `simd`, with rows taken as many at a
+/// time as registers hold (their queries, outputs and one key).
+fn decoder<E: KvElement, const D: usize>(simd: Simd) -> Option<fn(&Causal<E>, &Task) -> Partial> {
+    // SAFETY (every arm): `available` lists an instruction set only when the CPU has it, and
+    // the caller checked that rows are exactly `D` wide and the query is a decoding one.
+    Some(match (simd, D) {
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 16) => |p, t| unsafe { decode_avx512::<E, 1, 8>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 32) => |p, t| unsafe { decode_avx512::<E, 2, 4>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 64) => |p, t| unsafe { decode_avx512::<E, 4, 3>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 128) => |p, t| unsafe { decode_avx512::<E, 8, 1>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 256) => |p, t| unsafe { decode_avx512::<E, 16, 1>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, 16) => |p, t| unsafe { decode_avx2::<E, 2, 3>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, 32) => |p, t| unsafe { decode_avx2::<E, 4, 1>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, 64) => |p, t| unsafe { decode_avx2::<E, 8, 1>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, 128) => |p, t| unsafe { decode_avx2::<E, 16, 1>(p, t) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, 256) => |p, t| unsafe { decode_avx2::<E, 32, 1>(p, t) },
+        (Simd::Portable, 16) => |p, t| unsafe { decode::pass::<E, decode::Portable, 2, 3>(p, t) },
+        (Simd::Portable, 32) => |p, t| unsafe { decode::pass::<E, decode::Portable, 4, 1>(p, t) },
+        (Simd::Portable, 64) => |p, t| unsafe { decode::pass::<E, decode::Portable, 8, 1>(p, t) },
+        (Simd::Portable, 128) => |p, t| unsafe { decode::pass::<E, decode::Portable, 16, 1>(p, t) },
+        (Simd::Portable, 256) => |p, t| unsafe { decode::pass::<E, decode::Portable, 32, 1>(p, t) },
+        _ => return None,
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn decode_avx512<E: KvElement, const C: usize, const RB: usize>(
+    p: &Causal<E>,
+    task: &Task,
+) -> Partial {
+    decode::pass::<E, decode::Avx512, C, RB>(p, task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_avx2<E: KvElement, const C: usize, const RB: usize>(
+    p: &Causal<E>,
+    task: &Task,
+) -> Partial {
+    decode::pass::<E, decode::Avx2, C, RB>(p, task)
+}
+
 /// Each key's received probability, `exp(score − max) / sum` of every query that sees it,
 /// accumulated per key/value head over key ranges in parallel.
 fn received_pass<E: KvElement, const D: usize, const R: usize>(
@@ -309,29 +412,58 @@ fn received_pass<E: KvElement, const D: usize, const R: usize>(
     Ok(())
 }
 
-/// `a·b + c`: fused where the instruction set has FMA, two operations where it may not
-/// (a software fused multiply-add would be far slower).
-trait MulAdd {
+/// The operations whose best form depends on the instruction set: `a·b + c` (fused where
+/// the CPU has FMA; a software fused multiply-add would be far slower) and widening f16
+/// (F16C instructions where the CPU has them, not a call per eight values).
+trait Arith {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
+    fn widen_halves(src: &[f16], dst: &mut [f32]);
 }
 
-/// Fused multiply-add.
+/// FMA and F16C (the AVX2 and AVX-512 kernels; only called where the CPU has both).
 struct Fused;
 
-impl MulAdd for Fused {
+impl Arith for Fused {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
     }
+
+    #[inline(always)]
+    fn widen_halves(src: &[f16], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+            let whole = src.len() / 8 * 8;
+            for (s, d) in src[..whole]
+                .chunks_exact(8)
+                .zip(dst[..whole].chunks_exact_mut(8))
+            {
+                // SAFETY: callers run on CPUs with F16C (`available`); each chunk is 8 long.
+                unsafe {
+                    let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                    _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+                }
+            }
+            src[whole..].convert_to_f32_slice(&mut dst[whole..src.len()]);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        src.convert_to_f32_slice(&mut dst[..src.len()]);
+    }
 }
 
-/// Multiply, then add.
+/// Multiply then add, and the `half` crate's conversion (any CPU).
 struct Separate;
 
-impl MulAdd for Separate {
+impl Arith for Separate {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
+    }
+
+    #[inline(always)]
+    fn widen_halves(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(&mut dst[..src.len()]);
     }
 }
 
@@ -339,7 +471,7 @@ impl MulAdd for Separate {
 // passed into a `target_feature` frame is not inlined there, and its `mul_add` then calls
 // software FMA (measured 80x slower).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn pass_avx512<E: KvElement, const D: usize, const R: usize>(
     p: &Causal<E>,
     task: &Task,
@@ -348,7 +480,7 @@ unsafe fn pass_avx512<E: KvElement, const D: usize, const R: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pass_avx2<E: KvElement, const D: usize, const R: usize>(
     p: &Causal<E>,
     task: &Task,
@@ -357,7 +489,7 @@ unsafe fn pass_avx2<E: KvElement, const D: usize, const R: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn received_avx512<E: KvElement, const D: usize, const R: usize>(
     p: &Causal<E>,
     stats: &[(f32, f32)],
@@ -369,7 +501,7 @@ unsafe fn received_avx512<E: KvElement, const D: usize, const R: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn received_avx2<E: KvElement, const D: usize, const R: usize>(
     p: &Causal<E>,
     stats: &[(f32, f32)],
@@ -424,8 +556,8 @@ impl<const D: usize> KeyTile<D> {
 
     /// Keys `k0..k0 + kn` of head `g`, widened (and transposed where the tile is).
     #[inline(always)]
-    fn load<E: KvElement>(&mut self, p: &Causal<E>, g: usize, k0: usize, kn: usize) {
-        p.keys[g].widen(k0, kn, p.width, D, &mut self.rows);
+    fn load<E: KvElement, F: Arith>(&mut self, p: &Causal<E>, g: usize, k0: usize, kn: usize) {
+        p.keys[g].widen::<F>(k0, kn, p.width, D, &mut self.rows);
         if let Some(columns) = &mut self.columns {
             for (j, row) in self.rows.chunks_exact(D).take(kn).enumerate() {
                 for (x, &k) in row.iter().enumerate() {
@@ -437,7 +569,7 @@ impl<const D: usize> KeyTile<D> {
 
     /// `R` rows' scores (`q` is `[R][D]`) against the tile's first `kn` keys.
     #[inline(always)]
-    fn scores<const R: usize, F: MulAdd>(
+    fn scores<const R: usize, F: Arith>(
         &self,
         q: &[f32],
         kn: usize,
@@ -452,7 +584,7 @@ impl<const D: usize> KeyTile<D> {
 
 /// `R` rows' scores against key rows, one dot product per key in `LANES` partial sums.
 #[inline(always)]
-fn scores_by_rows<const D: usize, const R: usize, F: MulAdd>(
+fn scores_by_rows<const D: usize, const R: usize, F: Arith>(
     q: &[f32],
     keys: &[f32],
     kn: usize,
@@ -488,7 +620,7 @@ fn halving_sum(mut acc: [f32; LANES]) -> f32 {
 /// `R` rows' scores against a transposed key tile: `q · kᵀ` for the tile's keys, each key
 /// column loaded once for all `R` rows.
 #[inline(always)]
-fn scores<const D: usize, const R: usize, F: MulAdd>(
+fn scores<const D: usize, const R: usize, F: Arith>(
     q: &[f32],
     keys: &[f32],
     out: &mut [[f32; KEY_TILE]; R],
@@ -532,7 +664,7 @@ fn visible_rows<E, const R: usize>(
 /// The first pass: a tile's rows over its task's keys, `R` at a time, with the online
 /// softmax.
 #[inline(always)]
-fn pass<E: KvElement, const D: usize, const R: usize, F: MulAdd>(
+fn pass<E: KvElement, const D: usize, const R: usize, F: Arith>(
     p: &Causal<E>,
     task: &Task,
 ) -> Partial {
@@ -547,8 +679,8 @@ fn pass<E: KvElement, const D: usize, const R: usize, F: MulAdd>(
     let mut s = [[0f32; KEY_TILE]; R];
     for k0 in (task.k0..task.k1).step_by(KEY_TILE) {
         let kn = KEY_TILE.min(task.k1 - k0);
-        keys.load(p, task.g, k0, kn);
-        p.values[task.g].widen(k0, kn, p.width, D, &mut values);
+        keys.load::<E, F>(p, task.g, k0, kn);
+        p.values[task.g].widen::<F>(k0, kn, p.width, D, &mut values);
         for r0 in (0..padded).step_by(R) {
             let seen = visible_rows::<E, R>(p, rows, (task.q0, task.qn), r0, (k0, kn));
             let widest = seen.iter().copied().max().unwrap_or(0);
@@ -586,7 +718,7 @@ fn pass<E: KvElement, const D: usize, const R: usize, F: MulAdd>(
 /// `R` output rows rescaled by their corrections, plus their weights times the tile's
 /// first `keys` value rows, each value row loaded once for all `R` rows.
 #[inline(always)]
-fn accumulate<const D: usize, const R: usize, F: MulAdd>(
+fn accumulate<const D: usize, const R: usize, F: Arith>(
     out: &mut [f32],
     correction: &[f32; R],
     weights: &[[f32; KEY_TILE]; R],
@@ -616,7 +748,7 @@ fn accumulate<const D: usize, const R: usize, F: MulAdd>(
 /// The second pass: keys `k0..k1` of head `g`, the probability each received from every
 /// query that sees it.
 #[inline(always)]
-fn received_range<E: KvElement, const D: usize, const R: usize, F: MulAdd>(
+fn received_range<E: KvElement, const D: usize, const R: usize, F: Arith>(
     p: &Causal<E>,
     stats: &[(f32, f32)],
     g: usize,
@@ -639,7 +771,7 @@ fn received_range<E: KvElement, const D: usize, const R: usize, F: MulAdd>(
     let mut keys = KeyTile::<D>::new(query_rows);
     for t0 in (k0..k1).step_by(KEY_TILE) {
         let kn = KEY_TILE.min(k1 - t0);
-        keys.load(p, g, t0, kn);
+        keys.load::<E, F>(p, g, t0, kn);
         let into = &mut received[t0 - k0..t0 - k0 + kn];
         for (q0, qn, q) in &tiles {
             let rows = group * qn;
@@ -814,6 +946,11 @@ mod tests {
                 (16, 33, 33, 2, 2),
                 (40, 5, 200, 4, 1),
                 (64, 1, 2500, 9, 3),
+                (16, 1, 65, 8, 1),
+                (32, 1, 300, 10, 2),
+                (128, 1, 1000, 7, 1),
+                (256, 1, 129, 2, 2),
+                (40, 1, 99, 3, 1),
                 (64, 100, 1100, 3, 1),
                 (128, 3, 70, 2, 1),
                 (256, 17, 90, 4, 1),
@@ -854,10 +991,16 @@ mod tests {
     }
 
     /// f16 rows in a strided buffer (spare capacity between heads) give the attention of
-    /// their values widened to f32.
+    /// their values widened to f32, for prefill tiles and decoding queries.
     #[test]
     fn f16_rows_attend_as_their_f32_values() {
-        let (d, t, n, capacity) = (64, 40, 300, 333);
+        for t in [40, 1] {
+            f16_rows_attend_as_their_f32_values_at(t);
+        }
+    }
+
+    fn f16_rows_attend_as_their_f32_values_at(t: usize) {
+        let (d, n, capacity) = (64, 300, 333);
         let q = noise(4 * t * d, 4);
         let k32 = noise(2 * capacity * d, 5);
         let v32 = noise(2 * capacity * d, 6);
@@ -888,7 +1031,7 @@ mod tests {
             let (want, _) = naive(&q, &widen(&k16), &widen(&v16), 4, 2, t, n, d);
             assert!(
                 worst(&got, &want) < 2e-5,
-                "{simd:?}: off by {}",
+                "{simd:?} t={t}: off by {}",
                 worst(&got, &want)
             );
         }
@@ -909,7 +1052,8 @@ mod tests {
         let (d, n, q_heads, kv_heads) = (64, 8000, 9, 3);
         let q = noise(q_heads * t * d, 7);
         let k32 = noise(kv_heads * n * d, 8);
-        let problem = Causal {
+        let k16: Vec<f16> = k32.iter().map(|&x| f16::from_f32(x)).collect();
+        let f32_problem = Causal {
             queries: &q,
             q_heads,
             t,
@@ -919,19 +1063,42 @@ mod tests {
             first_query_key: n - t,
             scale: 0.125,
         };
+        let f16_problem = Causal {
+            queries: &q,
+            q_heads,
+            t,
+            width: d,
+            keys: heads(&k16, kv_heads, n, d),
+            values: heads(&k16, kv_heads, n, d),
+            first_query_key: n - t,
+            scale: 0.125,
+        };
         let pairs = (q_heads * (t * (n - t) + t * (t + 1) / 2)) as f64;
-        for simd in available() {
+        let time = |run: &dyn Fn()| {
             let start = std::time::Instant::now();
             let repeats = 4096 / t;
             for _ in 0..repeats {
-                attend_with(&problem, None, simd).unwrap();
+                run();
             }
-            let secs = start.elapsed().as_secs_f64() / repeats as f64;
-            println!(
-                "{t} queries, {simd:?}: {:.3} ms, {:.1} G multiply-adds/s",
-                secs * 1e3,
-                2.0 * d as f64 * pairs / secs / 1e9
-            );
+            start.elapsed().as_secs_f64() / repeats as f64
+        };
+        for simd in available() {
+            for (precision, secs) in [
+                (
+                    "f32",
+                    time(&|| drop(attend_with(&f32_problem, None, simd).unwrap())),
+                ),
+                (
+                    "f16",
+                    time(&|| drop(attend_with(&f16_problem, None, simd).unwrap())),
+                ),
+            ] {
+                println!(
+                    "{t} queries, {simd:?}, {precision}: {:.3} ms, {:.1} G multiply-adds/s",
+                    secs * 1e3,
+                    2.0 * d as f64 * pairs / secs / 1e9
+                );
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! GGUF block formats read in place by the decoding mat-vec (`quant`): each format's layout
-//! and dequantization, as ggml's `dequantize_row_*` (ggml-quants.c) define them, and one
-//! dot-product loop over any of them.
+//! and dequantization, as ggml's `dequantize_row_*` (ggml-quants.c) define them, one
+//! dot-product loop over any of them, and whole rows dequantized for prefill's GEMMs.
 //!
 //! The loop dequantizes a block into a stack buffer and multiplies it with the activations.
 //! It is written once, inlined into functions compiled for AVX-512 and for AVX2, and chosen
@@ -8,6 +8,7 @@
 //! Tests check every variant this CPU runs against candle's dequantization.
 
 use half::{bf16, f16};
+use longctx_kv::f16_bits_to_f32;
 
 /// A block layout: `ELEMS` values in `BYTES` bytes.
 pub trait BlockFormat {
@@ -66,6 +67,48 @@ impl BlockFormat for Q4_0 {
             out[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
             out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
         }
+    }
+}
+
+/// Q4_1: d (f16), m (f16), 16 bytes of nibbles; value = d·q + m.
+pub struct Q4_1;
+
+impl BlockFormat for Q4_1 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 20;
+    #[inline(always)]
+    fn dequantize(b: &[u8], out: &mut [f32]) {
+        let (d, m) = (half_at(b, 0), half_at(b, 2));
+        for j in 0..16 {
+            let q = b[4 + j];
+            out[j] = (q & 0x0f) as f32 * d + m;
+            out[j + 16] = (q >> 4) as f32 * d + m;
+        }
+    }
+}
+
+/// Q8_0: d (f16), 32 signed bytes; value = d·q.
+pub struct Q8_0;
+
+impl BlockFormat for Q8_0 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 34;
+    #[inline(always)]
+    fn dequantize(b: &[u8], out: &mut [f32]) {
+        let d = half_at(b, 0);
+        for (o, &q) in out.iter_mut().zip(&b[2..34]) {
+            *o = q as i8 as f32 * d;
+        }
+    }
+}
+
+/// A row of blocks of format `F`, dequantized into `out` (its values).
+pub fn dequantize_row<F: BlockFormat>(row: &[u8], out: &mut [f32]) {
+    for (block, values) in row
+        .chunks_exact(F::BYTES)
+        .zip(out.chunks_exact_mut(F::ELEMS))
+    {
+        F::dequantize(block, values);
     }
 }
 
@@ -285,23 +328,6 @@ impl BlockFormat for F16 {
     }
 }
 
-/// An f16 given by its bits, as f32, without branches (so that loops of it vectorize, which
-/// `half`'s conversion does not): the exponent and mantissa shifted into f32 position, then
-/// scaled by 2^112 to rebias (subnormals come out normalized); infinities and NaNs keep an
-/// all-ones exponent.
-#[inline(always)]
-fn f16_bits_to_f32(h: u16) -> f32 {
-    let h = h as u32;
-    let shifted = (h & 0x7fff) << 13;
-    let rebiased = f32::from_bits(shifted) * f32::from_bits(0x7780_0000);
-    let magnitude = if h & 0x7c00 == 0x7c00 {
-        shifted | 0x7f80_0000
-    } else {
-        rebiased.to_bits()
-    };
-    f32::from_bits(((h & 0x8000) << 16) | magnitude)
-}
-
 /// BF16 values, read in runs of 32.
 pub struct Bf16;
 
@@ -312,22 +338,6 @@ impl BlockFormat for Bf16 {
     fn dequantize(b: &[u8], out: &mut [f32]) {
         for (o, v) in out.iter_mut().zip(b.chunks_exact(2)) {
             *o = bf16::from_le_bytes([v[0], v[1]]).to_f32();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_conversion_equals_half_for_every_bit_pattern() {
-        for bits in 0..=u16::MAX {
-            let (got, want) = (f16_bits_to_f32(bits), f16::from_bits(bits).to_f32());
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{bits:#06x}: {got} vs {want}"
-            );
         }
     }
 }

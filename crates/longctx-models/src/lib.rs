@@ -10,6 +10,7 @@ pub mod gguf;
 mod linear;
 mod llama;
 mod load;
+mod q8;
 mod quant;
 mod sentencepiece;
 mod tokenizer;
@@ -26,6 +27,7 @@ pub use generate::{
 };
 pub use llama::{CacheBuilder, LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
+pub use q8::DecodeActivations;
 pub use tokenizer::TextTokenizer;
 
 /// Which positions' logits a forward pass returns.

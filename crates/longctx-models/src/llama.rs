@@ -17,6 +17,7 @@ use longctx_kv::{
 use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
 use crate::gguf::GgufFile;
 use crate::linear::Linear;
+use crate::q8::DecodeActivations;
 use crate::{AttentionWork, ComputeProfile, LanguageModel, Logits, ModelError, Result};
 
 /// Tokens processed per prefill chunk: peak activation memory is bounded by chunk × context.
@@ -31,11 +32,14 @@ pub struct LoadOptions {
     pub context: Option<usize>,
     /// Tokens per prefill chunk.
     pub prefill_chunk: usize,
-    /// Keep dense f32 copies of quantized weights for prefill GEMMs (faster prefill, more memory).
+    /// Hold dense f32 copies of quantized weights for prefill's GEMMs (four bytes per weight
+    /// for the run) instead of dequantizing them for each prefill chunk.
     pub dense_prefill_weights: bool,
     /// The precision of keys and values held uncompressed (the baseline's, token-dropping
     /// methods', the local layers' windows).
     pub kv_precision: KvPrecision,
+    /// Whether decoding's mat-vecs quantize activations to 8 bits (integer kernels).
+    pub decode_activations: DecodeActivations,
 }
 
 impl Default for LoadOptions {
@@ -44,8 +48,9 @@ impl Default for LoadOptions {
             rope_theta: None,
             context: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
-            dense_prefill_weights: true,
+            dense_prefill_weights: false,
             kv_precision: KvPrecision::default(),
+            decode_activations: DecodeActivations::default(),
         }
     }
 }
@@ -74,10 +79,12 @@ pub type CacheBuilder<'a> = dyn FnOnce(KvShape, Arc<RopeTable>, KvPrecision) -> 
 /// A Llama-family transformer with its sequence state (a KV cache).
 pub struct LlamaModel {
     config: LlamaConfig,
-    embeddings: Tensor,
+    /// The token table; also the output projection when the model ties them.
+    embeddings: Linear,
     blocks: Vec<Block>,
     final_norm: Tensor,
-    lm_head: Linear,
+    /// The output projection when it is not the token table.
+    lm_head: Option<Linear>,
     rope: Arc<RopeTable>,
     /// Gemma-3's local layers' RoPE (their own base).
     local_rope: Option<Arc<RopeTable>>,
@@ -175,6 +182,7 @@ impl Weights {
         hf: &str,
         bias: Option<(&str, &str)>,
         dense: bool,
+        activations: DecodeActivations,
         want: Shape,
     ) -> Result<Linear> {
         let bias = match bias {
@@ -185,7 +193,7 @@ impl Weights {
             Weights::Gguf(g) => {
                 let q = g.tensor(gguf, &Device::Cpu)?;
                 self.check_shape(gguf, hf, q.shape().dims(), want)?;
-                Linear::from_qtensor(q, dense, bias)
+                Linear::from_qtensor(q, dense, activations, bias)
             }
             Weights::Safetensors(..) => Ok(Linear::from_dense(self.vector(gguf, hf, want)?, bias)),
         }
@@ -251,9 +259,12 @@ impl LlamaModel {
         let (hidden, inner) = (Some(config.hidden), Some(config.intermediate));
         let q_width = Some(config.heads * config.head_dim);
         let kv_width = Some(config.kv_heads * config.head_dim);
-        let embeddings = w.vector(
+        let embeddings = w.linear(
             "token_embd.weight",
             "model.embed_tokens.weight",
+            None,
+            dense,
+            options.decode_activations,
             &[None, hidden],
         )?;
         let mut blocks = Vec::with_capacity(config.layers);
@@ -272,6 +283,7 @@ impl LlamaModel {
                     &h(hn),
                     bias.as_ref().map(|(a, c)| (a.as_str(), c.as_str())),
                     dense,
+                    options.decode_activations,
                     want,
                 )
             };
@@ -364,29 +376,17 @@ impl LlamaModel {
             hidden,
             config.architecture == Architecture::Gemma3,
         )?;
-        let tied = !w.has("output.weight", "lm_head.weight");
-        let lm_head = if !tied {
-            w.linear(
+        // Tied embeddings: the output projection is the token table, shared, not copied.
+        let lm_head = match w.has("output.weight", "lm_head.weight") {
+            true => Some(w.linear(
                 "output.weight",
                 "lm_head.weight",
                 None,
-                true,
+                dense,
+                options.decode_activations,
                 &[None, hidden],
-            )?
-        } else {
-            // Tied embeddings: the output projection is the embedding matrix, shared, not copied.
-            match &w {
-                Weights::Gguf(_) => w
-                    .linear(
-                        "token_embd.weight",
-                        "model.embed_tokens.weight",
-                        None,
-                        false,
-                        &[None, hidden],
-                    )?
-                    .with_dense(embeddings.clone()),
-                Weights::Safetensors(..) => Linear::from_dense(embeddings.clone(), None),
-            }
+            )?),
+            false => None,
         };
         let rope = Arc::new(RopeTable::new(&config.rope, &Device::Cpu)?);
         let local_rope = match &config.gemma {
@@ -400,8 +400,8 @@ impl LlamaModel {
             }
             None => None,
         };
-        let shared_embeddings = if tied { embeddings.elem_count() * 4 } else { 0 };
-        let weight_bytes = embeddings.elem_count() * 4 + lm_head.bytes() - shared_embeddings
+        let weight_bytes = embeddings.bytes()
+            + lm_head.as_ref().map_or(0, Linear::bytes)
             + blocks
                 .iter()
                 .map(|b| {
@@ -450,8 +450,7 @@ impl LlamaModel {
         let t = tokens.len();
         let c = &self.config;
         let (heads, kv_heads, d, eps) = (c.heads, c.kv_heads, c.head_dim, c.rms_eps as f32);
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let mut x = self.embeddings.rows(tokens)?;
         let gemma = c.gemma.as_ref();
         if gemma.is_some() {
             x = (x * (c.hidden as f64).sqrt())?;
@@ -510,27 +509,30 @@ impl LanguageModel for LlamaModel {
         }
         if let Some(&bad) = tokens
             .iter()
-            .find(|&&id| id as usize >= self.embeddings.dim(0).unwrap_or(0))
+            .find(|&&id| id as usize >= self.embeddings.outputs())
         {
             return Err(ModelError::Tokenizer(format!(
                 "token id {bad} is outside the model's vocabulary"
             )));
         }
-        let mut outputs = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let hidden = self.forward_chunk(chunk)?;
-            match logits {
-                Logits::All => outputs.push(self.lm_head.forward(&hidden)?),
-                Logits::Last if i == last => outputs.push(
-                    self.lm_head
-                        .forward(&hidden.narrow(0, chunk.len() - 1, 1)?)?,
-                ),
-                Logits::Last => {}
+        // On a pool thread, the parallel loops inside start without waking the caller.
+        rayon::scope(|_| {
+            let mut outputs = Vec::new();
+            let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let hidden = self.forward_chunk(chunk)?;
+                let output = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+                match logits {
+                    Logits::All => outputs.push(output.forward(&hidden)?),
+                    Logits::Last if i == last => {
+                        outputs.push(output.forward(&hidden.narrow(0, chunk.len() - 1, 1)?)?)
+                    }
+                    Logits::Last => {}
+                }
             }
-        }
-        Ok(Tensor::cat(&outputs, 0)?)
+            Ok(Tensor::cat(&outputs, 0)?)
+        })
     }
 
     fn end_prefill(&mut self) -> Result<()> {

@@ -1,18 +1,20 @@
 //! Mat-vec products straight from GGUF's quantized blocks, for decoding.
 //!
-//! Decoding one token reads every weight once, so it is bound by memory bandwidth: reading
-//! 4.5-bit blocks instead of f32 is what makes it fast. Each block is dequantized in
-//! registers (or a stack buffer) and multiplied with the f32 activations (which stay f32:
-//! no activation quantization error, unlike llama.cpp's Q8 activations). Q4_1 and Q8_0 have
-//! hand-written AVX-512 and AVX2 kernels; the other formats ([`crate::blocks`]) one loop
-//! compiled for each instruction set. The kernel is chosen at run time from what the CPU
-//! has. F32 and the activation formats (Q8_1, Q8_K) are served by the dense f32 path.
+//! Decoding one token reads every weight once: reading 4.5-bit blocks instead of f32 is
+//! what makes it fast. Q4_0, Q4_1 and Q8_0 meet 8-bit activations in integer dot products
+//! ([`crate::q8`], as llama.cpp) unless [`DecodeActivations::F32`] is chosen. Otherwise each
+//! block is dequantized in registers (or a stack buffer) and multiplied with the f32
+//! activations: Q4_1 and Q8_0 have hand-written AVX-512 and AVX2 kernels, the other formats
+//! ([`crate::blocks`]) one loop compiled for each instruction set. Kernels are chosen at
+//! run time from what the CPU has. F32 and the activation formats (Q8_1, Q8_K) are served
+//! by the dense f32 path.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
 use crate::blocks::{self, BlockFormat};
+use crate::q8::{DecodeActivations, IntFormat, Interleaved};
 
 /// Elements per block of Q4_1 and Q8_0, and per entry of the activation sums.
 const BLOCK: usize = 32;
@@ -72,8 +74,8 @@ impl QuantKind {
             (F::ELEMS, F::BYTES)
         }
         match self {
-            Self::Q4_1 => (BLOCK, 20),
-            Self::Q8_0 => (BLOCK, 34),
+            Self::Q4_1 => of::<blocks::Q4_1>(),
+            Self::Q8_0 => of::<blocks::Q8_0>(),
             Self::Q4_0 => of::<blocks::Q4_0>(),
             Self::Q5_0 => of::<blocks::Q5_0>(),
             Self::Q5_1 => of::<blocks::Q5_1>(),
@@ -94,13 +96,21 @@ impl QuantKind {
     }
 }
 
-/// A `[rows, cols]` matrix of quantized blocks, row-major.
+/// A `[rows, cols]` matrix of quantized blocks.
 pub struct QuantMatrix {
-    dot: DotFn,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    data: Vec<u8>,
+    dequantize_row: DequantizeFn,
+    layout: Layout,
+}
+
+/// How the blocks are held, which decides the kernel.
+enum Layout {
+    /// GGUF's rows, multiplied with f32 activations.
+    Rows { dot: DotFn, data: Vec<u8> },
+    /// Rows interleaved for integer dot products with 8-bit activations.
+    Interleaved(Interleaved),
 }
 
 /// Output rows computed per parallel task.
@@ -108,21 +118,78 @@ const ROWS_PER_TASK: usize = 16;
 
 impl QuantMatrix {
     /// Wrap raw GGUF block bytes; `None` when the shape does not fit whole blocks.
-    pub fn new(kind: QuantKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
+    /// `activations` chooses the integer kernels where the format has them.
+    pub fn new(
+        kind: QuantKind,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        activations: DecodeActivations,
+    ) -> Option<Self> {
         let row_bytes = kind.row_bytes(cols)?;
         // The activation sums are per 32 values.
-        (cols.is_multiple_of(BLOCK) && data.len() == rows * row_bytes).then(|| Self {
-            dot: available_kernels(kind)[0],
+        if !cols.is_multiple_of(BLOCK) || data.len() != rows * row_bytes {
+            return None;
+        }
+        let int_format = match kind {
+            QuantKind::Q4_0 => Some(IntFormat::Q4_0),
+            QuantKind::Q4_1 => Some(IntFormat::Q4_1),
+            QuantKind::Q8_0 => Some(IntFormat::Q8_0),
+            _ => None,
+        };
+        let layout = match int_format.filter(|_| activations == DecodeActivations::Int8) {
+            Some(format) => Layout::Interleaved(Interleaved::new(format, rows, cols, data)),
+            None => Layout::Rows {
+                dot: available_kernels(kind)[0],
+                data: data.to_vec(),
+            },
+        };
+        Some(Self {
             rows,
             cols,
             row_bytes,
-            data: data.to_vec(),
+            dequantize_row: dequantizer(kind),
+            layout,
         })
+    }
+
+    /// Rows `first..first + out.len() / cols` dequantized into `out`, split across the
+    /// thread pool: prefill's GEMMs read these instead of a dense copy held for the run.
+    pub fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        assert!(out.len().is_multiple_of(cols) && first + out.len() / cols <= self.rows);
+        out.par_chunks_mut(cols * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, values)| {
+                let mut scratch = Vec::new();
+                for (i, row) in values.chunks_exact_mut(cols).enumerate() {
+                    let r = first + task * ROWS_PER_TASK + i;
+                    let blocks = match &self.layout {
+                        Layout::Rows { data, .. } => {
+                            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
+                        }
+                        Layout::Interleaved(m) => {
+                            scratch.resize(self.row_bytes, 0);
+                            m.gguf_row(r, &mut scratch);
+                            &scratch
+                        }
+                    };
+                    (self.dequantize_row)(blocks, row);
+                }
+            });
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        match &self.layout {
+            Layout::Rows { data, .. } => data.len(),
+            Layout::Interleaved(m) => m.bytes(),
+        }
     }
 
     /// Output rows.
@@ -135,14 +202,17 @@ impl QuantMatrix {
         assert_eq!(x.len(), self.cols, "input length");
         assert_eq!(out.len(), self.rows, "output length");
         let row_bytes = self.row_bytes;
+        let (dot, data) = match &self.layout {
+            Layout::Interleaved(m) => return m.matvec(x, out),
+            Layout::Rows { dot, data } => (dot, data),
+        };
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-        let dot = self.dot;
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, chunk)| {
                 for (i, o) in chunk.iter_mut().enumerate() {
                     let r = task * ROWS_PER_TASK + i;
-                    *o = dot(&self.data[r * row_bytes..(r + 1) * row_bytes], x, &sums);
+                    *o = dot(&data[r * row_bytes..(r + 1) * row_bytes], x, &sums);
                 }
             });
     }
@@ -192,6 +262,28 @@ fn available_kernels(kind: QuantKind) -> Vec<DotFn> {
         QuantKind::Q6K => compiled_kernels!(blocks::Q6K),
         QuantKind::F16 => compiled_kernels!(blocks::F16),
         QuantKind::Bf16 => compiled_kernels!(blocks::Bf16),
+    }
+}
+
+/// Dequantizes a row of `kind`'s blocks.
+type DequantizeFn = fn(&[u8], &mut [f32]);
+
+/// The row dequantizer of `kind`.
+fn dequantizer(kind: QuantKind) -> DequantizeFn {
+    use blocks::dequantize_row as row;
+    match kind {
+        QuantKind::Q4_1 => row::<blocks::Q4_1>,
+        QuantKind::Q8_0 => row::<blocks::Q8_0>,
+        QuantKind::Q4_0 => row::<blocks::Q4_0>,
+        QuantKind::Q5_0 => row::<blocks::Q5_0>,
+        QuantKind::Q5_1 => row::<blocks::Q5_1>,
+        QuantKind::Q2K => row::<blocks::Q2K>,
+        QuantKind::Q3K => row::<blocks::Q3K>,
+        QuantKind::Q4K => row::<blocks::Q4K>,
+        QuantKind::Q5K => row::<blocks::Q5K>,
+        QuantKind::Q6K => row::<blocks::Q6K>,
+        QuantKind::F16 => row::<blocks::F16>,
+        QuantKind::Bf16 => row::<blocks::Bf16>,
     }
 }
 
@@ -402,13 +494,30 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let m = QuantMatrix::new(kind, rows, cols, &raw).unwrap();
+        let m = QuantMatrix::new(kind, rows, cols, &raw, DecodeActivations::F32).unwrap();
         let mut got = vec![0f32; rows];
         m.matvec(&x.to_vec1().unwrap(), &mut got);
         let close = |g: f32, w: f32| (g - w).abs() < 1e-3 * (1.0 + w.abs());
         assert!(
             got.iter().zip(&want).all(|(g, w)| close(*g, *w)),
             "{kind:?}: {got:?} vs {want:?}"
+        );
+        // Whole rows dequantized for prefill, from either layout: exactly candle's values.
+        let dense_rows: Vec<f32> = dense.flatten_all().unwrap().to_vec1().unwrap();
+        for activations in [DecodeActivations::F32, DecodeActivations::Int8] {
+            let m = QuantMatrix::new(kind, rows, cols, &raw, activations).unwrap();
+            let mut values = vec![0f32; (rows - 3) * cols];
+            m.dequantize_rows(3, &mut values);
+            assert_eq!(values, dense_rows[3 * cols..], "{kind:?} {activations:?}");
+        }
+        // With 8-bit activations (integer kernels where the format has them): within the
+        // activations' rounding, about 0.4% of each product's magnitude.
+        let m = QuantMatrix::new(kind, rows, cols, &raw, DecodeActivations::Int8).unwrap();
+        m.matvec(&x.to_vec1().unwrap(), &mut got);
+        let rough = |g: f32, w: f32| (g - w).abs() < 0.3 + 1e-2 * w.abs();
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| rough(*g, *w)),
+            "{kind:?} int8: {got:?} vs {want:?}"
         );
         // Every kernel this CPU offers, the portable one included, on every row.
         let xs: Vec<f32> = x.to_vec1().unwrap();
@@ -449,10 +558,19 @@ mod tests {
 
     #[test]
     fn wrong_sizes_are_refused() {
-        assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 32, &[0u8; 39]).is_none());
-        assert!(QuantMatrix::new(QuantKind::Q4_1, 2, 33, &[0u8; 40]).is_none());
+        assert!(
+            QuantMatrix::new(QuantKind::Q4_1, 2, 32, &[0u8; 39], DecodeActivations::Int8).is_none()
+        );
+        assert!(
+            QuantMatrix::new(QuantKind::Q4_1, 2, 33, &[0u8; 40], DecodeActivations::Int8).is_none()
+        );
         // K-quants need whole super-blocks of 256.
-        assert!(QuantMatrix::new(QuantKind::Q4K, 1, 128, &[0u8; 72]).is_none());
-        assert!(QuantMatrix::new(QuantKind::Q4K, 1, 256, &[0u8; 144]).is_some());
+        assert!(
+            QuantMatrix::new(QuantKind::Q4K, 1, 128, &[0u8; 72], DecodeActivations::Int8).is_none()
+        );
+        assert!(
+            QuantMatrix::new(QuantKind::Q4K, 1, 256, &[0u8; 144], DecodeActivations::Int8)
+                .is_some()
+        );
     }
 }

@@ -1,12 +1,22 @@
 //! The `full` cache: logits of incremental decoding equal a fresh full-prompt forward at
 //! every step, and an explicit context extension is honoured.
 //!
-//! Tolerance: a step runs the quantized mat-vec kernels (f32 activations, weights
+//! Tolerance: with f32 activations a step runs the quantized mat-vec kernels (weights
 //! dequantized in registers to exactly the values the dense path holds), a fresh forward
-//! runs dense f32 GEMMs; the two differ only in f32 summation order, so logits agree to
-//! ~1e-4 (measured worst: printed below); we allow 5e-3.
+//! runs dense f32 GEMMs; the two differ in f32 summation order and in where attention
+//! reads the current chunk's keys, so logits agree to 4.5e-3 (measured with f16 keys and
+//! values, printed below); we allow 5e-3. Decoding with 8-bit activations
+//! (the default, as llama.cpp) is compared with f32 activations on the same tokens.
 
-use longctx_models::{argmax, load_model, LoadOptions, Logits, ModelError};
+use longctx_models::{argmax, load_model, DecodeActivations, LoadOptions, Logits, ModelError};
+
+/// Exact decoding: f32 activations.
+fn exact() -> LoadOptions {
+    LoadOptions {
+        decode_activations: DecodeActivations::F32,
+        ..LoadOptions::default()
+    }
+}
 
 /// Largest absolute difference between two tensors of one shape.
 fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
@@ -23,7 +33,7 @@ fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 #[test]
 fn incremental_decoding_equals_full_forward() {
     let path = longctx::assets::default_model().expect("fetching the default model");
-    let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+    let mut loaded = load_model(&path, &exact()).unwrap();
     let mut tokens = loaded
         .prompt_tokens("Name three colours of the rainbow.", true)
         .unwrap();
@@ -35,7 +45,7 @@ fn incremental_decoding_equals_full_forward() {
         let next = argmax(&logits).unwrap();
         tokens.push(next);
         logits = model.step(next).unwrap();
-        let mut fresh = load_model(&path, &LoadOptions::default()).unwrap().model;
+        let mut fresh = load_model(&path, &exact()).unwrap().model;
         let full = fresh.append(&tokens, Logits::Last).unwrap();
         let diff = max_abs_diff(&logits, &full);
         worst = worst.max(diff);
@@ -43,6 +53,34 @@ fn incremental_decoding_equals_full_forward() {
     }
     eprintln!("worst step-vs-full logit difference {worst}");
     assert!(worst < 5e-3, "worst difference {worst}");
+}
+
+/// 8-bit activations move a step's logits by the activations' rounding only: on the same
+/// 24 tokens, the greedy choice is the f32 one at nearly every step and no logit moves by
+/// more than 2 (measured: 23 of 24 and 0.95, printed below; a wrong kernel moves them by
+/// tens).
+#[test]
+fn int8_decoding_stays_close_to_f32_decoding() {
+    let path = longctx::assets::default_model().expect("fetching the default model");
+    let mut exact = load_model(&path, &exact()).unwrap();
+    let mut int8 = load_model(&path, &LoadOptions::default()).unwrap().model;
+    let tokens = exact
+        .prompt_tokens("Write a short note about the sea.", true)
+        .unwrap();
+    let (mut a, mut b) = (
+        exact.model.prefill(&tokens).unwrap(),
+        int8.prefill(&tokens).unwrap(),
+    );
+    let (mut worst, mut agree, steps) = (0f32, 0, 24);
+    for _ in 0..steps {
+        let next = argmax(&a).unwrap();
+        agree += usize::from(argmax(&b).unwrap() == next);
+        (a, b) = (exact.model.step(next).unwrap(), int8.step(next).unwrap());
+        worst = worst.max(max_abs_diff(&a, &b));
+    }
+    eprintln!("int8 against f32 activations: worst logit difference {worst}, greedy agreement {agree}/{steps}");
+    assert!(agree >= steps - 2, "greedy agreement {agree}/{steps}");
+    assert!(worst < 2.0, "worst difference {worst}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
 
 use longctx::methods::Method;
-use longctx_models::{load_model, KvPrecision, LoadOptions, Reservation};
+use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -20,10 +20,12 @@ fn as_positions(v: &Value) -> Vec<usize> {
         .collect()
 }
 
-/// kvpress ran the model in f32, keys and values included: so do we here.
+/// kvpress ran the model in f32, keys and values included, and decoding's
+/// activations too: so do we here.
 fn f32_options() -> LoadOptions {
     LoadOptions {
         kv_precision: KvPrecision::F32,
+        decode_activations: DecodeActivations::F32,
         ..LoadOptions::default()
     }
 }

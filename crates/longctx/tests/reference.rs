@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use longctx_models::{load_model, KvPrecision, LanguageModel, LoadOptions, LoadedModel, Logits};
+use longctx_models::{
+    load_model, DecodeActivations, KvPrecision, LanguageModel, LoadOptions, LoadedModel, Logits,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -42,10 +44,12 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     .unwrap()
 }
 
-/// transformers runs these references in f32, keys and values included: so do we here.
+/// transformers runs these references in f32, keys and values included, and decoding's
+/// activations too: so do we here.
 fn f32_options() -> LoadOptions {
     LoadOptions {
         kv_precision: KvPrecision::F32,
+        decode_activations: DecodeActivations::F32,
         ..LoadOptions::default()
     }
 }

@@ -92,7 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model = loaded.model.as_mut();
     if !args.json {
         println!(
-            "weights held: {} MiB (quantized blocks, and dense f32 copies for prefill unless --no-dense-weights)\n",
+            "weights held: {} MiB (quantized blocks, and dense f32 copies for prefill with --dense-weights)\n",
             memory::mib(model.weight_bytes() as u64)
         );
         println!("method: {method}\n");

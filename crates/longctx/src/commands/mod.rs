@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use longctx_models::{
-    load_model, resolve_model_path, KvPrecision, LoadOptions, LoadedModel, DEFAULT_PREFILL_CHUNK,
+    load_model, resolve_model_path, DecodeActivations, KvPrecision, LoadOptions, LoadedModel,
+    DEFAULT_PREFILL_CHUNK,
 };
 
 use crate::assets;
@@ -93,13 +94,18 @@ pub struct ModelArgs {
     /// Tokens per prefill chunk (bounds activation memory).
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
-    /// Keep no dense f32 weight copies (less memory, slower prefill).
+    /// Hold dense f32 copies of the weights for prefill (four bytes per weight for the run)
+    /// instead of dequantizing them for each prefill chunk (a few % of prefill time).
     #[arg(long)]
-    no_dense_weights: bool,
+    dense_weights: bool,
     /// Precision of keys and values held uncompressed (the baseline, token-dropping
     /// methods, Gemma-3's local windows): f16 as the reference models hold them, or f32.
     #[arg(long, default_value = "f16", value_parser = parse_precision)]
     kv_precision: KvPrecision,
+    /// Decoding's mat-vecs: int8 quantizes activations per block of 32 for integer dot
+    /// products with Q4_0/Q4_1/Q8_0 weights (as llama.cpp; faster), f32 keeps them exact.
+    #[arg(long, default_value = "int8")]
+    decode_activations: DecodeActivations,
 }
 
 fn parse_precision(text: &str) -> std::result::Result<KvPrecision, String> {
@@ -183,8 +189,9 @@ impl ModelArgs {
             rope_theta: self.rope_theta,
             context: self.context,
             prefill_chunk: self.prefill_chunk,
-            dense_prefill_weights: !self.no_dense_weights,
+            dense_prefill_weights: self.dense_weights,
             kv_precision: self.kv_precision,
+            decode_activations: self.decode_activations,
         };
         load_model(&path, &options).with_context(|| format!("loading {}", path.display()))
     }

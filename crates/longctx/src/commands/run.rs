@@ -172,14 +172,14 @@ impl PlanArgs {
     }
 
     /// How to load model `m` of the spec: its path, and the spec's threads unless
-    /// `--threads` is given; `probe` skips the dense weight copies (to read the tokenizer
-    /// and context only).
+    /// `--threads` is given; `probe` holds no dense weight copies (to read the tokenizer and
+    /// context only).
     fn model_args(&self, spec: &ExperimentSpec, m: usize, probe: bool) -> ModelArgs {
         let mut model = self.model.clone();
         let path = &spec.models[m].path;
         model.model = (path != "default").then(|| path.clone());
         model.threads = model.threads.or(spec.threads);
-        model.no_dense_weights |= probe;
+        model.dense_weights &= !probe;
         model
     }
 
