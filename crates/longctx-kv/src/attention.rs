@@ -164,13 +164,11 @@ pub(crate) fn attend_read_rows(
     let d = query.len();
     let (keys, values) = (rows.keys().gather(read, d), rows.values().gather(read, d));
     let mut weights = [vec![0f32; read.len()]];
-    let out = decode_query::<f32>(
-        query,
-        d,
-        vec![RowsView::F32(&keys)],
-        vec![RowsView::F32(&values)],
-        &mut weights,
-    )?;
+    let (keys, values) = (vec![keys.view()], vec![values.view()]);
+    let out = match keys[0] {
+        RowsView::F16(_) => decode_query::<f16>(query, d, keys, values, &mut weights)?,
+        RowsView::F32(_) => decode_query::<f32>(query, d, keys, values, &mut weights)?,
+    };
     for (total, w) in received.iter_mut().zip(&weights[0]) {
         *total += w;
     }

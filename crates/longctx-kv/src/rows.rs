@@ -6,7 +6,7 @@ use crate::{KvPrecision, Result};
 
 /// Key or value elements in the cache's precision.
 #[derive(Debug, Clone)]
-enum Elements {
+pub(crate) enum Elements {
     F16(Vec<f16>),
     F32(Vec<f32>),
 }
@@ -73,7 +73,8 @@ impl Elements {
         }
     }
 
-    fn view(&self) -> RowsView<'_> {
+    /// The elements, read in their precision.
+    pub(crate) fn view(&self) -> RowsView<'_> {
         match self {
             Elements::F16(v) => RowsView::F16(v),
             Elements::F32(v) => RowsView::F32(v),
@@ -90,16 +91,19 @@ impl RowsView<'_> {
         })
     }
 
-    /// Rows `rows` (of `width` elements each), widened to f32, one after another.
-    pub fn gather(&self, rows: &[usize], width: usize) -> Vec<f32> {
-        let mut out = vec![0f32; rows.len() * width];
-        for (&j, dst) in rows.iter().zip(out.chunks_exact_mut(width)) {
-            match self {
-                RowsView::F16(v) => f16::widen(&v[j * width..(j + 1) * width], dst),
-                RowsView::F32(v) => dst.copy_from_slice(&v[j * width..(j + 1) * width]),
+    /// Rows `rows` (of `width` elements each), one after another, in their precision.
+    pub(crate) fn gather(&self, rows: &[usize], width: usize) -> Elements {
+        fn pick<E: Copy>(v: &[E], rows: &[usize], width: usize) -> Vec<E> {
+            let mut out = Vec::with_capacity(rows.len() * width);
+            for &j in rows {
+                out.extend_from_slice(&v[j * width..(j + 1) * width]);
             }
+            out
         }
-        out
+        match self {
+            RowsView::F16(v) => Elements::F16(pick(v, rows, width)),
+            RowsView::F32(v) => Elements::F32(pick(v, rows, width)),
+        }
     }
 }
 
@@ -287,6 +291,14 @@ pub(crate) fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// Gathered elements as f32.
+    fn widened(elements: Elements) -> Vec<f32> {
+        match elements {
+            Elements::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Elements::F32(v) => v,
+        }
+    }
+
     #[test]
     fn retain_compacts_in_order_and_capacity_really_shrinks() {
         let mut rows = TokenRows::new(2, KvPrecision::F32);
@@ -298,7 +310,7 @@ mod tests {
             true, false, false, true, false, false, false, false, true, true,
         ]);
         assert_eq!(rows.positions().collect::<Vec<_>>(), vec![0, 3, 8, 9]);
-        let kept = rows.keys().gather(&[0, 1, 2, 3], 2);
+        let kept = widened(rows.keys().gather(&[0, 1, 2, 3], 2));
         assert_eq!(kept, vec![0.0, 0.0, 3.0, 0.0, 8.0, 0.0, 9.0, 0.0]);
         assert_eq!(rows.scores(), &[0.0, 3.0, 8.0, 9.0]);
         rows.set_capacity(4);
@@ -313,7 +325,7 @@ mod tests {
         rows.push(&[1.0 / 3.0, 2.0], &[0.5, -1.0], 0, 0.0);
         assert_eq!(rows.bytes(), 2 * (8 + 8) + 4 * (4 + 4));
         let third = f16::from_f32(1.0 / 3.0).to_f32();
-        assert_eq!(rows.keys().gather(&[0], 2), vec![third, 2.0]);
+        assert_eq!(widened(rows.keys().gather(&[0], 2)), vec![third, 2.0]);
         assert_ne!(third, 1.0 / 3.0);
     }
 

@@ -220,6 +220,10 @@ struct Partial {
     out: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
+    /// A decoding task's scaled scores, `[rows][keys]`, when received attention is asked
+    /// for (empty otherwise): the received probabilities come from them once the parts
+    /// are merged, without a second pass over the keys.
+    scores: Vec<f32>,
 }
 
 fn run<E: KvElement, const D: usize, const R: usize>(
@@ -275,7 +279,7 @@ fn run<E: KvElement, const D: usize, const R: usize>(
     let partials: Vec<Partial> = tasks
         .par_iter()
         .map(|task| match simd {
-            _ if let Some(decode) = decoder => decode(p, task),
+            _ if let Some(decode) = decoder => decode(p, task, received.is_some()),
             // SAFETY: `available` lists an instruction set only when the CPU has it.
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => unsafe { pass_avx512::<E, D, R>(p, task) },
@@ -313,43 +317,60 @@ fn run<E: KvElement, const D: usize, const R: usize>(
             stats[h * p.t + i] = (max, sum);
         }
     }
-    if let Some(received) = received {
-        received_pass::<E, D, R>(p, &stats, received, simd)?;
+    match received {
+        Some(received) if decoder.is_some() => {
+            decoded_received(p, &tasks, &partials, &stats, received)?
+        }
+        Some(received) => received_pass::<E, D, R>(p, &stats, received, simd)?,
+        None => {}
     }
     Ok(out)
 }
 
+/// A decoding kernel: one task, keeping its scores or not.
+type DecodeFn<E> = fn(&Causal<E>, &Task, bool) -> Partial;
+
 /// The kernel of [`decode::pass`] for `D`-wide rows on `simd`, with rows taken as many at a
 /// time as registers hold (their queries, outputs and one key).
-fn decoder<E: KvElement, const D: usize>(simd: Simd) -> Option<fn(&Causal<E>, &Task) -> Partial> {
+fn decoder<E: KvElement, const D: usize>(simd: Simd) -> Option<DecodeFn<E>> {
     // SAFETY (every arm): `available` lists an instruction set only when the CPU has it, and
     // the caller checked that rows are exactly `D` wide and the query is a decoding one.
     Some(match (simd, D) {
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, 16) => |p, t| unsafe { decode_avx512::<E, 1, 8>(p, t) },
+        (Simd::Avx512, 16) => |p, t, k| unsafe { decode_avx512::<E, 1, 8>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, 32) => |p, t| unsafe { decode_avx512::<E, 2, 4>(p, t) },
+        (Simd::Avx512, 32) => |p, t, k| unsafe { decode_avx512::<E, 2, 4>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, 64) => |p, t| unsafe { decode_avx512::<E, 4, 3>(p, t) },
+        (Simd::Avx512, 64) => |p, t, k| unsafe { decode_avx512::<E, 4, 3>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, 128) => |p, t| unsafe { decode_avx512::<E, 8, 1>(p, t) },
+        (Simd::Avx512, 128) => |p, t, k| unsafe { decode_avx512::<E, 8, 1>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, 256) => |p, t| unsafe { decode_avx512::<E, 16, 1>(p, t) },
+        (Simd::Avx512, 256) => |p, t, k| unsafe { decode_avx512::<E, 16, 1>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx2, 16) => |p, t| unsafe { decode_avx2::<E, 2, 3>(p, t) },
+        (Simd::Avx2, 16) => |p, t, k| unsafe { decode_avx2::<E, 2, 3>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx2, 32) => |p, t| unsafe { decode_avx2::<E, 4, 1>(p, t) },
+        (Simd::Avx2, 32) => |p, t, k| unsafe { decode_avx2::<E, 4, 1>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx2, 64) => |p, t| unsafe { decode_avx2::<E, 8, 1>(p, t) },
+        (Simd::Avx2, 64) => |p, t, k| unsafe { decode_avx2::<E, 8, 1>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx2, 128) => |p, t| unsafe { decode_avx2::<E, 16, 1>(p, t) },
+        (Simd::Avx2, 128) => |p, t, k| unsafe { decode_avx2::<E, 16, 1>(p, t, k) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx2, 256) => |p, t| unsafe { decode_avx2::<E, 32, 1>(p, t) },
-        (Simd::Portable, 16) => |p, t| unsafe { decode::pass::<E, decode::Portable, 2, 3>(p, t) },
-        (Simd::Portable, 32) => |p, t| unsafe { decode::pass::<E, decode::Portable, 4, 1>(p, t) },
-        (Simd::Portable, 64) => |p, t| unsafe { decode::pass::<E, decode::Portable, 8, 1>(p, t) },
-        (Simd::Portable, 128) => |p, t| unsafe { decode::pass::<E, decode::Portable, 16, 1>(p, t) },
-        (Simd::Portable, 256) => |p, t| unsafe { decode::pass::<E, decode::Portable, 32, 1>(p, t) },
+        (Simd::Avx2, 256) => |p, t, k| unsafe { decode_avx2::<E, 32, 1>(p, t, k) },
+        (Simd::Portable, 16) => {
+            |p, t, k| unsafe { decode::pass::<E, decode::Portable, 2, 3>(p, t, k) }
+        }
+        (Simd::Portable, 32) => {
+            |p, t, k| unsafe { decode::pass::<E, decode::Portable, 4, 1>(p, t, k) }
+        }
+        (Simd::Portable, 64) => {
+            |p, t, k| unsafe { decode::pass::<E, decode::Portable, 8, 1>(p, t, k) }
+        }
+        (Simd::Portable, 128) => {
+            |p, t, k| unsafe { decode::pass::<E, decode::Portable, 16, 1>(p, t, k) }
+        }
+        (Simd::Portable, 256) => {
+            |p, t, k| unsafe { decode::pass::<E, decode::Portable, 32, 1>(p, t, k) }
+        }
         _ => return None,
     })
 }
@@ -359,8 +380,9 @@ fn decoder<E: KvElement, const D: usize>(simd: Simd) -> Option<fn(&Causal<E>, &T
 unsafe fn decode_avx512<E: KvElement, const C: usize, const RB: usize>(
     p: &Causal<E>,
     task: &Task,
+    keep_scores: bool,
 ) -> Partial {
-    decode::pass::<E, decode::Avx512, C, RB>(p, task)
+    decode::pass::<E, decode::Avx512, C, RB>(p, task, keep_scores)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -368,8 +390,39 @@ unsafe fn decode_avx512<E: KvElement, const C: usize, const RB: usize>(
 unsafe fn decode_avx2<E: KvElement, const C: usize, const RB: usize>(
     p: &Causal<E>,
     task: &Task,
+    keep_scores: bool,
 ) -> Partial {
-    decode::pass::<E, decode::Avx2, C, RB>(p, task)
+    decode::pass::<E, decode::Avx2, C, RB>(p, task, keep_scores)
+}
+
+/// Each key's received probability for a decoding query, `exp(score − max) / sum` summed
+/// over the group's query heads, from the scores its tasks kept.
+fn decoded_received<E>(
+    p: &Causal<E>,
+    tasks: &[Task],
+    partials: &[Partial],
+    stats: &[(f32, f32)],
+    received: &mut [Vec<f32>],
+) -> Result<()> {
+    let group = p.q_heads / p.keys.len();
+    let n = p.first_query_key + 1;
+    if received.len() != p.keys.len() || received.iter().any(|r| r.len() < n) {
+        return Err(KvError::Invalid(format!(
+            "received-attention totals for {} heads, each at least {n} keys",
+            p.keys.len()
+        )));
+    }
+    for (task, part) in tasks.iter().zip(partials) {
+        let keys = task.k1 - task.k0;
+        let totals = &mut received[task.g][task.k0..task.k1];
+        for (r, scores) in part.scores.chunks_exact(keys).enumerate() {
+            let (max, sum) = stats[task.g * group + r];
+            for (total, &s) in totals.iter_mut().zip(scores) {
+                *total += exp_nonpositive(s - max) / sum;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each key's received probability, `exp(score − max) / sum` of every query that sees it,
@@ -712,7 +765,12 @@ fn pass<E: KvElement, const D: usize, const R: usize, F: Arith>(
             );
         }
     }
-    Partial { out, max, sum }
+    Partial {
+        out,
+        max,
+        sum,
+        scores: Vec::new(),
+    }
 }
 
 /// `R` output rows rescaled by their corrections, plus their weights times the tile's

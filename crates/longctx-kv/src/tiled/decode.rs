@@ -40,7 +40,8 @@ unsafe fn load_row<L: Lanes, const C: usize>(rows: Stored<'_>, start: usize) -> 
 }
 
 /// One task (a key/value head's group over keys `k0..k1`): for each tile of keys, the
-/// group's rows `RB` at a time, their outputs held in registers across the tile's values.
+/// group's rows `RB` at a time, their outputs held in registers across the tile's values;
+/// with `keep_scores`, each row's scaled scores too.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `p.width == C · L::W`, `task.qn == 1`, and the task's
@@ -49,6 +50,7 @@ unsafe fn load_row<L: Lanes, const C: usize>(rows: Stored<'_>, start: usize) -> 
 pub(super) unsafe fn pass<E: KvElement, L: Lanes, const C: usize, const RB: usize>(
     p: &Causal<E>,
     task: &Task,
+    keep_scores: bool,
 ) -> Partial {
     let width = C * L::W;
     debug_assert_eq!(p.width, width);
@@ -66,6 +68,8 @@ pub(super) unsafe fn pass<E: KvElement, L: Lanes, const C: usize, const RB: usiz
     let mut out = vec![0f32; group * width];
     let mut max = vec![f32::NEG_INFINITY; group];
     let mut sum = vec![0f32; group];
+    let keys_in_task = task.k1 - task.k0;
+    let mut kept = vec![0f32; if keep_scores { group * keys_in_task } else { 0 }];
     let mut scores = [[0f32; TILE]; RB];
     for k0 in (task.k0..task.k1).step_by(TILE) {
         let kn = TILE.min(task.k1 - k0);
@@ -93,6 +97,9 @@ pub(super) unsafe fn pass<E: KvElement, L: Lanes, const C: usize, const RB: usiz
             });
             for (i, (s, a)) in scores.iter_mut().zip(acc.iter_mut()).enumerate().take(rows) {
                 let r = r0 + i;
+                if keep_scores {
+                    kept[r * keys_in_task + k0 - task.k0..][..kn].copy_from_slice(&s[..kn]);
+                }
                 let new_max = max[r].max(lanes_max(&s[..kn]));
                 let correction = exp_nonpositive(max[r] - new_max);
                 for e in s[..kn].iter_mut() {
@@ -120,7 +127,12 @@ pub(super) unsafe fn pass<E: KvElement, L: Lanes, const C: usize, const RB: usiz
             }
         }
     }
-    Partial { out, max, sum }
+    Partial {
+        out,
+        max,
+        sum,
+        scores: kept,
+    }
 }
 
 /// Eight lanes as a plain array: any CPU.

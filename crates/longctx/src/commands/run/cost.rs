@@ -3,23 +3,24 @@
 //!
 //! A sample's time is the model's arithmetic ([`ComputeProfile`]) at rates measured on this
 //! project's 2-core VM (2 threads) with the default model, SmolLM2-135M Q4_1, f16 keys and
-//! values: `longctx bench --contexts 512,4096,8000 --decode-tokens 32 --threads 2` prefilled
-//! 512 tokens in 0.95 s, 4,096 in 12.9 s and 8,000 in 36.6 s (`a·n + b·n²` through the
-//! first and last gives the middle within 0.1%), and decoded at 20.6 ms a token after 512
-//! tokens and 54.3 ms after 8,000. Other models scale by their shape; the rates of their
+//! values: `longctx bench --contexts 512,4096,8000 --decode-tokens 32 --threads 2` (at
+//! 85286fb) prefilled 512 tokens in 0.77 s, 4,096 in 11.3 s and 8,000 in 33.4 s (`a·n +
+//! b·n²` through the first and last gives the middle within 1%), and decoded at 8.67 ms a
+//! token after 512 tokens and 25.4 ms after 8,000. Other models scale by their shape; the rates of their
 //! weight formats and attention geometry differ somewhat, so the figure is a guide for
 //! planning, not a measurement.
 
 use longctx_models::ComputeProfile;
 
-/// Multiply-adds per second of the layers' weights in prefill (dense f32 GEMMs).
-const PREFILL_WEIGHT_RATE: f64 = 6.38e10;
+/// Multiply-adds per second of the layers' weights in prefill (f32 GEMMs on weights
+/// dequantized per chunk).
+const PREFILL_WEIGHT_RATE: f64 = 8.02e10;
 /// Multiply-adds per second of prefill attention (scores and value sums, tiled kernel).
-const PREFILL_ATTENTION_RATE: f64 = 4.76e10;
-/// Weights per second read by decoding's quantized mat-vecs.
-const DECODE_WEIGHT_RATE: f64 = 7.35e9;
+const PREFILL_ATTENTION_RATE: f64 = 4.85e10;
+/// Weights per second read by decoding's quantized mat-vecs (8-bit activations).
+const DECODE_WEIGHT_RATE: f64 = 1.79e10;
 /// Multiply-adds per second of a decoding query's attention.
-const DECODE_ATTENTION_RATE: f64 = 7.68e9;
+const DECODE_ATTENTION_RATE: f64 = 1.54e10;
 /// Tokens per word of English prose for plans without a haystack to measure the
 /// tokenizer on (SmolLM2's 49K vocabulary makes 1.38 of the haystack's).
 pub const TOKENS_PER_WORD: f64 = 1.4;
@@ -93,13 +94,13 @@ mod tests {
     }
 
     /// The fit reproduces the measurements it came from (within 5%): `bench` at 512 tokens
-    /// (0.95 s prefill + 32 tokens at 20.6 ms) and at 8,000 (36.6 s + 32 at 54.3 ms).
+    /// (0.77 s prefill + 32 tokens at 8.67 ms) and at 8,000 (33.4 s + 32 at 25.4 ms).
     #[test]
     fn reproduces_the_default_models_measurements() {
         let model = smollm2();
         for (tokens, measured) in [
-            (512.0, 0.948 + 32.0 * 0.0206),
-            (8000.0, 36.56 + 32.0 * 0.0543),
+            (512.0, 0.773 + 32.0 * 0.00867),
+            (8000.0, 33.39 + 32.0 * 0.0254),
         ] {
             let words = ((tokens - PROMPT_OVERHEAD_TOKENS) / 1.4) as usize;
             let estimate = model.seconds(words, 32);
