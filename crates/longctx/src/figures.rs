@@ -1,5 +1,5 @@
 //! The report's figures: heatmaps like the paper's needle figures, radar charts across task
-//! categories, and score-vs-ratio curves. Each is drawn once, as SVG; [`png`] rasterizes it
+//! categories, and curves (score against ratio, speed against context). Each is drawn once, as SVG; [`png`] rasterizes it
 //! (resvg, with an embedded font so labels render on machines without system fonts).
 
 use std::fmt::Write as _;
@@ -175,26 +175,81 @@ fn legend(svg: &mut String, index: usize, name: &str, colour: &str) {
     );
 }
 
-/// Lines of (x, y) points per series, e.g. score against compression ratio; `reference` is
-/// drawn as a dashed horizontal line (the baseline's score).
+/// One axis of [`curves`]: the range drawn and the labelled ticks.
+pub struct Axis {
+    pub min: f64,
+    pub max: f64,
+    pub ticks: Vec<f64>,
+    /// Written after each tick's number (`x` for ratios).
+    pub suffix: &'static str,
+}
+
+impl Axis {
+    /// Scores in percent: 0 to 100, a tick every 25.
+    pub fn percent() -> Self {
+        Self {
+            min: 0.0,
+            max: 100.0,
+            ticks: vec![0.0, 25.0, 50.0, 75.0, 100.0],
+            suffix: "",
+        }
+    }
+
+    /// Compression ratios from 1× to `max`× (at least 2×), a tick at each whole ratio.
+    pub fn ratios(max: f64) -> Self {
+        let max = max.ceil().max(2.0);
+        Self {
+            min: 1.0,
+            max,
+            ticks: (1..=max as usize).map(|t| t as f64).collect(),
+            suffix: "x",
+        }
+    }
+
+    /// From 0 to a round number at or above `max`, with four or five round ticks.
+    pub fn from_zero(max: f64) -> Self {
+        let max = max.max(1e-9);
+        let magnitude = 10f64.powf(max.log10().floor());
+        let step = [0.2, 0.25, 0.5, 1.0, 2.0]
+            .iter()
+            .map(|m| m * magnitude)
+            .find(|step| max / step <= 5.0)
+            .unwrap_or(2.0 * magnitude);
+        let top = (max / step).ceil() * step;
+        Self {
+            min: 0.0,
+            max: top,
+            ticks: (0..=(top / step).round() as usize)
+                .map(|i| i as f64 * step)
+                .collect(),
+            suffix: "",
+        }
+    }
+
+    fn fraction(&self, v: f64) -> f64 {
+        ((v - self.min) / (self.max - self.min)).clamp(0.0, 1.0)
+    }
+}
+
+/// A tick's number without float noise (0.3, not 0.30000000000000004).
+fn tick_label(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+/// Lines of (x, y) points per series, e.g. score against compression ratio or tokens/s
+/// against context; `reference` is drawn as a dashed horizontal line (the baseline's score).
 pub fn curves(
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    (x_label, x_axis): (&str, &Axis),
+    (y_label, y_axis): (&str, &Axis),
     series: &[(String, Vec<(f64, f64)>)],
     reference: Option<f64>,
 ) -> String {
     let (left, top, width, height) = (60.0, 50.0, 420.0, 300.0);
-    let x_max = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold(1.0f64, f64::max)
-        .ceil()
-        .max(2.0);
     let at = |x: f64, y: f64| {
         (
-            left + width * (x - 1.0) / (x_max - 1.0),
-            top + height * (1.0 - y.clamp(0.0, 100.0) / 100.0),
+            left + width * x_axis.fraction(x),
+            top + height * (1.0 - y_axis.fraction(y)),
         )
     };
     let mut svg = open(
@@ -207,21 +262,25 @@ pub fn curves(
         svg,
         "<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" fill=\"none\" stroke=\"#999999\"/>"
     );
-    for tick in [0.0, 25.0, 50.0, 75.0, 100.0] {
-        let (_, y) = at(1.0, tick);
+    for &tick in &y_axis.ticks {
+        let (_, y) = at(x_axis.min, tick);
         let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.0}</text>",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}{}</text>",
             left - 6.0,
-            y + 4.0
+            y + 4.0,
+            tick_label(tick),
+            y_axis.suffix
         );
     }
-    for tick in 1..=(x_max as usize) {
-        let (x, _) = at(tick as f64, 0.0);
+    for &tick in &x_axis.ticks {
+        let (x, _) = at(tick, y_axis.min);
         let _ = writeln!(
             svg,
-            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{tick}x</text>",
-            top + height + 16.0
+            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}{}</text>",
+            top + height + 16.0,
+            tick_label(tick),
+            x_axis.suffix
         );
     }
     let _ = writeln!(
@@ -232,8 +291,8 @@ pub fn curves(
         escape(x_label)
     );
     if let Some(r) = reference {
-        let (x0, y) = at(1.0, r);
-        let (x1, _) = at(x_max, r);
+        let (x0, y) = at(x_axis.min, r);
+        let (x1, _) = at(x_axis.max, r);
         let _ = writeln!(
             svg,
             "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"#333333\" stroke-dasharray=\"4 3\"/><text x=\"{x1}\" y=\"{:.1}\" text-anchor=\"end\">baseline</text>",
@@ -339,17 +398,35 @@ mod tests {
         assert_eq!(r.matches("<polygon").count(), 5);
         let c = curves(
             "c",
-            "ratio",
-            "score",
+            ("ratio", &Axis::ratios(4.0)),
+            ("score", &Axis::percent()),
             &[("h2o".into(), vec![(4.0, 30.0), (2.0, 60.0)])],
             Some(80.0),
         );
-        assert!(c.contains("<polyline") && c.contains("baseline"));
+        assert!(c.contains("<polyline") && c.contains("baseline") && c.contains(">4x<"));
         for svg in [h, r, c] {
             assert_eq!(svg.matches("<svg").count(), 1);
             assert!(svg.ends_with("</svg>\n"));
             let image = png(&svg).unwrap();
             assert_eq!(&image[1..4], b"PNG");
+        }
+    }
+
+    /// Axes from zero end at a round number at or above the data, with round ticks.
+    #[test]
+    fn axes_from_zero_have_round_ticks() {
+        for (max, top, ticks) in [
+            (37.2, 40.0, vec![0.0, 10.0, 20.0, 30.0, 40.0]),
+            (152.4, 200.0, vec![0.0, 50.0, 100.0, 150.0, 200.0]),
+            (8000.0, 8000.0, vec![0.0, 2000.0, 4000.0, 6000.0, 8000.0]),
+            (0.3, 0.3, vec![0.0, 0.1, 0.2, 0.3]),
+        ] {
+            let axis = Axis::from_zero(max);
+            assert!((axis.max - top).abs() < 1e-9, "{max}: top {}", axis.max);
+            assert_eq!(axis.ticks.len(), ticks.len(), "{max}: {:?}", axis.ticks);
+            for (got, want) in axis.ticks.iter().zip(&ticks) {
+                assert!((got - want).abs() < 1e-9, "{max}: {:?}", axis.ticks);
+            }
         }
     }
 

@@ -668,3 +668,46 @@ fn sizes_from_headers_specs_and_flags_are_bounded() {
     ]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// `bench --sweep` grows one prompt step by step: a JSON row per step at depths that grow
+/// by the step plus the decoded tokens, and a PNG figure with its SVG beside it.
+#[test]
+fn bench_sweep_reports_each_depth_and_draws_the_figure() {
+    let figure = temp_file("sweep/speed.png", b"");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .args([
+            "bench",
+            "--sweep",
+            "128",
+            "--contexts",
+            "400",
+            "--decode-tokens",
+            "4",
+            "--json",
+            "--figure",
+            figure.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let depths: Vec<u64> = rows.iter().map(|r| r["depth"].as_u64().unwrap()).collect();
+    assert_eq!(depths, vec![0, 132, 264]);
+    assert!(rows
+        .iter()
+        .all(|r| r["prefill_tokens_per_s"].as_f64().unwrap() > 0.0
+            && r["decode_tokens_per_s"].as_f64().unwrap() > 0.0));
+    assert_eq!(&std::fs::read(&figure).unwrap()[1..4], b"PNG");
+    let svg = std::fs::read_to_string(figure.with_extension("svg")).unwrap();
+    assert!(svg.contains("prefill") && svg.contains("decode"), "{svg}");
+    let (code, stderr) = longctx(&["bench", "--sweep", "0"]);
+    assert_ne!(code, 0);
+    assert_one_line_error(&stderr, "--sweep 0");
+}

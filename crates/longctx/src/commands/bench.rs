@@ -20,6 +20,15 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Grow one prompt this many tokens at a time up to the largest of `--contexts` (or
+    /// the model's context), decoding `--decode-tokens` after each step: prefill and decode
+    /// speed as the context grows, like llama.cpp's sweep bench.
+    #[arg(long)]
+    sweep: Option<usize>,
+    /// With `--sweep`: also draw the speeds against the context into this PNG (and an SVG
+    /// beside it).
+    #[arg(long, requires = "sweep")]
+    figure: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -81,6 +90,9 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let (mut loaded, method) = args.model.load(&args.method)?;
     let limit = loaded.model.context_limit();
+    if let Some(step) = args.sweep {
+        return sweep(&args, step, &mut loaded, &method.to_string());
+    }
     if let Some(&too_long) = args
         .contexts
         .iter()
@@ -150,5 +162,140 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// One step of a sweep: the speeds at a depth.
+#[derive(Serialize)]
+struct SweepRow {
+    method: String,
+    /// Tokens in the cache before the step.
+    depth: usize,
+    /// The step's prompt tokens per second, prefilled after `depth` tokens.
+    prefill_tokens_per_s: f64,
+    /// Tokens per second decoded after the step's prompt.
+    decode_tokens_per_s: f64,
+    kv_bytes: usize,
+    peak_rss_bytes: u64,
+}
+
+/// `bench --sweep STEP`: one prompt grown `step` tokens at a time, `--decode-tokens`
+/// decoded after each step (they stay in the context, so each depth includes the earlier
+/// steps' decoded tokens).
+fn sweep(
+    args: &BenchArgs,
+    step: usize,
+    loaded: &mut longctx_models::LoadedModel,
+    method: &str,
+) -> Result<()> {
+    let limit = loaded.model.context_limit();
+    let end = args
+        .contexts
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(limit)
+        .min(limit);
+    if step == 0 || step + args.decode_tokens > end {
+        anyhow::bail!("--sweep {step}: a step plus --decode-tokens ({}) must be between 1 and the sweep's end, {end} tokens (the largest of --contexts, within the model's context)", args.decode_tokens);
+    }
+    let vocab = loaded.model.vocab_size();
+    let model = loaded.model.as_mut();
+    let steps = end / (step + args.decode_tokens);
+    let tokens = prompt(steps * step, vocab);
+    model.reset();
+    memory::reset_peak();
+    model.reserve(Reservation::prompt(
+        steps * step,
+        steps * args.decode_tokens,
+    ))?;
+    if !args.json {
+        println!(
+            "method: {method}; {steps} steps of {step} prompt tokens, {} decoded after each\n",
+            args.decode_tokens
+        );
+        println!("| depth | prefill tok/s | decode tok/s | KV bytes | peak RSS MiB |");
+        println!("|--:|--:|--:|--:|--:|");
+    }
+    let mut rows = Vec::with_capacity(steps);
+    for chunk in tokens.chunks_exact(step) {
+        let depth = model.seen_tokens();
+        let start = Instant::now();
+        let mut logits = if depth == 0 {
+            model.prefill(chunk)?
+        } else {
+            model.append(chunk, longctx_models::Logits::Last)?
+        };
+        let prefill = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..args.decode_tokens {
+            logits = model.step(argmax(&logits)?)?;
+        }
+        let decode = start.elapsed().as_secs_f64();
+        let cache = model
+            .cache()
+            .context("the model keeps no KV cache to measure")?;
+        let row = SweepRow {
+            method: method.to_string(),
+            depth,
+            prefill_tokens_per_s: step as f64 / prefill,
+            decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
+            kv_bytes: cache.stored_bytes(),
+            peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "| {} | {:.1} | {:.1} | {} | {} |",
+                row.depth,
+                row.prefill_tokens_per_s,
+                row.decode_tokens_per_s,
+                row.kv_bytes,
+                memory::mib(row.peak_rss_bytes)
+            );
+        }
+        rows.push(row);
+    }
+    if let Some(path) = &args.figure {
+        write_sweep_figure(path, method, &rows)?;
+    }
+    Ok(())
+}
+
+/// The sweep's speeds against depth, as PNG at `path` and SVG beside it.
+fn write_sweep_figure(path: &std::path::Path, method: &str, rows: &[SweepRow]) -> Result<()> {
+    use crate::figures::{self, Axis};
+    let series = vec![
+        (
+            "prefill".to_string(),
+            rows.iter()
+                .map(|r| (r.depth as f64, r.prefill_tokens_per_s))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "decode".to_string(),
+            rows.iter()
+                .map(|r| (r.depth as f64, r.decode_tokens_per_s))
+                .collect(),
+        ),
+    ];
+    let fastest = rows
+        .iter()
+        .flat_map(|r| [r.prefill_tokens_per_s, r.decode_tokens_per_s])
+        .fold(0.0, f64::max);
+    let deepest = rows.last().map_or(1.0, |r| r.depth as f64);
+    let svg = figures::curves(
+        &format!("{method}: speed as the context grows"),
+        ("tokens already in the context", &Axis::from_zero(deepest)),
+        ("tokens/s", &Axis::from_zero(fastest)),
+        &series,
+        None,
+    );
+    let png = figures::png(&svg).map_err(|e| anyhow::anyhow!("drawing the figure: {e}"))?;
+    std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
+    let svg_path = path.with_extension("svg");
+    std::fs::write(&svg_path, svg).with_context(|| format!("writing {}", svg_path.display()))?;
+    eprintln!("figure: {} (and {})", path.display(), svg_path.display());
     Ok(())
 }

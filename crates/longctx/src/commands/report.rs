@@ -627,8 +627,19 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
             "curves",
             &figures::curves(
                 &format!("{model}: score against compression"),
-                "measured compression ratio",
-                &format!("mean score over {}", axes.join(", ")),
+                (
+                    "measured compression ratio",
+                    &figures::Axis::ratios(
+                        series
+                            .iter()
+                            .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+                            .fold(1.0, f64::max),
+                    ),
+                ),
+                (
+                    &format!("mean score over {}", axes.join(", ")),
+                    &figures::Axis::percent(),
+                ),
                 &series,
                 baseline,
             ),
