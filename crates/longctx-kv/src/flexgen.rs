@@ -19,6 +19,7 @@ use half::f16;
 
 use crate::attention::softmax_in_place;
 use crate::cache::{check_chunk, growth_step, Reservation};
+use crate::f16_bits_to_f32;
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Rows of `width` values quantized in groups, appended one token at a time.
@@ -133,15 +134,16 @@ impl PackedRows {
         }
     }
 
-    /// Row `r` dequantized into `out` (one row's worth of values).
-    #[inline]
+    /// Row `r` dequantized into `out` (one row's worth of values). Inlined, so that the
+    /// decoding kernels compiled for AVX2 or AVX-512 vectorize it with their instructions.
+    #[inline(always)]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         self.unpack(r, out);
         let groups = self.width / self.group;
         for (g, values) in out.chunks_exact_mut(self.group).enumerate() {
             let (min, scale) = (
-                self.mins[r * groups + g].to_f32(),
-                self.scales[r * groups + g].to_f32(),
+                f16_bits_to_f32(self.mins[r * groups + g].to_bits()),
+                f16_bits_to_f32(self.scales[r * groups + g].to_bits()),
             );
             values.iter_mut().for_each(|v| *v = min + scale * *v);
         }

@@ -21,6 +21,11 @@ pub fn shape() -> KvShape {
 }
 
 pub fn rope() -> Arc<RopeTable> {
+    rope_for(512)
+}
+
+/// [`rope`]'s table for positions up to `max_positions`.
+pub fn rope_for(max_positions: usize) -> Arc<RopeTable> {
     Arc::new(
         RopeTable::new(
             &RopeSettings {
@@ -28,7 +33,7 @@ pub fn rope() -> Arc<RopeTable> {
                 head_dim: 64,
                 style: RopeStyle::Half,
                 scaling: None,
-                max_positions: 512,
+                max_positions,
             },
             &Device::Cpu,
         )
