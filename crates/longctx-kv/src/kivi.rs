@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::cache::{check_chunk, Reservation};
 use crate::flexgen::{check_packing, packed_ratio};
-use crate::tiled::exp_nonpositive;
+use crate::tiled::{exp_nonpositive, merge_parts};
 use crate::{causal_attention, KvCache, KvError, KvShape, PackedRows, Result, RopeTable};
 
 /// Settings of [`KiviCache`].
@@ -220,7 +220,7 @@ impl KiviCache {
                     .map(move |t0| (g, t0, n.min(t0 + split)))
             })
             .collect();
-        let simd = crate::tiled::available()[0];
+        let simd = crate::tiled::best();
         let parts: Vec<DecodePart> = tasks
             .par_iter()
             .map(|&(g, t0, t1)| {
@@ -249,18 +249,10 @@ impl KiviCache {
                 .map(|(_, p)| p)
                 .collect();
             for (r, row) in head_out.chunks_exact_mut(d).enumerate() {
-                let max = mine
+                let parts = mine
                     .iter()
-                    .map(|p| p.max[r])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let weight = |p: &DecodePart| exp_nonpositive(p.max[r] - max);
-                let sum: f32 = mine.iter().map(|p| p.sum[r] * weight(p)).sum();
-                for p in &mine {
-                    let w = weight(p) / sum;
-                    for (o, x) in row.iter_mut().zip(&p.out[r * d..(r + 1) * d]) {
-                        *o += w * x;
-                    }
-                }
+                    .map(|p| (p.max[r], p.sum[r], &p.out[r * d..(r + 1) * d]));
+                merge_parts(parts, row);
             }
         }
         out

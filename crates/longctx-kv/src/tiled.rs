@@ -33,12 +33,9 @@ const KEY_SPLIT: usize = 1024;
 /// one up, padded with zeros (which add nothing to any score or output).
 const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
 
-/// How keys and values are stored: f32, or f16 widened a tile at a time.
+/// How keys and values are stored: f32, or f16 widened by the kernels.
 pub trait KvElement: Copy + Send + Sync + 'static {
-    /// Widen `src` into `dst` (of the same length).
-    fn widen(src: &[Self], dst: &mut [f32]);
-
-    /// `src` as the type it is, for kernels that widen in registers.
+    /// `src` as the type it is.
     fn stored(src: &[Self]) -> Stored<'_>;
 }
 
@@ -50,20 +47,12 @@ pub enum Stored<'a> {
 }
 
 impl KvElement for f32 {
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-
     fn stored(src: &[f32]) -> Stored<'_> {
         Stored::F32(src)
     }
 }
 
 impl KvElement for f16 {
-    fn widen(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-
     fn stored(src: &[f16]) -> Stored<'_> {
         Stored::F16(src)
     }
@@ -91,7 +80,7 @@ impl<E: KvElement> StridedRows<'_, E> {
     ) {
         let widen = |src: &[E], dst: &mut [f32]| match E::stored(src) {
             Stored::F16(halves) => F::widen_halves(halves, dst),
-            Stored::F32(_) => E::widen(src, dst),
+            Stored::F32(floats) => dst.copy_from_slice(floats),
         };
         if self.stride == width && padded == width {
             let start = self.base + first * width;
@@ -150,10 +139,35 @@ pub fn available() -> Vec<Simd> {
     levels
 }
 
+/// The best instruction set this CPU runs (detected once).
+pub fn best() -> Simd {
+    static BEST: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| available()[0])
+}
+
 /// The attention output `[q_heads][t][width]`. With `received` (`[kv_heads][keys]`), adds
 /// to each key the probability it received, summed over queries and the group's query heads.
 pub fn attend<E: KvElement>(p: &Causal<E>, received: Option<&mut [Vec<f32>]>) -> Result<Vec<f32>> {
-    attend_with(p, received, available()[0])
+    attend_with(p, received, best())
+}
+
+/// Softmax parts of one query row over disjoint key ranges, merged: each part's maximum
+/// score, sum of exponentials and unnormalized output row. Writes the normalized row into
+/// `row` (added to it, which starts at zero) and returns the row's maximum and sum.
+pub(crate) fn merge_parts<'a>(
+    parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone,
+    row: &mut [f32],
+) -> (f32, f32) {
+    let max = parts.clone().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
+    let weight = |part_max: f32| exp_nonpositive(part_max - max);
+    let sum: f32 = parts.clone().map(|(m, s, _)| s * weight(m)).sum();
+    for (m, _, out) in parts {
+        let scale = weight(m) / sum;
+        for (o, x) in row.iter_mut().zip(out) {
+            *o += x * scale;
+        }
+    }
+    (max, sum)
 }
 
 /// [`attend`] on a chosen instruction set (tests compare them).
@@ -301,20 +315,11 @@ fn run<E: KvElement, const D: usize, const R: usize>(
         at += parts;
         for r in 0..group * qn {
             let (h, i) = (g * group + r / qn, q0 + r % qn);
-            let max = pieces
-                .iter()
-                .map(|q| q.max[r])
-                .fold(f32::NEG_INFINITY, f32::max);
-            let weight = |piece: &Partial| exp_nonpositive(piece.max[r] - max);
-            let sum: f32 = pieces.iter().map(|q| q.sum[r] * weight(q)).sum();
             let row = &mut out[(h * p.t + i) * p.width..][..p.width];
-            for piece in pieces {
-                let scale = weight(piece) / sum;
-                for (o, x) in row.iter_mut().zip(&piece.out[r * D..r * D + p.width]) {
-                    *o += x * scale;
-                }
-            }
-            stats[h * p.t + i] = (max, sum);
+            let parts = pieces
+                .iter()
+                .map(|q| (q.max[r], q.sum[r], &q.out[r * D..r * D + p.width]));
+            stats[h * p.t + i] = merge_parts(parts, row);
         }
     }
     match received {

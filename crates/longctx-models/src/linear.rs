@@ -101,9 +101,9 @@ impl Linear {
         match (&self.dense, &self.quantized) {
             (Some(w), _) => Ok(w.index_select(&Tensor::new(ids, w.device())?, 0)?),
             (None, Some(q)) => {
-                let mut values = vec![0f32; ids.len() * q.cols()];
+                let (mut values, mut scratch) = (vec![0f32; ids.len() * q.cols()], Vec::new());
                 for (&id, row) in ids.iter().zip(values.chunks_exact_mut(q.cols())) {
-                    q.dequantize_rows(id as usize, row);
+                    q.dequantize_row(id as usize, row, &mut scratch);
                 }
                 Ok(Tensor::from_vec(
                     values,

@@ -101,7 +101,7 @@ pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    dequantize_row: DequantizeFn,
+    row_dequantizer: DequantizeFn,
     layout: Layout,
 }
 
@@ -148,7 +148,7 @@ impl QuantMatrix {
             rows,
             cols,
             row_bytes,
-            dequantize_row: dequantizer(kind),
+            row_dequantizer: dequantizer(kind),
             layout,
         })
     }
@@ -163,20 +163,23 @@ impl QuantMatrix {
             .for_each(|(task, values)| {
                 let mut scratch = Vec::new();
                 for (i, row) in values.chunks_exact_mut(cols).enumerate() {
-                    let r = first + task * ROWS_PER_TASK + i;
-                    let blocks = match &self.layout {
-                        Layout::Rows { data, .. } => {
-                            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
-                        }
-                        Layout::Interleaved(m) => {
-                            scratch.resize(self.row_bytes, 0);
-                            m.gguf_row(r, &mut scratch);
-                            &scratch
-                        }
-                    };
-                    (self.dequantize_row)(blocks, row);
+                    self.dequantize_row(first + task * ROWS_PER_TASK + i, row, &mut scratch);
                 }
             });
+    }
+
+    /// Row `r` dequantized into `out` (`cols` long), on this thread; `scratch` holds an
+    /// interleaved row's blocks in GGUF's layout on the way.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32], scratch: &mut Vec<u8>) {
+        let blocks = match &self.layout {
+            Layout::Rows { data, .. } => &data[r * self.row_bytes..(r + 1) * self.row_bytes],
+            Layout::Interleaved(m) => {
+                scratch.resize(self.row_bytes, 0);
+                m.gguf_row(r, scratch);
+                scratch
+            }
+        };
+        (self.row_dequantizer)(blocks, out);
     }
 
     /// Input columns.
