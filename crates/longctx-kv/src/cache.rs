@@ -75,6 +75,53 @@ impl std::str::FromStr for KvPrecision {
     }
 }
 
+/// How decoding treats the activations that meet quantized weights and quantized caches
+/// (a load option, recorded with results): the model's mat-vecs and KIVI's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeActivations {
+    /// Quantized to 8 bits per block (of 32 for mat-vecs), integer dot products (as
+    /// llama.cpp).
+    #[default]
+    Int8,
+    /// Kept in f32 and multiplied with dequantized weights or codes (no activation
+    /// rounding).
+    F32,
+}
+
+impl DecodeActivations {
+    /// The option's name, as written on the command line and in stored settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for DecodeActivations {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "int8" => Ok(Self::Int8),
+            "f32" => Ok(Self::F32),
+            other => Err(format!(
+                "decode activations \"{other}\": use int8 (8-bit activations, integer dot products, as llama.cpp) or f32 (exact f32 activations)"
+            )),
+        }
+    }
+}
+
+/// The numeric choices a model hands to every cache it builds (load options, recorded with
+/// results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheNumerics {
+    /// Precision of keys and values held uncompressed.
+    pub precision: KvPrecision,
+    /// Whether decoding over packed codes quantizes its other operand (KIVI).
+    pub activations: DecodeActivations,
+}
+
 /// One sequence's key/value state across all layers, and the attention over it.
 ///
 /// The model calls [`KvCache::attend`] for layer 0, 1, … of a chunk, all with the same

@@ -61,30 +61,19 @@ impl PackedRows {
     }
 
     /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
-    /// Codes round half to even, as `torch.round` in the reference implementations.
     pub fn push(&mut self, row: &[f32]) {
         if self.codes.len() + self.codes_per_row() > self.codes.capacity() {
             self.reserve(growth_step(self.rows));
         }
-        let levels = ((1u32 << self.bits) - 1) as f32;
         let per_byte = 8 / self.bits as usize;
         let mut packed = vec![0u8; self.codes_per_row()];
         for (g, values) in row.chunks_exact(self.group).enumerate() {
-            let min = values.iter().cloned().fold(f32::INFINITY, f32::min);
-            let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let (min16, scale16) = (f16::from_f32(min), f16::from_f32((max - min) / levels));
-            let (min, scale) = (min16.to_f32(), scale16.to_f32());
-            self.mins.push(min16);
-            self.scales.push(scale16);
-            for (i, v) in values.iter().enumerate() {
-                let code = if scale > 0.0 {
-                    ((v - min) / scale).round_ties_even().clamp(0.0, levels) as u8
-                } else {
-                    0
-                };
+            let (min, scale) = quantize_group(values, self.bits, |i, code| {
                 let at = g * self.group + i;
                 packed[at / per_byte] |= code << ((at % per_byte) * self.bits as usize);
-            }
+            });
+            self.mins.push(min);
+            self.scales.push(scale);
         }
         self.codes.extend_from_slice(&packed);
         self.rows += 1;
@@ -161,6 +150,32 @@ impl PackedRows {
         self.scales.clear();
         self.rows = 0;
     }
+}
+
+/// One group's asymmetric min–max quantization, shared by every packed layout: returns the
+/// f16 minimum and scale and hands each value's code (by index) to `code`. Codes are
+/// computed from the f16-rounded minimum and scale, so that they decode as stored, and
+/// round half to even, as `torch.round` in the reference implementations; a constant group
+/// gets scale 0 and decodes to its value.
+pub(crate) fn quantize_group(
+    values: &[f32],
+    bits: u32,
+    mut code: impl FnMut(usize, u8),
+) -> (f16, f16) {
+    let levels = ((1u32 << bits) - 1) as f32;
+    let min = values.iter().cloned().fold(f32::INFINITY, f32::min);
+    let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let (min16, scale16) = (f16::from_f32(min), f16::from_f32((max - min) / levels));
+    let (min, scale) = (min16.to_f32(), scale16.to_f32());
+    for (i, v) in values.iter().enumerate() {
+        let c = if scale > 0.0 {
+            ((v - min) / scale).round_ties_even().clamp(0.0, levels) as u8
+        } else {
+            0
+        };
+        code(i, c);
+    }
+    (min16, scale16)
 }
 
 /// The packing rules every [`PackedRows`] user shares: bits in {2, 4, 8}, and groups that

@@ -11,28 +11,34 @@
 //!   it reaches `residual` tokens; a value joins its run and the oldest full-precision value
 //!   is quantized once the run exceeds `residual`.
 //!
-//! Storage is packed codes plus an f16 minimum and scale per group; attention reads the
-//! codes in place. The residual window is held in 16 bits, as in the reference (fp16)
-//! models; the prompt itself is held in f32 until it is complete.
+//! Storage is packed codes plus an f16 minimum and scale per group, laid out for byte dot
+//! products ([`tiles`]); decoding reads the codes in place ([`decode`]). The residual
+//! window is held in 16 bits, as in the reference (fp16) models; the prompt itself is held
+//! in f32 until it is complete.
+
+mod decode;
+mod tiles;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::cache::{check_chunk, Reservation};
 use crate::flexgen::{check_packing, packed_ratio};
-use crate::tiled::{exp_nonpositive, merge_parts};
-use crate::{causal_attention, KvCache, KvError, KvShape, PackedRows, Result, RopeTable};
+use crate::tiled::merge_parts;
+use crate::{causal_attention, DecodeActivations, KvCache, KvError, KvShape, Result, RopeTable};
+use decode::{decode_part, DecodePart, HeadParts};
+use tiles::{KeyTiles, ValueTiles, LANES};
 
 /// Settings of [`KiviCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KiviSettings {
     /// Bits per code: 2, 4 or 8.
     pub bits: u32,
-    /// Tokens per key group and channels per value group; must divide the head dimension.
+    /// Tokens per key group and channels per value group; must divide the head dimension
+    /// and be a multiple of 16 (the decoding kernel's tile).
     pub group: usize,
     /// Recent tokens kept in full precision; a multiple of `group`.
     pub residual: usize,
@@ -42,6 +48,12 @@ impl KiviSettings {
     /// Check the settings against a cache geometry.
     pub fn validate(&self, shape: &KvShape) -> Result<()> {
         check_packing(self.bits, self.group, shape.head_dim)?;
+        if !self.group.is_multiple_of(LANES) {
+            return Err(KvError::Setting(format!(
+                "group={} must be a multiple of {LANES} (the decoding kernel's tile of tokens and channels)",
+                self.group
+            )));
+        }
         if self.residual == 0 || !self.residual.is_multiple_of(self.group) {
             return Err(KvError::Setting(format!(
                 "residual={} must be a positive multiple of group={}",
@@ -59,12 +71,12 @@ impl KiviSettings {
 
 /// One key/value head's state.
 struct HeadState {
-    /// Key channel-rows: block `b` (of `group` tokens), channel `c` is row `b·d + c`.
-    key_blocks: PackedRows,
+    /// Quantized keys, whole blocks of `group` tokens.
+    key_blocks: KeyTiles,
     /// 16-bit keys after the quantized ones, row-major.
     key_residual: Vec<f16>,
-    /// Quantized value rows, one per token.
-    value_rows: PackedRows,
+    /// Quantized values, one row per token.
+    value_rows: ValueTiles,
     /// 16-bit values after the quantized ones, row-major.
     value_residual: Vec<f16>,
     /// The prompt's keys and values in f32 until it is complete (then emptied and freed).
@@ -83,15 +95,8 @@ fn to_f16(x: &[f32]) -> impl Iterator<Item = f16> + '_ {
 impl HeadState {
     /// Quantize key rows (a whole number of `group`-token blocks) per channel.
     fn quantize_keys(&mut self, keys: &[f32], d: usize, group: usize) {
-        let mut channel = vec![0f32; group];
-        for block in keys.chunks_exact(group * d) {
-            for c in 0..d {
-                for (j, x) in channel.iter_mut().enumerate() {
-                    *x = block[j * d + c];
-                }
-                self.key_blocks.push(&channel);
-            }
-        }
+        keys.chunks_exact(group * d)
+            .for_each(|block| self.key_blocks.push_block(block));
     }
 
     /// Quantize value rows per token.
@@ -126,20 +131,14 @@ impl HeadState {
 /// Tokens of one key/value head one decoding task reads (rounded up to the key group).
 const DECODE_SPLIT: usize = 1024;
 
-/// One decoding task's result: unnormalized output rows (`[rows][d]`) and each row's
-/// maximum scaled score and sum of exponentials.
-struct DecodePart {
-    out: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
-}
-
 /// The KIVI policy.
 pub struct KiviCache {
     shape: KvShape,
     rope: Arc<RopeTable>,
     device: Device,
     settings: KiviSettings,
+    /// Whether decoding quantizes the query and probabilities to bytes.
+    activations: DecodeActivations,
     layers: Vec<Vec<HeadState>>,
     processed: Vec<usize>,
     expected_tokens: usize,
@@ -147,19 +146,21 @@ pub struct KiviCache {
 }
 
 impl KiviCache {
-    /// A cache for `shape`; the settings are validated here.
+    /// A cache for `shape`; the settings are validated here. `activations` chooses
+    /// decoding's arithmetic: byte dot products, or f32 (see [`decode`]).
     pub fn new(
         shape: KvShape,
         rope: Arc<RopeTable>,
         device: &Device,
         settings: KiviSettings,
+        activations: DecodeActivations,
     ) -> Result<Self> {
         settings.validate(&shape)?;
         let d = shape.head_dim;
         let head = || HeadState {
-            key_blocks: PackedRows::new(settings.bits, settings.group, settings.group),
+            key_blocks: KeyTiles::new(settings.bits, settings.group, d),
             key_residual: Vec::new(),
-            value_rows: PackedRows::new(settings.bits, settings.group, d),
+            value_rows: ValueTiles::new(settings.bits, settings.group, d),
             value_residual: Vec::new(),
             prompt_keys: Vec::new(),
             prompt_values: Vec::new(),
@@ -169,6 +170,7 @@ impl KiviCache {
             rope,
             device: device.clone(),
             settings,
+            activations,
             layers: (0..shape.layers)
                 .map(|_| (0..shape.kv_heads).map(|_| head()).collect())
                 .collect(),
@@ -178,21 +180,9 @@ impl KiviCache {
         })
     }
 
-    fn quantized_keys(&self, h: &HeadState) -> usize {
-        h.key_blocks.rows() / self.shape.head_dim * self.settings.group
-    }
-
     /// Every token's key and value as stored, dequantized, row-major.
     fn dequantized(&self, h: &HeadState) -> (Vec<f32>, Vec<f32>) {
-        let (d, group) = (self.shape.head_dim, self.settings.group);
-        let channel_rows = h.key_blocks.dequantize();
-        let mut keys = vec![0f32; self.quantized_keys(h) * d];
-        for (r, row) in channel_rows.chunks_exact(group).enumerate() {
-            let (block, c) = (r / d, r % d);
-            for (j, x) in row.iter().enumerate() {
-                keys[(block * group + j) * d + c] = *x;
-            }
-        }
+        let mut keys = h.key_blocks.dequantize();
         keys.extend(to_f32(&h.key_residual));
         let mut values = h.value_rows.dequantize();
         values.extend(to_f32(&h.value_residual));
@@ -200,43 +190,40 @@ impl KiviCache {
     }
 
     /// One decoding query per head over the packed and 16-bit parts, read in place: each
-    /// key/value head's tokens are split in ranges of [`DECODE_SPLIT`] across threads, a
-    /// range's codes dequantized once, row by row, for the head's whole group of query
-    /// heads, and the ranges' softmax parts merged.
+    /// key/value head's tokens are split in ranges of [`DECODE_SPLIT`] across threads, each
+    /// range's codes read once for the head's whole group of query heads, and the ranges'
+    /// softmax parts merged.
     fn decode_step(&self, layer: usize, query: &[f32]) -> Vec<f32> {
         let (d, per_kv) = (
             self.shape.head_dim,
             self.shape.q_heads / self.shape.kv_heads,
         );
-        let heads = &self.layers[layer];
+        let heads: Vec<HeadParts> = self.layers[layer]
+            .iter()
+            .map(|h| HeadParts {
+                keys: &h.key_blocks,
+                key_residual: &h.key_residual,
+                values: &h.value_rows,
+                value_residual: &h.value_residual,
+            })
+            .collect();
         let split = DECODE_SPLIT.next_multiple_of(self.settings.group);
         let tasks: Vec<(usize, usize, usize)> = heads
             .iter()
             .enumerate()
             .flat_map(|(g, h)| {
-                let n = self.quantized_keys(h) + h.key_residual.len() / d;
+                let n = h.tokens(d);
                 (0..n)
                     .step_by(split)
                     .map(move |t0| (g, t0, n.min(t0 + split)))
             })
             .collect();
-        let simd = crate::tiled::best();
         let parts: Vec<DecodePart> = tasks
             .par_iter()
             .map(|&(g, t0, t1)| {
                 let queries = &query[g * per_kv * d..(g + 1) * per_kv * d];
-                match simd {
-                    // SAFETY: `available` lists an instruction set only when the CPU has it.
-                    #[cfg(target_arch = "x86_64")]
-                    crate::tiled::Simd::Avx512 => unsafe {
-                        self.decode_part_avx512(&heads[g], queries, t0, t1)
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    crate::tiled::Simd::Avx2 => unsafe {
-                        self.decode_part_avx2(&heads[g], queries, t0, t1)
-                    },
-                    _ => self.decode_part(&heads[g], queries, t0, t1),
-                }
+                let (bits, activations) = (self.settings.bits, self.activations);
+                decode_part(&heads[g], queries, d, (t0, t1), bits, activations)
             })
             .collect();
         // Each head's parts, rescaled to their common maximum.
@@ -258,90 +245,6 @@ impl KiviCache {
         out
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode_part_avx512(
-        &self,
-        h: &HeadState,
-        queries: &[f32],
-        t0: usize,
-        t1: usize,
-    ) -> DecodePart {
-        self.decode_part(h, queries, t0, t1)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode_part_avx2(
-        &self,
-        h: &HeadState,
-        queries: &[f32],
-        t0: usize,
-        t1: usize,
-    ) -> DecodePart {
-        self.decode_part(h, queries, t0, t1)
-    }
-
-    /// Tokens `t0..t1` of head `h` (`t0` a multiple of the key group) for the head's group
-    /// of `queries` (`[per_kv · d]`): unnormalized outputs and each row's maximum and sum.
-    #[inline(always)]
-    fn decode_part(&self, h: &HeadState, queries: &[f32], t0: usize, t1: usize) -> DecodePart {
-        let (d, group) = (self.shape.head_dim, self.settings.group);
-        let scale = 1.0 / (d as f32).sqrt();
-        let queries: Vec<&[f32]> = queries.chunks_exact(d).collect();
-        let quant = self.quantized_keys(h);
-        let mut scores = vec![vec![0f32; t1 - t0]; queries.len()];
-        let mut row = vec![0f32; d.max(group)];
-        for b in t0 / group..t1.min(quant) / group {
-            let at = b * group - t0;
-            for c in 0..d {
-                let channel = &mut row[..group];
-                h.key_blocks.dequantize_row(b * d + c, channel);
-                for (s, q) in scores.iter_mut().zip(&queries) {
-                    let qc = q[c];
-                    s[at..at + group]
-                        .iter_mut()
-                        .zip(channel.iter())
-                        .for_each(|(x, k)| *x += qc * k);
-                }
-            }
-        }
-        for j in t0.max(quant)..t1 {
-            let key = &h.key_residual[(j - quant) * d..(j - quant + 1) * d];
-            key.convert_to_f32_slice(&mut row[..d]);
-            for (s, q) in scores.iter_mut().zip(&queries) {
-                s[j - t0] = q.iter().zip(&row[..d]).map(|(a, b)| a * b).sum();
-            }
-        }
-        let (mut max, mut sum) = (Vec::new(), Vec::new());
-        for s in scores.iter_mut() {
-            let m = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x * scale));
-            for x in s.iter_mut() {
-                *x = exp_nonpositive(*x * scale - m);
-            }
-            max.push(m);
-            sum.push(s.iter().sum::<f32>());
-        }
-        let mut out = vec![0f32; queries.len() * d];
-        let mut accumulate = |j: usize, value: &[f32]| {
-            for (o, s) in out.chunks_exact_mut(d).zip(&scores) {
-                let w = s[j - t0];
-                o.iter_mut().zip(value).for_each(|(o, x)| *o += w * x);
-            }
-        };
-        let quant_values = h.value_rows.rows();
-        for j in t0..t1.min(quant_values) {
-            h.value_rows.dequantize_row(j, &mut row[..d]);
-            accumulate(j, &row[..d]);
-        }
-        for j in t0.max(quant_values)..t1 {
-            let value = &h.value_residual[(j - quant_values) * d..(j - quant_values + 1) * d];
-            value.convert_to_f32_slice(&mut row[..d]);
-            accumulate(j, &row[..d]);
-        }
-        DecodePart { out, max, sum }
-    }
-
     /// The end-of-prompt split into quantized and 16-bit parts, with storage sized for
     /// the whole sequence of `total` tokens; the f32 prompt is freed.
     fn compress_prompt(h: &mut HeadState, d: usize, settings: &KiviSettings, total: usize) {
@@ -353,7 +256,7 @@ impl KiviCache {
             std::mem::take(&mut h.prompt_values),
         );
         h.key_blocks
-            .reserve(total / residual * residual / settings.group * d);
+            .reserve(total / residual * residual / settings.group);
         h.value_rows.reserve(total.saturating_sub(residual));
         let quantized_keys = (tokens - tokens % residual) * d;
         h.quantize_keys(&keys[..quantized_keys], d, settings.group);
@@ -519,14 +422,14 @@ mod tests {
             group: 32,
             residual: 32,
         };
-        KiviCache::new(shape(), rope(), &Device::Cpu, settings).unwrap()
+        KiviCache::new(shape(), rope(), &Device::Cpu, settings, Default::default()).unwrap()
     }
 
     /// `(quantized keys, full keys, quantized values, full values)` of layer 0, head 0.
     fn split(c: &KiviCache) -> (usize, usize, usize, usize) {
         let h = &c.layers[0][0];
         (
-            c.quantized_keys(h),
+            h.key_blocks.tokens(),
             h.key_residual.len() / 64,
             h.value_rows.rows(),
             h.value_residual.len() / 64,
@@ -597,15 +500,30 @@ mod tests {
         }
     }
 
+    /// With f32 activations, decoding in place equals attention over the dequantized cache;
+    /// with int8 activations, the rounding of the folded query and probabilities adds under
+    /// a tenth of the error that 2-bit quantization itself makes against full precision.
     #[test]
     fn decode_in_place_equals_attention_over_the_dequantized_cache() {
         // One task per head, and three (two whole ranges and a part) merged.
         for n in [71, 2501] {
-            decode_in_place_equals_attention_over_the_dequantized_cache_at(n);
+            let exact = decode_against_references(n, DecodeActivations::F32);
+            assert!(exact.0 < 1e-5, "{n} tokens, f32: off by {}", exact.0);
+            let (rounded, quantization) = decode_against_references(n, DecodeActivations::Int8);
+            eprintln!(
+                "{n} tokens: int8 off by {rounded:e}, 2-bit quantization by {quantization:e}"
+            );
+            assert!(
+                rounded < 0.1 * quantization,
+                "{n} tokens, int8: off by {rounded}, 2-bit quantization by {quantization}"
+            );
         }
     }
 
-    fn decode_in_place_equals_attention_over_the_dequantized_cache_at(n: usize) {
+    /// One decoding step's largest difference from attention over the dequantized cache,
+    /// and that attention's largest difference from attention over full-precision keys and
+    /// values.
+    fn decode_against_references(n: usize, activations: DecodeActivations) -> (f32, f32) {
         let p = n - 1;
         let data = sequence(n);
         let (q, k, v) = &data;
@@ -619,7 +537,8 @@ mod tests {
             group: 32,
             residual: 32,
         };
-        let mut c = KiviCache::new(shape(), rope_for(n), &Device::Cpu, settings).unwrap();
+        let mut c =
+            KiviCache::new(shape(), rope_for(n), &Device::Cpu, settings, activations).unwrap();
         run(&mut c, &prompt, &[p], |_| ());
         c.end_prefill().unwrap();
         let q_new = c.rope.apply(&q.narrow(1, p, 1).unwrap(), p).unwrap();
@@ -649,6 +568,7 @@ mod tests {
             p,
         )
         .unwrap();
+        let exact = causal_attention(&q_new, &c.rope.apply(k, 0).unwrap(), v, p).unwrap();
         let got = c
             .attend(
                 0,
@@ -658,8 +578,10 @@ mod tests {
                 &v_new,
             )
             .unwrap();
-        let worst = max_difference(&[got], &[want]);
-        assert!(worst < 1e-5, "{n} tokens: off by {worst}");
+        (
+            max_difference(&[got], std::slice::from_ref(&want)),
+            max_difference(&[want], &[exact]),
+        )
     }
 
     #[test]
@@ -669,9 +591,10 @@ mod tests {
         run(&mut c, &data, &[70], |_| ());
         c.end_prefill().unwrap();
         // Keys: 64 tokens × 64 channels at 2 bits + an f16 min and scale per 32-token group
-        // of each channel; values: 38 rows of 64 channels at 2 bits + 2 groups × 4 bytes;
-        // 16-bit windows sized for the residual (keys) and residual + 1 (values).
-        let per_head = 64 * 64 / 4 + 2 * 64 * 4 + 38 * (16 + 8) + 2 * 64 * (32 + 33);
+        // of each channel; values: 38 rows in 3 whole blocks of 16, each 16 rows of 64
+        // channels at 2 bits + 2 groups × 4 bytes; 16-bit windows sized for the residual
+        // (keys) and residual + 1 (values).
+        let per_head = 64 * 64 / 4 + 2 * 64 * 4 + 48 * (16 + 8) + 2 * 64 * (32 + 33);
         assert_eq!(c.stored_bytes(), 2 * 2 * per_head);
     }
 
@@ -687,11 +610,13 @@ mod tests {
                     group,
                     residual,
                 },
+                DecodeActivations::Int8,
             )
             .is_err()
         };
         assert!(bad(3, 32, 128));
         assert!(bad(2, 48, 128));
+        assert!(bad(2, 8, 128), "not a multiple of the 16-token tile");
         assert!(bad(2, 32, 100));
         assert!(!bad(2, 32, 128));
     }

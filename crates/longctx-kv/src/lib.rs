@@ -24,7 +24,9 @@ mod tiled;
 mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights};
-pub use cache::{KvCache, KvPrecision, KvShape, Reservation, DECODE_RESERVE};
+pub use cache::{
+    CacheNumerics, DecodeActivations, KvCache, KvPrecision, KvShape, Reservation, DECODE_RESERVE,
+};
 pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Sinks};
 pub use error::{KvError, Result};
 pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};

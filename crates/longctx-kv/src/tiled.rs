@@ -864,7 +864,7 @@ const LANES: usize = 16;
 
 /// The largest of `xs` (minus infinity for none).
 #[inline(always)]
-fn lanes_max(xs: &[f32]) -> f32 {
+pub(crate) fn lanes_max(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -880,7 +880,7 @@ fn lanes_max(xs: &[f32]) -> f32 {
 
 /// The sum of `xs`.
 #[inline(always)]
-fn lanes_sum(xs: &[f32]) -> f32 {
+pub(crate) fn lanes_sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -892,20 +892,43 @@ fn lanes_sum(xs: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The dot product of `a` and `b` (of equal lengths), summed in lanes so that it vectorizes.
+#[inline(always)]
+pub(crate) fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [0f32; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (chunks_a.remainder().iter())
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for ((s, x), y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `e^x` for `x <= 0` to about 2e-7 relative error, branch-free so that loops over it
 /// vectorize: `2^n · e^r` with `n = round(x·log2 e)`, `|r| <= ln2/2`, and a degree-6
-/// Taylor polynomial for `e^r`. Arguments below -87 (minus infinity included) give
-/// about 1e-38, not a subnormal.
+/// Taylor polynomial for `e^r`. Arguments below -87 (minus infinity and NaN included)
+/// give about 1e-38, not a subnormal; arguments above 0 give 1.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // NaN becomes -87 here (`clamp` would keep it), so that `n` is always in [-126, 0].
+    #[allow(clippy::manual_clamp)]
+    let x = x.max(-87.0).min(0.0);
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = x - n * std::f32::consts::LN_2;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: `n` is a whole number in [-126, 0]. (`as i32` saturates, which does not
+    // vectorize: sixteen scalar conversions per vector.)
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    p * f32::from_bits(((n + 127) << 23) as u32)
 }
 
 #[cfg(test)]

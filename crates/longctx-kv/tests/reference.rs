@@ -39,9 +39,10 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use longctx_kv::{
-    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
-    Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache,
-    KvPrecision, KvShape, Pool, Reservation, RopeSettings, RopeStyle, RopeTable, Sinks,
+    Budget, DecodeActivations, DropPolicy, DropSettings, DroppingCache, FlexGenCache,
+    FlexGenPrefill, FlexGenSettings, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings,
+    KiviCache, KiviSettings, KvCache, KvPrecision, KvShape, Pool, Reservation, RopeSettings,
+    RopeStyle, RopeTable, Sinks,
 };
 use serde_json::Value;
 
@@ -478,7 +479,9 @@ fn kivi_equals_the_benchmarks_quantized_attention() {
             group: number(&f.json, "group"),
             residual: if halved { residual / 2 } else { residual },
         };
-        KiviCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
+        // f32 decoding arithmetic: the reference multiplies dequantized codes in float32.
+        let activations = DecodeActivations::F32;
+        KiviCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings, activations).unwrap()
     });
 }
 

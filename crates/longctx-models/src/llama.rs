@@ -9,9 +9,9 @@ use std::sync::Arc;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use longctx_kv::{
-    Budget, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache, KvCache, KvError,
-    KvPrecision, KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings, RopeTable, Sinks,
-    MAX_STREAM_POSITIONS,
+    Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache,
+    KvCache, KvError, KvPrecision, KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings,
+    RopeTable, Sinks, MAX_STREAM_POSITIONS,
 };
 
 use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
@@ -71,9 +71,9 @@ struct Block {
     post_norms: Option<(Tensor, Tensor)>,
 }
 
-/// A cache builder: what a method makes of a geometry, a RoPE table and the precision of
-/// keys and values held uncompressed.
-pub type CacheBuilder<'a> = dyn FnOnce(KvShape, Arc<RopeTable>, KvPrecision) -> std::result::Result<Box<dyn KvCache>, KvError>
+/// A cache builder: what a method makes of a geometry, a RoPE table and the model's numeric
+/// choices (the precision of keys and values held uncompressed, decoding's activations).
+pub type CacheBuilder<'a> = dyn FnOnce(KvShape, Arc<RopeTable>, CacheNumerics) -> std::result::Result<Box<dyn KvCache>, KvError>
     + 'a;
 
 /// A Llama-family transformer with its sequence state (a KV cache).
@@ -91,8 +91,9 @@ pub struct LlamaModel {
     cache: Box<dyn KvCache>,
     seen: usize,
     prefill_chunk: usize,
-    /// What uncompressed caches hold keys and values in.
-    kv_precision: KvPrecision,
+    /// What caches are built with: uncompressed keys' and values' precision, decoding's
+    /// activations.
+    numerics: CacheNumerics,
     weight_bytes: usize,
 }
 
@@ -427,15 +428,18 @@ impl LlamaModel {
             local_rope,
             seen: 0,
             prefill_chunk: options.prefill_chunk.max(1),
-            kv_precision: options.kv_precision,
+            numerics: CacheNumerics {
+                precision: options.kv_precision,
+                activations: options.decode_activations,
+            },
             weight_bytes,
         };
-        model.set_cache(Box::new(|shape, rope, precision| {
+        model.set_cache(Box::new(|shape, rope, numerics| {
             Ok(Box::new(FullCache::new(
                 shape,
                 rope,
                 &Device::Cpu,
-                precision,
+                numerics.precision,
             )))
         }))?;
         Ok(model)
@@ -598,9 +602,9 @@ impl LanguageModel for LlamaModel {
                     local_rope.clone(),
                     &Device::Cpu,
                     window,
-                    self.kv_precision,
+                    self.numerics.precision,
                 )?;
-                let global_cache = build(shape(&global), self.rope.clone(), self.kv_precision)?;
+                let global_cache = build(shape(&global), self.rope.clone(), self.numerics)?;
                 Box::new(GroupedCache::new(vec![
                     LayerGroup {
                         name: "global",
@@ -614,7 +618,7 @@ impl LanguageModel for LlamaModel {
                     },
                 ])?)
             }
-            _ => build(self.config.kv_shape(), self.rope.clone(), self.kv_precision)?,
+            _ => build(self.config.kv_shape(), self.rope.clone(), self.numerics)?,
         };
         self.seen = 0;
         Ok(())

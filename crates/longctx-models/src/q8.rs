@@ -16,39 +16,7 @@ use rayon::prelude::*;
 /// Values per block of the formats served here and of the quantized activations.
 pub const BLOCK: usize = 32;
 
-/// How decoding's mat-vecs treat the activations (a load option, recorded with results).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DecodeActivations {
-    /// Quantized to 8 bits per block of 32, integer dot products (as llama.cpp).
-    #[default]
-    Int8,
-    /// Kept in f32 and multiplied with dequantized weights (no activation rounding).
-    F32,
-}
-
-impl DecodeActivations {
-    /// The option's name, as written on the command line and in stored settings.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Int8 => "int8",
-            Self::F32 => "f32",
-        }
-    }
-}
-
-impl std::str::FromStr for DecodeActivations {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "int8" => Ok(Self::Int8),
-            "f32" => Ok(Self::F32),
-            other => Err(format!(
-                "decode activations \"{other}\": use int8 (8-bit activations, integer dot products, as llama.cpp) or f32 (exact f32 activations)"
-            )),
-        }
-    }
-}
+pub use longctx_kv::DecodeActivations;
 
 /// One input vector quantized per block of 32: `x ≈ scale·q`, and each block's `scale·Σq`
 /// (what the weight formats with an offset multiply it by). Buffers are reused between calls.

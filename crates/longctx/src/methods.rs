@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use longctx_kv::{
-    Budget, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill, FlexGenSettings,
-    FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings,
-    KvCache, KvError, KvPrecision, KvShape, Pool, RopeTable, Sinks, MAX_STREAM_POSITIONS,
+    Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill,
+    FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache,
+    KiviSettings, KvCache, KvError, KvShape, Pool, RopeTable, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -515,13 +515,15 @@ impl Method {
         &self,
         shape: KvShape,
         rope: Arc<RopeTable>,
-        precision: KvPrecision,
+        numerics: CacheNumerics,
     ) -> Result<Box<dyn KvCache>, KvError> {
-        let cpu = &Device::Cpu;
+        let (cpu, precision) = (&Device::Cpu, numerics.precision);
         Ok(match self {
             Method::Baseline => Box::new(FullCache::new(shape, rope, cpu, precision)),
             Method::FlexGen(s) => Box::new(FlexGenCache::new(shape, rope, cpu, *s)?),
-            Method::Kivi(s) => Box::new(KiviCache::new(shape, rope, cpu, *s)?),
+            Method::Kivi(s) => {
+                Box::new(KiviCache::new(shape, rope, cpu, *s, numerics.activations)?)
+            }
             Method::Drop(s) => Box::new(DroppingCache::new(shape, rope, cpu, *s, precision)?),
             Method::InfLlm(s) => Box::new(InfLlmCache::new(shape, rope, cpu, *s)?),
         })

@@ -132,8 +132,8 @@ impl MethodArg {
 pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
     loaded
         .model
-        .set_cache(Box::new(|shape, rope, precision| {
-            method.build_cache(shape, rope, precision)
+        .set_cache(Box::new(|shape, rope, numerics| {
+            method.build_cache(shape, rope, numerics)
         }))
         .with_context(|| format!("method \"{method}\""))
 }
