@@ -137,13 +137,14 @@ pub(crate) fn softmax_in_place(row: &mut [f32], scale: f32) {
 }
 
 /// One decoding query per head (`query` is `[q_heads · d]`) over each key/value head's
-/// kept rows (every head holding as many): returns the output `[q_heads · d]` and adds each
-/// row's attention, summed over the head's group of query heads, into `weights[g]`.
+/// kept rows (every head holding as many): returns the output `[q_heads · d]` and, with
+/// `weights`, adds each row's attention, summed over the head's group of query heads, into
+/// `weights[g]`.
 pub(crate) fn attend_rows(
     query: &[f32],
     heads: &[TokenRows],
     d: usize,
-    weights: &mut [Vec<f32>],
+    weights: Option<&mut [Vec<f32>]>,
 ) -> Result<Vec<f32>> {
     let keys = heads.iter().map(TokenRows::keys).collect();
     let values = heads.iter().map(TokenRows::values).collect();
@@ -166,8 +167,8 @@ pub(crate) fn attend_read_rows(
     let mut weights = [vec![0f32; read.len()]];
     let (keys, values) = (vec![keys.view()], vec![values.view()]);
     let out = match keys[0] {
-        RowsView::F16(_) => decode_query::<f16>(query, d, keys, values, &mut weights)?,
-        RowsView::F32(_) => decode_query::<f32>(query, d, keys, values, &mut weights)?,
+        RowsView::F16(_) => decode_query::<f16>(query, d, keys, values, Some(&mut weights))?,
+        RowsView::F32(_) => decode_query::<f32>(query, d, keys, values, Some(&mut weights))?,
     };
     for (total, w) in received.iter_mut().zip(&weights[0]) {
         *total += w;
@@ -201,7 +202,7 @@ fn decode_query<E: ViewElement>(
     d: usize,
     keys: Vec<RowsView<'_>>,
     values: Vec<RowsView<'_>>,
-    weights: &mut [Vec<f32>],
+    weights: Option<&mut [Vec<f32>]>,
 ) -> Result<Vec<f32>> {
     let (keys, values) = (strided::<E>(keys, d)?, strided::<E>(values, d)?);
     let n = keys.first().map_or(0, |k| k.data.len() / d.max(1));
@@ -221,7 +222,7 @@ fn decode_query<E: ViewElement>(
             first_query_key: n - 1,
             scale: 1.0 / (d as f32).sqrt(),
         },
-        Some(weights),
+        weights,
     )
 }
 

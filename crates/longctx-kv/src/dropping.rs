@@ -475,6 +475,9 @@ impl DroppingCache {
     }
 
     /// One decoding token over rows rotated at their absolute positions, read in place.
+    /// Under a plain StreamingLLM window (no re-indexed sinks) the row that falls out of
+    /// the window is dropped first, so that the query reads exactly its sinks and window
+    /// (what [`Self::attend_streaming`] computes, without copying rows into tensors).
     fn decode_in_place(
         &mut self,
         layer: usize,
@@ -510,15 +513,39 @@ impl DroppingCache {
                 &self.device,
             )?);
         }
-        let n = heads[0].len();
-        let mut weights = vec![vec![0f32; n]; heads.len()];
-        let out = attend_rows(&query, heads, d, &mut weights)?;
-        self.fold_scores(layer, &weights);
+        let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
+            self.evict(layer);
+            attend_rows(&query, &self.layers[layer], d, None)?
+        } else {
+            let n = heads[0].len();
+            let mut weights = vec![vec![0f32; n]; heads.len()];
+            let out = attend_rows(&query, heads, d, Some(&mut weights))?;
+            self.fold_scores(layer, &weights);
+            out
+        };
         Ok(Tensor::from_vec(
             out,
             (self.shape.q_heads, 1, d),
             &self.device,
         )?)
+    }
+
+    /// Whether a chunk of `t` tokens is a StreamingLLM decoding step that reads its sinks
+    /// and window in place: one token after the prompt, sinks at their own positions (not
+    /// re-indexed), and a window of at least one token beside them.
+    fn decodes_in_window(&self, layer: usize, t: usize) -> bool {
+        let (
+            DropPolicy::StreamingLlm {
+                sinks,
+                reindex: false,
+            },
+            Some(s),
+        ) = (self.settings.policy, self.sequence)
+        else {
+            return false;
+        };
+        let budget = self.budget_of(layer, s.budget);
+        t == 1 && self.prefilled && budget > sink_count(sinks, budget)
     }
 
     /// The held rows of `layer` followed by a chunk's rotated keys and f32 values, as
@@ -730,7 +757,9 @@ impl KvCache for DroppingCache {
         // will be read back.
         let k = self.rounded(&self.rope.apply(k, pos)?)?;
         let v = self.rounded(&v.to_dtype(DType::F32)?)?;
-        let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
+        let out = if self.decodes_in_window(layer, t) {
+            self.decode_in_place(layer, &q_rotated, &k, &v, pos)?
+        } else if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
             self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
             self.decode_in_place(layer, &q_rotated, &k, &v, pos)?

@@ -37,3 +37,8 @@ pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable, MAX_STREAM_POSITIONS};
 pub use window::{windowed_attention, Memory, Windowed};
+
+/// The version of the caches' arithmetic, recorded with stored results so that a result is
+/// not reused once a policy computes differently under the same settings. 2: KIVI decodes
+/// by byte dot products when decoding's activations are int8.
+pub const KV_ARITHMETIC_VERSION: u32 = 2;

@@ -102,8 +102,10 @@ pub struct ModelArgs {
     /// methods, Gemma-3's local windows): f16 as the reference models hold them, or f32.
     #[arg(long, default_value = "f16", value_parser = parse_precision)]
     kv_precision: KvPrecision,
-    /// Decoding's mat-vecs: int8 quantizes activations per block of 32 for integer dot
-    /// products with Q4_0/Q4_1/Q8_0 weights (as llama.cpp; faster), f32 keeps them exact.
+    /// Decoding's arithmetic against quantized data: int8 quantizes activations per block of
+    /// 32 for integer dot products with Q4_0/Q4_1/Q8_0 weights, and KIVI's scaled query and
+    /// probabilities per block for byte dot products with its codes (as llama.cpp; faster);
+    /// f32 keeps them exact.
     #[arg(long, default_value = "int8")]
     decode_activations: DecodeActivations,
 }

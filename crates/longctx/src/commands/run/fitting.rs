@@ -134,6 +134,7 @@ pub(super) fn model_settings(
         .with("prefill_chunk", args.prefill_chunk)
         .with("kv_precision", args.kv_precision.name())
         .with("decode_activations", args.decode_activations.name())
+        .with("kv_arithmetic", longctx_kv::KV_ARITHMETIC_VERSION)
         .with(
             "max_length",
             max_length.map_or("auto".into(), |m| m.to_string()),
