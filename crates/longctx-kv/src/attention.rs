@@ -2,7 +2,7 @@ use candle_core::{DType, Layout, Storage, Tensor};
 use half::f16;
 
 use crate::rows::{RowsView, TokenRows, ViewElement};
-use crate::tiled::{self, Causal, KvElement, StridedRows};
+use crate::tiled::{self, merge_parts, Causal, KvElement, StridedRows, WithStats};
 use crate::{KvError, Result};
 
 /// Causal grouped-query attention of rotated queries over a run of keys/values.
@@ -148,10 +148,47 @@ pub(crate) fn attend_rows(
 ) -> Result<Vec<f32>> {
     let keys = heads.iter().map(TokenRows::keys).collect();
     let values = heads.iter().map(TokenRows::values).collect();
-    match heads.first().map(TokenRows::keys) {
-        Some(RowsView::F16(_)) => decode_query::<f16>(query, d, keys, values, weights),
-        _ => decode_query::<f32>(query, d, keys, values, weights),
+    Ok(decode_views(query, d, keys, values, weights)?.0)
+}
+
+/// [`attend_rows`] (without weights) where each head's first `memory.1` rows are read by
+/// the query `memory.0` instead (StreamingLLM's re-indexed sinks, read from one fixed
+/// position): the two softmax parts merged.
+pub(crate) fn attend_rows_with_memory(
+    query: &[f32],
+    memory: Option<(&[f32], usize)>,
+    heads: &[TokenRows],
+    d: usize,
+) -> Result<Vec<f32>> {
+    let n = heads.first().map_or(0, TokenRows::len);
+    let part = |q: &[f32], range: std::ops::Range<usize>| {
+        let keys = heads
+            .iter()
+            .map(|h| h.keys().rows(range.clone(), d))
+            .collect();
+        let values = heads
+            .iter()
+            .map(|h| h.values().rows(range.clone(), d))
+            .collect();
+        decode_views(q, d, keys, values, None)
+    };
+    let Some((memory_query, sinks)) = memory.filter(|m| m.1 > 0) else {
+        return Ok(part(query, 0..n)?.0);
+    };
+    let (window, window_stats) = part(query, sinks..n)?;
+    let (memory, memory_stats) = part(memory_query, 0..sinks)?;
+    let mut out = vec![0f32; query.len()];
+    for (h, row) in out.chunks_exact_mut(d).enumerate() {
+        // Normalized rows back to unnormalized ones, then merged as the kernel's parts are.
+        let unnormalized = |rows: &[f32], (_, sum): (f32, f32)| -> Vec<f32> {
+            rows[h * d..(h + 1) * d].iter().map(|x| x * sum).collect()
+        };
+        let (w, m) = (window_stats[h], memory_stats[h]);
+        let (w_out, m_out) = (unnormalized(&window, w), unnormalized(&memory, m));
+        let parts = [(w.0, w.1, &w_out[..]), (m.0, m.1, &m_out[..])];
+        merge_parts(parts.into_iter(), row);
     }
+    Ok(out)
 }
 
 /// One query of one head over the rows `read` of `rows` (H2O's per-query-head choice):
@@ -166,10 +203,7 @@ pub(crate) fn attend_read_rows(
     let (keys, values) = (rows.keys().gather(read, d), rows.values().gather(read, d));
     let mut weights = [vec![0f32; read.len()]];
     let (keys, values) = (vec![keys.view()], vec![values.view()]);
-    let out = match keys[0] {
-        RowsView::F16(_) => decode_query::<f16>(query, d, keys, values, Some(&mut weights))?,
-        RowsView::F32(_) => decode_query::<f32>(query, d, keys, values, Some(&mut weights))?,
-    };
+    let (out, _) = decode_views(query, d, keys, values, Some(&mut weights))?;
     for (total, w) in received.iter_mut().zip(&weights[0]) {
         *total += w;
     }
@@ -195,15 +229,29 @@ fn strided<'a, E: ViewElement>(
         .collect()
 }
 
+/// [`decode_query`] in the views' precision.
+fn decode_views(
+    query: &[f32],
+    d: usize,
+    keys: Vec<RowsView<'_>>,
+    values: Vec<RowsView<'_>>,
+    weights: Option<&mut [Vec<f32>]>,
+) -> Result<WithStats> {
+    match keys.first() {
+        Some(RowsView::F16(_)) => decode_query::<f16>(query, d, keys, values, weights),
+        _ => decode_query::<f32>(query, d, keys, values, weights),
+    }
+}
+
 /// The newest position's query of every head over per-key/value-head rows of `d`, in the
-/// tiled kernel.
+/// tiled kernel, with each head's softmax statistics.
 fn decode_query<E: ViewElement>(
     query: &[f32],
     d: usize,
     keys: Vec<RowsView<'_>>,
     values: Vec<RowsView<'_>>,
     weights: Option<&mut [Vec<f32>]>,
-) -> Result<Vec<f32>> {
+) -> Result<WithStats> {
     let (keys, values) = (strided::<E>(keys, d)?, strided::<E>(values, d)?);
     let n = keys.first().map_or(0, |k| k.data.len() / d.max(1));
     if n == 0 {
@@ -211,7 +259,7 @@ fn decode_query<E: ViewElement>(
             "a decoding query over no stored rows".into(),
         ));
     }
-    tiled::attend(
+    tiled::attend_stats(
         &Causal {
             queries: query,
             q_heads: query.len() / d,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::attention::attend_rows;
+use crate::attention::{attend_rows, attend_rows_with_memory};
 use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
@@ -475,13 +475,14 @@ impl DroppingCache {
     }
 
     /// One decoding token over rows rotated at their absolute positions, read in place.
-    /// Under a plain StreamingLLM window (no re-indexed sinks) the row that falls out of
-    /// the window is dropped first, so that the query reads exactly its sinks and window
-    /// (what [`Self::attend_streaming`] computes, without copying rows into tensors).
+    /// Under StreamingLLM the row that falls out of the window is dropped first, so that the
+    /// query reads exactly its sinks and window, the sinks outside the window with
+    /// `memory_query` when they are re-indexed (what [`Self::attend_streaming`] computes,
+    /// without copying rows into tensors).
     fn decode_in_place(
         &mut self,
         layer: usize,
-        q: &Tensor,
+        (q, memory_query): (&Tensor, Option<&Tensor>),
         k: &Tensor,
         v: &Tensor,
         pos: usize,
@@ -492,6 +493,7 @@ impl DroppingCache {
             k.flatten_all()?.to_vec1()?,
             v.flatten_all()?.to_vec1()?,
         );
+        let streaming = self.window_of(layer);
         let heads = &mut self.layers[layer];
         for (g, h) in heads.iter_mut().enumerate() {
             if h.len() == h.capacity() {
@@ -513,9 +515,21 @@ impl DroppingCache {
                 &self.device,
             )?);
         }
-        let out = if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
+        let out = if let Some((n_init, window)) = streaming {
             self.evict(layer);
-            attend_rows(&query, &self.layers[layer], d, None)?
+            let rows = &self.layers[layer];
+            let memory = match memory_query {
+                Some(q) => {
+                    let outside = rows[0]
+                        .positions()
+                        .take_while(|&p| p < n_init && p + window <= pos)
+                        .count();
+                    Some((q.flatten_all()?.to_vec1::<f32>()?, outside))
+                }
+                None => None,
+            };
+            let memory = memory.as_ref().map(|(q, n)| (&q[..], *n));
+            attend_rows_with_memory(&query, memory, rows, d)?
         } else {
             let n = heads[0].len();
             let mut weights = vec![vec![0f32; n]; heads.len()];
@@ -530,22 +544,17 @@ impl DroppingCache {
         )?)
     }
 
-    /// Whether a chunk of `t` tokens is a StreamingLLM decoding step that reads its sinks
-    /// and window in place: one token after the prompt, sinks at their own positions (not
-    /// re-indexed), and a window of at least one token beside them.
-    fn decodes_in_window(&self, layer: usize, t: usize) -> bool {
-        let (
-            DropPolicy::StreamingLlm {
-                sinks,
-                reindex: false,
-            },
-            Some(s),
-        ) = (self.settings.policy, self.sequence)
+    /// StreamingLLM's sinks and window on `layer` when a window of at least one token lies
+    /// beside the sinks (the case its decoding reads in place).
+    fn window_of(&self, layer: usize) -> Option<(usize, usize)> {
+        let (DropPolicy::StreamingLlm { sinks, .. }, Some(s)) =
+            (self.settings.policy, self.sequence)
         else {
-            return false;
+            return None;
         };
         let budget = self.budget_of(layer, s.budget);
-        t == 1 && self.prefilled && budget > sink_count(sinks, budget)
+        let n_init = sink_count(sinks, budget);
+        (budget > n_init).then_some((n_init, budget - n_init))
     }
 
     /// The held rows of `layer` followed by a chunk's rotated keys and f32 values, as
@@ -757,12 +766,21 @@ impl KvCache for DroppingCache {
         // will be read back.
         let k = self.rounded(&self.rope.apply(k, pos)?)?;
         let v = self.rounded(&v.to_dtype(DType::F32)?)?;
-        let out = if self.decodes_in_window(layer, t) {
-            self.decode_in_place(layer, &q_rotated, &k, &v, pos)?
+        let streaming = self.window_of(layer);
+        let out = if let (Some((n_init, window)), 1, true) = (streaming, t, self.prefilled) {
+            // Re-indexed sinks are read by the query at the window's last position.
+            let memory_query = match self.settings.policy {
+                DropPolicy::StreamingLlm { reindex: true, .. } => {
+                    Some(self.rope.apply_at(q, n_init + window - 1)?)
+                }
+                _ => None,
+            };
+            let queries = (&q_rotated, memory_query.as_ref());
+            self.decode_in_place(layer, queries, &k, &v, pos)?
         } else if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
             self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
-            self.decode_in_place(layer, &q_rotated, &k, &v, pos)?
+            self.decode_in_place(layer, (&q_rotated, None), &k, &v, pos)?
         } else if self.views[layer].is_some() {
             return Err(KvError::Invalid(
                 "H2O with heads=query takes one token per step after the prompt".into(),

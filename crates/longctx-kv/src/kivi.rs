@@ -422,7 +422,10 @@ mod tests {
             group: 32,
             residual: 32,
         };
-        KiviCache::new(shape(), rope(), &Device::Cpu, settings, Default::default()).unwrap()
+        // Exact decoding arithmetic: these tests are about storage and streaming rules (the
+        // int8 arithmetic has its own bound below).
+        let exact = DecodeActivations::F32;
+        KiviCache::new(shape(), rope(), &Device::Cpu, settings, exact).unwrap()
     }
 
     /// `(quantized keys, full keys, quantized values, full values)` of layer 0, head 0.
@@ -502,7 +505,8 @@ mod tests {
 
     /// With f32 activations, decoding in place equals attention over the dequantized cache;
     /// with int8 activations, the rounding of the folded query and probabilities adds under
-    /// a tenth of the error that 2-bit quantization itself makes against full precision.
+    /// 15% of the error that 2-bit quantization itself makes against full precision (4–7%
+    /// measured over 24 random draws).
     #[test]
     fn decode_in_place_equals_attention_over_the_dequantized_cache() {
         // One task per head, and three (two whole ranges and a part) merged.
@@ -514,7 +518,7 @@ mod tests {
                 "{n} tokens: int8 off by {rounded:e}, 2-bit quantization by {quantization:e}"
             );
             assert!(
-                rounded < 0.1 * quantization,
+                rounded < 0.15 * quantization,
                 "{n} tokens, int8: off by {rounded}, 2-bit quantization by {quantization}"
             );
         }

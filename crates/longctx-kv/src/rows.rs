@@ -18,6 +18,17 @@ pub(crate) enum RowsView<'a> {
     F32(&'a [f32]),
 }
 
+impl<'a> RowsView<'a> {
+    /// Rows `range` of `width` elements each.
+    pub(crate) fn rows(self, range: std::ops::Range<usize>, width: usize) -> Self {
+        let elements = range.start * width..range.end * width;
+        match self {
+            RowsView::F16(v) => RowsView::F16(&v[elements]),
+            RowsView::F32(v) => RowsView::F32(&v[elements]),
+        }
+    }
+}
+
 /// Apply `$body` to the vector inside an [`Elements`], whatever its type.
 macro_rules! each {
     ($elements:expr, $v:ident => $body:expr) => {

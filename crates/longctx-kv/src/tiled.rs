@@ -170,12 +170,33 @@ pub(crate) fn merge_parts<'a>(
     (max, sum)
 }
 
+/// Attention outputs `[q_heads][t][width]` and each row's softmax statistics (maximum
+/// scaled score, sum of exponentials).
+pub(crate) type WithStats = (Vec<f32>, Vec<(f32, f32)>);
+
+/// [`attend`] with each output row's final softmax statistics (maximum scaled score, sum of
+/// exponentials, `[q_heads][t]`), so that attention over further keys can be merged in.
+pub(crate) fn attend_stats<E: KvElement>(
+    p: &Causal<E>,
+    received: Option<&mut [Vec<f32>]>,
+) -> Result<WithStats> {
+    attend_stats_with(p, received, best())
+}
+
 /// [`attend`] on a chosen instruction set (tests compare them).
 pub fn attend_with<E: KvElement>(
     p: &Causal<E>,
     received: Option<&mut [Vec<f32>]>,
     simd: Simd,
 ) -> Result<Vec<f32>> {
+    attend_stats_with(p, received, simd).map(|(out, _)| out)
+}
+
+fn attend_stats_with<E: KvElement>(
+    p: &Causal<E>,
+    received: Option<&mut [Vec<f32>]>,
+    simd: Simd,
+) -> Result<WithStats> {
     let kv_heads = p.keys.len();
     if kv_heads == 0 || p.values.len() != kv_heads || !p.q_heads.is_multiple_of(kv_heads) {
         return Err(KvError::Invalid(format!(
@@ -244,7 +265,7 @@ fn run<E: KvElement, const D: usize, const R: usize>(
     p: &Causal<E>,
     received: Option<&mut [Vec<f32>]>,
     simd: Simd,
-) -> Result<Vec<f32>> {
+) -> Result<WithStats> {
     let kv_heads = p.keys.len();
     let group = p.q_heads / kv_heads;
     // The last key each query tile sees bounds its key range.
@@ -329,7 +350,7 @@ fn run<E: KvElement, const D: usize, const R: usize>(
         Some(received) => received_pass::<E, D, R>(p, &stats, received, simd)?,
         None => {}
     }
-    Ok(out)
+    Ok((out, stats))
 }
 
 /// A decoding kernel: one task, keeping its scores or not.
