@@ -22,15 +22,43 @@ use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::f16_bits_to_f32;
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
+/// Packed codes and each group's f16 minimum and scale: the storage every packed layout
+/// (FlexGen's rows, KIVI's tiles) is made of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PackedStore {
+    pub codes: Vec<u8>,
+    pub mins: Vec<f16>,
+    pub scales: Vec<f16>,
+}
+
+impl PackedStore {
+    /// Reserve room for `codes` more code bytes and `groups` more groups.
+    pub fn reserve(&mut self, codes: usize, groups: usize) {
+        self.codes.reserve_exact(codes);
+        self.mins.reserve_exact(groups);
+        self.scales.reserve_exact(groups);
+    }
+
+    /// Bytes held by codes, minima and scales (allocated capacity included).
+    pub fn bytes(&self) -> usize {
+        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+    }
+
+    /// Forget everything, keeping allocations.
+    pub fn clear(&mut self) {
+        self.codes.clear();
+        self.mins.clear();
+        self.scales.clear();
+    }
+}
+
 /// Rows of `width` values quantized in groups, appended one token at a time.
 #[derive(Debug, Clone)]
 pub struct PackedRows {
     bits: u32,
     group: usize,
     width: usize,
-    codes: Vec<u8>,
-    mins: Vec<f16>,
-    scales: Vec<f16>,
+    store: PackedStore,
     rows: usize,
 }
 
@@ -41,9 +69,7 @@ impl PackedRows {
             bits,
             group,
             width,
-            codes: Vec::new(),
-            mins: Vec::new(),
-            scales: Vec::new(),
+            store: PackedStore::default(),
             rows: 0,
         }
     }
@@ -55,14 +81,12 @@ impl PackedRows {
     /// Reserve room for `rows` more rows.
     pub fn reserve(&mut self, rows: usize) {
         let groups = rows * self.width / self.group;
-        self.codes.reserve_exact(rows * self.codes_per_row());
-        self.mins.reserve_exact(groups);
-        self.scales.reserve_exact(groups);
+        self.store.reserve(rows * self.codes_per_row(), groups);
     }
 
     /// Quantize and append one row. A constant group gets scale 0 and decodes to its value.
     pub fn push(&mut self, row: &[f32]) {
-        if self.codes.len() + self.codes_per_row() > self.codes.capacity() {
+        if self.store.codes.len() + self.codes_per_row() > self.store.codes.capacity() {
             self.reserve(growth_step(self.rows));
         }
         let per_byte = 8 / self.bits as usize;
@@ -72,10 +96,10 @@ impl PackedRows {
                 let at = g * self.group + i;
                 packed[at / per_byte] |= code << ((at % per_byte) * self.bits as usize);
             });
-            self.mins.push(min);
-            self.scales.push(scale);
+            self.store.mins.push(min);
+            self.store.scales.push(scale);
         }
-        self.codes.extend_from_slice(&packed);
+        self.store.codes.extend_from_slice(&packed);
         self.rows += 1;
     }
 
@@ -91,11 +115,11 @@ impl PackedRows {
         let groups_per_row = self.width / self.group;
         let mut out = Vec::with_capacity(self.rows * self.width);
         for r in 0..self.rows {
-            let codes = &self.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
+            let codes = &self.store.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
             for at in 0..self.width {
                 let g = r * groups_per_row + at / self.group;
                 let code = (codes[at / per_byte] >> ((at % per_byte) * self.bits as usize)) & mask;
-                out.push(self.mins[g].to_f32() + code as f32 * self.scales[g].to_f32());
+                out.push(self.store.mins[g].to_f32() + code as f32 * self.store.scales[g].to_f32());
             }
         }
         out
@@ -104,7 +128,7 @@ impl PackedRows {
     /// Codes of row `r`, unpacked into `out` (one value per channel).
     #[inline(always)]
     fn unpack(&self, r: usize, out: &mut [f32]) {
-        let bytes = &self.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
+        let bytes = &self.store.codes[r * self.codes_per_row()..(r + 1) * self.codes_per_row()];
         match self.bits {
             8 => out.iter_mut().zip(bytes).for_each(|(o, b)| *o = *b as f32),
             4 => {
@@ -131,8 +155,8 @@ impl PackedRows {
         let groups = self.width / self.group;
         for (g, values) in out.chunks_exact_mut(self.group).enumerate() {
             let (min, scale) = (
-                f16_bits_to_f32(self.mins[r * groups + g].to_bits()),
-                f16_bits_to_f32(self.scales[r * groups + g].to_bits()),
+                f16_bits_to_f32(self.store.mins[r * groups + g].to_bits()),
+                f16_bits_to_f32(self.store.scales[r * groups + g].to_bits()),
             );
             values.iter_mut().for_each(|v| *v = min + scale * *v);
         }
@@ -140,14 +164,12 @@ impl PackedRows {
 
     /// Bytes held by codes, minima and scales (allocated capacity included).
     pub fn bytes(&self) -> usize {
-        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+        self.store.bytes()
     }
 
     /// Forget every row, keeping allocations.
     pub fn clear(&mut self) {
-        self.codes.clear();
-        self.mins.clear();
-        self.scales.clear();
+        self.store.clear();
         self.rows = 0;
     }
 }

@@ -190,3 +190,18 @@ pub fn row_difference(got: &[f32], want: &[f64]) -> f32 {
         .map(|(g, w)| (g - *w as f32).abs())
         .fold(0f32, f32::max)
 }
+
+/// Deterministic values in [-2, 2), for kernels compared on the same inputs.
+pub fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}

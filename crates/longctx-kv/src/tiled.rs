@@ -955,21 +955,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-2, 2).
-    fn noise(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
+    use crate::testutil::noise;
 
     /// Outputs `[q_heads][t][d]` and received totals `[kv_heads][n]`, in f64, one query at
     /// a time; keys and values are `[kv_heads][n][d]`.

@@ -130,7 +130,7 @@ pub fn presets() -> Vec<Preset> {
             "kivi-2bit",
             "kivi:bits=2,group=32,residual=128",
             Some(5.05),
-            "the benchmark's llama_kivi.py (= jy-yuan/KIVI): prompt attended in full precision, 128-token residual (equal to its outputs in tests)",
+            "the benchmark's llama_kivi.py (= jy-yuan/KIVI): prompt attended in full precision, 128-token residual (equal to its outputs in tests with --decode-activations f32; int8 rounds the scaled query and probabilities to bytes)",
         ),
         fixed(
             "kivi-4bit",

@@ -19,7 +19,7 @@
 use half::f16;
 
 use crate::cache::growth_step;
-use crate::flexgen::quantize_group;
+use crate::flexgen::{quantize_group, PackedStore};
 
 /// Lanes of a unit.
 pub(crate) const LANES: usize = 16;
@@ -49,9 +49,7 @@ pub(crate) struct KeyTiles {
     bits: u32,
     group: usize,
     width: usize,
-    codes: Vec<u8>,
-    mins: Vec<f16>,
-    scales: Vec<f16>,
+    store: PackedStore,
     blocks: usize,
 }
 
@@ -63,9 +61,7 @@ impl KeyTiles {
             bits,
             group,
             width,
-            codes: Vec::new(),
-            mins: Vec::new(),
-            scales: Vec::new(),
+            store: PackedStore::default(),
             blocks: 0,
         }
     }
@@ -87,33 +83,32 @@ impl KeyTiles {
 
     /// Reserve room for `blocks` more blocks.
     pub fn reserve(&mut self, blocks: usize) {
-        self.codes.reserve_exact(blocks * self.block_bytes());
-        self.mins.reserve_exact(blocks * self.width);
-        self.scales.reserve_exact(blocks * self.width);
+        let (codes, groups) = (blocks * self.block_bytes(), blocks * self.width);
+        self.store.reserve(codes, groups);
     }
 
     /// Quantize and append one block: `group` token rows of `width`, row-major.
     pub fn push_block(&mut self, keys: &[f32]) {
         debug_assert_eq!(keys.len(), self.group * self.width);
-        if self.codes.len() + self.block_bytes() > self.codes.capacity() {
+        if self.store.codes.len() + self.block_bytes() > self.store.codes.capacity() {
             self.reserve(growth_step(self.blocks));
         }
-        let base = self.codes.len();
-        self.codes.resize(base + self.block_bytes(), 0);
+        let base = self.store.codes.len();
+        self.store.codes.resize(base + self.block_bytes(), 0);
         let (bits, units, slots) = (self.bits, self.units(), 4 * per_byte(self.bits));
         let mut channel = vec![0f32; self.group];
         for c in 0..self.width {
             for (j, x) in channel.iter_mut().enumerate() {
                 *x = keys[j * self.width + c];
             }
-            let codes = &mut self.codes[base..];
+            let codes = &mut self.store.codes[base..];
             let (min, scale) = quantize_group(&channel, bits, |j, code| {
                 let unit = (j / LANES * units + c / slots) * UNIT;
                 let (byte, shift) = place(bits, j % LANES, c % slots);
                 codes[unit + byte] |= code << shift;
             });
-            self.mins.push(min);
-            self.scales.push(scale);
+            self.store.mins.push(min);
+            self.store.scales.push(scale);
         }
         self.blocks += 1;
     }
@@ -125,13 +120,13 @@ impl KeyTiles {
 
     /// Block `b`'s codes.
     pub fn block(&self, b: usize) -> &[u8] {
-        &self.codes[b * self.block_bytes()..(b + 1) * self.block_bytes()]
+        &self.store.codes[b * self.block_bytes()..(b + 1) * self.block_bytes()]
     }
 
     /// Block `b`'s per-channel minima and scales.
     pub fn min_scale(&self, b: usize) -> (&[f16], &[f16]) {
         let range = b * self.width..(b + 1) * self.width;
-        (&self.mins[range.clone()], &self.scales[range])
+        (&self.store.mins[range.clone()], &self.store.scales[range])
     }
 
     /// Every token's key as stored, dequantized, row-major.
@@ -154,14 +149,12 @@ impl KeyTiles {
 
     /// Bytes held by codes, minima and scales (allocated capacity included).
     pub fn bytes(&self) -> usize {
-        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+        self.store.bytes()
     }
 
     /// Forget every block, keeping allocations.
     pub fn clear(&mut self) {
-        self.codes.clear();
-        self.mins.clear();
-        self.scales.clear();
+        self.store.clear();
         self.blocks = 0;
     }
 }
@@ -175,9 +168,7 @@ pub(crate) struct ValueTiles {
     bits: u32,
     group: usize,
     width: usize,
-    codes: Vec<u8>,
-    mins: Vec<f16>,
-    scales: Vec<f16>,
+    store: PackedStore,
     rows: usize,
 }
 
@@ -189,9 +180,7 @@ impl ValueTiles {
             bits,
             group,
             width,
-            codes: Vec::new(),
-            mins: Vec::new(),
-            scales: Vec::new(),
+            store: PackedStore::default(),
             rows: 0,
         }
     }
@@ -218,11 +207,9 @@ impl ValueTiles {
     /// Reserve room for `rows` more rows (whole blocks).
     pub fn reserve(&mut self, rows: usize) {
         let blocks = rows.div_ceil(self.slots());
-        self.codes.reserve_exact(blocks * self.block_bytes());
-        self.mins
-            .reserve_exact(blocks * self.groups() * self.slots());
-        self.scales
-            .reserve_exact(blocks * self.groups() * self.slots());
+        let codes = blocks * self.block_bytes();
+        self.store
+            .reserve(codes, blocks * self.groups() * self.slots());
     }
 
     /// Quantize and append one token's row of `width` values.
@@ -230,26 +217,32 @@ impl ValueTiles {
         debug_assert_eq!(row.len(), self.width);
         let (block, slot) = (self.rows / self.slots(), self.rows % self.slots());
         if slot == 0 {
-            if self.codes.len() + self.block_bytes() > self.codes.capacity() {
+            if self.store.codes.len() + self.block_bytes() > self.store.codes.capacity() {
                 self.reserve(growth_step(self.rows));
             }
-            self.codes.resize(self.codes.len() + self.block_bytes(), 0);
+            self.store
+                .codes
+                .resize(self.store.codes.len() + self.block_bytes(), 0);
             let extra = self.groups() * self.slots();
-            self.mins.resize(self.mins.len() + extra, f16::ZERO);
-            self.scales.resize(self.scales.len() + extra, f16::ZERO);
+            self.store
+                .mins
+                .resize(self.store.mins.len() + extra, f16::ZERO);
+            self.store
+                .scales
+                .resize(self.store.scales.len() + extra, f16::ZERO);
         }
         let (bits, group, groups, slots) = (self.bits, self.group, self.groups(), self.slots());
         let base = block * self.block_bytes();
         for (g, values) in row.chunks_exact(group).enumerate() {
-            let codes = &mut self.codes[base..];
+            let codes = &mut self.store.codes[base..];
             let (min, scale) = quantize_group(values, bits, |i, code| {
                 let c = g * group + i;
                 let (byte, shift) = place(bits, c % LANES, slot);
                 codes[c / LANES * UNIT + byte] |= code << shift;
             });
             let at = (block * groups + g) * slots + slot;
-            self.mins[at] = min;
-            self.scales[at] = scale;
+            self.store.mins[at] = min;
+            self.store.scales[at] = scale;
         }
         self.rows += 1;
     }
@@ -261,14 +254,14 @@ impl ValueTiles {
 
     /// Block `b`'s codes.
     pub fn block(&self, b: usize) -> &[u8] {
-        &self.codes[b * self.block_bytes()..(b + 1) * self.block_bytes()]
+        &self.store.codes[b * self.block_bytes()..(b + 1) * self.block_bytes()]
     }
 
     /// Block `b`'s minima and scales for channel group `g`, one per slot.
     pub fn min_scale(&self, b: usize, g: usize) -> (&[f16], &[f16]) {
         let start = (b * self.groups() + g) * self.slots();
         let range = start..start + self.slots();
-        (&self.mins[range.clone()], &self.scales[range])
+        (&self.store.mins[range.clone()], &self.store.scales[range])
     }
 
     /// Every row dequantized, row-major.
@@ -289,14 +282,12 @@ impl ValueTiles {
 
     /// Bytes held by codes, minima and scales (allocated capacity included).
     pub fn bytes(&self) -> usize {
-        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+        self.store.bytes()
     }
 
     /// Forget every row, keeping allocations.
     pub fn clear(&mut self) {
-        self.codes.clear();
-        self.mins.clear();
-        self.scales.clear();
+        self.store.clear();
         self.rows = 0;
     }
 }
@@ -304,19 +295,8 @@ impl ValueTiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::noise as random;
     use crate::PackedRows;
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
 
     /// The tiled layouts decode to what row-wise packing of the same groups decodes to.
     #[test]
