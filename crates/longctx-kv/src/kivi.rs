@@ -14,7 +14,7 @@
 //! Storage is packed codes plus an f16 minimum and scale per group, laid out for byte dot
 //! products ([`tiles`]); decoding reads the codes in place ([`decode`]). The residual
 //! window is held in 16 bits, as in the reference (fp16) models; the prompt itself is held
-//! in f32 until it is complete.
+//! in f32 until it is complete, and attended in place.
 
 mod decode;
 mod tiles;
@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use crate::cache::{check_chunk, Reservation};
 use crate::flexgen::{check_packing, packed_ratio};
-use crate::tiled::merge_parts;
+use crate::tiled::{self, merge_parts, Causal, StridedRows};
 use crate::{causal_attention, DecodeActivations, KvCache, KvError, KvShape, Result, RopeTable};
 use decode::{decode_part, DecodePart, HeadParts};
 use tiles::{KeyTiles, ValueTiles, LANES};
@@ -79,7 +79,8 @@ struct HeadState {
     value_rows: ValueTiles,
     /// 16-bit values after the quantized ones, row-major.
     value_residual: Vec<f16>,
-    /// The prompt's keys and values in f32 until it is complete (then emptied and freed).
+    /// The prompt's keys and values in f32 until it is complete (then emptied and freed):
+    /// the benchmark's KIVI fixture quantizes them unrounded.
     prompt_keys: Vec<f32>,
     prompt_values: Vec<f32>,
 }
@@ -302,29 +303,35 @@ impl KvCache for KiviCache {
         let (settings, device) = (self.settings, self.device.clone());
         let out = if !self.prefilled {
             let heads = &mut self.layers[layer];
-            // The prompt stays in full precision until it is complete.
+            // The prompt stays unquantized until it is complete, read where it is stored.
             for ((h, ks), vs) in heads.iter_mut().zip(&k).zip(&v) {
                 ks.iter()
                     .for_each(|row| h.prompt_keys.extend_from_slice(row));
                 vs.iter()
                     .for_each(|row| h.prompt_values.extend_from_slice(row));
             }
-            let n = pos + t;
-            let keys: Vec<f32> = heads
-                .iter()
-                .flat_map(|h| h.prompt_keys.iter().copied())
-                .collect();
-            let values: Vec<f32> = heads
-                .iter()
-                .flat_map(|h| h.prompt_values.iter().copied())
-                .collect();
-            let shape = (self.shape.kv_heads, n, d);
-            causal_attention(
-                &q,
-                &Tensor::from_vec(keys, shape, &device)?,
-                &Tensor::from_vec(values, shape, &device)?,
-                pos,
-            )
+            fn rows(data: &[f32], d: usize) -> StridedRows<'_, f32> {
+                StridedRows {
+                    data,
+                    base: 0,
+                    stride: d,
+                }
+            }
+            let queries: Vec<f32> = q.flatten_all()?.to_vec1()?;
+            let out = tiled::attend(
+                &Causal {
+                    queries: &queries,
+                    q_heads: self.shape.q_heads,
+                    t,
+                    width: d,
+                    keys: heads.iter().map(|h| rows(&h.prompt_keys, d)).collect(),
+                    values: heads.iter().map(|h| rows(&h.prompt_values, d)).collect(),
+                    first_query_key: pos,
+                    scale: 1.0 / (d as f32).sqrt(),
+                },
+                None,
+            )?;
+            Ok(Tensor::from_vec(out, (self.shape.q_heads, t, d), &device)?)
         } else if t == 1 {
             for ((h, ks), vs) in self.layers[layer].iter_mut().zip(&k).zip(&v) {
                 h.key_residual.extend(to_f16(&ks[0]));

@@ -142,3 +142,43 @@ fn windowed_methods_stream_past_the_context() {
         Err(ModelError::ContextTooLong { .. })
     ));
 }
+
+/// CPU time this process has used (all threads, user and system), in seconds.
+#[cfg(unix)]
+fn cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Between samples the thread pools rest: after decoding, half a second of idleness costs
+/// almost no CPU time (pools that spin while idle would burn about a second per two threads).
+#[cfg(unix)]
+#[test]
+fn threads_rest_between_samples() {
+    let path = longctx::assets::default_model().expect("fetching the default model");
+    let mut loaded = load_model(&path, &LoadOptions::default()).unwrap();
+    let tokens = loaded
+        .prompt_tokens("Name three colours of the rainbow.", true)
+        .unwrap();
+    let model = &mut loaded.model;
+    let mut logits = model.prefill(&tokens).unwrap();
+    for _ in 0..8 {
+        logits = model.step(argmax(&logits).unwrap()).unwrap();
+    }
+    // Let the pools reach their sleeping state, then measure a longer idle stretch.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let spent = cpu_seconds() - before;
+    eprintln!(
+        "CPU time over 0.5 s idle: {spent:.3} s ({} pool threads)",
+        rayon::current_num_threads()
+    );
+    assert!(spent < 0.05, "{spent} s of CPU time while idle");
+}
