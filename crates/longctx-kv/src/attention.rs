@@ -130,12 +130,6 @@ fn run<E: KvElement>(
     )
 }
 
-/// Softmax of `row · scale`, in place (one decoding query's scores).
-pub(crate) fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let n = row.len();
-    kernels::causal_softmax(row, n, scale);
-}
-
 /// One decoding query per head (`query` is `[q_heads · d]`) over each key/value head's
 /// kept rows (every head holding as many): returns the output `[q_heads · d]` and, with
 /// `weights`, adds each row's attention, summed over the head's group of query heads, into
@@ -272,44 +266,6 @@ fn decode_query<E: ViewElement>(
         },
         weights,
     )
-}
-
-mod kernels {
-    //! A softmax over one row of scores, in plain loops the compiler vectorizes (with AVX2 +
-    //! FMA where the CPU has them).
-
-    use crate::tiled::exp_nonpositive;
-
-    #[inline(always)]
-    fn causal_softmax_generic(row: &mut [f32], valid: usize, scale: f32) {
-        let (seen, hidden) = row.split_at_mut(valid);
-        let max = seen.iter().cloned().fold(f32::NEG_INFINITY, f32::max) * scale;
-        let mut total = 0f32;
-        for x in seen.iter_mut() {
-            *x = exp_nonpositive(*x * scale - max);
-            total += *x;
-        }
-        let inv = 1.0 / total;
-        seen.iter_mut().for_each(|x| *x *= inv);
-        hidden.iter_mut().for_each(|x| *x = 0.0);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn causal_softmax_avx2(row: &mut [f32], valid: usize, scale: f32) {
-        causal_softmax_generic(row, valid, scale)
-    }
-
-    /// In place: `row[..valid]` becomes softmax(row[..valid] · scale), the rest 0.
-    pub fn causal_softmax(row: &mut [f32], valid: usize, scale: f32) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { causal_softmax_avx2(row, valid, scale) };
-        }
-        causal_softmax_generic(row, valid, scale)
-    }
 }
 
 /// Softmax-weighted sum recomputed naively, one query at a time: the oracle for tests.

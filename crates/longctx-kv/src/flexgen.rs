@@ -17,9 +17,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use crate::attention::softmax_in_place;
 use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::f16_bits_to_f32;
+use crate::tiled::{exp_nonpositive, lanes_dot, lanes_max, lanes_sum, merge_parts};
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Packed codes and each group's f16 minimum and scale: the storage every packed layout
@@ -312,10 +312,83 @@ impl FlexGenCache {
     }
 }
 
+/// Tokens of one key/value head one decoding task reads.
+const DECODE_SPLIT: usize = 1024;
+
+/// One decoding task's result: unnormalized output rows (`[rows][d]`) and each row's
+/// maximum scaled score and sum of exponentials.
+struct DecodePart {
+    out: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// Rows `t0..t1` of one head's packed keys and values for the head's group of `queries`
+/// (`[rows][d]`): each row dequantized once, in registers of the instruction set the caller
+/// is compiled for, for every query of the group.
+#[inline(always)]
+fn decode_part(
+    (keys, values): (&PackedRows, &PackedRows),
+    queries: &[f32],
+    d: usize,
+    (t0, t1): (usize, usize),
+) -> DecodePart {
+    let rows = queries.len() / d;
+    let len = t1 - t0;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut row = vec![0f32; d];
+    let mut scores = vec![0f32; rows * len];
+    for r in t0..t1 {
+        keys.dequantize_row(r, &mut row);
+        for (h, q) in queries.chunks_exact(d).enumerate() {
+            scores[h * len + r - t0] = lanes_dot(q, &row) * scale;
+        }
+    }
+    let (mut max, mut sum) = (vec![0f32; rows], vec![0f32; rows]);
+    for (h, s) in scores.chunks_exact_mut(len).enumerate() {
+        max[h] = lanes_max(s);
+        s.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max[h]));
+        sum[h] = lanes_sum(s);
+    }
+    let mut out = vec![0f32; rows * d];
+    for r in t0..t1 {
+        values.dequantize_row(r, &mut row);
+        for (h, o) in out.chunks_exact_mut(d).enumerate() {
+            let w = scores[h * len + r - t0];
+            o.iter_mut().zip(&row).for_each(|(o, x)| *o += w * x);
+        }
+    }
+    DecodePart { out, max, sum }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn decode_part_avx512(
+    rows: (&PackedRows, &PackedRows),
+    queries: &[f32],
+    d: usize,
+    range: (usize, usize),
+) -> DecodePart {
+    decode_part(rows, queries, d, range)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_part_avx2(
+    rows: (&PackedRows, &PackedRows),
+    queries: &[f32],
+    d: usize,
+    range: (usize, usize),
+) -> DecodePart {
+    decode_part(rows, queries, d, range)
+}
+
 impl FlexGenCache {
     /// One query per head over the packed rows, read in place (no dequantized copy of the
-    /// cache); `own` is the new token's key and value in full precision, when it is not
-    /// stored yet.
+    /// cache): each head's rows split in ranges of [`DECODE_SPLIT`] across threads, each
+    /// range's rows dequantized once for the head's whole group of query heads, and the
+    /// ranges' softmax parts merged; `own` is the new token's key and value in full
+    /// precision, when it is not stored yet (one more part).
     fn decode_step(
         &self,
         layer: usize,
@@ -326,53 +399,69 @@ impl FlexGenCache {
         let (kv_heads, d) = (self.shape.kv_heads, self.shape.head_dim);
         let group = self.shape.q_heads / kv_heads;
         let query: Vec<f32> = q.flatten_all()?.to_vec1()?;
-        let (new_k, new_v): (Vec<f32>, Vec<f32>) = match own {
-            Some((k, v)) => (k.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
-            None => (Vec::new(), Vec::new()),
+        let own: Option<(Vec<f32>, Vec<f32>)> = match own {
+            Some((k, v)) => Some((k.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?)),
+            None => None,
         };
-        let extra = usize::from(own.is_some());
         let stored = &self.layers[layer];
-        let scale = 1.0 / (d as f32).sqrt();
-        // Each key/value head's rows are dequantized once for its whole group of query heads.
-        let out: Vec<f32> = (0..kv_heads)
-            .into_par_iter()
-            .flat_map_iter(|g| {
-                let queries: Vec<&[f32]> = (g * group..(g + 1) * group)
-                    .map(|h| &query[h * d..(h + 1) * d])
-                    .collect();
-                let (keys, values) = (&stored.keys[g], &stored.values[g]);
-                let n = keys.rows();
-                let mut row = vec![0f32; d];
-                let mut scores = vec![vec![0f32; n + extra]; group];
-                for r in 0..n {
-                    keys.dequantize_row(r, &mut row);
-                    for (s, q) in scores.iter_mut().zip(&queries) {
-                        s[r] = q.iter().zip(&row).map(|(a, b)| a * b).sum::<f32>();
-                    }
-                }
-                for (s, q) in scores.iter_mut().zip(&queries) {
-                    if extra == 1 {
-                        let own_k = &new_k[g * d..(g + 1) * d];
-                        s[n] = q.iter().zip(own_k).map(|(a, b)| a * b).sum::<f32>();
-                    }
-                    softmax_in_place(s, scale);
-                }
-                let mut outs = vec![vec![0f32; d]; group];
-                let mut accumulate = |r: usize, value: &[f32]| {
-                    for (out, s) in outs.iter_mut().zip(&scores) {
-                        out.iter_mut().zip(value).for_each(|(o, x)| *o += s[r] * x);
-                    }
-                };
-                for r in 0..n {
-                    values.dequantize_row(r, &mut row);
-                    accumulate(r, &row);
-                }
-                if extra == 1 {
-                    accumulate(n, &new_v[g * d..(g + 1) * d]);
-                }
-                outs.into_iter().flatten()
+        let tasks: Vec<(usize, usize, usize)> = (0..kv_heads)
+            .flat_map(|g| {
+                let n = stored.keys[g].rows();
+                (0..n)
+                    .step_by(DECODE_SPLIT)
+                    .map(move |t0| (g, t0, n.min(t0 + DECODE_SPLIT)))
             })
             .collect();
+        let simd = crate::tiled::best();
+        let parts: Vec<DecodePart> = tasks
+            .par_iter()
+            .map(|&(g, t0, t1)| {
+                let queries = &query[g * group * d..(g + 1) * group * d];
+                let rows = (&stored.keys[g], &stored.values[g]);
+                match simd {
+                    // SAFETY: `available` lists an instruction set only when the CPU has it.
+                    #[cfg(target_arch = "x86_64")]
+                    crate::tiled::Simd::Avx512 => unsafe {
+                        decode_part_avx512(rows, queries, d, (t0, t1))
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    crate::tiled::Simd::Avx2 => unsafe {
+                        decode_part_avx2(rows, queries, d, (t0, t1))
+                    },
+                    _ => decode_part(rows, queries, d, (t0, t1)),
+                }
+            })
+            .collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; self.shape.q_heads * d];
+        for (g, head_out) in out.chunks_exact_mut(group * d).enumerate() {
+            // The own token's part: one key, its value as the unnormalized output.
+            let own_part: Vec<(f32, &[f32])> = match &own {
+                Some((k, v)) => {
+                    let (key, value) = (&k[g * d..(g + 1) * d], &v[g * d..(g + 1) * d]);
+                    (0..group)
+                        .map(|r| {
+                            let q = &query[(g * group + r) * d..(g * group + r + 1) * d];
+                            (lanes_dot(q, key) * scale, value)
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let mine: Vec<&DecodePart> = tasks
+                .iter()
+                .zip(&parts)
+                .filter(|(t, _)| t.0 == g)
+                .map(|(_, p)| p)
+                .collect();
+            for (r, row) in head_out.chunks_exact_mut(d).enumerate() {
+                let stored_parts = mine
+                    .iter()
+                    .map(|p| (p.max[r], p.sum[r], &p.out[r * d..(r + 1) * d]));
+                let own = own_part.get(r).map(|&(score, value)| (score, 1.0, value));
+                merge_parts(stored_parts.chain(own), row);
+            }
+        }
         Ok(Tensor::from_vec(
             out,
             (self.shape.q_heads, 1, d),
@@ -516,7 +605,7 @@ impl KvCache for FlexGenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{max_difference, rope, shape};
+    use crate::testutil::{max_difference, rope, rope_for, shape};
     use crate::{FullCache, KvPrecision};
 
     #[test]
@@ -670,31 +759,39 @@ mod tests {
         }
     }
 
+    /// One range of rows, and three (two whole ranges of 1,024 and a part) merged with the
+    /// new token's own part.
     #[test]
     fn decode_step_in_place_equals_attention_over_dequantized_rows() {
-        let dev = Device::Cpu;
+        for n in [21, 2501] {
+            decode_step_in_place_equals_attention_over_dequantized_rows_at(n);
+        }
+    }
+
+    fn decode_step_in_place_equals_attention_over_dequantized_rows_at(n: usize) {
+        let (dev, p) = (Device::Cpu, n - 1);
         let settings = FlexGenSettings {
             bits: 4,
             group: 32,
             prefill: FlexGenPrefill::Full,
         };
-        let q = Tensor::randn(0f32, 1.0, (4, 21, 64), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (2, 21, 64), &dev).unwrap();
-        let mut cache = FlexGenCache::new(shape(), rope(), &dev, settings).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (4, n, 64), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, n, 64), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, n, 64), &dev).unwrap();
+        let mut cache = FlexGenCache::new(shape(), rope_for(n), &dev, settings).unwrap();
         cache
             .attend(
                 0,
                 0,
-                &q.narrow(1, 0, 20).unwrap(),
-                &k.narrow(1, 0, 20).unwrap(),
-                &v.narrow(1, 0, 20).unwrap(),
+                &q.narrow(1, 0, p).unwrap(),
+                &k.narrow(1, 0, p).unwrap(),
+                &v.narrow(1, 0, p).unwrap(),
             )
             .unwrap();
         cache.end_prefill().unwrap();
         // Reference: the stored rows dequantized, the new token in full precision.
-        let q_r = cache.rope.apply(&q.narrow(1, 20, 1).unwrap(), 20).unwrap();
-        let k_new = cache.rope.apply(&k.narrow(1, 20, 1).unwrap(), 20).unwrap();
+        let q_r = cache.rope.apply(&q.narrow(1, p, 1).unwrap(), p).unwrap();
+        let k_new = cache.rope.apply(&k.narrow(1, p, 1).unwrap(), p).unwrap();
         let keys = Tensor::cat(
             &[
                 &cache.stored(&cache.layers[0].keys).unwrap().unwrap(),
@@ -706,24 +803,24 @@ mod tests {
         let values = Tensor::cat(
             &[
                 &cache.stored(&cache.layers[0].values).unwrap().unwrap(),
-                &v.narrow(1, 20, 1).unwrap(),
+                &v.narrow(1, p, 1).unwrap(),
             ],
             1,
         )
         .unwrap();
-        let want = causal_attention(&q_r, &keys, &values, 20).unwrap();
+        let want = causal_attention(&q_r, &keys, &values, p).unwrap();
         let got = cache
             .attend(
                 0,
-                20,
-                &q.narrow(1, 20, 1).unwrap(),
-                &k.narrow(1, 20, 1).unwrap(),
-                &v.narrow(1, 20, 1).unwrap(),
+                p,
+                &q.narrow(1, p, 1).unwrap(),
+                &k.narrow(1, p, 1).unwrap(),
+                &v.narrow(1, p, 1).unwrap(),
             )
             .unwrap();
         let diff = max_difference(&[got], &[want]);
-        assert!(diff < 1e-5, "{diff}");
-        assert_eq!(cache.kept_tokens(0), 21);
+        assert!(diff < 1e-5, "{n} tokens: {diff}");
+        assert_eq!(cache.kept_tokens(0), n);
     }
 
     #[test]
