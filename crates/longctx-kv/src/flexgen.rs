@@ -19,7 +19,10 @@ use half::f16;
 
 use crate::cache::{check_chunk, growth_step, Reservation};
 use crate::f16_bits_to_f32;
-use crate::tiled::{exp_nonpositive, lanes_dot, lanes_max, lanes_sum, merge_parts};
+use crate::tiled::{
+    exp_nonpositive, lanes_dot, lanes_max, lanes_sum, merge_decode_parts, token_ranges, DecodePart,
+    DECODE_SPLIT,
+};
 use crate::{causal_attention, KvCache, KvError, KvShape, Result, RopeTable};
 
 /// Packed codes and each group's f16 minimum and scale: the storage every packed layout
@@ -312,17 +315,6 @@ impl FlexGenCache {
     }
 }
 
-/// Tokens of one key/value head one decoding task reads.
-const DECODE_SPLIT: usize = 1024;
-
-/// One decoding task's result: unnormalized output rows (`[rows][d]`) and each row's
-/// maximum scaled score and sum of exponentials.
-struct DecodePart {
-    out: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
-}
-
 /// Rows `t0..t1` of one head's packed keys and values for the head's group of `queries`
 /// (`[rows][d]`): each row dequantized once, in registers of the instruction set the caller
 /// is compiled for, for every query of the group.
@@ -404,14 +396,7 @@ impl FlexGenCache {
             None => None,
         };
         let stored = &self.layers[layer];
-        let tasks: Vec<(usize, usize, usize)> = (0..kv_heads)
-            .flat_map(|g| {
-                let n = stored.keys[g].rows();
-                (0..n)
-                    .step_by(DECODE_SPLIT)
-                    .map(move |t0| (g, t0, n.min(t0 + DECODE_SPLIT)))
-            })
-            .collect();
+        let tasks = token_ranges(stored.keys.iter().map(PackedRows::rows), DECODE_SPLIT);
         let simd = crate::tiled::best();
         let parts: Vec<DecodePart> = tasks
             .par_iter()
@@ -432,36 +417,16 @@ impl FlexGenCache {
                 }
             })
             .collect();
+        // The own token's part: one key, its value as the unnormalized output.
         let scale = 1.0 / (d as f32).sqrt();
+        let own_part = |g: usize, r: usize| {
+            let (k, v) = own.as_ref()?;
+            let q = &query[(g * group + r) * d..(g * group + r + 1) * d];
+            let score = lanes_dot(q, &k[g * d..(g + 1) * d]) * scale;
+            Some((score, 1.0, &v[g * d..(g + 1) * d]))
+        };
         let mut out = vec![0f32; self.shape.q_heads * d];
-        for (g, head_out) in out.chunks_exact_mut(group * d).enumerate() {
-            // The own token's part: one key, its value as the unnormalized output.
-            let own_part: Vec<(f32, &[f32])> = match &own {
-                Some((k, v)) => {
-                    let (key, value) = (&k[g * d..(g + 1) * d], &v[g * d..(g + 1) * d]);
-                    (0..group)
-                        .map(|r| {
-                            let q = &query[(g * group + r) * d..(g * group + r + 1) * d];
-                            (lanes_dot(q, key) * scale, value)
-                        })
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            let mine: Vec<&DecodePart> = tasks
-                .iter()
-                .zip(&parts)
-                .filter(|(t, _)| t.0 == g)
-                .map(|(_, p)| p)
-                .collect();
-            for (r, row) in head_out.chunks_exact_mut(d).enumerate() {
-                let stored_parts = mine
-                    .iter()
-                    .map(|p| (p.max[r], p.sum[r], &p.out[r * d..(r + 1) * d]));
-                let own = own_part.get(r).map(|&(score, value)| (score, 1.0, value));
-                merge_parts(stored_parts.chain(own), row);
-            }
-        }
+        merge_decode_parts(&tasks, &parts, (group, d), &mut out, own_part);
         Ok(Tensor::from_vec(
             out,
             (self.shape.q_heads, 1, d),

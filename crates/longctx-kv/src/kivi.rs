@@ -27,9 +27,11 @@ use rayon::prelude::*;
 
 use crate::cache::{check_chunk, Reservation};
 use crate::flexgen::{check_packing, packed_ratio};
-use crate::tiled::{self, merge_parts, Causal, StridedRows};
+use crate::tiled::{
+    self, merge_decode_parts, token_ranges, Causal, DecodePart, StridedRows, DECODE_SPLIT,
+};
 use crate::{causal_attention, DecodeActivations, KvCache, KvError, KvShape, Result, RopeTable};
-use decode::{decode_part, DecodePart, HeadParts};
+use decode::{decode_part, HeadParts};
 use tiles::{KeyTiles, ValueTiles, LANES};
 
 /// Settings of [`KiviCache`].
@@ -129,9 +131,6 @@ impl HeadState {
     }
 }
 
-/// Tokens of one key/value head one decoding task reads (rounded up to the key group).
-const DECODE_SPLIT: usize = 1024;
-
 /// The KIVI policy.
 pub struct KiviCache {
     shape: KvShape,
@@ -208,17 +207,9 @@ impl KiviCache {
                 value_residual: &h.value_residual,
             })
             .collect();
+        // Ranges start on key blocks.
         let split = DECODE_SPLIT.next_multiple_of(self.settings.group);
-        let tasks: Vec<(usize, usize, usize)> = heads
-            .iter()
-            .enumerate()
-            .flat_map(|(g, h)| {
-                let n = h.tokens(d);
-                (0..n)
-                    .step_by(split)
-                    .map(move |t0| (g, t0, n.min(t0 + split)))
-            })
-            .collect();
+        let tasks = token_ranges(heads.iter().map(|h| h.tokens(d)), split);
         let parts: Vec<DecodePart> = tasks
             .par_iter()
             .map(|&(g, t0, t1)| {
@@ -227,22 +218,8 @@ impl KiviCache {
                 decode_part(&heads[g], queries, d, (t0, t1), bits, activations)
             })
             .collect();
-        // Each head's parts, rescaled to their common maximum.
         let mut out = vec![0f32; self.shape.q_heads * d];
-        for (g, head_out) in out.chunks_exact_mut(per_kv * d).enumerate() {
-            let mine: Vec<&DecodePart> = tasks
-                .iter()
-                .zip(&parts)
-                .filter(|(t, _)| t.0 == g)
-                .map(|(_, p)| p)
-                .collect();
-            for (r, row) in head_out.chunks_exact_mut(d).enumerate() {
-                let parts = mine
-                    .iter()
-                    .map(|p| (p.max[r], p.sum[r], &p.out[r * d..(r + 1) * d]));
-                merge_parts(parts, row);
-            }
-        }
+        merge_decode_parts(&tasks, &parts, (per_kv, d), &mut out, |_, _| None);
         out
     }
 

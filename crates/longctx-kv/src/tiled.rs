@@ -883,6 +883,60 @@ fn received_range<E: KvElement, const D: usize, const R: usize, F: Arith>(
 /// running total would be an ordered chain the compiler must keep scalar.
 const LANES: usize = 16;
 
+/// Tokens of one key/value head one task of a packed cache's decoding step reads.
+pub(crate) const DECODE_SPLIT: usize = 1024;
+
+/// One task of a packed cache's decoding step (a range of one key/value head's tokens):
+/// unnormalized output rows (`[rows][width]`) and each row's maximum scaled score and sum
+/// of exponentials.
+pub(crate) struct DecodePart {
+    pub out: Vec<f32>,
+    pub max: Vec<f32>,
+    pub sum: Vec<f32>,
+}
+
+/// The tasks of a decoding step: each key/value head's tokens `0..n` (`lengths`, per head)
+/// in ranges of `split`, as `(head, t0, t1)`.
+pub(crate) fn token_ranges(
+    lengths: impl Iterator<Item = usize>,
+    split: usize,
+) -> Vec<(usize, usize, usize)> {
+    lengths
+        .enumerate()
+        .flat_map(|(g, n)| {
+            (0..n)
+                .step_by(split)
+                .map(move |t0| (g, t0, n.min(t0 + split)))
+        })
+        .collect()
+}
+
+/// The decoding step's output `[kv_heads · rows][width]`: each key/value head's parts
+/// (`parts[i]` from `ranges[i]`) merged per query row, with `extra(head, row)`'s part when
+/// it gives one (a token attended but not stored).
+pub(crate) fn merge_decode_parts<'a>(
+    ranges: &[(usize, usize, usize)],
+    parts: &'a [DecodePart],
+    (rows, width): (usize, usize),
+    out: &mut [f32],
+    extra: impl Fn(usize, usize) -> Option<(f32, f32, &'a [f32])>,
+) {
+    for (g, head_out) in out.chunks_exact_mut(rows * width).enumerate() {
+        let mine: Vec<&DecodePart> = ranges
+            .iter()
+            .zip(parts)
+            .filter(|(t, _)| t.0 == g)
+            .map(|(_, p)| p)
+            .collect();
+        for (r, row) in head_out.chunks_exact_mut(width).enumerate() {
+            let stored = mine
+                .iter()
+                .map(|p| (p.max[r], p.sum[r], &p.out[r * width..(r + 1) * width]));
+            merge_parts(stored.chain(extra(g, r)), row);
+        }
+    }
+}
+
 /// The largest of `xs` (minus infinity for none).
 #[inline(always)]
 pub(crate) fn lanes_max(xs: &[f32]) -> f32 {

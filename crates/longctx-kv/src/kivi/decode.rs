@@ -16,7 +16,7 @@
 use half::f16;
 
 use super::tiles::{per_byte, KeyTiles, ValueTiles, LANES, UNIT};
-use crate::tiled::{exp_nonpositive, lanes_dot, lanes_max, lanes_sum};
+use crate::tiled::{exp_nonpositive, lanes_dot, lanes_max, lanes_sum, DecodePart};
 use crate::{f16_bits_to_f32, DecodeActivations};
 
 /// Query heads whose accumulators stay in registers while a unit's planes pass.
@@ -35,14 +35,6 @@ impl HeadParts<'_> {
     pub fn tokens(&self, width: usize) -> usize {
         self.keys.tokens() + self.key_residual.len() / width
     }
-}
-
-/// One decoding task's result: unnormalized output rows (`[rows][width]`) and each row's
-/// maximum scaled score and sum of exponentials.
-pub(crate) struct DecodePart {
-    pub out: Vec<f32>,
-    pub max: Vec<f32>,
-    pub sum: Vec<f32>,
 }
 
 /// Byte dot products on 16 lanes of 32-bit sums.
@@ -667,10 +659,8 @@ mod x86 {
             } else {
                 _mm512_set1_ps(offset)
             };
-            _mm512_storeu_ps(
-                dst,
-                _mm512_add_ps(if ADD { base } else { x }, if ADD { x } else { base }),
-            );
+            // One rounded addition either way (it commutes exactly).
+            _mm512_storeu_ps(dst, _mm512_add_ps(base, x));
         }
     }
 
