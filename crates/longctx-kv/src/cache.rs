@@ -208,6 +208,16 @@ pub trait KvCache: Send {
 
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
+
+    /// Drop the cached tokens at `range` of every layer, moving those after it down (their
+    /// keys keep the rotation of the position they were computed at); the next chunk then
+    /// starts at the new length. What a scorer rewinding to a compressed prefix needs
+    /// (LLMLingua). Only a cache that keeps every token in order can do it.
+    fn forget(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        Err(crate::KvError::Invalid(format!(
+            "this cache policy cannot forget tokens {range:?}: only the uncompressed cache (baseline) can rewind"
+        )))
+    }
 }
 
 /// What a sequence will hold, told to a cache before its first chunk.

@@ -158,6 +158,28 @@ impl KvCache for FullCache {
             buffers.len = 0;
         }
     }
+
+    fn forget(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        for layer in 0..self.shape.layers {
+            let held = self.kept_tokens(layer);
+            if range.start > range.end || range.end > held {
+                return Err(crate::KvError::Invalid(format!(
+                    "cannot forget tokens {range:?} of layer {layer}, which holds {held}"
+                )));
+            }
+        }
+        for buffers in self.layers.iter_mut().flatten() {
+            let after = buffers.len - range.end;
+            if after > 0 && !range.is_empty() {
+                for t in [&mut buffers.keys, &mut buffers.values] {
+                    let moved = t.narrow(1, range.end, after)?.contiguous()?;
+                    t.slice_set(&moved, 1, range.start)?;
+                }
+            }
+            buffers.len -= range.len();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +341,57 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn forgetting_rewinds_and_closes_the_gap() {
+        let dev = Device::Cpu;
+        let noise = |t: usize, heads: usize, seed: u64| {
+            Tensor::from_vec(
+                crate::testutil::noise(heads * t * 8, seed),
+                (heads, t, 8),
+                &dev,
+            )
+            .unwrap()
+        };
+        let (q, k, v) = (noise(6, 4, 1), noise(6, 2, 2), noise(6, 2, 3));
+        let (q2, k2, v2) = (noise(2, 4, 4), noise(2, 2, 5), noise(2, 2, 6));
+        // Six tokens, the last two forgotten, two new ones: as if only four had been fed.
+        let mut a = cache(64);
+        let mut b = cache(64);
+        for layer in 0..2 {
+            a.attend(layer, 0, &q, &k, &v).unwrap();
+            b.attend(
+                layer,
+                0,
+                &q.narrow(1, 0, 4).unwrap(),
+                &k.narrow(1, 0, 4).unwrap(),
+                &v.narrow(1, 0, 4).unwrap(),
+            )
+            .unwrap();
+        }
+        a.forget(4..6).unwrap();
+        assert_eq!(a.kept_tokens(1), 4);
+        for layer in 0..2 {
+            let out_a = a.attend(layer, 4, &q2, &k2, &v2).unwrap();
+            let out_b = b.attend(layer, 4, &q2, &k2, &v2).unwrap();
+            let diff = (out_a - out_b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        // A gap in the middle: the rows after it move down, unchanged.
+        let key_rows = |c: &FullCache, start: usize| -> Vec<f32> {
+            let keys = &c.layers[0].as_ref().unwrap().keys;
+            let rows = keys.narrow(1, start, 3).unwrap().contiguous().unwrap();
+            rows.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let before = key_rows(&a, 3);
+        a.forget(1..3).unwrap();
+        let after = key_rows(&a, 1);
+        assert_eq!(before, after);
+        assert_eq!(a.kept_tokens(0), 4);
+        // Past the end, or reversed: refused, nothing changed.
+        assert!(matches!(a.forget(3..9), Err(KvError::Invalid(_))));
+        assert_eq!(a.kept_tokens(0), 4);
     }
 
     #[test]

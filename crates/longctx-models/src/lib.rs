@@ -86,6 +86,16 @@ pub trait LanguageModel: Send {
     /// Start a new sequence.
     fn reset(&mut self);
 
+    /// Drop the seen tokens at `range` from the sequence state; the next token follows the
+    /// ones left. A prompt compressor's scorer rewinds to the prefix it kept this way. A
+    /// state that cannot (a recurrence, a compressing cache) refuses.
+    fn forget(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        Err(ModelError::Unsupported {
+            what: format!("forgetting tokens {range:?} of this model's sequence state"),
+            hint: "score with a model whose cache keeps every token (a Llama-family model under the baseline)".into(),
+        })
+    }
+
     /// Install a cache policy: `build` makes it for the layers the model lets a method serve
     /// (all, or Gemma-3's global layers) from their geometry and RoPE; the sequence restarts.
     /// A model without a KV cache refuses.

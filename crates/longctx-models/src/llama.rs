@@ -580,6 +580,18 @@ impl LanguageModel for LlamaModel {
         self.seen = 0;
     }
 
+    fn forget(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        if range.end > self.seen {
+            return Err(ModelError::Kv(longctx_kv::KvError::Invalid(format!(
+                "cannot forget tokens {range:?}: the sequence holds {}",
+                self.seen
+            ))));
+        }
+        self.cache.forget(range.clone())?;
+        self.seen -= range.len();
+        Ok(())
+    }
+
     /// Gemma-3's local layers keep their sliding window; the method serves the global ones.
     fn set_cache(&mut self, build: Box<CacheBuilder>) -> Result<()> {
         self.cache = match (&self.config.gemma, &self.local_rope) {

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod commands;
+pub mod compress;
 pub mod experiment;
 pub mod figures;
 pub mod memory;

@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-/// The layout this build reads and writes; a database with another is refused.
-/// Version 2 added the protocol to the key and named settings to every row.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The layout this build writes. Version 2 added the protocol to the key and named settings
+/// to every row; version 3 the prompt's tokens before a prompt compressor and the time it
+/// took. A version 2 database is read as it is (nothing compressed) and brought to version 3
+/// when opened for writing; any other version is refused.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The oldest layout this build still reads.
+const OLDEST_READABLE: i64 = 2;
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +29,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// The file was written by a build with another layout.
-    #[error("results database {path} has schema version {found}; this longctx reads and writes version {SCHEMA_VERSION}. Use another --db (nothing in it was changed)")]
+    #[error("results database {path} has schema version {found}; this longctx reads versions {OLDEST_READABLE} to {SCHEMA_VERSION}. Use another --db (nothing in it was changed)")]
     Schema { path: PathBuf, found: i64 },
     /// A read-only command was pointed at something that is not a results database.
     #[error("{path} is not a longctx results database ({why}): pass the --db a `longctx run` wrote (nothing was changed)")]
@@ -115,8 +120,14 @@ pub struct ResultRow {
     pub score: f64,
     /// A secondary score where the task has one (needle partial match), else NaN.
     pub score2: f64,
-    /// Prompt length in tokens.
+    /// Prompt length in tokens, as the model read it.
     pub prompt_tokens: i64,
+    /// Prompt length in tokens before a prompt compressor (`prompt_tokens` for every other
+    /// method): what the method was asked to read.
+    pub original_tokens: i64,
+    /// Time a prompt compressor took (zero for every other method); counted in the method's
+    /// prefill cost.
+    pub compress_ms: f64,
     /// Tokens kept at the end, averaged over layers.
     pub kept_tokens: i64,
     /// Bytes attention read from at the end (allocated capacity included).
@@ -150,9 +161,15 @@ pub struct Store {
     /// What opening created (the file, and the first folder that did not exist), so that a
     /// run that fails before its first row can leave nothing behind.
     created: Option<(PathBuf, Option<PathBuf>)>,
+    /// The layout of the file (an older one is read, never written).
+    schema: i64,
 }
 
-const COLUMNS: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp";
+const COLUMNS: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, original_tokens, compress_ms";
+
+/// What a version 2 database's rows are read with: no compressor ran, so the prompt before
+/// compression is the prompt.
+const COLUMNS_V2: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, prompt_tokens, 0.0";
 
 const KEY_MATCH: &str =
     "model = ?1 AND method = ?2 AND protocol = ?3 AND task = ?4 AND sample = ?5";
@@ -184,6 +201,7 @@ impl Store {
             path: path.to_path_buf(),
             conn,
             created,
+            schema: SCHEMA_VERSION,
         };
         let result = store.init();
         if let Err(e) = result {
@@ -208,6 +226,7 @@ impl Store {
                     prefill_ms REAL NOT NULL, decode_ms REAL NOT NULL, new_tokens INTEGER NOT NULL,
                     peak_rss INTEGER NOT NULL, settings TEXT NOT NULL,
                     version TEXT NOT NULL, timestamp TEXT NOT NULL,
+                    original_tokens INTEGER NOT NULL, compress_ms REAL NOT NULL,
                     PRIMARY KEY (model, method, protocol, task, sample));
                  CREATE TABLE plans (fingerprint TEXT PRIMARY KEY);
                  PRAGMA user_version = {SCHEMA_VERSION};"
@@ -215,6 +234,20 @@ impl Store {
                 .map_err(|e| self.fail(e))?;
         } else {
             self.check_schema()?;
+            if self.schema == 2 {
+                // Rows written before prompt compressors read their prompt whole.
+                self.conn
+                    .execute_batch(&format!(
+                        "BEGIN;
+                         ALTER TABLE results ADD COLUMN original_tokens INTEGER NOT NULL DEFAULT 0;
+                         ALTER TABLE results ADD COLUMN compress_ms REAL NOT NULL DEFAULT 0;
+                         UPDATE results SET original_tokens = prompt_tokens;
+                         PRAGMA user_version = {SCHEMA_VERSION};
+                         COMMIT;"
+                    ))
+                    .map_err(|e| self.fail(e))?;
+                self.schema = SCHEMA_VERSION;
+            }
         }
         // Fails now, not after the first sample, when the file cannot be written.
         self.conn
@@ -234,10 +267,11 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| not_results(&e.to_string()))?;
-        let store = Self {
+        let mut store = Self {
             path: path.to_path_buf(),
             conn,
             created: None,
+            schema: SCHEMA_VERSION,
         };
         match store.table_count() {
             Ok(0) => return Err(not_results("it holds no tables")),
@@ -254,18 +288,28 @@ impl Store {
             .map_err(|e| self.fail(e))
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// Read the file's layout version; one this build cannot read is an error.
+    fn check_schema(&mut self) -> Result<(), StoreError> {
         let found: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.fail(e))?;
-        if found != SCHEMA_VERSION {
+        if !(OLDEST_READABLE..=SCHEMA_VERSION).contains(&found) {
             return Err(StoreError::Schema {
                 path: self.path.clone(),
                 found,
             });
         }
+        self.schema = found;
         Ok(())
+    }
+
+    /// The columns of [`read_row`]'s order, as this file's layout holds them.
+    fn columns(&self) -> &'static str {
+        match self.schema {
+            2 => COLUMNS_V2,
+            _ => COLUMNS,
+        }
     }
 
     /// Where the database lives.
@@ -407,7 +451,7 @@ impl Store {
     pub fn stored(&self, key: &RowKey) -> Result<Option<ResultRow>, StoreError> {
         self.conn
             .query_row(
-                &format!("SELECT {COLUMNS} FROM results WHERE {KEY_MATCH}"),
+                &format!("SELECT {} FROM results WHERE {KEY_MATCH}", self.columns()),
                 params![key.model, key.method, key.protocol, key.task, key.sample],
                 read_row,
             )
@@ -420,7 +464,8 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM results ORDER BY model, method, protocol, task, sample"
+                "SELECT {} FROM results ORDER BY model, method, protocol, task, sample",
+                self.columns()
             ))
             .map_err(|e| self.fail(e))?;
         let rows = statement
@@ -450,13 +495,14 @@ fn insert_row(conn: &Connection, row: &ResultRow, replace: bool) -> rusqlite::Re
     };
     let k = &row.key;
     conn.execute(
-        &format!("{verb} INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+        &format!("{verb} INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
         params![
             k.model, k.method, k.protocol, k.task, k.sample, row.prediction, row.score,
             if row.score2.is_nan() { None } else { Some(row.score2) },
             row.prompt_tokens, row.kept_tokens, row.kv_bytes, row.offloaded_bytes,
             row.uncompressed_bytes, row.fp16_bytes, row.prefill_ms, row.decode_ms,
-            row.new_tokens, row.peak_rss, row.settings.to_json(), row.version, row.timestamp
+            row.new_tokens, row.peak_rss, row.settings.to_json(), row.version, row.timestamp,
+            row.original_tokens, row.compress_ms
         ],
     )
     .map(|_| ())
@@ -487,6 +533,8 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResultRow> {
         settings: Settings::from_json(&r.get::<_, String>(18)?)?,
         version: r.get(19)?,
         timestamp: r.get(20)?,
+        original_tokens: r.get(21)?,
+        compress_ms: r.get(22)?,
     })
 }
 
@@ -507,6 +555,8 @@ mod tests {
             score: 1.0,
             score2: f64::NAN,
             prompt_tokens: 10,
+            original_tokens: 10,
+            compress_ms: 0.0,
             kept_tokens: 10,
             kv_bytes: 100,
             offloaded_bytes: 0,
@@ -577,6 +627,47 @@ mod tests {
             .query_row("SELECT count(*) FROM results", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_version_2_database_is_read_as_it_is_and_upgraded_for_writing() {
+        let path = temp("v2");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE results (
+                    model TEXT NOT NULL, method TEXT NOT NULL, protocol TEXT NOT NULL,
+                    task TEXT NOT NULL, sample TEXT NOT NULL,
+                    prediction TEXT NOT NULL, score REAL NOT NULL, score2 REAL,
+                    prompt_tokens INTEGER NOT NULL, kept_tokens INTEGER NOT NULL,
+                    kv_bytes INTEGER NOT NULL, offloaded_bytes INTEGER NOT NULL,
+                    uncompressed_bytes INTEGER NOT NULL, fp16_bytes INTEGER NOT NULL,
+                    prefill_ms REAL NOT NULL, decode_ms REAL NOT NULL, new_tokens INTEGER NOT NULL,
+                    peak_rss INTEGER NOT NULL, settings TEXT NOT NULL,
+                    version TEXT NOT NULL, timestamp TEXT NOT NULL,
+                    PRIMARY KEY (model, method, protocol, task, sample));
+                 CREATE TABLE plans (fingerprint TEXT PRIMARY KEY);
+                 INSERT INTO results VALUES ('m', 'baseline', 'paper', 'needle/passkey', 'a', 'x', 1.0, 0.5, 77, 77, 100, 0, 100, 50, 1.0, 2.0, 3, 4, '{}', '0', '0');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let read = Store::open_read_only(&path).unwrap().rows().unwrap();
+        assert_eq!((read[0].original_tokens, read[0].compress_ms), (77, 0.0));
+        let version = |p: &Path| -> i64 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(version(&path), 2, "reading changed nothing");
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.rows().unwrap(), read);
+        store.insert(&row("b", "y"), false).unwrap();
+        assert_eq!(store.rows().unwrap().len(), 2);
+        drop(store);
+        assert_eq!(version(&path), SCHEMA_VERSION);
     }
 
     #[test]

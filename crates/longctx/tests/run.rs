@@ -715,3 +715,146 @@ fn streaming_methods_read_long_prompts_whole() {
     assert_eq!(middle[1].settings.0["truncation"], "middle");
     assert_eq!(middle[1].prompt_tokens, cut.prompt_tokens);
 }
+
+#[test]
+fn a_prompt_compressor_stores_both_prompts_and_its_time() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("llmlingua");
+    let path = dir.join("spec.toml");
+    std::fs::write(
+        &path,
+        "methods = [\"baseline\", \"llmlingua-4x\"]\n[[models]]\npath = \"default\"\n\
+         [needle]\nlengths = 1\nmin_words = 600\nmax_words = 600\ndepths = 2\ntrials = 1\nmax_new_tokens = 16\n",
+    )
+    .unwrap();
+    let db = dir.join("results.db");
+    let (spec, db_s) = (path.to_str().unwrap(), db.to_str().unwrap());
+    run_ok(&["run", "--spec", spec, "--db", db_s]);
+    let rows = Store::open_read_only(&db).unwrap().rows().unwrap();
+    let (compressed, full): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .partition(|r| r.key.method.starts_with("llmlingua:"));
+    assert_eq!((compressed.len(), full.len()), (2, 2));
+    for (c, b) in compressed.iter().zip(&full) {
+        // The prompt it was given is the baseline's; it read about a quarter of it (the tail
+        // after the last full window stays whole, so a 900-token prompt keeps more).
+        assert_eq!(c.original_tokens, b.prompt_tokens, "{}", c.key);
+        let ratio = c.original_tokens as f64 / c.prompt_tokens as f64;
+        assert!((2.0..5.0).contains(&ratio), "{}: ratio {ratio}", c.key);
+        assert!(
+            c.compress_ms > 0.0 && c.kv_bytes < b.kv_bytes / 2,
+            "{}",
+            c.key
+        );
+        assert!(c.settings.0.contains_key("scorer_sha256"), "{}", c.key);
+        assert_eq!((b.original_tokens, b.compress_ms), (b.prompt_tokens, 0.0));
+    }
+    let out_dir = dir.join("report");
+    let out = longctx(&["report", "--db", db_s, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains("| compression s (mean) |"), "{report}");
+    assert!(report.contains(" → "), "{report}");
+
+    // Bad input: a rate outside (0, 1], a scorer that cannot be loaded, a task whose whole
+    // prompt is compressed under the protocol that needs its question apart.
+    // (`--methods` splits at commas, so full specs go in a spec file.)
+    let fails = |args: &[&str], needle: &str| {
+        let out = longctx(args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    };
+    let other = dir.join("other.db");
+    let other = other.to_str().unwrap();
+    let with_method = |name: &str, method: &str| {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(spec).unwrap().replace(
+            "\"baseline\", \"llmlingua-4x\"",
+            &format!("\"llmlingua:{method},window=200,context_budget=100,split=none\""),
+        );
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let bad_rate = with_method("rate.toml", "rate=1.5,scorer=default");
+    fails(
+        &["run", "--spec", &bad_rate, "--db", other],
+        "rate=1.5 must be a number in (0, 1]",
+    );
+    let bad_scorer = with_method("scorer.toml", "rate=0.25,scorer=/no/such/model.gguf");
+    fails(
+        &["run", "--spec", &bad_scorer, "--db", other],
+        "its scorer \"/no/such/model.gguf\" cannot be loaded",
+    );
+    fails(
+        &[
+            "run",
+            "--spec",
+            spec,
+            "--db",
+            other,
+            "--methods",
+            "llmlingua-4x",
+            "--protocols",
+            "query-agnostic",
+        ],
+        "run it under --protocols paper",
+    );
+    fails(
+        &["bench", "--method", "llmlingua-4x", "--contexts", "64"],
+        "is a prompt compressor",
+    );
+    let no_classifier = dir.join("classifier.toml");
+    std::fs::write(
+        &no_classifier,
+        std::fs::read_to_string(spec).unwrap().replace(
+            "\"baseline\", \"llmlingua-4x\"",
+            "\"llmlingua2:rate=0.25,model=/no/such/folder\"",
+        ),
+    )
+    .unwrap();
+    fails(
+        &[
+            "run",
+            "--spec",
+            no_classifier.to_str().unwrap(),
+            "--db",
+            other,
+        ],
+        "LLMLingua-2's classifier is not in /no/such/folder",
+    );
+    assert!(!Path::new(other).exists());
+}
+
+#[test]
+fn llmlingua2_runs_with_a_classifier_from_a_folder() {
+    longctx::assets::default_model().expect("fetching the default model");
+    let dir = temp_dir("llmlingua2");
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llmlingua2/tiny-xlm-roberta-large");
+    let path = dir.join("spec.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "methods = [\"llmlingua2:rate=0.25,model={}\"]\n[[models]]\npath = \"default\"\n\
+             [needle]\nlengths = 1\nmin_words = 600\nmax_words = 600\ndepths = 1\ntrials = 1\nmax_new_tokens = 8\n",
+            folder.display()
+        ),
+    )
+    .unwrap();
+    let db = dir.join("results.db");
+    run_ok(&[
+        "run",
+        "--spec",
+        path.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let rows = Store::open_read_only(&db).unwrap().rows().unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    // A random classifier keeps about a quarter of the GPT tokens; the model's own tokens
+    // follow roughly.
+    let ratio = r.original_tokens as f64 / r.prompt_tokens as f64;
+    assert!(ratio > 2.0, "{}: ratio {ratio}", r.key);
+    assert!(r.compress_ms > 0.0 && r.settings.0.contains_key("scorer_sha256"));
+}

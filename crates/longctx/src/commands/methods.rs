@@ -12,10 +12,10 @@ pub fn run() -> Result<()> {
             "| {} | {} | {} | {} | {} | `{}` | {} |",
             p.name,
             method.school(),
-            if method.compresses_after_prefill() {
-                "after prefill"
-            } else {
-                "during prefill"
+            match (method.compressor(), method.compresses_after_prefill()) {
+                (Some(_), _) => "the prompt, before prefill",
+                (None, true) => "after prefill",
+                (None, false) => "during prefill",
             },
             method
                 .nominal_ratio()
@@ -45,6 +45,19 @@ Specs take explicit settings too; every key is required and checked:
                                               remainder: which queries of a chunk read the tokens
                                               waiting for a block (chunk: all, as the benchmark's
                                               code; query: those outside their own window)
+  llmlingua:rate=R|tokens=N,window=W,context_budget=B,split=none|paragraphs,scorer=MODEL
+                                              R in (0, 1]: share of the prompt's tokens kept; W: tokens
+                                              per window of the token-level stage (200); B: tokens
+                                              added to the target for the context-level stage (100);
+                                              split: the text as one context (the benchmark's) or its
+                                              paragraphs for the context-level stage to rank; MODEL:
+                                              the scorer (default, a name from `longctx models`, or a
+                                              path) on this engine
+  llmlingua2:rate=R|tokens=N,model=FOLDER|default
+                                              LLMLingua-2 as the benchmark ran it; R: share of the
+                                              prompt's GPT-3.5 tokens kept; FOLDER: the classifier
+                                              (default: the cache's, prepared by
+                                              scripts/llmlingua2_prepare.py)
 Token-dropping methods take ratio=X (prompt tokens / kept tokens, X >= 1) or budget=N (tokens).
 Nominal ratios: token ratio for dropping; long-sequence bytes vs 16-bit for quantization. The
 measured ratio (bench, run) is uncompressed bytes of every token seen / bytes held, where

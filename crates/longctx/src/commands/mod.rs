@@ -141,9 +141,17 @@ pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
 }
 
 impl ModelArgs {
-    /// Load the model with `method`'s cache; a bad spec fails before anything is fetched.
+    /// Load the model with `method`'s cache; a bad spec, or a prompt compressor (these
+    /// commands feed token streams, not a task's prompt), fails before anything is fetched.
     pub fn load(&self, method: &MethodArg) -> Result<(LoadedModel, Method)> {
         let method = method.parse()?;
+        if method.compressor().is_some() {
+            anyhow::bail!(
+                "method \"{}\" is a prompt compressor: this command runs KV-cache methods on tokens it feeds itself; run a compressor on a task with `longctx run --methods {}`",
+                method,
+                method
+            );
+        }
         let mut loaded = self.load_bare()?;
         install(&mut loaded, &method)?;
         Ok((loaded, method))

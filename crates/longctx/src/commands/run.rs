@@ -1,5 +1,6 @@
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -19,6 +20,7 @@ use fitting::{fitted_prompt, model_settings, row_settings, Fitted};
 use progress::Progress;
 
 use super::{install, ModelArgs};
+use crate::compress::{CompressorModel, PromptCompressor, TokenClassifier};
 use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard, Truncation};
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store};
@@ -342,6 +344,11 @@ impl PlanArgs {
                 }
             }
         }
+        for item in &items {
+            if let Some(c) = methods[item.method].compressor() {
+                compressible(&samples[item.sample], item.protocol, c)?;
+            }
+        }
         if items.is_empty() {
             anyhow::bail!(
                 "the plan has no samples to run: check the spec's tasks (a LongBench limit of 0, empty data files, a needle grid with no length)"
@@ -350,10 +357,7 @@ impl PlanArgs {
         if let Some(shard) = self.shard {
             let seconds: Vec<f64> = items
                 .iter()
-                .map(|i| {
-                    costs[i.model]
-                        .seconds(samples[i.sample].words, samples[i.sample].max_new_tokens)
-                })
+                .map(|i| estimate(&costs[i.model], &methods[i.method], &samples[i.sample]))
                 .collect();
             let owner = balance(&seconds, shard.count);
             items = items
@@ -377,7 +381,7 @@ impl Plan {
     /// A work item's estimated seconds on this project's 2-core machine.
     fn estimated_seconds(&self, item: &WorkItem) -> f64 {
         let s = &self.samples[item.sample];
-        self.costs[item.model].seconds(s.words, s.max_new_tokens)
+        estimate(&self.costs[item.model], &self.methods[item.method], s)
     }
 
     /// A fingerprint of what decides the plan's rows: the models (file names and
@@ -408,6 +412,16 @@ impl Plan {
             part(&s.max_new_tokens.to_string());
         }
         format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// A sample's estimated seconds under a method on a model: a prompt compressor's time
+/// scoring the prompt, and the shorter prompt it leaves, included.
+fn estimate(cost: &ModelCost, method: &Method, s: &TaskSample) -> f64 {
+    let words = s.words as f64;
+    match method.compressor().and_then(PromptCompressor::rate) {
+        Some(kept) => cost.compressed_seconds(words, kept, s.max_new_tokens),
+        None => cost.seconds(words, s.max_new_tokens),
     }
 }
 
@@ -528,6 +542,84 @@ fn generation_settings(
     })
 }
 
+/// Whether a prompt compressor can run on a sample under a protocol: a LongBench sample needs
+/// a context field to compress; a task whose whole prompt is compressed (the needle, the
+/// synthetic tasks) keeps no question apart, which the query-agnostic protocol needs.
+fn compressible(s: &TaskSample, protocol: Protocol, c: &PromptCompressor) -> Result<()> {
+    let name = c.label();
+    match &s.job {
+        Job::LongBench { sample, .. } if sample.context.trim().is_empty() => anyhow::bail!(
+            "{} sample {}: its context field is empty, so {name} has nothing to compress: run this task with a KV method, or drop the sample",
+            s.task,
+            s.id
+        ),
+        Job::LongBench { .. } => Ok(()),
+        _ if protocol == Protocol::QueryAgnostic => anyhow::bail!(
+            "{}: {name} compresses this task's whole prompt, question included (the benchmark's rule), so the query-agnostic protocol has no question to append: run it under --protocols paper",
+            s.task
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A sample's prompt after `compressor` (running `model`), and the time that took:
+/// LongBench's context field compressed and the template filled again (instruction and
+/// question kept), or the whole prompt for the other tasks.
+fn compressed_prompt(
+    compressor: &PromptCompressor,
+    model: CompressorModel,
+    s: &TaskSample,
+) -> Result<(Prompt, f64)> {
+    let started = Instant::now();
+    let prompt = match &s.job {
+        Job::LongBench { dataset, sample } => {
+            let context = compressor.compress(model, &sample.context)?;
+            dataset.prompt(&longbench::Sample {
+                context,
+                ..(**sample).clone()
+            })
+        }
+        _ => Prompt::new(compressor.compress(model, &s.prompt.text)?, ""),
+    };
+    Ok((prompt, started.elapsed().as_secs_f64() * 1e3))
+}
+
+/// A compressor's model, loaded once for a run.
+enum LoadedCompressor {
+    Scorer(LoadedModel),
+    Classifier(Box<TokenClassifier>),
+}
+
+/// Where a compressor's model is: LLMLingua's scorer as `--model` finds models, or
+/// LLMLingua-2's classifier folder; one that cannot be found is an error naming it.
+fn compressor_model_path(
+    model: &ModelArgs,
+    method: &Method,
+    compressor: &PromptCompressor,
+) -> Result<PathBuf> {
+    match compressor {
+        PromptCompressor::LlmLingua(c) => scorer_args(model, &c.scorer).model_path().with_context(|| {
+            format!(
+                "method \"{method}\": its scorer \"{}\" cannot be loaded (scorer= takes default, a name from `longctx models`, or a model file or folder)",
+                c.scorer
+            )
+        }),
+        PromptCompressor::LlmLingua2(c) => {
+            let folder = match c.model.as_str() {
+                PromptCompressor::DEFAULT_SCORER => crate::compress::llmlingua2_default_folder(),
+                path => PathBuf::from(path),
+            };
+            if !folder.join("config.json").is_file() {
+                anyhow::bail!(
+                    "method \"{method}\": LLMLingua-2's classifier is not in {}: it cannot be fetched here; put microsoft/llmlingua-2-xlm-roberta-large-meetingbank there, prepared with scripts/llmlingua2_prepare.py (README, \"LLMLingua-2\"), or give model=FOLDER",
+                    folder.display()
+                );
+            }
+            Ok(folder)
+        }
+    }
+}
+
 /// Run one sample under the installed method, score and measure it.
 fn run_sample(
     loaded: &mut LoadedModel,
@@ -535,12 +627,12 @@ fn run_sample(
     fitted: &Fitted,
     settings: Settings,
     s: &TaskSample,
+    compression: Compression,
 ) -> Result<ResultRow> {
     let stop_at_newline =
         matches!(&s.job, Job::LongBench { dataset, .. } if dataset.stops_at_newline());
     let generation_settings =
         generation_settings(&loaded.tokenizer, s.max_new_tokens, stop_at_newline)?;
-    memory::reset_peak();
     let generation = generate_greedy_fed(
         loaded.model.as_mut(),
         &fitted.tokens,
@@ -561,7 +653,9 @@ fn run_sample(
         .model
         .cache()
         .context("the model keeps no KV cache to account for")?;
-    let seen = (fitted.tokens.len() + generation.decode_steps) as i64;
+    // A compressor's savings are against the prompt it was given: bytes follow the tokens
+    // it removed.
+    let seen = (compression.original_tokens + generation.decode_steps) as i64;
     let shape = cache.shape();
     Ok(ResultRow {
         key,
@@ -569,6 +663,8 @@ fn run_sample(
         score,
         score2,
         prompt_tokens: fitted.tokens.len() as i64,
+        original_tokens: compression.original_tokens as i64,
+        compress_ms: compression.ms,
         kept_tokens: cache.mean_kept_tokens().round() as i64,
         kv_bytes: cache.stored_bytes() as i64,
         offloaded_bytes: cache.offloaded_bytes() as i64,
@@ -582,6 +678,13 @@ fn run_sample(
         version: env!("CARGO_PKG_VERSION").into(),
         timestamp: now(),
     })
+}
+
+/// What a prompt compressor did to a sample: the prompt's tokens before it (the fitted
+/// prompt's for other methods) and the milliseconds it took.
+struct Compression {
+    original_tokens: usize,
+    ms: f64,
 }
 
 /// The name results are stored under: the model file's stem (the default model's is
@@ -608,6 +711,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// How LLMLingua's scorer is loaded: the run's model options, with the scorer's file
+/// (`default`: the default model).
+fn scorer_args(model: &ModelArgs, scorer: &str) -> ModelArgs {
+    let mut args = model.clone();
+    args.model = (scorer != PromptCompressor::DEFAULT_SCORER).then(|| scorer.to_string());
+    args.dense_weights = false;
+    args
 }
 
 /// The key a work item's row is stored under.
@@ -637,6 +749,23 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
     // the settings this run would use.
     let mut pending: Vec<(&WorkItem, Settings)> = Vec::new();
     let mut stale: Vec<(RowKey, Vec<String>)> = Vec::new();
+    // Each compressor's scoring model and its file's hash: a compressed prompt follows from
+    // the prompt, the method's spec and the scorer, so rows record the scorer.
+    let scorers: Vec<Option<(PathBuf, String)>> = plan
+        .methods
+        .iter()
+        .map(|method| {
+            method
+                .compressor()
+                .map(|c| {
+                    let path = compressor_model_path(&models[0], method, c)?;
+                    let sha = crate::assets::model_sha256(&path)
+                        .with_context(|| format!("reading {} to fingerprint it", path.display()))?;
+                    Ok((path, sha))
+                })
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     for (m, model_spec) in plan.spec.models.iter().enumerate() {
         let mine: Vec<&WorkItem> = plan.items.iter().filter(|i| i.model == m).collect();
         if mine.is_empty() {
@@ -664,6 +793,7 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
                         &probe,
                         model_spec.max_length,
                         sample,
+                        &sample.prompt,
                         item.protocol,
                         streamed,
                     )
@@ -672,6 +802,11 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
                     of_sample.insert((item.sample, item.protocol, streamed), settings.clone());
                     settings
                 }
+            };
+            // A compressor's row: the prompt above is the one it was given.
+            let settings = match &scorers[item.method] {
+                Some((_, sha)) => settings.with("scorer_sha256", sha),
+                None => settings,
             };
             let key = row_key(plan, &names, item);
             match store.stored(&key)? {
@@ -707,6 +842,10 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             continue;
         }
         let mut loaded = models[m].load_bare()?;
+        let own_path = models[m].model_path()?;
+        // Compressors' models other than the model itself, loaded once each (a scorer with
+        // the model's options).
+        let mut compressor_models: HashMap<PathBuf, LoadedCompressor> = HashMap::new();
         let mut installed = None;
         for (k, (item, settings)) in mine.iter().enumerate() {
             let (method, sample) = (&plan.methods[item.method], &plan.samples[item.sample]);
@@ -729,32 +868,77 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             }
             let streamed = loaded.model.cache().is_some_and(|c| c.streams())
                 && plan.spec.truncation == Truncation::Paper;
+            let context = || format!("method {label}, {} sample {}", sample.task, sample.id);
+            // The sample's peak memory covers a prompt compressor's scoring too.
+            memory::reset_peak();
+            let (prompt, compress_ms) = match (method.compressor(), &scorers[item.method]) {
+                (Some(c), Some((path, _))) => {
+                    if *path != own_path && !compressor_models.contains_key(path) {
+                        let model = match c {
+                            PromptCompressor::LlmLingua(l) => LoadedCompressor::Scorer(
+                                scorer_args(&models[m], &l.scorer).load_bare()?,
+                            ),
+                            PromptCompressor::LlmLingua2(_) => {
+                                LoadedCompressor::Classifier(Box::new(TokenClassifier::load(path)?))
+                            }
+                        };
+                        compressor_models.insert(path.clone(), model);
+                    }
+                    let model = match compressor_models.get_mut(path) {
+                        None => CompressorModel::Scorer(&mut loaded),
+                        Some(LoadedCompressor::Scorer(scorer)) => CompressorModel::Scorer(scorer),
+                        Some(LoadedCompressor::Classifier(c)) => CompressorModel::Classifier(c),
+                    };
+                    compressed_prompt(c, model, sample).with_context(context)?
+                }
+                _ => (sample.prompt.clone(), 0.0),
+            };
             let fitted = fitted_prompt(
                 &loaded,
                 model_spec.max_length,
                 sample,
+                &prompt,
                 item.protocol,
                 streamed,
             )?;
+            let original_tokens = match method.compressor() {
+                Some(_) => loaded
+                    .prompt_tokens(&sample.prompt.text, sample.chat && loaded.chat.is_some())?
+                    .len(),
+                None => fitted.tokens.len(),
+            };
             let row = run_sample(
                 &mut loaded,
                 row_key(plan, &names, item),
                 &fitted,
                 settings.clone(),
                 sample,
+                Compression {
+                    original_tokens,
+                    ms: compress_ms,
+                },
             )
-            .with_context(|| format!("method {label}, {} sample {}", sample.task, sample.id))?;
+            .with_context(context)?;
             store.insert(&row, args.replace)?;
             ran += 1;
             progress.finish_sample(
                 cost(item),
                 format!(
-                    "{label} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes",
+                    "{label} {} {}: score {:.2}, prefill {:.1} tok/s, KV {} bytes{}",
                     sample.task,
                     sample.id,
                     row.score,
-                    row.prompt_tokens as f64 / (row.prefill_ms / 1e3),
-                    row.kv_bytes
+                    row.original_tokens as f64 / ((row.prefill_ms + row.compress_ms) / 1e3),
+                    row.kv_bytes,
+                    match method.compressor() {
+                        Some(_) => format!(
+                            ", prompt {} -> {} tokens in {:.1} s",
+                            row.original_tokens,
+                            row.prompt_tokens,
+                            row.compress_ms / 1e3
+                        ),
+                        None => String::new(),
+                    }
                 ),
             );
         }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use longctx_kv::MAX_STREAM_POSITIONS;
 use longctx_models::{Feed, LoadedModel};
 use longctx_tasks::longbench;
+use longctx_tasks::prompt::Prompt;
 use longctx_tasks::SCORING_VERSION;
 use sha2::{Digest, Sha256};
 
@@ -24,7 +25,8 @@ pub(super) struct Fitted {
     pub(super) feed: Feed,
 }
 
-/// A sample's prompt for this model: LongBench prompts cut in the middle to `max_length`
+/// A sample's prompt (`prompt`: its own, or a compressor's shorter one) for this model:
+/// LongBench prompts cut in the middle to `max_length`
 /// (or, `streamed`, whole, with the budget of `min(L, max_length)` tokens), then the chat
 /// template where the task uses it and the model ships one (a pretrained model without one
 /// reads the raw prompt, as LongBench's `pred.py` feeds models it does not chat with; the
@@ -37,6 +39,7 @@ pub(super) fn fitted_prompt(
     loaded: &LoadedModel,
     max_length: Option<usize>,
     s: &TaskSample,
+    prompt: &Prompt,
     protocol: Protocol,
     streamed: bool,
 ) -> Result<Fitted> {
@@ -61,9 +64,9 @@ pub(super) fn fitted_prompt(
     for _ in 0..8 {
         let text = match cut_to {
             Some(n) => {
-                longbench::truncate_middle(&s.prompt.text, n, &ModelTokenizer(&loaded.tokenizer))
+                longbench::truncate_middle(&prompt.text, n, &ModelTokenizer(&loaded.tokenizer))
             }
-            None => s.prompt.text.clone(),
+            None => prompt.text.clone(),
         };
         let (tokens, context_tokens) = match protocol {
             Protocol::Paper => {
@@ -72,7 +75,7 @@ pub(super) fn fitted_prompt(
                 (tokens, n)
             }
             Protocol::QueryAgnostic => {
-                let question = s.prompt.question();
+                let question = prompt.question();
                 if !text.ends_with(question) {
                     anyhow::bail!(
                         "{} sample {}: cutting the prompt to max_length reached into its question, which the query-agnostic protocol needs whole: raise max_length",

@@ -1,0 +1,135 @@
+//! Prompt compressors, the paper's third school: text in, shorter text out, then the model
+//! reads it with its full cache. Which part of a prompt is compressed is the benchmark's
+//! rule: a LongBench sample's context field (its instruction and question are kept), the
+//! needle's and the synthetic tasks' whole prompt.
+
+pub mod llmlingua;
+pub mod llmlingua2;
+pub mod xlm_roberta;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+pub use llmlingua::{Compressed, LlmLinguaSettings, Scorer, Target};
+use longctx_models::LoadedModel;
+pub use xlm_roberta::TokenClassifier;
+
+/// How the compressible text reaches the compressor: whole (the benchmark passes one
+/// string), or cut at blank lines into contexts for the coarse stage to rank and choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One context: only the fine (token-level) stage runs.
+    Whole,
+    /// Paragraphs (text between blank lines), joined back with blank lines.
+    Paragraphs,
+}
+
+impl Split {
+    /// How the spec spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Whole => "none",
+            Split::Paragraphs => "paragraphs",
+        }
+    }
+}
+
+/// LLMLingua-1 as a method spec names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmLingua {
+    /// Its settings.
+    pub settings: LlmLinguaSettings,
+    /// How the text is divided for the coarse stage.
+    pub split: Split,
+    /// The scoring model: `default` (the default model) or a model as `--model` takes it.
+    pub scorer: String,
+}
+
+/// LLMLingua-2 as a method spec names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmLingua2Spec {
+    /// How much to keep, in GPT-3.5 tokens (llmlingua's count).
+    pub target: Target,
+    /// The classifier's Hugging Face folder, or `default` for [`llmlingua2_default_folder`].
+    pub model: String,
+}
+
+/// Where `model=default` looks for LLMLingua-2's classifier: the benchmark's
+/// `microsoft/llmlingua-2-xlm-roberta-large-meetingbank`, prepared by
+/// `scripts/llmlingua2_prepare.py`, in longctx's cache (it cannot be fetched here).
+pub fn llmlingua2_default_folder() -> PathBuf {
+    crate::assets::cache_dir().join("models/llmlingua-2-xlm-roberta-large-meetingbank")
+}
+
+/// A prompt compressor as a method spec names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptCompressor {
+    /// LLMLingua-1: a causal LM's surprisal, on this engine.
+    LlmLingua(LlmLingua),
+    /// LLMLingua-2: an XLM-RoBERTa token classifier.
+    LlmLingua2(LlmLingua2Spec),
+}
+
+/// The model a compressor runs, loaded.
+pub enum CompressorModel<'a> {
+    /// LLMLingua-1's scoring LM.
+    Scorer(&'a mut LoadedModel),
+    /// LLMLingua-2's classifier.
+    Classifier(&'a TokenClassifier),
+}
+
+impl PromptCompressor {
+    /// The scorer that stands for the default model.
+    pub const DEFAULT_SCORER: &'static str = "default";
+
+    /// What to keep.
+    pub fn target(&self) -> Target {
+        match self {
+            PromptCompressor::LlmLingua(c) => c.settings.target,
+            PromptCompressor::LlmLingua2(c) => c.target,
+        }
+    }
+
+    /// The share of tokens kept, where the settings give one.
+    pub fn rate(&self) -> Option<f64> {
+        match self.target() {
+            Target::Rate(r) => Some(r),
+            Target::Tokens(_) => None,
+        }
+    }
+
+    /// The method and its target in a phrase, for messages.
+    pub fn label(&self) -> String {
+        let name = match self {
+            PromptCompressor::LlmLingua(_) => "llmlingua",
+            PromptCompressor::LlmLingua2(_) => "llmlingua2",
+        };
+        match self.target() {
+            Target::Rate(r) => format!("{name} (keeping {:.1}% of tokens)", 100.0 * r),
+            Target::Tokens(n) => format!("{name} (keeping {n} tokens)"),
+        }
+    }
+
+    /// Compress one text with its loaded model.
+    pub fn compress(&self, model: CompressorModel, text: &str) -> Result<String> {
+        match (self, model) {
+            (PromptCompressor::LlmLingua(c), CompressorModel::Scorer(loaded)) => {
+                let contexts: Vec<String> = match c.split {
+                    Split::Whole => vec![text.to_string()],
+                    Split::Paragraphs => text.split("\n\n").map(str::to_string).collect(),
+                };
+                let mut scorer = Scorer {
+                    model: loaded.model.as_mut(),
+                    tokenizer: &loaded.tokenizer,
+                };
+                Ok(llmlingua::compress(&mut scorer, &contexts, &c.settings)?.text)
+            }
+            (PromptCompressor::LlmLingua2(c), CompressorModel::Classifier(classifier)) => {
+                Ok(llmlingua2::LlmLingua2::new(classifier)?
+                    .compress(text, c.target)?
+                    .text)
+            }
+            _ => anyhow::bail!("{}: given the other compressor's model", self.label()),
+        }
+    }
+}
