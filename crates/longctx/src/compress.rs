@@ -43,6 +43,9 @@ pub struct LlmLingua {
     pub split: Split,
     /// The scoring model: `default` (the default model) or a model as `--model` takes it.
     pub scorer: String,
+    /// LongLLMLingua: the sample's question conditions the compression (and the question
+    /// part of the prompt is kept, not compressed).
+    pub question: bool,
 }
 
 /// LLMLingua-2 as a method spec names it.
@@ -72,8 +75,8 @@ pub enum PromptCompressor {
 
 /// The model a compressor runs, loaded.
 pub enum CompressorModel<'a> {
-    /// LLMLingua-1's scoring LM.
-    Scorer(&'a mut LoadedModel),
+    /// LLMLingua-1's scoring LM, and for LongLLMLingua a second instance of it.
+    Scorer(&'a mut LoadedModel, Option<&'a mut LoadedModel>),
     /// LLMLingua-2's classifier.
     Classifier(&'a TokenClassifier),
 }
@@ -98,9 +101,15 @@ impl PromptCompressor {
         }
     }
 
+    /// Whether the compressor reads the sample's question (LongLLMLingua).
+    pub fn reads_question(&self) -> bool {
+        matches!(self, PromptCompressor::LlmLingua(c) if c.question)
+    }
+
     /// The method and its target in a phrase, for messages.
     pub fn label(&self) -> String {
         let name = match self {
+            PromptCompressor::LlmLingua(c) if c.question => "longllmlingua",
             PromptCompressor::LlmLingua(_) => "llmlingua",
             PromptCompressor::LlmLingua2(_) => "llmlingua2",
         };
@@ -110,19 +119,25 @@ impl PromptCompressor {
         }
     }
 
-    /// Compress one text with its loaded model.
-    pub fn compress(&self, model: CompressorModel, text: &str) -> Result<String> {
+    /// Compress one text with its loaded model; `question` is read where the compressor
+    /// reads one ([`PromptCompressor::reads_question`]).
+    pub fn compress(&self, model: CompressorModel, text: &str, question: &str) -> Result<String> {
         match (self, model) {
-            (PromptCompressor::LlmLingua(c), CompressorModel::Scorer(loaded)) => {
+            (PromptCompressor::LlmLingua(c), CompressorModel::Scorer(loaded, contrast)) => {
                 let contexts: Vec<String> = match c.split {
                     Split::Whole => vec![text.to_string()],
                     Split::Paragraphs => text.split("\n\n").map(str::to_string).collect(),
                 };
                 let mut scorer = Scorer {
                     model: loaded.model.as_mut(),
+                    contrast: match contrast {
+                        Some(m) => Some(m.model.as_mut()),
+                        None => None,
+                    },
                     tokenizer: &loaded.tokenizer,
                 };
-                Ok(llmlingua::compress(&mut scorer, &contexts, &c.settings)?.text)
+                let question = c.question.then_some(question);
+                Ok(llmlingua::compress(&mut scorer, &contexts, &c.settings, question)?.text)
             }
             (PromptCompressor::LlmLingua2(c), CompressorModel::Classifier(classifier)) => {
                 Ok(llmlingua2::LlmLingua2::new(classifier)?

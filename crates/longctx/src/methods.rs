@@ -162,11 +162,22 @@ pub fn presets() -> Vec<Preset> {
         all.push(Preset {
             name: format!("llmlingua-{r}x"),
             spec: format!(
-                "llmlingua:rate={:?},window=200,context_budget=100,split=none,scorer=default",
+                "llmlingua:rate={:?},window=200,context_budget=100,split=none,question=none,scorer=default",
                 1.0 / r as f64
             ),
             paper_ratio: Some(r as f64),
             note: "LLMLingua-1 (llmlingua 0.2.2's compress_prompt and its defaults; kept tokens equal to its outputs in tests), scored by the default model; compresses a LongBench sample's context field, the needle's whole prompt. The benchmark ran LLMLingua-2 (llmlingua2-*): not the paper's compressor",
+        });
+    }
+    for r in DROP_RATIOS {
+        all.push(Preset {
+            name: format!("longllmlingua-{r}x"),
+            spec: format!(
+                "llmlingua:rate={:?},window=200,context_budget=100,split=paragraphs,question=condition,scorer=default",
+                1.0 / r as f64
+            ),
+            paper_ratio: None,
+            note: "LongLLMLingua with its README's settings (llmlingua 0.2.2: paragraphs ranked by the question's perplexity after each, kept in rank order with shares from +0.3 to -0.3, tokens scored by how much the question lowers their surprisal; kept tokens equal to its outputs in tests), scored by the default model; compresses the context, the question part kept; not in the paper",
         });
     }
     for r in DROP_RATIOS {
@@ -519,6 +530,15 @@ impl Method {
                         )))
                     }
                 };
+                let question = match s.take("question")? {
+                    "none" => false,
+                    "condition" => true,
+                    v => {
+                        return Err(s.error(format!(
+                            "question={v} must be none (LLMLingua) or condition (LongLLMLingua: the question ranks contexts and conditions the token scores)"
+                        )))
+                    }
+                };
                 let scorer = s.take("scorer")?;
                 if scorer.is_empty() {
                     return Err(s.error(
@@ -533,6 +553,7 @@ impl Method {
                     },
                     split,
                     scorer: scorer.to_string(),
+                    question,
                 }))
             }
             "llmlingua2" => {
@@ -735,10 +756,11 @@ impl fmt::Display for Method {
                 match c {
                     PromptCompressor::LlmLingua(c) => write!(
                         f,
-                        ",window={},context_budget={},split={},scorer={}",
+                        ",window={},context_budget={},split={},question={},scorer={}",
                         c.settings.window,
                         c.settings.context_budget,
                         c.split.name(),
+                        if c.question { "condition" } else { "none" },
                         c.scorer
                     ),
                     PromptCompressor::LlmLingua2(c) => write!(f, ",model={}", c.model),
@@ -759,7 +781,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + 8 * 4 + 2 * 4);
+        assert_eq!(presets().len(), 5 + 8 * 4 + 3 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
@@ -805,14 +827,14 @@ mod tests {
         // The benchmark's rate: 1/K as Python's float(1/cp_rate).
         assert_eq!(
             spec("llmlingua-6x"),
-            "llmlingua:rate=0.16666666666666666,window=200,context_budget=100,split=none,scorer=default"
+            "llmlingua:rate=0.16666666666666666,window=200,context_budget=100,split=none,question=none,scorer=default"
         );
         assert_eq!(ratio("llmlingua-4x"), 4.0);
         assert_eq!(
-            Method::parse("llmlingua:tokens=300,window=100,context_budget=0,split=paragraphs,scorer=gemma-3-270m")
+            Method::parse("llmlingua:tokens=300,window=100,context_budget=0,split=paragraphs,question=condition,scorer=gemma-3-270m")
                 .unwrap()
                 .to_string(),
-            "llmlingua:tokens=300,window=100,context_budget=0,split=paragraphs,scorer=gemma-3-270m"
+            "llmlingua:tokens=300,window=100,context_budget=0,split=paragraphs,question=condition,scorer=gemma-3-270m"
         );
         assert_eq!(
             Method::parse("tova:budget=512").unwrap().nominal_ratio(),
@@ -862,7 +884,7 @@ mod tests {
         .contains("remainder=all must be chunk"));
         let lingua = |rest: &str| {
             err(&format!(
-                "llmlingua:{rest},window=200,context_budget=100,split=none,scorer=default"
+                "llmlingua:{rest},window=200,context_budget=100,split=none,question=none,scorer=default"
             ))
         };
         assert!(lingua("rate=0").contains("rate=0 must be a number in (0, 1]"));
@@ -870,12 +892,16 @@ mod tests {
         assert!(lingua("rate=0.5,tokens=9").contains("give one of rate and tokens"));
         assert!(lingua("tokens=0").contains("tokens must be positive"));
         assert!(
-            err("llmlingua:rate=0.5,window=200,context_budget=100,split=none")
+            err("llmlingua:rate=0.5,window=200,context_budget=100,split=none,question=none")
                 .contains("missing required key \"scorer\"")
         );
-        assert!(
-            err("llmlingua:rate=0.5,window=200,context_budget=100,split=lines,scorer=default")
-                .contains("split=lines must be none")
-        );
+        assert!(err(
+            "llmlingua:rate=0.5,window=200,context_budget=100,split=lines,question=none,scorer=default"
+        )
+        .contains("split=lines must be none"));
+        assert!(err(
+            "llmlingua:rate=0.5,window=200,context_budget=100,split=none,question=yes,scorer=default"
+        )
+        .contains("question=yes must be none"));
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! The cases: one essay at 4x, two essays at 2x, a text shorter than one window (kept
 //! whole, as the reference keeps it), an essay at 8x, and eight paragraphs as separate
-//! contexts for the coarse stage at 4x.
+//! contexts for the coarse stage at 4x; and LongLLMLingua with its README's settings and a
+//! question, on the eight paragraphs (ranking, reordering, shares by rank, contrast) and on
+//! one essay (contrast alone), at a rate of 0.3.
 
 use std::path::Path;
 
@@ -62,17 +64,18 @@ fn kept_tokens_equal_llmlingua_s() {
         ..LoadOptions::default()
     };
     let mut loaded = load_model(&path, &options).unwrap();
-    for case in fixture()
-        .cases
-        .into_iter()
-        .filter(|c| c.question.is_empty())
-    {
+    // LongLLMLingua scores the text twice, with and without the question before it.
+    let mut contrast = load_model(&path, &options).unwrap();
+    for case in fixture().cases {
+        let question = (!case.question.is_empty()).then_some(case.question.as_str());
         // The scorer's tokens and its first pass.
         let ids = loaded
             .tokenizer
             .encode(&case.contexts.join("\n\n"), false)
             .unwrap();
-        assert_eq!(ids, case.input_ids, "{}: tokens", case.name);
+        if question.is_none() {
+            assert_eq!(ids, case.input_ids, "{}: tokens", case.name);
+        }
         if !case.first_pass_losses.is_empty() {
             loaded.model.reset();
             let logits: Vec<Vec<f32>> = loaded
@@ -108,9 +111,10 @@ fn kept_tokens_equal_llmlingua_s() {
         }
         let mut scorer = Scorer {
             model: loaded.model.as_mut(),
+            contrast: Some(contrast.model.as_mut()),
             tokenizer: &loaded.tokenizer,
         };
-        let out = llmlingua::compress(&mut scorer, &case.contexts, &settings).unwrap();
+        let out = llmlingua::compress(&mut scorer, &case.contexts, &settings, question).unwrap();
         // The method as `run` calls it gives the same text.
         let method = PromptCompressor::LlmLingua(LlmLingua {
             settings,
@@ -120,9 +124,14 @@ fn kept_tokens_equal_llmlingua_s() {
                 Split::Whole
             },
             scorer: PromptCompressor::DEFAULT_SCORER.into(),
+            question: question.is_some(),
         });
         let text_out = method
-            .compress(CompressorModel::Scorer(&mut loaded), &text)
+            .compress(
+                CompressorModel::Scorer(&mut loaded, Some(&mut contrast)),
+                &text,
+                &case.question,
+            )
             .unwrap();
         assert_eq!(text_out, out.text, "{}", case.name);
         match first_difference(&out.kept, &case.kept_ids) {

@@ -723,7 +723,7 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
     let path = dir.join("spec.toml");
     std::fs::write(
         &path,
-        "methods = [\"baseline\", \"llmlingua-4x\"]\n[[models]]\npath = \"default\"\n\
+        "methods = [\"baseline\", \"llmlingua-4x\", \"longllmlingua-4x\"]\n[[models]]\npath = \"default\"\n\
          [needle]\nlengths = 1\nmin_words = 600\nmax_words = 600\ndepths = 2\ntrials = 1\nmax_new_tokens = 16\n",
     )
     .unwrap();
@@ -731,10 +731,24 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
     let (spec, db_s) = (path.to_str().unwrap(), db.to_str().unwrap());
     run_ok(&["run", "--spec", spec, "--db", db_s]);
     let rows = Store::open_read_only(&db).unwrap().rows().unwrap();
-    let (compressed, full): (Vec<_>, Vec<_>) = rows
-        .iter()
-        .partition(|r| r.key.method.starts_with("llmlingua:"));
-    assert_eq!((compressed.len(), full.len()), (2, 2));
+    let of = |question: &str| -> Vec<_> {
+        rows.iter()
+            .filter(|r| r.key.method.contains(question))
+            .collect()
+    };
+    let (compressed, conditioned, full) = (
+        of("question=none"),
+        of("question=condition"),
+        of("baseline"),
+    );
+    assert_eq!((compressed.len(), conditioned.len(), full.len()), (2, 2, 2));
+    // LongLLMLingua keeps the question part and the budget's 100 extra tokens: less.
+    for (c, b) in conditioned.iter().zip(&full) {
+        let ratio = c.original_tokens as f64 / c.prompt_tokens as f64;
+        assert!((1.5..5.0).contains(&ratio), "{}: ratio {ratio}", c.key);
+        assert!(c.compress_ms > 0.0, "{}", c.key);
+        assert_eq!(c.original_tokens, b.prompt_tokens, "{}", c.key);
+    }
     for (c, b) in compressed.iter().zip(&full) {
         // The prompt it was given is the baseline's; it read about a quarter of it (the tail
         // after the last full window stays whole, so a 900-token prompt keeps more).
@@ -769,8 +783,10 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
     let with_method = |name: &str, method: &str| {
         let path = dir.join(name);
         let text = std::fs::read_to_string(spec).unwrap().replace(
-            "\"baseline\", \"llmlingua-4x\"",
-            &format!("\"llmlingua:{method},window=200,context_budget=100,split=none\""),
+            "\"baseline\", \"llmlingua-4x\", \"longllmlingua-4x\"",
+            &format!(
+                "\"llmlingua:{method},window=200,context_budget=100,split=none,question=none\""
+            ),
         );
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
@@ -785,20 +801,16 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
         &["run", "--spec", &bad_scorer, "--db", other],
         "its scorer \"/no/such/model.gguf\" cannot be loaded",
     );
-    fails(
-        &[
-            "run",
-            "--spec",
-            spec,
-            "--db",
-            other,
-            "--methods",
-            "llmlingua-4x",
-            "--protocols",
-            "query-agnostic",
-        ],
-        "run it under --protocols paper",
-    );
+    for (method, why) in [
+        ("llmlingua-4x", "run it under --protocols paper"),
+        (
+            "longllmlingua-4x",
+            "reads the question to compress the context, which the query-agnostic protocol withholds",
+        ),
+    ] {
+        let args = ["run", "--spec", spec, "--db", other, "--methods", method];
+        fails(&[&args[..], &["--protocols", "query-agnostic"]].concat(), why);
+    }
     fails(
         &["bench", "--method", "llmlingua-4x", "--contexts", "64"],
         "is a prompt compressor",
@@ -807,7 +819,7 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
     std::fs::write(
         &no_classifier,
         std::fs::read_to_string(spec).unwrap().replace(
-            "\"baseline\", \"llmlingua-4x\"",
+            "\"baseline\", \"llmlingua-4x\", \"longllmlingua-4x\"",
             "\"llmlingua2:rate=0.25,model=/no/such/folder\"",
         ),
     )

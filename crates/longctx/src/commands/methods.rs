@@ -45,12 +45,15 @@ Specs take explicit settings too; every key is required and checked:
                                               remainder: which queries of a chunk read the tokens
                                               waiting for a block (chunk: all, as the benchmark's
                                               code; query: those outside their own window)
-  llmlingua:rate=R|tokens=N,window=W,context_budget=B,split=none|paragraphs,scorer=MODEL
+  llmlingua:rate=R|tokens=N,window=W,context_budget=B,split=none|paragraphs,question=none|condition,scorer=MODEL
                                               R in (0, 1]: share of the prompt's tokens kept; W: tokens
                                               per window of the token-level stage (200); B: tokens
                                               added to the target for the context-level stage (100);
                                               split: the text as one context (the benchmark's) or its
-                                              paragraphs for the context-level stage to rank; MODEL:
+                                              paragraphs for the context-level stage to rank;
+                                              question=condition: LongLLMLingua (the question ranks
+                                              the paragraphs and conditions token scores; the
+                                              question part of the prompt is kept); MODEL:
                                               the scorer (default, a name from `longctx models`, or a
                                               path) on this engine
   llmlingua2:rate=R|tokens=N,model=FOLDER|default

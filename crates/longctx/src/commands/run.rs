@@ -547,24 +547,39 @@ fn generation_settings(
 /// synthetic tasks) keeps no question apart, which the query-agnostic protocol needs.
 fn compressible(s: &TaskSample, protocol: Protocol, c: &PromptCompressor) -> Result<()> {
     let name = c.label();
-    match &s.job {
+    if c.reads_question() && protocol == Protocol::QueryAgnostic {
+        anyhow::bail!(
+            "{name} reads the question to compress the context, which the query-agnostic protocol withholds: run it under --protocols paper"
+        );
+    }
+    let question = match &s.job {
         Job::LongBench { sample, .. } if sample.context.trim().is_empty() => anyhow::bail!(
             "{} sample {}: its context field is empty, so {name} has nothing to compress: run this task with a KV method, or drop the sample",
             s.task,
             s.id
         ),
-        Job::LongBench { .. } => Ok(()),
+        Job::LongBench { sample, .. } => sample.input.as_str(),
+        _ if c.reads_question() => s.prompt.question(),
         _ if protocol == Protocol::QueryAgnostic => anyhow::bail!(
             "{}: {name} compresses this task's whole prompt, question included (the benchmark's rule), so the query-agnostic protocol has no question to append: run it under --protocols paper",
             s.task
         ),
-        _ => Ok(()),
+        _ => "",
+    };
+    if c.reads_question() && question.trim().is_empty() {
+        anyhow::bail!(
+            "{} sample {}: it has no question, which {name} needs: run this task with llmlingua (question=none)",
+            s.task,
+            s.id
+        );
     }
+    Ok(())
 }
 
 /// A sample's prompt after `compressor` (running `model`), and the time that took:
 /// LongBench's context field compressed and the template filled again (instruction and
-/// question kept), or the whole prompt for the other tasks.
+/// question kept), or the whole prompt for the other tasks (LongLLMLingua: their context
+/// part, read with their question part, which is kept).
 fn compressed_prompt(
     compressor: &PromptCompressor,
     model: CompressorModel,
@@ -573,20 +588,27 @@ fn compressed_prompt(
     let started = Instant::now();
     let prompt = match &s.job {
         Job::LongBench { dataset, sample } => {
-            let context = compressor.compress(model, &sample.context)?;
+            let context = compressor.compress(model, &sample.context, &sample.input)?;
             dataset.prompt(&longbench::Sample {
                 context,
                 ..(**sample).clone()
             })
         }
-        _ => Prompt::new(compressor.compress(model, &s.prompt.text)?, ""),
+        _ if compressor.reads_question() => {
+            let context = &s.prompt.text[..s.prompt.question_at];
+            let question = s.prompt.question();
+            Prompt::new(compressor.compress(model, context, question)?, question)
+        }
+        _ => Prompt::new(compressor.compress(model, &s.prompt.text, "")?, ""),
     };
     Ok((prompt, started.elapsed().as_secs_f64() * 1e3))
 }
 
 /// A compressor's model, loaded once for a run.
 enum LoadedCompressor {
-    Scorer(LoadedModel),
+    /// LLMLingua's scorer (`None`: the model under test itself), and LongLLMLingua's second
+    /// instance of it.
+    Scorer(Option<Box<LoadedModel>>, Option<Box<LoadedModel>>),
     Classifier(Box<TokenClassifier>),
 }
 
@@ -873,21 +895,43 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             memory::reset_peak();
             let (prompt, compress_ms) = match (method.compressor(), &scorers[item.method]) {
                 (Some(c), Some((path, _))) => {
-                    if *path != own_path && !compressor_models.contains_key(path) {
-                        let model = match c {
+                    let entry = match compressor_models.entry(path.clone()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(match c {
                             PromptCompressor::LlmLingua(l) => LoadedCompressor::Scorer(
-                                scorer_args(&models[m], &l.scorer).load_bare()?,
+                                match *path == own_path {
+                                    true => None,
+                                    false => Some(Box::new(
+                                        scorer_args(&models[m], &l.scorer).load_bare()?,
+                                    )),
+                                },
+                                None,
                             ),
                             PromptCompressor::LlmLingua2(_) => {
                                 LoadedCompressor::Classifier(Box::new(TokenClassifier::load(path)?))
                             }
-                        };
-                        compressor_models.insert(path.clone(), model);
-                    }
-                    let model = match compressor_models.get_mut(path) {
-                        None => CompressorModel::Scorer(&mut loaded),
-                        Some(LoadedCompressor::Scorer(scorer)) => CompressorModel::Scorer(scorer),
-                        Some(LoadedCompressor::Classifier(c)) => CompressorModel::Classifier(c),
+                        }),
+                    };
+                    let model = match (entry, c) {
+                        (LoadedCompressor::Scorer(main, contrast), PromptCompressor::LlmLingua(l)) => {
+                            if l.question && contrast.is_none() {
+                                *contrast =
+                                    Some(Box::new(scorer_args(&models[m], &l.scorer).load_bare()?));
+                            }
+                            let main = match main {
+                                Some(main) => main,
+                                None => &mut loaded,
+                            };
+                            let contrast = contrast.as_deref_mut().filter(|_| l.question);
+                            CompressorModel::Scorer(main, contrast)
+                        }
+                        (LoadedCompressor::Classifier(classifier), _) => {
+                            CompressorModel::Classifier(classifier)
+                        }
+                        (LoadedCompressor::Scorer(..), _) => anyhow::bail!(
+                            "{} is named both as LLMLingua's scorer and as LLMLingua-2's classifier: a folder is one or the other",
+                            path.display()
+                        ),
                     };
                     compressed_prompt(c, model, sample).with_context(context)?
                 }

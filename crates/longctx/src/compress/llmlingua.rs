@@ -55,6 +55,9 @@ pub struct LlmLinguaSettings {
 pub struct Scorer<'a> {
     /// The model; its cache must keep every token (the baseline), since windows rewind it.
     pub model: &'a mut dyn LanguageModel,
+    /// A second instance of the same model, for LongLLMLingua's contrast: the text scored
+    /// without the question before it, beside the text scored after it.
+    pub contrast: Option<&'a mut dyn LanguageModel>,
     /// Its tokenizer.
     pub tokenizer: &'a TextTokenizer,
 }
@@ -65,34 +68,61 @@ impl Scorer<'_> {
         Ok(self.tokenizer.encode(text, true)?.len())
     }
 
-    /// Feed `tokens` after what the model holds; the surprisal (nats) of each token after
-    /// the first given all before it: `tokens.len() - 1` values. Fed a chunk at a time, so
-    /// that no more than a chunk's logits are held.
-    fn surprisals(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
-        for (i, chunk) in tokens.chunks(SCORED_CHUNK).enumerate() {
-            let logits = self.model.append(chunk, Logits::All)?;
-            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-            let next = &tokens[(i * SCORED_CHUNK + 1).min(tokens.len())..];
-            out.extend(rows.iter().zip(next).map(|(row, &next)| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-                max + sum.ln() - row[next as usize]
-            }));
-        }
-        Ok(out)
-    }
-
-    /// Mean surprisal of a text read from a fresh state (`get_ppl` at sentence
-    /// granularity): the coarse stage's rank.
-    fn perplexity(&mut self, text: &str) -> Result<f32> {
+    /// The mean surprisal of a text read from a fresh state (`get_ppl` at sentence
+    /// granularity), of its tokens from `from` on: the coarse stage's rank.
+    fn perplexity(&mut self, text: &str, from: usize) -> Result<f32> {
         let mut ids = self.tokenizer.encode(text, true)?;
         ids.truncate(self.model.trained_context());
         self.model.reset();
-        let losses = self.surprisals(&ids)?;
+        let losses = surprisals(self.model, &ids)?;
         self.model.reset();
+        let losses = &losses[from.min(losses.len())..];
         Ok(losses.iter().sum::<f32>() / losses.len() as f32)
     }
+
+    /// Where `text` starts in the tokens of `prefix + text` (`get_prefix_length`): the
+    /// first cut whose tokens decode to `prefix`, checked on the text's first 100 characters.
+    fn prefix_length(&self, prefix: &str, text: &str) -> Result<usize> {
+        let head: String = text.chars().take(100).collect();
+        let possible = self
+            .tokenizer
+            .encode(prefix, false)?
+            .len()
+            .saturating_sub(3)
+            .max(1);
+        let ids = self.tokenizer.encode(&format!("{prefix}{head}"), false)?;
+        let mut at = possible;
+        for i in possible..ids.len() {
+            at = i;
+            if self.tokenizer.decode(&ids[..i], false)? == prefix {
+                break;
+            }
+        }
+        if at >= ids.len() || self.tokenizer.decode(&ids[at..], false)? != head {
+            bail!(
+                "LongLLMLingua: the question's tokens do not end where the context's begin (the two merge across the blank line), so the context cannot be scored apart"
+            );
+        }
+        Ok(at)
+    }
+}
+
+/// Feed `tokens` after what `model` holds; the surprisal (nats) of each token after the
+/// first given all before it: `tokens.len() - 1` values. Fed a chunk at a time, so that no
+/// more than a chunk's logits are held.
+fn surprisals(model: &mut dyn LanguageModel, tokens: &[u32]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
+    for (i, chunk) in tokens.chunks(SCORED_CHUNK).enumerate() {
+        let logits = model.append(chunk, Logits::All)?;
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let next = &tokens[(i * SCORED_CHUNK + 1).min(tokens.len())..];
+        out.extend(rows.iter().zip(next).map(|(row, &next)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+            max + sum.ln() - row[next as usize]
+        }));
+    }
+    Ok(out)
 }
 
 /// The result of compressing one text.
@@ -107,11 +137,16 @@ pub struct Compressed {
 }
 
 /// Compress `contexts` (one text, or several for the coarse stage to choose from) as
-/// `compress_prompt(contexts, rate=…)` does with no instruction and no question.
+/// `compress_prompt(contexts, rate=…)` does with no instruction and no question; with a
+/// `question`, as LongLLMLingua with its README's settings (`rank_method="longllmlingua"`,
+/// `condition_in_question="after_condition"`, `reorder_context="sort"`,
+/// `dynamic_context_compression_ratio=0.3`, `condition_compare=True`), the question not
+/// appended to the result. The question needs the scorer's `contrast` model.
 pub fn compress(
     scorer: &mut Scorer,
     contexts: &[String],
     settings: &LlmLinguaSettings,
+    question: Option<&str>,
 ) -> Result<Compressed> {
     let contexts: Vec<String> = if contexts.is_empty() {
         vec![" ".into()]
@@ -122,24 +157,46 @@ pub fn compress(
         .iter()
         .map(|c| scorer.length(c))
         .collect::<Result<Vec<_>>>()?;
-    // The instruction and question are empty, but count their start tokens as the
-    // reference does.
+    // The instruction (and without LongLLMLingua the question) is empty, but counts its
+    // start token as the reference counts it; a question kept apart is not subtracted.
     let empty = scorer.length("")? as f64;
+    let question_length = match question {
+        Some(q) => scorer.length(q)? as f64,
+        None => empty,
+    };
+    let subtracted = empty + if question.is_some() { 0.0 } else { empty };
     let target = match settings.target {
         Target::Rate(rate) => {
-            (2.0 * empty + lengths.iter().sum::<usize>() as f64) * rate - 2.0 * empty
+            (empty + question_length + lengths.iter().sum::<usize>() as f64) * rate - subtracted
         }
         Target::Tokens(n) => n as f64,
     };
-    let contexts = if contexts.len() > 1 {
-        coarse_filter(scorer, contexts, &lengths, target, settings.context_budget)?
+    let (contexts, shares) = if contexts.len() > 1 {
+        coarse_filter(
+            scorer,
+            contexts,
+            &lengths,
+            target,
+            settings.context_budget,
+            question,
+        )?
     } else {
-        contexts
+        (contexts, vec![0.0])
     };
-    let windows = window_plan(scorer, &contexts, target, settings.window)?;
-    let ids = scorer.tokenizer.encode(&contexts.join("\n\n"), false)?;
-    let input_tokens = ids.len();
-    let kept = fine_filter(scorer, ids, &windows, settings.window)?;
+    let (texts, start) = match question {
+        Some(q) => {
+            let start = scorer.prefix_length(&format!("{q}\n\n"), &contexts[0])?;
+            let texts: Vec<String> = std::iter::once(q.to_string())
+                .chain(contexts.iter().cloned())
+                .collect();
+            (texts, start)
+        }
+        None => (contexts.clone(), 0),
+    };
+    let windows = window_plan(scorer, &contexts, &shares, target, settings.window)?;
+    let ids = scorer.tokenizer.encode(&texts.join("\n\n"), false)?;
+    let input_tokens = ids.len() - start;
+    let kept = fine_filter(scorer, ids, &windows, settings.window, start)?;
     let text = scorer
         .tokenizer
         .decode(&kept, false)?
@@ -156,23 +213,49 @@ pub fn compress(
     })
 }
 
-/// The coarse stage (`control_context_budget`): contexts by perplexity, highest first, kept
-/// until the budget (target + `context_budget`) is spent, then put back in their order.
+/// What LongLLMLingua appends to the question to rank contexts by.
+const RANKING_SUFFIX: &str = " We can get the answer to this question in the given documents.";
+
+/// The spread of LongLLMLingua's shares over the contexts it keeps (`dynamic_context_
+/// compression_ratio`): the best-ranked keeps this much more, the last this much less.
+const DYNAMIC_SHARE: f64 = 0.3;
+
+/// The coarse stage (`control_context_budget`), kept until the budget (target +
+/// `context_budget`) is spent. LLMLingua: contexts by perplexity, highest first, put back in
+/// their order. LongLLMLingua: by the question's perplexity after each context, lowest
+/// first, left in that order, with shares from +0.3 to −0.3 by rank. Returns the contexts
+/// kept and each one's share offset.
 fn coarse_filter(
     scorer: &mut Scorer,
     contexts: Vec<String>,
     lengths: &[usize],
     target: f64,
     context_budget: usize,
-) -> Result<Vec<String>> {
+    question: Option<&str>,
+) -> Result<(Vec<String>, Vec<f64>)> {
     let mut ranked = contexts
         .iter()
         .enumerate()
-        .map(|(i, c)| Ok((i, scorer.perplexity(c)?)))
+        .map(|(i, c)| {
+            let rank = match question {
+                None => scorer.perplexity(c, 0)?,
+                Some(q) => {
+                    let from = scorer.length(c)?.saturating_sub(1);
+                    scorer.perplexity(&format!("{c}{q}{RANKING_SUFFIX}"), from)?
+                }
+            };
+            Ok((i, rank))
+        })
         .collect::<Result<Vec<_>>>()?;
-    // Highest first, ties in their order (Python's sort is stable); a one-token context
-    // has no perplexity (NaN) and ranks last.
-    ranked.sort_by(|a, b| (a.1.is_nan().cmp(&b.1.is_nan())).then(b.1.total_cmp(&a.1)));
+    // Python's sort is stable (ties stay in order); a one-token context has no
+    // perplexity (NaN) and ranks last.
+    ranked.sort_by(|a, b| {
+        let order = match question {
+            None => b.1.total_cmp(&a.1),
+            Some(_) => a.1.total_cmp(&b.1),
+        };
+        (a.1.is_nan().cmp(&b.1.is_nan())).then(order)
+    });
     let mut budget = if target < 0.0 { 100.0 } else { target } + context_budget as f64;
     let mut used = Vec::new();
     for (i, _) in ranked {
@@ -182,16 +265,34 @@ fn coarse_filter(
             break;
         }
     }
-    used.sort_unstable();
-    Ok(used.into_iter().map(|i| contexts[i].clone()).collect())
+    let shares = match question {
+        None => {
+            used.sort_unstable();
+            vec![0.0; used.len()]
+        }
+        Some(_) => {
+            let n = used.len();
+            (0..n)
+                .map(|rank| match n {
+                    1 => 0.0,
+                    _ => (n as f64 - 1.0 - 2.0 * rank as f64) * (DYNAMIC_SHARE / (n - 1) as f64),
+                })
+                .collect()
+        }
+    };
+    Ok((
+        used.into_iter().map(|i| contexts[i].clone()).collect(),
+        shares,
+    ))
 }
 
-/// The fine stage's windows (`get_dynamic_compression_ratio` with no dynamic ratio): each a
-/// list of (tokens, kept share) parts, every share `target / (Σ (length + 2) + 1)` clamped
-/// to [0, 1].
+/// The fine stage's windows (`get_dynamic_compression_ratio`): each a list of (tokens,
+/// kept share) parts, a context's share `target / (Σ (length + 2) + 1)` plus its offset,
+/// clamped to [0, 1].
 fn window_plan(
     scorer: &Scorer,
     contexts: &[String],
+    offsets: &[f64],
     target: f64,
     window: usize,
 ) -> Result<Vec<Vec<(usize, f64)>>> {
@@ -200,13 +301,14 @@ fn window_plan(
         .map(|c| Ok(scorer.tokenizer.encode(c, false)?.len() + 2))
         .collect::<Result<Vec<usize>>>()?;
     let tau = target / (lengths.iter().sum::<usize>() + 1) as f64;
-    Ok(plan_windows(&lengths, tau.clamp(0.0, 1.0), window))
+    let shares: Vec<f64> = offsets.iter().map(|o| (tau + o).clamp(0.0, 1.0)).collect();
+    Ok(plan_windows(&lengths, &shares, window))
 }
 
-/// [`window_plan`] from the lengths (each context's tokens plus two) and the kept share.
-fn plan_windows(lengths: &[usize], share: f64, window: usize) -> Vec<Vec<(usize, f64)>> {
+/// [`window_plan`] from the lengths (each context's tokens plus two) and their shares.
+fn plan_windows(lengths: &[usize], shares: &[f64], window: usize) -> Vec<Vec<(usize, f64)>> {
     let (mut plan, mut last, mut parts) = (Vec::new(), 1usize, Vec::new());
-    for &length in lengths {
+    for (&length, &share) in lengths.iter().zip(shares) {
         if last + length >= window {
             parts.push((window - last, share));
             plan.push(std::mem::take(&mut parts));
@@ -256,15 +358,15 @@ fn threshold(losses: &[f32], share: f64) -> f32 {
 }
 
 /// One window part's cut (`get_compressed_input`): tokens in `end - part .. end` whose
-/// following token's loss is at most `threshold` are dropped. Returns the new `end`.
+/// following token's loss fails `keeps` are dropped. Returns the new `end`.
 fn cut(
     losses: &mut Vec<f32>,
     ids: &mut Vec<u32>,
     end: isize,
     part: usize,
-    threshold: f32,
+    keeps: impl Fn(f32) -> bool,
 ) -> isize {
-    let mut keep: Vec<bool> = losses.iter().map(|&l| l > threshold).collect();
+    let mut keep: Vec<bool> = losses.iter().map(|&l| keeps(l)).collect();
     keep.extend(losses.first().map(|&l| l > 0.0));
     let n = keep.len();
     for k in &mut keep[py_end(end, n)..] {
@@ -273,108 +375,238 @@ fn cut(
     for k in &mut keep[..py_end(end - part as isize, n)] {
         *k = true;
     }
-    let mut i = 0;
-    losses.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    retain_by(losses, &keep);
     keep.resize(ids.len(), true);
     let dropped = keep[..py_end(end, keep.len())]
         .iter()
         .filter(|k| !**k)
         .count();
-    let mut i = 0;
-    ids.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    retain_by(ids, &keep);
     end - dropped as isize
 }
 
-/// The fine stage (`iterative_compress_prompt` with no condition, split or segments): the
-/// ids kept.
+/// One sequence the fine stage scores: its ids, every loss computed so far (loss `j` is
+/// token `j + 1`'s), whether its model holds a prefix of it, and where the next losses go.
+struct Track<'m> {
+    model: &'m mut dyn LanguageModel,
+    ids: Vec<u32>,
+    losses: Vec<f32>,
+    cached: bool,
+    ready_end: isize,
+}
+
+impl<'m> Track<'m> {
+    fn new(model: &'m mut dyn LanguageModel, ids: Vec<u32>) -> Self {
+        model.reset();
+        Self {
+            model,
+            ids,
+            losses: Vec::new(),
+            cached: false,
+            ready_end: 0,
+        }
+    }
+
+    /// `get_ppl` from the cached prefix to `end` (the whole sequence on the first window),
+    /// the new losses written at `ready_end..end - 1`; then the cache kept up to
+    /// `end - window` (dropped after the first window). Returns how many losses it computed.
+    fn score(
+        &mut self,
+        end: isize,
+        first: bool,
+        step: isize,
+        max_positions: usize,
+    ) -> Result<usize> {
+        let past = if self.cached {
+            self.model.seen_tokens()
+        } else {
+            self.model.reset();
+            0
+        };
+        let stop = if first {
+            self.ids.len()
+        } else {
+            py_end(end, self.ids.len())
+        };
+        let stop = stop.min(past + max_positions);
+        let fresh = surprisals(self.model, &self.ids[past.min(stop)..stop])?;
+        if first {
+            self.losses = fresh.clone();
+        } else {
+            let upto = py_end(end - 1, usize::MAX);
+            if upto > self.losses.len() {
+                self.losses.resize(upto, 0.0);
+            }
+            let from = py_end(self.ready_end, upto);
+            if upto - from != fresh.len() {
+                bail!(
+                    "LLMLingua's window bookkeeping lost its place ({} losses for {from}..{upto})",
+                    fresh.len()
+                );
+            }
+            self.losses[from..upto].copy_from_slice(&fresh);
+        }
+        if first {
+            self.model.reset();
+            self.cached = false;
+        } else {
+            let seen = self.model.seen_tokens();
+            self.model.forget(py_end(end - step, seen)..seen)?;
+            self.cached = true;
+        }
+        Ok(fresh.len())
+    }
+
+    /// The scorer's cache slides past its context: `gone` tokens leave the ids' front and
+    /// the cache's rows after its first `keep`.
+    fn slide(&mut self, keep: usize, gone: usize) -> Result<Vec<u32>> {
+        self.ready_end -= gone as isize;
+        self.model
+            .forget(keep..keep + gone)
+            .context("sliding the scorer's cache")?;
+        Ok(self.ids.drain(..gone).collect())
+    }
+}
+
+/// The fine stage (`iterative_compress_prompt` with no split or segments): the ids kept
+/// after the first `start` (the question, for LongLLMLingua). With the scorer's contrast
+/// model (`condition_compare`), a token is kept by how much less surprising the question
+/// makes the next token: the loss without it minus the loss with it.
 fn fine_filter(
     scorer: &mut Scorer,
-    mut ids: Vec<u32>,
+    ids: Vec<u32>,
     windows: &[Vec<(usize, f64)>],
     window: usize,
+    start: usize,
 ) -> Result<Vec<u32>> {
     let max_positions = scorer.model.trained_context();
     let step = window as isize;
+    let offset = start as isize;
+    let contrast_ids = ids[start.min(ids.len())..].to_vec();
+    let mut main = Track::new(&mut *scorer.model, ids);
+    let mut contrast = match (&mut scorer.contrast, start) {
+        (_, 0) => None,
+        (Some(model), _) => Some(Track::new(&mut **model, contrast_ids)),
+        (None, _) => bail!("LongLLMLingua needs a second instance of the scorer"),
+    };
     let mut popped: Vec<u32> = Vec::new();
-    let mut end = window.min(ids.len()) as isize;
-    let mut losses: Option<Vec<f32>> = None;
-    let (mut cached, mut ready_end, mut index) = (false, 0isize, 0usize);
-    scorer.model.reset();
-    while end <= ids.len() as isize {
-        if end > max_positions as isize && cached {
+    let mut end = (window + start).min(main.ids.len()) as isize;
+    let mut index = 0usize;
+    while end <= main.ids.len() as isize {
+        if end > max_positions as isize && main.cached {
             // The scorer's cache slides: drop the oldest tokens after the first ten.
-            let e = end as usize - max_positions;
-            let s = CACHE_START_TOKENS.min(max_positions);
-            popped.extend(ids.drain(..e));
-            scorer
-                .model
-                .forget(s..s + e)
-                .context("sliding the scorer's cache")?;
-            end -= e as isize;
-            ready_end -= e as isize;
+            let gone = end as usize - max_positions;
+            let keep = (CACHE_START_TOKENS + start).min(max_positions);
+            popped.extend(main.slide(keep, gone)?);
+            end -= gone as isize;
+            if let Some(c) = contrast.as_mut() {
+                let keep = keep.min(c.model.seen_tokens().saturating_sub(gone));
+                c.slide(keep, gone)?;
+            }
         }
-        let past = if cached {
-            scorer.model.seen_tokens()
-        } else {
-            scorer.model.reset();
-            0
-        };
-        let stop = if index > 0 { end as usize } else { ids.len() };
-        let stop = stop.min(past + max_positions).min(ids.len());
-        let fresh = scorer.surprisals(&ids[past..stop])?;
-        if fresh.is_empty() {
+        let first = index == 0;
+        if main.score(end, first, step, max_positions)? == 0 {
             break;
         }
-        let all = match losses.take() {
-            Some(mut all) => {
-                let upto = py_end(end - 1, usize::MAX);
-                if upto > all.len() {
-                    all.resize(upto, 0.0);
-                }
-                let from = ready_end.max(0) as usize;
-                if upto - from.min(upto) != fresh.len() {
-                    bail!(
-                        "LLMLingua's window bookkeeping lost its place ({} losses for {from}..{upto})",
-                        fresh.len()
-                    );
-                }
-                all[from..upto].copy_from_slice(&fresh);
-                all
-            }
-            None => fresh,
-        };
-        if index > 0 {
-            let keep = py_end(end - step, scorer.model.seen_tokens());
-            let seen = scorer.model.seen_tokens();
-            scorer.model.forget(keep..seen)?;
-            cached = true;
-        } else {
-            scorer.model.reset();
-            cached = false;
+        if let Some(c) = contrast.as_mut() {
+            c.score(end - offset, first, step, max_positions)?;
+            c.ready_end = if first && start > 0 {
+                0
+            } else {
+                end - offset - step
+            };
         }
-        ready_end = end - step;
+        main.ready_end = if first && start > 0 { 0 } else { end - step };
         let Some(parts) = windows.get(index) else {
             // The reference indexes past its plan here (an IndexError); no text we build
             // reaches it, since the plan covers every token plus two per context.
             break;
         };
-        let mut all = all;
         for &(part, share) in parts {
-            let limit = threshold(&all, share);
-            end = cut(&mut all, &mut ids, end - step + part as isize, part, limit) + step;
+            let window_end = end - step + part as isize;
+            end = match contrast.as_mut() {
+                None => {
+                    let limit = threshold(&main.losses, share);
+                    cut(&mut main.losses, &mut main.ids, window_end, part, |l| {
+                        l > limit
+                    })
+                }
+                Some(c) => cut_contrast(&mut main, c, start, window_end, part, share)?,
+            } + step;
         }
-        losses = Some(all);
         index += 1;
     }
-    scorer.model.reset();
-    popped.extend(ids);
-    Ok(popped)
+    main.model.reset();
+    if let Some(c) = contrast {
+        c.model.reset();
+    }
+    popped.extend(main.ids);
+    Ok(popped.split_off(start.min(popped.len())))
+}
+
+/// One window part's cut with the contrast (`get_compressed_input` given `self_loss`): the
+/// question's tokens stay; a token is kept when the next token's loss without the question
+/// exceeds its loss with it by more than the part's quantile of those differences.
+fn cut_contrast(
+    main: &mut Track,
+    contrast: &mut Track,
+    start: usize,
+    end: isize,
+    part: usize,
+    share: f64,
+) -> Result<isize> {
+    let with = &main.losses[start.min(main.losses.len())..];
+    if contrast.losses.len() < with.len() {
+        bail!(
+            "LongLLMLingua's two scorings disagree in length ({} against {})",
+            contrast.losses.len(),
+            with.len()
+        );
+    }
+    let gain: Vec<f32> = contrast.losses[..with.len()]
+        .iter()
+        .zip(with)
+        .map(|(without, with)| without - with)
+        .collect();
+    let limit = threshold(&gain, share);
+    // The keep mask over the main sequence: the question's tokens (any loss > 0), then the
+    // gains, then the extra element.
+    let mut keep: Vec<bool> = main.losses[..start.min(main.losses.len())]
+        .iter()
+        .map(|&l| l > 0.0)
+        .chain(gain.iter().map(|&g| g > limit))
+        .collect();
+    keep.extend(main.losses.first().map(|&l| l > 0.0));
+    let n = keep.len();
+    for k in &mut keep[py_end(end, n)..] {
+        *k = true;
+    }
+    for k in &mut keep[..py_end(end - part as isize, n)] {
+        *k = true;
+    }
+    retain_by(&mut main.losses, &keep);
+    if keep.len() < contrast.losses.len() + start + 1 {
+        keep.resize(contrast.losses.len() + start + 1, true);
+    }
+    let own = &keep[start.min(keep.len())..keep.len() - 1];
+    retain_by(&mut contrast.losses, own);
+    keep.resize(main.ids.len(), true);
+    let dropped = keep[..py_end(end, keep.len())]
+        .iter()
+        .filter(|k| !**k)
+        .count();
+    retain_by(&mut main.ids, &keep);
+    retain_by(&mut contrast.ids, &keep[start.min(keep.len())..]);
+    Ok(end - dropped as isize)
+}
+
+/// Keep the items whose flag is set (items past the flags are kept).
+fn retain_by<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut i = 0;
+    items.retain(|_| {
+        i += 1;
+        keep.get(i - 1).copied().unwrap_or(true)
+    });
 }
 
 #[cfg(test)]
@@ -385,19 +617,19 @@ mod tests {
     fn windows_are_planned_as_the_reference_plans_them() {
         // One context of 450 tokens (452 with its two): 199, 200, then the 53 left.
         assert_eq!(
-            plan_windows(&[452], 0.25, 200),
+            plan_windows(&[452], &[0.25], 200),
             vec![vec![(199, 0.25)], vec![(200, 0.25)], vec![(53, 0.25)]]
         );
         // Short contexts share a window; a long one closes it.
         assert_eq!(
-            plan_windows(&[50, 60, 300], 0.5, 200),
+            plan_windows(&[50, 60, 300], &[0.5; 3], 200),
             vec![
                 vec![(50, 0.5), (60, 0.5), (89, 0.5)],
                 vec![(200, 0.5)],
                 vec![(11, 0.5)]
             ]
         );
-        assert_eq!(plan_windows(&[63], 0.5, 200), vec![vec![(63, 0.5)]]);
+        assert_eq!(plan_windows(&[63], &[0.5], 200), vec![vec![(63, 0.5)]]);
     }
 
     #[test]
@@ -423,7 +655,7 @@ mod tests {
         // Tokens 0..6, losses of tokens 1..6 at indices 0..5; window 0..5.
         let mut losses = vec![3.0, 0.5, 4.0, 0.2, 0.1];
         let mut ids = vec![10, 11, 12, 13, 14, 15];
-        let end = cut(&mut losses, &mut ids, 5, 5, 1.0);
+        let end = cut(&mut losses, &mut ids, 5, 5, |l| l > 1.0);
         // Token 1's next (token 2) has loss 0.5 → dropped; tokens 3 and 4 likewise; token
         // 5 is past the window; the mask's extra element is index 5.
         assert_eq!(ids, vec![10, 12, 15]);
