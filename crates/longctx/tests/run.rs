@@ -815,6 +815,36 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
         &["bench", "--method", "llmlingua-4x", "--contexts", "64"],
         "is a prompt compressor",
     );
+    // A LongBench sample whose context field is empty has nothing to compress; one without
+    // a question cannot condition LongLLMLingua.
+    let data = dir.join("longbench");
+    std::fs::create_dir_all(&data).unwrap();
+    let row = |context: &str, input: &str| {
+        serde_json::json!({"input": input, "context": context, "answers": ["x"], "length": 3,
+            "all_classes": null, "_id": "a", "dataset": "hotpotqa", "language": "en"})
+        .to_string()
+    };
+    for (context, input, method, why) in [
+        ("", "Who?", "llmlingua-4x", "its context field is empty"),
+        (
+            "Some text here.",
+            "",
+            "longllmlingua-4x",
+            "it has no question",
+        ),
+    ] {
+        std::fs::write(data.join("hotpotqa.jsonl"), row(context, input) + "\n").unwrap();
+        let lb = dir.join("longbench.toml");
+        std::fs::write(
+            &lb,
+            format!(
+                "methods = [\"{method}\"]\n[[models]]\npath = \"default\"\n[longbench]\ndir = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        fails(&["run", "--spec", lb.to_str().unwrap(), "--db", other], why);
+    }
     let no_classifier = dir.join("classifier.toml");
     std::fs::write(
         &no_classifier,

@@ -419,8 +419,12 @@ impl Plan {
 /// scoring the prompt, and the shorter prompt it leaves, included.
 fn estimate(cost: &ModelCost, method: &Method, s: &TaskSample) -> f64 {
     let words = s.words as f64;
-    match method.compressor().and_then(PromptCompressor::rate) {
-        Some(kept) => cost.compressed_seconds(words, kept, s.max_new_tokens),
+    match method.compressor() {
+        Some(c) => {
+            // A target in tokens leaves an unknown share; count the prompt whole.
+            let kept = c.rate().unwrap_or(1.0);
+            cost.compressed_seconds(words, kept, c.prefills(), s.max_new_tokens)
+        }
         None => cost.seconds(words, s.max_new_tokens),
     }
 }

@@ -34,12 +34,6 @@ pub struct ModelCost {
     pub tokens_per_word: f64,
 }
 
-/// A prompt compressor's time in prefills of the prompt it is given, by the model itself as
-/// scorer: LLMLingua reads the text once whole, then again window by window with the kept
-/// part of the window before (`run --spec experiments/needle-llmlingua.toml` at this
-/// commit: 2.5× the baseline's prefill time at 774 tokens, 2.8× at 2,883).
-const COMPRESSION_PREFILLS: f64 = 2.8;
-
 impl ModelCost {
     /// Estimated seconds to prefill `words` words of context and decode `new_tokens`.
     pub fn seconds(&self, words: f64, new_tokens: usize) -> f64 {
@@ -70,10 +64,17 @@ impl ModelCost {
             + attention / PREFILL_ATTENTION_RATE
     }
 
-    /// Estimated seconds to compress `words` words to the share `kept`, then prefill what
-    /// is left and decode `new_tokens` (the model scoring for itself).
-    pub fn compressed_seconds(&self, words: f64, kept: f64, new_tokens: usize) -> f64 {
-        COMPRESSION_PREFILLS * self.prefill_seconds(words) + self.seconds(words * kept, new_tokens)
+    /// Estimated seconds to compress `words` words to the share `kept` at the cost of
+    /// `prefills` prefills of them (the model scoring for itself), then prefill what is left
+    /// and decode `new_tokens`.
+    pub fn compressed_seconds(
+        &self,
+        words: f64,
+        kept: f64,
+        prefills: f64,
+        new_tokens: usize,
+    ) -> f64 {
+        prefills * self.prefill_seconds(words) + self.seconds(words * kept, new_tokens)
     }
 }
 
