@@ -7,6 +7,7 @@ llmlingua 0.2.2 (the version the benchmark pinned in requirements/tf_4.45.txt):
     python3 scripts/llmlingua_reference.py \
         --gguf ~/.cache/longctx/models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --haystack ~/.cache/longctx/haystack/PaulGrahamEssays \
+        --tiny crates/longctx/tests/fixtures/tiny_llama3 \
         --out crates/longctx/tests/fixtures/llmlingua.json
 
 transformers dequantizes the GGUF to float32 and saves it as a Hugging Face directory, which
@@ -75,6 +76,11 @@ def main():
     p.add_argument("--gguf", required=True)
     p.add_argument("--haystack", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--tiny",
+        help="a tiny random Llama folder (crates/longctx/tests/fixtures/tiny_llama3, 256 positions) "
+        "to score a text longer than its context with: the scorer's cache slides",
+    )
     args = p.parse_args()
 
     gguf_dir, gguf_file = os.path.split(os.path.abspath(args.gguf))
@@ -176,6 +182,44 @@ def main():
             )
         )
         print(f"{name}: {len(ids)} tokens -> {len(kept[-1])}")
+
+    if args.tiny:
+        tiny = PromptCompressor(model_name=os.path.abspath(args.tiny), device_map="cpu")
+        tiny_kept = []
+        tiny_iterative = tiny.iterative_compress_prompt
+
+        def tiny_capture(*a, **k):
+            result = tiny_iterative(*a, **k)
+            tiny_kept.append(result[0][0].tolist())
+            return result
+
+        tiny.iterative_compress_prompt = tiny_capture
+        # llmlingua 0.2.2 fails when its cache slides (the kept prefix and a window pass the
+        # scorer's context): the losses it computes no longer fit where it writes them. The
+        # case records the failure; longctx must refuse the same input.
+        text = essay_text(args.haystack, files[7:8], 220)
+        ids = tiny.tokenizer(text, add_special_tokens=False).input_ids
+        assert len(ids) > 2 * tiny.max_position_embeddings, len(ids)
+        try:
+            tiny.compress_prompt([text], rate=0.9)
+            error = ""
+        except RuntimeError as e:
+            error = str(e)
+        out.append(
+            dict(
+                name="tiny-slide",
+                contexts=[text],
+                question="",
+                rate=0.9,
+                input_ids=ids,
+                kept_ids=[],
+                compressed="",
+                first_pass_losses=[],
+                scorer="tiny_llama3",
+                error=error,
+            )
+        )
+        print(f"tiny-slide: {len(ids)} tokens: {error or 'no error'}")
 
     import llmlingua
     import transformers

@@ -10,8 +10,9 @@
 //! - the compressed text decoded from them, identical.
 //!
 //! The cases: one essay at 4x, two essays at 2x, a text shorter than one window (kept
-//! whole, as the reference keeps it), an essay at 8x, and eight paragraphs as separate
-//! contexts for the coarse stage at 4x; and LongLLMLingua with its README's settings and a
+//! whole, as the reference keeps it), an essay at 8x, eight paragraphs as separate
+//! contexts for the coarse stage at 4x, and a text over twice as long as its scorer's
+//! context (a tiny random Llama of 256 positions: the cache slides); and LongLLMLingua with its README's settings and a
 //! question, on the eight paragraphs (ranking, reordering, shares by rank, contrast) and on
 //! one essay (contrast alone), at a rate of 0.3.
 
@@ -31,6 +32,13 @@ struct Case {
     contexts: Vec<String>,
     /// LongLLMLingua's question; empty for LLMLingua's cases.
     question: String,
+    /// The scorer when it is not the default model: `tiny_llama3`, a random Llama of 256
+    /// positions, for a text past its context (the scorer's cache slides).
+    #[serde(default)]
+    scorer: String,
+    /// Where llmlingua itself failed, its error: we must refuse the input too.
+    #[serde(default)]
+    error: String,
     rate: f64,
     input_ids: Vec<u32>,
     kept_ids: Vec<u32>,
@@ -63,11 +71,18 @@ fn kept_tokens_equal_llmlingua_s() {
         decode_activations: DecodeActivations::F32,
         ..LoadOptions::default()
     };
-    let mut loaded = load_model(&path, &options).unwrap();
+    let mut default = load_model(&path, &options).unwrap();
     // LongLLMLingua scores the text twice, with and without the question before it.
     let mut contrast = load_model(&path, &options).unwrap();
+    let tiny_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama3");
+    let mut tiny = load_model(&tiny_path, &options).unwrap();
     for case in fixture().cases {
         let question = (!case.question.is_empty()).then_some(case.question.as_str());
+        let loaded = match case.scorer.as_str() {
+            "" => &mut default,
+            "tiny_llama3" => &mut tiny,
+            other => panic!("{}: unknown scorer {other}", case.name),
+        };
         // The scorer's tokens and its first pass.
         let ids = loaded
             .tokenizer
@@ -114,7 +129,18 @@ fn kept_tokens_equal_llmlingua_s() {
             contrast: Some(contrast.model.as_mut()),
             tokenizer: &loaded.tokenizer,
         };
-        let out = llmlingua::compress(&mut scorer, &case.contexts, &settings, question).unwrap();
+        let result = llmlingua::compress(&mut scorer, &case.contexts, &settings, question);
+        if !case.error.is_empty() {
+            let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("outgrow the scorer's context of 256 tokens"),
+                "{}: llmlingua failed ({}), ours gave {err:?}",
+                case.name,
+                case.error
+            );
+            continue;
+        }
+        let out = result.unwrap();
         // The method as `run` calls it gives the same text.
         let method = PromptCompressor::LlmLingua(LlmLingua {
             settings,
@@ -128,7 +154,7 @@ fn kept_tokens_equal_llmlingua_s() {
         });
         let text_out = method
             .compress(
-                CompressorModel::Scorer(&mut loaded, Some(&mut contrast)),
+                CompressorModel::Scorer(loaded, Some(&mut contrast)),
                 &text,
                 &case.question,
             )

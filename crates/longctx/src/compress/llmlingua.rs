@@ -439,8 +439,11 @@ impl<'m> Track<'m> {
             }
             let from = py_end(self.ready_end, upto);
             if upto - from != fresh.len() {
+                // Where the kept text and the next window pass the scorer's context, the
+                // reference's cache slide leaves its losses short of where it writes them
+                // (llmlingua 0.2.2 raises a shape error there).
                 bail!(
-                    "LLMLingua's window bookkeeping lost its place ({} losses for {from}..{upto})",
+                    "the kept text and its next window outgrow the scorer's context of {max_positions} tokens, where LLMLingua's cache slide misplaces its losses ({} losses for positions {from}..{upto}; llmlingua 0.2.2 fails there too): score with a model of a longer context, or keep less (a lower rate)",
                     fresh.len()
                 );
             }
