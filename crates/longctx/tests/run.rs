@@ -772,7 +772,6 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
 
     // Bad input: a rate outside (0, 1], a scorer that cannot be loaded, a task whose whole
     // prompt is compressed under the protocol that needs its question apart.
-    // (`--methods` splits at commas, so full specs go in a spec file.)
     let fails = |args: &[&str], needle: &str| {
         let out = longctx(args);
         assert!(!out.status.success());
@@ -794,6 +793,19 @@ fn a_prompt_compressor_stores_both_prompts_and_its_time() {
     let bad_rate = with_method("rate.toml", "rate=1.5,scorer=default");
     fails(
         &["run", "--spec", &bad_rate, "--db", other],
+        "rate=1.5 must be a number in (0, 1]",
+    );
+    // On the command line too: a spec's settings stay with it among comma-separated methods.
+    fails(
+        &[
+            "run",
+            "--spec",
+            spec,
+            "--db",
+            other,
+            "--methods",
+            "baseline,llmlingua:rate=1.5,window=200,context_budget=100,split=none,question=none,scorer=default,h2o-4x",
+        ],
         "rate=1.5 must be a number in (0, 1]",
     );
     let bad_scorer = with_method("scorer.toml", "rate=0.25,scorer=/no/such/model.gguf");

@@ -33,7 +33,8 @@ pub struct PlanArgs {
     /// An experiment spec (TOML); without it, the built-in experiment.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Methods to compare instead of the spec's: presets or specs, comma-separated.
+    /// Methods to compare instead of the spec's: presets or specs, comma-separated (a
+    /// spec's own `key=value` settings stay with it).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// The paper's full grid: every preset (all methods at 2/4/6/8x).
@@ -134,6 +135,23 @@ pub struct Plan {
     costs: Vec<ModelCost>,
 }
 
+/// Comma-separated methods as clap splits them, with each spec's settings put back: a
+/// piece with `=` and no `:` (`window=200`) continues the spec before it
+/// (`llmlingua:rate=0.25`), since a method name has neither.
+fn rejoin_specs(pieces: &[String]) -> Vec<String> {
+    let mut methods: Vec<String> = Vec::new();
+    for piece in pieces {
+        match methods.last_mut() {
+            Some(last) if piece.contains('=') && !piece.contains(':') && last.contains(':') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => methods.push(piece.clone()),
+        }
+    }
+    methods
+}
+
 impl PlanArgs {
     /// The spec with command-line overrides applied.
     fn spec(&self) -> Result<ExperimentSpec> {
@@ -142,7 +160,7 @@ impl PlanArgs {
             None => ExperimentSpec::builtin(),
         };
         if let Some(methods) = &self.methods {
-            spec.methods = methods.clone();
+            spec.methods = rejoin_specs(methods);
         }
         if let Some(protocols) = &self.protocols {
             spec.protocols = protocols.clone();
