@@ -10,6 +10,7 @@ pub mod gguf;
 mod linear;
 mod llama;
 mod load;
+mod mamba;
 mod q8;
 mod quant;
 mod sentencepiece;
@@ -27,6 +28,7 @@ pub use generate::{
 };
 pub use llama::{CacheBuilder, LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
+pub use mamba::MambaModel;
 pub use q8::DecodeActivations;
 pub use tokenizer::TextTokenizer;
 

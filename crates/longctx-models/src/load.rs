@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::gguf::GgufFile;
 use crate::{
-    ChatTemplate, LanguageModel, LlamaModel, LoadOptions, ModelError, Result, TextTokenizer,
+    ChatTemplate, LanguageModel, LlamaModel, LoadOptions, MambaModel, ModelError, Result,
+    TextTokenizer,
 };
 
 /// A model ready to run, with what is needed to talk to it.
@@ -126,7 +127,15 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
                     .into(),
             });
         }
-        let model = Box::new(LlamaModel::from_hf_dir(path, options)?);
+        let model_type = std::fs::read_to_string(path.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|c| c.get("model_type")?.as_str().map(str::to_string));
+        // Linear-time architectures have their own model; the rest share the Llama layout.
+        let model: Box<dyn LanguageModel> = match model_type.as_deref() {
+            Some("mamba") => Box::new(MambaModel::from_hf_dir(path)?),
+            _ => Box::new(LlamaModel::from_hf_dir(path, options)?),
+        };
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
         let config: serde_json::Value = std::fs::read_to_string(path.join("tokenizer_config.json"))
             .ok()

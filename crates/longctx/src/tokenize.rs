@@ -21,15 +21,21 @@ impl Tokenize for ModelTokenizer<'_> {
     }
 }
 
+/// The most haystack words the measure below reads: every trained context so far (32K)
+/// whole, and a recurrent model's unbounded one a sample of that size.
+const MAX_PROBE_WORDS: usize = 1 << 15;
+
 /// Tokens per haystack word for this tokenizer, with a 2% margin: measured on as much cycled
-/// haystack as a context of `context` tokens could hold, so that needle grids can be scaled
-/// to the model (the paper scales its longest haystack to what the model takes).
+/// haystack as a context of `context` tokens could hold (at most [`MAX_PROBE_WORDS`]), so
+/// that needle grids can be scaled to the model (the paper scales its longest haystack to
+/// what the model takes).
 pub fn haystack_tokens_per_word(
     tokenizer: &TextTokenizer,
     context: usize,
     haystack: &longctx_tasks::needle::Haystack,
 ) -> f64 {
-    let probe = haystack.background(context); // more words than the context holds as tokens
+    // More words than the context holds as tokens.
+    let probe = haystack.background(context.min(MAX_PROBE_WORDS));
     let tokens = ModelTokenizer(tokenizer).encode(&probe).len();
     1.02 * tokens as f64 / longctx_tasks::needle::words(&probe).len().max(1) as f64
 }

@@ -125,25 +125,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let decode = start.elapsed().as_secs_f64();
         let seen = context + args.decode_tokens;
-        let cache = model
-            .cache()
-            .context("the model keeps no KV cache to measure")?;
-        let shape = cache.shape();
-        let row = BenchRow {
-            method: method.to_string(),
-            context,
-            prefill_tokens_per_s: context as f64 / prefill,
-            decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
-            kept_tokens: cache.mean_kept_tokens(),
-            kept_tokens_per_layer: (0..shape.layers).map(|l| cache.kept_tokens(l)).collect(),
-            kv_bytes: cache.stored_bytes(),
-            kv_bytes_by_group: cache.stored_bytes_by_group().into_iter().collect(),
-            offloaded_bytes: cache.offloaded_bytes(),
-            uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
-            measured_ratio: (cache.uncompressed_bytes_per_token() * seen) as f64
-                / cache.stored_bytes().max(1) as f64,
-            kv_fp16_equivalent_bytes: shape.fp16_bytes_per_token() * seen,
-            peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
+        let (prefill_tokens_per_s, decode_tokens_per_s) = (
+            context as f64 / prefill,
+            args.decode_tokens as f64 / decode.max(1e-9),
+        );
+        let row = match model.cache() {
+            Some(cache) => {
+                let shape = cache.shape();
+                BenchRow {
+                    method: method.to_string(),
+                    context,
+                    prefill_tokens_per_s,
+                    decode_tokens_per_s,
+                    kept_tokens: cache.mean_kept_tokens(),
+                    kept_tokens_per_layer: (0..shape.layers)
+                        .map(|l| cache.kept_tokens(l))
+                        .collect(),
+                    kv_bytes: cache.stored_bytes(),
+                    kv_bytes_by_group: cache.stored_bytes_by_group().into_iter().collect(),
+                    offloaded_bytes: cache.offloaded_bytes(),
+                    uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
+                    measured_ratio: (cache.uncompressed_bytes_per_token() * seen) as f64
+                        / cache.stored_bytes().max(1) as f64,
+                    kv_fp16_equivalent_bytes: shape.fp16_bytes_per_token() * seen,
+                    peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
+                }
+            }
+            // A recurrent model: its state stands where KV bytes stand, and keeps no tokens.
+            None => BenchRow {
+                method: method.to_string(),
+                context,
+                prefill_tokens_per_s,
+                decode_tokens_per_s,
+                kept_tokens: 0.0,
+                kept_tokens_per_layer: Vec::new(),
+                kv_bytes: model.state_bytes(),
+                kv_bytes_by_group: [("state", model.state_bytes())].into_iter().collect(),
+                offloaded_bytes: 0,
+                uncompressed_bytes: model.state_bytes(),
+                measured_ratio: 1.0,
+                kv_fp16_equivalent_bytes: 0,
+                peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
+            },
         };
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
@@ -232,15 +255,14 @@ fn sweep(
             logits = model.step(argmax(&logits)?)?;
         }
         let decode = start.elapsed().as_secs_f64();
-        let cache = model
-            .cache()
-            .context("the model keeps no KV cache to measure")?;
         let row = SweepRow {
             method: method.to_string(),
             depth,
             prefill_tokens_per_s: step as f64 / prefill,
             decode_tokens_per_s: args.decode_tokens as f64 / decode.max(1e-9),
-            kv_bytes: cache.stored_bytes(),
+            kv_bytes: model
+                .cache()
+                .map_or(model.state_bytes(), |c| c.stored_bytes()),
             peak_rss_bytes: memory::peak_rss_bytes().unwrap_or(0),
         };
         if args.json {

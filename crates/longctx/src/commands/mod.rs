@@ -132,6 +132,12 @@ impl MethodArg {
 /// Give the model a fresh cache of `method`'s policy, for the layers the model lets it serve
 /// (model-dependent settings are checked here).
 pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
+    // A model without a KV cache (a recurrence) runs as it is under the baseline, and reads
+    // a compressor's prompt as it is; a KV method on it is refused by the model.
+    if loaded.model.cache().is_none() && matches!(method, Method::Baseline | Method::Compressor(_))
+    {
+        return Ok(());
+    }
     loaded
         .model
         .set_cache(Box::new(|shape, rope, numerics| {

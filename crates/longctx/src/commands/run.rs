@@ -693,14 +693,25 @@ fn run_sample(
             f64::NAN,
         ),
     };
-    let cache = loaded
-        .model
-        .cache()
-        .context("the model keeps no KV cache to account for")?;
     // A compressor's savings are against the prompt it was given: bytes follow the tokens
     // it removed.
     let seen = (compression.original_tokens + generation.decode_steps) as i64;
-    let shape = cache.shape();
+    // A recurrent model's state stands where KV bytes stand; it keeps no tokens and has no
+    // 16-bit KV to compare with (zero).
+    let (kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes) =
+        match loaded.model.cache() {
+            Some(cache) => (
+                cache.mean_kept_tokens().round() as i64,
+                cache.stored_bytes() as i64,
+                cache.offloaded_bytes() as i64,
+                cache.uncompressed_bytes_per_token() as i64 * seen,
+                cache.shape().fp16_bytes_per_token() as i64 * seen,
+            ),
+            None => {
+                let state = loaded.model.state_bytes() as i64;
+                (0, state, 0, state, 0)
+            }
+        };
     Ok(ResultRow {
         key,
         prediction,
@@ -709,11 +720,11 @@ fn run_sample(
         prompt_tokens: fitted.tokens.len() as i64,
         original_tokens: compression.original_tokens as i64,
         compress_ms: compression.ms,
-        kept_tokens: cache.mean_kept_tokens().round() as i64,
-        kv_bytes: cache.stored_bytes() as i64,
-        offloaded_bytes: cache.offloaded_bytes() as i64,
-        uncompressed_bytes: cache.uncompressed_bytes_per_token() as i64 * seen,
-        fp16_bytes: shape.fp16_bytes_per_token() as i64 * seen,
+        kept_tokens,
+        kv_bytes,
+        offloaded_bytes,
+        uncompressed_bytes,
+        fp16_bytes,
         prefill_ms: generation.prefill.as_secs_f64() * 1e3,
         decode_ms: generation.decode.as_secs_f64() * 1e3,
         new_tokens: generation.decode_steps as i64,

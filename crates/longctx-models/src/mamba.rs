@@ -1,0 +1,378 @@
+//! Mamba (Gu & Dao, 2023), a selective state-space model with no KV cache: Hugging Face's
+//! `MambaForCausalLM` layout, read from a folder (config.json, model.safetensors). Each layer
+//! holds a causal convolution's last `conv_kernel` inputs and an `intermediate × state`
+//! recurrent state, whatever the context's length.
+//!
+//! Prefill runs the same recurrence as decoding, token by token, so the two give the same
+//! state by construction; it is exact and O(1) per token in the context, but not yet fast
+//! (one mat-vec per projection per token, no parallel scan). Checked against transformers'
+//! logits on a tiny random model, in prefill and in decoding (`tests/linear.rs`).
+
+use std::path::Path;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use longctx_kv::{Reservation, MAX_STREAM_POSITIONS};
+use serde::Deserialize;
+
+use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result};
+
+fn default_true() -> bool {
+    true
+}
+
+/// The fields of a Mamba config.json this model reads.
+#[derive(Deserialize, Clone)]
+struct MambaConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    state_size: usize,
+    num_hidden_layers: usize,
+    intermediate_size: usize,
+    conv_kernel: usize,
+    time_step_rank: usize,
+    layer_norm_epsilon: f64,
+    #[serde(default)]
+    use_bias: bool,
+    #[serde(default = "default_true")]
+    use_conv_bias: bool,
+    #[serde(default = "default_true")]
+    tie_word_embeddings: bool,
+}
+
+/// A row-major matrix of `rows × cols` and an optional bias.
+struct Matrix {
+    values: Vec<f32>,
+    cols: usize,
+    bias: Option<Vec<f32>>,
+}
+
+impl Matrix {
+    /// `W x (+ b)`.
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.values
+            .chunks_exact(self.cols)
+            .enumerate()
+            .map(|(r, row)| {
+                let dot: f32 = row.iter().zip(x).map(|(w, v)| w * v).sum();
+                dot + self.bias.as_ref().map_or(0.0, |b| b[r])
+            })
+            .collect()
+    }
+}
+
+/// One Mamba block's weights.
+struct Layer {
+    norm: Vec<f32>,
+    in_proj: Matrix,
+    /// `[intermediate, conv_kernel]`.
+    conv: Vec<f32>,
+    conv_bias: Vec<f32>,
+    x_proj: Matrix,
+    dt_proj: Matrix,
+    /// −exp(A_log), `[intermediate, state]`.
+    a: Vec<f32>,
+    d: Vec<f32>,
+    out_proj: Matrix,
+}
+
+/// One layer's sequence state.
+#[derive(Clone)]
+struct State {
+    /// The convolution's last inputs, `[intermediate, conv_kernel]`, oldest first.
+    conv: Vec<f32>,
+    /// The recurrent state, `[intermediate, state]`.
+    ssm: Vec<f32>,
+}
+
+/// A Mamba language model and its sequence state.
+pub struct MambaModel {
+    config: MambaConfig,
+    embeddings: Vec<f32>,
+    layers: Vec<Layer>,
+    norm_f: Vec<f32>,
+    /// The output matrix when not tied to the embeddings.
+    lm_head: Option<Vec<f32>>,
+    states: Vec<State>,
+    seen: usize,
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// PyTorch's softplus (β = 1, linear above 20).
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean + eps as f32).sqrt();
+    x.iter().zip(weight).map(|(v, w)| w * (v * scale)).collect()
+}
+
+impl MambaModel {
+    /// Read a Hugging Face Mamba folder; a missing tensor or one of another shape than the
+    /// config gives is an error naming the file and tensor.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let bad = |reason: String| ModelError::BadCheckpoint {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(dir.join("config.json")).map_err(|e| ModelError::Io {
+                path: dir.join("config.json"),
+                source: e,
+            })?;
+        let config: MambaConfig = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("config.json is not a Mamba config: {e}")))?;
+        let path = dir.join("model.safetensors");
+        // SAFETY: the file is mapped read-only and not modified while the process runs.
+        let st = unsafe { MmapedSafetensors::new(&path) }
+            .map_err(|e| bad(format!("model.safetensors: {e}")))?;
+        let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = st
+                .load(name, &Device::Cpu)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?
+                .to_dtype(DType::F32)?;
+            if t.dims() != shape {
+                return Err(bad(format!(
+                    "tensor {name} has shape {:?}, but config.json asks for {shape:?}",
+                    t.dims()
+                )));
+            }
+            Ok(t.flatten_all()?.to_vec1()?)
+        };
+        let c = &config;
+        let (h, i, n, k, r) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.state_size,
+            c.conv_kernel,
+            c.time_step_rank,
+        );
+        let matrix = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Matrix> {
+            Ok(Matrix {
+                values: tensor(&format!("{name}.weight"), &[rows, cols])?,
+                cols,
+                bias: match bias {
+                    true => Some(tensor(&format!("{name}.bias"), &[rows])?),
+                    false => None,
+                },
+            })
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| {
+                let p = format!("backbone.layers.{l}");
+                let a_log = tensor(&format!("{p}.mixer.A_log"), &[i, n])?;
+                Ok(Layer {
+                    norm: tensor(&format!("{p}.norm.weight"), &[h])?,
+                    in_proj: matrix(&format!("{p}.mixer.in_proj"), 2 * i, h, c.use_bias)?,
+                    conv: tensor(&format!("{p}.mixer.conv1d.weight"), &[i, 1, k])?,
+                    conv_bias: match c.use_conv_bias {
+                        true => tensor(&format!("{p}.mixer.conv1d.bias"), &[i])?,
+                        false => vec![0.0; i],
+                    },
+                    x_proj: matrix(&format!("{p}.mixer.x_proj"), r + 2 * n, i, false)?,
+                    dt_proj: matrix(&format!("{p}.mixer.dt_proj"), i, r, true)?,
+                    a: a_log.iter().map(|v| -v.exp()).collect(),
+                    d: tensor(&format!("{p}.mixer.D"), &[i])?,
+                    out_proj: matrix(&format!("{p}.mixer.out_proj"), h, i, c.use_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = match c.tie_word_embeddings {
+            true => None,
+            false => Some(tensor("lm_head.weight", &[c.vocab_size, h])?),
+        };
+        let states = vec![
+            State {
+                conv: vec![0.0; i * k],
+                ssm: vec![0.0; i * n],
+            };
+            c.num_hidden_layers
+        ];
+        Ok(Self {
+            embeddings: tensor("backbone.embeddings.weight", &[c.vocab_size, h])?,
+            norm_f: tensor("backbone.norm_f.weight", &[h])?,
+            layers,
+            lm_head,
+            states,
+            seen: 0,
+            config,
+        })
+    }
+
+    /// One token through every block, updating the state; the final hidden state.
+    fn step_hidden(&mut self, token: u32) -> Vec<f32> {
+        let c = &self.config;
+        let (h, i, n, k, r) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.state_size,
+            c.conv_kernel,
+            c.time_step_rank,
+        );
+        let t = token as usize;
+        let mut x = self.embeddings[t * h..(t + 1) * h].to_vec();
+        for (layer, state) in self.layers.iter().zip(&mut self.states) {
+            let normed = rms_norm(&x, &layer.norm, c.layer_norm_epsilon);
+            let xz = layer.in_proj.apply(&normed);
+            let (input, gate) = xz.split_at(i);
+            // The causal convolution over this input and the last k − 1.
+            let mut conv_out = vec![0f32; i];
+            for ch in 0..i {
+                let window = &mut state.conv[ch * k..(ch + 1) * k];
+                window.rotate_left(1);
+                window[k - 1] = input[ch];
+                let w = &layer.conv[ch * k..(ch + 1) * k];
+                let sum: f32 = window.iter().zip(w).map(|(a, b)| a * b).sum();
+                conv_out[ch] = silu(sum + layer.conv_bias[ch]);
+            }
+            let projected = layer.x_proj.apply(&conv_out);
+            let (dt_in, rest) = projected.split_at(r);
+            let (b, cc) = rest.split_at(n);
+            let dt: Vec<f32> = layer
+                .dt_proj
+                .apply(dt_in)
+                .into_iter()
+                .map(softplus)
+                .collect();
+            let mut y = vec![0f32; i];
+            for ch in 0..i {
+                let ssm = &mut state.ssm[ch * n..(ch + 1) * n];
+                let a = &layer.a[ch * n..(ch + 1) * n];
+                let mut out = 0f32;
+                for s in 0..n {
+                    ssm[s] = (a[s] * dt[ch]).exp() * ssm[s] + dt[ch] * b[s] * conv_out[ch];
+                    out += ssm[s] * cc[s];
+                }
+                y[ch] = (out + conv_out[ch] * layer.d[ch]) * silu(gate[ch]);
+            }
+            let out = layer.out_proj.apply(&y);
+            for (xv, o) in x.iter_mut().zip(out) {
+                *xv += o;
+            }
+        }
+        rms_norm(&x, &self.norm_f, c.layer_norm_epsilon)
+    }
+
+    fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+        head.chunks_exact(self.config.hidden_size)
+            .map(|row| row.iter().zip(hidden).map(|(w, v)| w * v).sum())
+            .collect()
+    }
+}
+
+impl LanguageModel for MambaModel {
+    fn append(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::Tokenizer(
+                "cannot run the model on an empty token sequence".into(),
+            ));
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is outside the model's vocabulary"
+            )));
+        }
+        let mut rows = Vec::new();
+        for (at, &token) in tokens.iter().enumerate() {
+            let hidden = self.step_hidden(token);
+            self.seen += 1;
+            if logits == Logits::All || at + 1 == tokens.len() {
+                rows.extend(self.logits(&hidden));
+            }
+        }
+        let v = self.config.vocab_size;
+        Ok(Tensor::from_vec(
+            rows.clone(),
+            (rows.len() / v, v),
+            &Device::Cpu,
+        )?)
+    }
+
+    fn end_prefill(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn reserve(&mut self, _reservation: Reservation) -> Result<()> {
+        Ok(())
+    }
+
+    fn seen_tokens(&self) -> usize {
+        self.seen
+    }
+
+    /// A recurrence reads any length; the bound is the one streamed inputs share.
+    fn context_limit(&self) -> usize {
+        MAX_STREAM_POSITIONS
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| (s.conv.len() + s.ssm.len()) * std::mem::size_of::<f32>())
+            .sum()
+    }
+
+    fn reset(&mut self) {
+        for s in &mut self.states {
+            s.conv.fill(0.0);
+            s.ssm.fill(0.0);
+        }
+        self.seen = 0;
+    }
+
+    fn trained_context(&self) -> usize {
+        MAX_STREAM_POSITIONS
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.norm.len()
+                    + l.in_proj.values.len()
+                    + l.conv.len()
+                    + l.x_proj.values.len()
+                    + l.dt_proj.values.len()
+                    + l.a.len()
+                    + l.d.len()
+                    + l.out_proj.values.len()
+            })
+            .sum();
+        (layer + self.embeddings.len() + self.lm_head.as_ref().map_or(0, Vec::len))
+            * std::mem::size_of::<f32>()
+    }
+
+    fn compute_profile(&self) -> ComputeProfile {
+        let c = &self.config;
+        let (h, i, n, r) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.state_size,
+            c.time_step_rank,
+        );
+        let per_layer = 2 * i * h + i * c.conv_kernel + (r + 2 * n) * i + i * r + 3 * i * n + h * i;
+        ComputeProfile {
+            layer_weights: c.num_hidden_layers * per_layer,
+            head_weights: c.vocab_size * h,
+            attention: Vec::new(),
+        }
+    }
+}
