@@ -3,10 +3,12 @@
 //! holds a causal convolution's last `conv_kernel` inputs and an `intermediate × state`
 //! recurrent state, whatever the context's length.
 //!
-//! Prefill runs the same recurrence as decoding, token by token, so the two give the same
-//! state by construction; it is exact and O(1) per token in the context, but not yet fast
-//! (one mat-vec per projection per token, no parallel scan). Checked against transformers'
-//! logits on a tiny random model, in prefill and in decoding (`tests/linear.rs`).
+//! Prefill and decoding run one code path: a chunk's projections are one GEMM each (a
+//! single row in decoding), the convolution and the selective scan go token by token, so the
+//! state after a prefill is the state after stepping through it, and a token costs the same
+//! whatever the context's length. The scan is sequential (no parallel scan yet). Checked
+//! against transformers' logits on a tiny random model, in prefill and in decoding
+//! (`tests/linear.rs`).
 
 use std::path::Path;
 
@@ -15,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use longctx_kv::{Reservation, MAX_STREAM_POSITIONS};
 use serde::Deserialize;
 
-use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result};
+use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result, DEFAULT_PREFILL_CHUNK};
 
 fn default_true() -> bool {
     true
@@ -40,40 +42,42 @@ struct MambaConfig {
     tie_word_embeddings: bool,
 }
 
-/// A row-major matrix of `rows × cols` and an optional bias.
-struct Matrix {
-    values: Vec<f32>,
-    cols: usize,
-    bias: Option<Vec<f32>>,
+/// A projection `x Wᵀ (+ b)` applied to a chunk of rows at once (one GEMM; a single row
+/// in decoding), so prefill and decoding share it.
+struct Projection {
+    /// Wᵀ, `[inputs, outputs]`, contiguous.
+    transposed: Tensor,
+    bias: Option<Tensor>,
+    /// Weights held (bias excluded).
+    weights: usize,
 }
 
-impl Matrix {
-    /// `W x (+ b)`.
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        self.values
-            .chunks_exact(self.cols)
-            .enumerate()
-            .map(|(r, row)| {
-                let dot: f32 = row.iter().zip(x).map(|(w, v)| w * v).sum();
-                dot + self.bias.as_ref().map_or(0.0, |b| b[r])
-            })
-            .collect()
+impl Projection {
+    /// `rows` rows of `x` (row-major) projected: `rows × outputs` values.
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let inputs = self.transposed.dim(0)?;
+        let x = Tensor::from_slice(x, (rows, inputs), &Device::Cpu)?;
+        let mut y = x.matmul(&self.transposed)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y.flatten_all()?.to_vec1()?)
     }
 }
 
 /// One Mamba block's weights.
 struct Layer {
     norm: Vec<f32>,
-    in_proj: Matrix,
+    in_proj: Projection,
     /// `[intermediate, conv_kernel]`.
     conv: Vec<f32>,
     conv_bias: Vec<f32>,
-    x_proj: Matrix,
-    dt_proj: Matrix,
+    x_proj: Projection,
+    dt_proj: Projection,
     /// −exp(A_log), `[intermediate, state]`.
     a: Vec<f32>,
     d: Vec<f32>,
-    out_proj: Matrix,
+    out_proj: Projection,
 }
 
 /// One layer's sequence state.
@@ -91,8 +95,8 @@ pub struct MambaModel {
     embeddings: Vec<f32>,
     layers: Vec<Layer>,
     norm_f: Vec<f32>,
-    /// The output matrix when not tied to the embeddings.
-    lm_head: Option<Vec<f32>>,
+    /// The output projection (the embeddings, when tied).
+    lm_head: Projection,
     states: Vec<State>,
     seen: usize,
 }
@@ -156,15 +160,28 @@ impl MambaModel {
             c.conv_kernel,
             c.time_step_rank,
         );
-        let matrix = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Matrix> {
-            Ok(Matrix {
-                values: tensor(&format!("{name}.weight"), &[rows, cols])?,
-                cols,
-                bias: match bias {
-                    true => Some(tensor(&format!("{name}.bias"), &[rows])?),
-                    false => None,
-                },
+        let projection = |values: Vec<f32>, rows: usize, cols: usize, bias: Option<Vec<f32>>| {
+            Ok::<_, ModelError>(Projection {
+                transposed: Tensor::from_vec(values, (rows, cols), &Device::Cpu)?
+                    .t()?
+                    .contiguous()?,
+                bias: bias
+                    .map(|b| Tensor::from_vec(b, rows, &Device::Cpu))
+                    .transpose()?,
+                weights: rows * cols,
             })
+        };
+        let matrix = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Projection> {
+            let bias = match bias {
+                true => Some(tensor(&format!("{name}.bias"), &[rows])?),
+                false => None,
+            };
+            projection(
+                tensor(&format!("{name}.weight"), &[rows, cols])?,
+                rows,
+                cols,
+                bias,
+            )
         };
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
@@ -186,9 +203,10 @@ impl MambaModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let embeddings = tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
         let lm_head = match c.tie_word_embeddings {
-            true => None,
-            false => Some(tensor("lm_head.weight", &[c.vocab_size, h])?),
+            true => projection(embeddings.clone(), c.vocab_size, h, None)?,
+            false => matrix("lm_head", c.vocab_size, h, false)?,
         };
         let states = vec![
             State {
@@ -198,7 +216,7 @@ impl MambaModel {
             c.num_hidden_layers
         ];
         Ok(Self {
-            embeddings: tensor("backbone.embeddings.weight", &[c.vocab_size, h])?,
+            embeddings,
             norm_f: tensor("backbone.norm_f.weight", &[h])?,
             layers,
             lm_head,
@@ -208,8 +226,10 @@ impl MambaModel {
         })
     }
 
-    /// One token through every block, updating the state; the final hidden state.
-    fn step_hidden(&mut self, token: u32) -> Vec<f32> {
+    /// A chunk of tokens through every block, updating the state: the projections one GEMM
+    /// per chunk, the convolution and the scan token by token (the same arithmetic for one
+    /// token in decoding). Returns the final hidden states, `[tokens, hidden]`.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (h, i, n, k, r) = (
             c.hidden_size,
@@ -218,55 +238,71 @@ impl MambaModel {
             c.conv_kernel,
             c.time_step_rank,
         );
-        let t = token as usize;
-        let mut x = self.embeddings[t * h..(t + 1) * h].to_vec();
+        let t = tokens.len();
+        let mut x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&id| {
+                self.embeddings[id as usize * h..(id as usize + 1) * h]
+                    .iter()
+                    .copied()
+            })
+            .collect();
         for (layer, state) in self.layers.iter().zip(&mut self.states) {
-            let normed = rms_norm(&x, &layer.norm, c.layer_norm_epsilon);
-            let xz = layer.in_proj.apply(&normed);
-            let (input, gate) = xz.split_at(i);
-            // The causal convolution over this input and the last k − 1.
-            let mut conv_out = vec![0f32; i];
-            for ch in 0..i {
-                let window = &mut state.conv[ch * k..(ch + 1) * k];
-                window.rotate_left(1);
-                window[k - 1] = input[ch];
-                let w = &layer.conv[ch * k..(ch + 1) * k];
-                let sum: f32 = window.iter().zip(w).map(|(a, b)| a * b).sum();
-                conv_out[ch] = silu(sum + layer.conv_bias[ch]);
+            let normed: Vec<f32> = x
+                .chunks_exact(h)
+                .flat_map(|row| rms_norm(row, &layer.norm, c.layer_norm_epsilon))
+                .collect();
+            let xz = layer.in_proj.apply(&normed, t)?;
+            // The causal convolution over each input and the k − 1 before it.
+            let mut conv_out = vec![0f32; t * i];
+            for (row, out) in xz.chunks_exact(2 * i).zip(conv_out.chunks_exact_mut(i)) {
+                for ch in 0..i {
+                    let window = &mut state.conv[ch * k..(ch + 1) * k];
+                    window.rotate_left(1);
+                    window[k - 1] = row[ch];
+                    let w = &layer.conv[ch * k..(ch + 1) * k];
+                    let sum: f32 = window.iter().zip(w).map(|(a, b)| a * b).sum();
+                    out[ch] = silu(sum + layer.conv_bias[ch]);
+                }
             }
-            let projected = layer.x_proj.apply(&conv_out);
-            let (dt_in, rest) = projected.split_at(r);
-            let (b, cc) = rest.split_at(n);
+            let projected = layer.x_proj.apply(&conv_out, t)?;
+            let dt_in: Vec<f32> = projected
+                .chunks_exact(r + 2 * n)
+                .flat_map(|row| row[..r].iter().copied())
+                .collect();
             let dt: Vec<f32> = layer
                 .dt_proj
-                .apply(dt_in)
+                .apply(&dt_in, t)?
                 .into_iter()
                 .map(softplus)
                 .collect();
-            let mut y = vec![0f32; i];
-            for ch in 0..i {
-                let ssm = &mut state.ssm[ch * n..(ch + 1) * n];
-                let a = &layer.a[ch * n..(ch + 1) * n];
-                let mut out = 0f32;
-                for s in 0..n {
-                    ssm[s] = (a[s] * dt[ch]).exp() * ssm[s] + dt[ch] * b[s] * conv_out[ch];
-                    out += ssm[s] * cc[s];
+            // The selective scan, token by token.
+            let mut y = vec![0f32; t * i];
+            for step in 0..t {
+                let row = &projected[step * (r + 2 * n)..(step + 1) * (r + 2 * n)];
+                let (b, cc) = row[r..].split_at(n);
+                let dt = &dt[step * i..(step + 1) * i];
+                let u = &conv_out[step * i..(step + 1) * i];
+                let gate = &xz[step * 2 * i + i..(step + 1) * 2 * i];
+                for ch in 0..i {
+                    let ssm = &mut state.ssm[ch * n..(ch + 1) * n];
+                    let a = &layer.a[ch * n..(ch + 1) * n];
+                    let mut out = 0f32;
+                    for s in 0..n {
+                        ssm[s] = (a[s] * dt[ch]).exp() * ssm[s] + dt[ch] * b[s] * u[ch];
+                        out += ssm[s] * cc[s];
+                    }
+                    y[step * i + ch] = (out + u[ch] * layer.d[ch]) * silu(gate[ch]);
                 }
-                y[ch] = (out + conv_out[ch] * layer.d[ch]) * silu(gate[ch]);
             }
-            let out = layer.out_proj.apply(&y);
+            let out = layer.out_proj.apply(&y, t)?;
             for (xv, o) in x.iter_mut().zip(out) {
                 *xv += o;
             }
         }
-        rms_norm(&x, &self.norm_f, c.layer_norm_epsilon)
-    }
-
-    fn logits(&self, hidden: &[f32]) -> Vec<f32> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
-        head.chunks_exact(self.config.hidden_size)
-            .map(|row| row.iter().zip(hidden).map(|(w, v)| w * v).sum())
-            .collect()
+        Ok(x.chunks_exact(h)
+            .flat_map(|row| rms_norm(row, &self.norm_f, c.layer_norm_epsilon))
+            .collect())
     }
 }
 
@@ -285,20 +321,24 @@ impl LanguageModel for MambaModel {
                 "token id {bad} is outside the model's vocabulary"
             )));
         }
+        let h = self.config.hidden_size;
         let mut rows = Vec::new();
-        for (at, &token) in tokens.iter().enumerate() {
-            let hidden = self.step_hidden(token);
-            self.seen += 1;
-            if logits == Logits::All || at + 1 == tokens.len() {
-                rows.extend(self.logits(&hidden));
+        // Chunks bound the activations held; the state carries across them.
+        let chunks: Vec<&[u32]> = tokens.chunks(DEFAULT_PREFILL_CHUNK).collect();
+        for (at, chunk) in chunks.iter().enumerate() {
+            let hidden = self.forward(chunk)?;
+            self.seen += chunk.len();
+            match logits {
+                Logits::All => rows.extend(self.lm_head.apply(&hidden, chunk.len())?),
+                Logits::Last if at + 1 == chunks.len() => {
+                    rows = self.lm_head.apply(&hidden[hidden.len() - h..], 1)?;
+                }
+                Logits::Last => {}
             }
         }
         let v = self.config.vocab_size;
-        Ok(Tensor::from_vec(
-            rows.clone(),
-            (rows.len() / v, v),
-            &Device::Cpu,
-        )?)
+        let n = rows.len() / v;
+        Ok(Tensor::from_vec(rows, (n, v), &Device::Cpu)?)
     }
 
     fn end_prefill(&mut self) -> Result<()> {
@@ -347,17 +387,17 @@ impl LanguageModel for MambaModel {
             .iter()
             .map(|l| {
                 l.norm.len()
-                    + l.in_proj.values.len()
+                    + l.in_proj.weights
                     + l.conv.len()
-                    + l.x_proj.values.len()
-                    + l.dt_proj.values.len()
+                    + l.x_proj.weights
+                    + l.dt_proj.weights
                     + l.a.len()
                     + l.d.len()
-                    + l.out_proj.values.len()
+                    + l.out_proj.weights
             })
             .sum();
-        (layer + self.embeddings.len() + self.lm_head.as_ref().map_or(0, Vec::len))
-            * std::mem::size_of::<f32>()
+        // The tied head holds its own transposed copy of the embeddings.
+        (layer + self.embeddings.len() + self.lm_head.weights) * std::mem::size_of::<f32>()
     }
 
     fn compute_profile(&self) -> ComputeProfile {
