@@ -185,15 +185,6 @@ def main():
 
     if args.tiny:
         tiny = PromptCompressor(model_name=os.path.abspath(args.tiny), device_map="cpu")
-        tiny_kept = []
-        tiny_iterative = tiny.iterative_compress_prompt
-
-        def tiny_capture(*a, **k):
-            result = tiny_iterative(*a, **k)
-            tiny_kept.append(result[0][0].tolist())
-            return result
-
-        tiny.iterative_compress_prompt = tiny_capture
         # llmlingua 0.2.2 fails when its cache slides (the kept prefix and a window pass the
         # scorer's context): the losses it computes no longer fit where it writes them. The
         # case records the failure; longctx must refuse the same input.

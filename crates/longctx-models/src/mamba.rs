@@ -42,6 +42,19 @@ struct MambaConfig {
     tie_word_embeddings: bool,
 }
 
+impl MambaConfig {
+    /// Hidden width, intermediate width, state size, convolution width and time-step rank.
+    fn sizes(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.hidden_size,
+            self.intermediate_size,
+            self.state_size,
+            self.conv_kernel,
+            self.time_step_rank,
+        )
+    }
+}
+
 /// A projection `x Wᵀ (+ b)` applied to a chunk of rows at once (one GEMM; a single row
 /// in decoding), so prefill and decoding share it.
 struct Projection {
@@ -153,13 +166,7 @@ impl MambaModel {
             Ok(t.flatten_all()?.to_vec1()?)
         };
         let c = &config;
-        let (h, i, n, k, r) = (
-            c.hidden_size,
-            c.intermediate_size,
-            c.state_size,
-            c.conv_kernel,
-            c.time_step_rank,
-        );
+        let (h, i, n, k, r) = c.sizes();
         let projection = |values: Vec<f32>, rows: usize, cols: usize, bias: Option<Vec<f32>>| {
             Ok::<_, ModelError>(Projection {
                 transposed: Tensor::from_vec(values, (rows, cols), &Device::Cpu)?
@@ -231,13 +238,7 @@ impl MambaModel {
     /// token in decoding). Returns the final hidden states, `[tokens, hidden]`.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (h, i, n, k, r) = (
-            c.hidden_size,
-            c.intermediate_size,
-            c.state_size,
-            c.conv_kernel,
-            c.time_step_rank,
-        );
+        let (h, i, n, k, r) = c.sizes();
         let t = tokens.len();
         let mut x: Vec<f32> = tokens
             .iter()
@@ -402,12 +403,7 @@ impl LanguageModel for MambaModel {
 
     fn compute_profile(&self) -> ComputeProfile {
         let c = &self.config;
-        let (h, i, n, r) = (
-            c.hidden_size,
-            c.intermediate_size,
-            c.state_size,
-            c.time_step_rank,
-        );
+        let (h, i, n, _, r) = c.sizes();
         let per_layer = 2 * i * h + i * c.conv_kernel + (r + 2 * n) * i + i * r + 3 * i * n + h * i;
         ComputeProfile {
             layer_weights: c.num_hidden_layers * per_layer,
