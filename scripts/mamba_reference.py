@@ -18,11 +18,8 @@ import os
 import shutil
 
 import torch
+from fixture_util import flat
 from transformers import MambaConfig, MambaForCausalLM
-
-
-def flat(x):
-    return [float(str(f)) for f in x.detach().float().reshape(-1).numpy()]
 
 
 def main():

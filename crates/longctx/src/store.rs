@@ -632,27 +632,17 @@ mod tests {
     #[test]
     fn a_version_2_database_is_read_as_it_is_and_upgraded_for_writing() {
         let path = temp("v2");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE results (
-                    model TEXT NOT NULL, method TEXT NOT NULL, protocol TEXT NOT NULL,
-                    task TEXT NOT NULL, sample TEXT NOT NULL,
-                    prediction TEXT NOT NULL, score REAL NOT NULL, score2 REAL,
-                    prompt_tokens INTEGER NOT NULL, kept_tokens INTEGER NOT NULL,
-                    kv_bytes INTEGER NOT NULL, offloaded_bytes INTEGER NOT NULL,
-                    uncompressed_bytes INTEGER NOT NULL, fp16_bytes INTEGER NOT NULL,
-                    prefill_ms REAL NOT NULL, decode_ms REAL NOT NULL, new_tokens INTEGER NOT NULL,
-                    peak_rss INTEGER NOT NULL, settings TEXT NOT NULL,
-                    version TEXT NOT NULL, timestamp TEXT NOT NULL,
-                    PRIMARY KEY (model, method, protocol, task, sample));
-                 CREATE TABLE plans (fingerprint TEXT PRIMARY KEY);
+        // Version 2's layout: this one without the two columns version 3 added.
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE results DROP COLUMN original_tokens;
+                 ALTER TABLE results DROP COLUMN compress_ms;
                  INSERT INTO results VALUES ('m', 'baseline', 'paper', 'needle/passkey', 'a', 'x', 1.0, 0.5, 77, 77, 100, 0, 100, 50, 1.0, 2.0, 3, 4, '{}', '0', '0');
                  PRAGMA user_version = 2;",
             )
             .unwrap();
-        }
         let read = Store::open_read_only(&path).unwrap().rows().unwrap();
         assert_eq!((read[0].original_tokens, read[0].compress_ms), (77, 0.0));
         let version = |p: &Path| -> i64 {
