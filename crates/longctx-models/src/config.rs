@@ -301,16 +301,11 @@ impl LlamaConfig {
 
     /// Read from a Hugging Face `config.json` (transformers 4.x and 5.x layouts).
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.into(),
-            source,
-        })?;
         let bad = |reason: String| ModelError::BadCheckpoint {
             path: path.into(),
             reason,
         };
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v = read_hf_json(path)?;
         let num = |k: &str| {
             v.get(k)
                 .and_then(Value::as_u64)
@@ -477,5 +472,62 @@ impl LlamaConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(head_dim as f64),
         })
+    }
+}
+
+/// A Hugging Face JSON file (config.json). Python writes unbounded floats as `Infinity`
+/// (Mamba-2's `time_step_limit`), which is not JSON; such constants are read as null.
+pub(crate) fn read_hf_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&python_constants_as_null(&text)).map_err(|e| ModelError::BadCheckpoint {
+        path: path.into(),
+        reason: format!("not valid JSON: {e}"),
+    })
+}
+
+/// `text` with Python's `Infinity`, `-Infinity` and `NaN` outside strings replaced by `null`.
+fn python_constants_as_null(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(ch) = rest.chars().next() {
+        if !in_string {
+            if let Some(constant) = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|c| rest.starts_with(c))
+            {
+                out.push_str("null");
+                rest = &rest[constant.len()..];
+                continue;
+            }
+        }
+        match (in_string, escaped, ch) {
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') | (false, _, '"') => in_string = !in_string,
+            _ => escaped = false,
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_constants_outside_strings_become_null() {
+        let text =
+            r#"{"limit": [0.0, Infinity], "low": -Infinity, "x": NaN, "s": "Infinity \" NaN"}"#;
+        let value: serde_json::Value =
+            serde_json::from_str(&python_constants_as_null(text)).unwrap();
+        assert_eq!(value["limit"], serde_json::json!([0.0, null]));
+        assert!(value["low"].is_null() && value["x"].is_null());
+        assert_eq!(value["s"], "Infinity \" NaN");
     }
 }

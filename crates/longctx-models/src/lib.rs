@@ -11,8 +11,11 @@ mod linear;
 mod llama;
 mod load;
 mod mamba;
+mod mamba2;
 mod q8;
 mod quant;
+mod recurrent;
+mod recurrent_gemma;
 mod sentencepiece;
 mod tokenizer;
 
@@ -28,7 +31,6 @@ pub use generate::{
 };
 pub use llama::{CacheBuilder, LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
-pub use mamba::MambaModel;
 pub use q8::DecodeActivations;
 pub use tokenizer::TextTokenizer;
 
@@ -125,6 +127,12 @@ pub trait LanguageModel: Send {
 
     /// The arithmetic per token, for time estimates.
     fn compute_profile(&self) -> ComputeProfile;
+
+    /// The school of an architecture that is not a transformer, as the paper's Table 2 groups
+    /// models ("linear-time", "hybrid"); `None` for a transformer.
+    fn school(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Process a whole prompt; returns the last position's logits `[1, vocab]`.
     fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor> {

@@ -5,15 +5,27 @@ use std::path::{Path, PathBuf};
 
 use crate::gguf::GgufFile;
 use crate::{
-    ChatTemplate, LanguageModel, LlamaModel, LoadOptions, MambaModel, ModelError, Result,
-    TextTokenizer,
+    mamba, mamba2, recurrent_gemma, ChatTemplate, LanguageModel, LlamaModel, LoadOptions,
+    ModelError, Result, TextTokenizer,
 };
+
+/// Reads one architecture's Hugging Face folder.
+type HfLoader = fn(&Path) -> Result<Box<dyn LanguageModel>>;
+
+/// The Hugging Face `model_type`s with a network of their own (linear-time and hybrid
+/// architectures, run under `recurrent::Recurrent`); every other type loads as a decoder of
+/// [`LlamaModel`]'s layout. A new architecture is its module plus one row here.
+const OWN_NETWORKS: &[(&str, HfLoader)] = &[
+    ("mamba", mamba::load),
+    ("mamba2", mamba2::load),
+    ("recurrent_gemma", recurrent_gemma::load),
+];
 
 /// A model ready to run, with what is needed to talk to it.
 pub struct LoadedModel {
     /// The network and its sequence state, whatever its architecture (chosen from the file's
-    /// metadata by [`crate::config::Architecture`]'s table; every architecture so far is a
-    /// decoder of [`LlamaModel`]'s layout).
+    /// metadata: a network of its own for the recurrent and hybrid folders `load` lists, otherwise a decoder of
+    /// [`LlamaModel`]'s layout per [`crate::config::Architecture`]'s table).
     pub model: Box<dyn LanguageModel>,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
@@ -127,14 +139,14 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
                     .into(),
             });
         }
-        let model_type = std::fs::read_to_string(path.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|c| c.get("model_type")?.as_str().map(str::to_string));
-        // Linear-time architectures have their own model; the rest share the Llama layout.
-        let model: Box<dyn LanguageModel> = match model_type.as_deref() {
-            Some("mamba") => Box::new(MambaModel::from_hf_dir(path)?),
-            _ => Box::new(LlamaModel::from_hf_dir(path, options)?),
+        let config = crate::config::read_hf_json(&path.join("config.json"))?;
+        let model_type = config.get("model_type").and_then(|t| t.as_str());
+        let own = OWN_NETWORKS
+            .iter()
+            .find(|(name, _)| model_type == Some(*name));
+        let model: Box<dyn LanguageModel> = match own {
+            Some((_, load)) => load(path)?,
+            None => Box::new(LlamaModel::from_hf_dir(path, options)?),
         };
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
         let config: serde_json::Value = std::fs::read_to_string(path.join("tokenizer_config.json"))

@@ -45,6 +45,10 @@ pub enum StoreError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings(pub BTreeMap<String, String>);
 
+/// The setting naming the school of a model that is not a transformer ("linear-time",
+/// "hybrid"); absent from transformers' rows.
+pub const MODEL_SCHOOL: &str = "model_school";
+
 impl Settings {
     /// Add one named setting.
     pub fn with(mut self, name: &str, value: impl ToString) -> Self {

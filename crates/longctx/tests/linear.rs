@@ -1,10 +1,11 @@
-//! Linear-time models against transformers: a tiny random Mamba written with its logits by
-//! `scripts/mamba_reference.py` (transformers 4.45's sequential path, in f32). Prefill (one
-//! pass over 40 tokens) and decoding (24 tokens, then one at a time) must give the same logits
-//! as transformers' within 1e-4 (f32 sums in another order), and the state stays the same
-//! size whatever was read.
+//! Linear-time and hybrid models against transformers: tiny random Mamba, Mamba-2 and
+//! RecurrentGemma written with their logits by `scripts/linear_reference.py` (transformers'
+//! sequential or chunked paths in f32; the script says where it corrects transformers).
+//! Prefill (one pass) and decoding (a prefix, then one token at a time) must give the same
+//! logits as the reference within 1e-4 (f32 sums in another order), and the state stays the
+//! same size whatever was read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use longctx_models::{load_model, LoadOptions, Logits};
 use serde::Deserialize;
@@ -12,6 +13,8 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Reference {
     ids: Vec<u32>,
+    /// How many of `ids` the prefill reference covers.
+    prefill_tokens: usize,
     prefill: Vec<f32>,
     decode_from: usize,
     decode: Vec<f32>,
@@ -25,28 +28,34 @@ fn worst(ours: &[f32], theirs: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-#[test]
-fn mamba_logits_match_transformers_in_prefill_and_decoding() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_mamba");
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The fixture `name`'s logits in prefill and in decoding against its reference, and its
+/// state's size (`state` bytes) before and after reading.
+fn matches_reference(name: &str, state: usize) {
+    let dir = fixture(name);
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference_logits.json")).unwrap())
             .unwrap();
     let mut loaded = load_model(&dir, &LoadOptions::default()).unwrap();
     let model = loaded.model.as_mut();
-    assert!(
-        model.cache().is_none(),
-        "a recurrent model keeps no KV cache"
-    );
+    assert!(model.cache().is_none(), "{name} keeps no KV cache");
+    assert_eq!(model.state_bytes(), state, "{name}: state before reading");
     let prefill: Vec<f32> = model
-        .append(&reference.ids, Logits::All)
+        .append(&reference.ids[..reference.prefill_tokens], Logits::All)
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
         .unwrap();
     let diff = worst(&prefill, &reference.prefill);
-    assert!(diff < 1e-4, "prefill logits differ by {diff}");
-    let state = model.state_bytes();
+    eprintln!("{name}: prefill logits within {diff:.1e}");
+    assert!(diff < 1e-4, "{name}: prefill logits differ by {diff}");
+    assert_eq!(model.state_bytes(), state, "{name}: state after prefill");
 
     model.reset();
     let split = reference.decode_from;
@@ -69,10 +78,9 @@ fn mamba_logits_match_transformers_in_prefill_and_decoding() {
         );
     }
     let diff = worst(&decoded, &reference.decode[..decoded.len()]);
-    assert!(diff < 1e-4, "decoding logits differ by {diff}");
-    // Constant state: 2 layers × (128 × 4 convolution inputs + 128 × 16 states) in f32.
-    assert_eq!(state, 2 * (128 * 4 + 128 * 16) * 4);
-    assert_eq!(model.state_bytes(), state);
+    eprintln!("{name}: decoding logits within {diff:.1e}");
+    assert!(diff < 1e-4, "{name}: decoding logits differ by {diff}");
+    assert_eq!(model.state_bytes(), state, "{name}: state after decoding");
     // No KV method applies to it.
     let err = model
         .set_cache(Box::new(|_, _, _| unreachable!("never built")))
@@ -82,12 +90,38 @@ fn mamba_logits_match_transformers_in_prefill_and_decoding() {
     assert!(err.contains("without a KV cache"), "{err}");
 }
 
+/// 2 layers × (128 channels × 4 convolution inputs + 128 × 16 states), in f32.
+const MAMBA_STATE: usize = 2 * (128 * 4 + 128 * 16) * 4;
+
+#[test]
+fn mamba_logits_match_transformers_in_prefill_and_decoding() {
+    matches_reference("tiny_mamba", MAMBA_STATE);
+}
+
+#[test]
+fn mamba2_logits_match_transformers_in_prefill_and_decoding() {
+    // 2 layers × ((128 + 2 groups × 2 × 16) channels × 4 inputs + 8 heads × 16 × 16 states).
+    matches_reference("tiny_mamba2", 2 * (192 * 4 + 8 * 16 * 16) * 4);
+}
+
+#[test]
+fn recurrent_gemma_logits_match_transformers_past_its_window() {
+    // 3 recurrent layers × (48 channels × 4 inputs + 48) and one attention layer's window of
+    // 16 keys and values of one 12-wide head.
+    matches_reference(
+        "tiny_recurrent_gemma",
+        (3 * (48 * 4 + 48) + 2 * 16 * 12) * 4,
+    );
+}
+
 /// The tiny Mamba through `bench` and `run`: the state stands where KV bytes stand, the same
-/// at 512 and 8,192 tokens; a KV method on it is refused; the needle runs end to end.
+/// at 512 and 8,192 tokens; a KV method on it is refused; the needle runs end to end, beside
+/// the tiny RecurrentGemma, and the report shows each under its school with the paper's
+/// rows of those schools.
 #[test]
 fn a_recurrent_model_benches_and_runs_with_its_state() {
     use std::process::Command;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_mamba");
+    let dir = fixture("tiny_mamba");
     let longctx = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
             .args(args)
@@ -116,7 +150,7 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 2);
-    let state = 2 * (128 * 4 + 128 * 16) * 4;
+    let state = MAMBA_STATE;
     for row in &rows {
         assert_eq!(row["kv_bytes"], state, "{row}");
     }
@@ -137,11 +171,13 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
     let work = std::env::temp_dir().join(format!("longctx-linear-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
+    let hybrid = fixture("tiny_recurrent_gemma");
+    let hybrid = hybrid.to_str().unwrap();
     let spec = work.join("spec.toml");
     std::fs::write(
         &spec,
         format!(
-            "methods = [\"baseline\"]\n[[models]]\npath = \"{model}\"\n\
+            "methods = [\"baseline\"]\n[[models]]\npath = \"{model}\"\n[[models]]\npath = \"{hybrid}\"\n\
              [needle]\nlengths = 1\nmin_words = 200\nmax_words = 200\ndepths = 1\ntrials = 1\nmax_new_tokens = 4\n"
         ),
     )
@@ -159,6 +195,29 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
         .unwrap()
         .rows()
         .unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].kv_bytes, rows[0].kept_tokens), (state as i64, 0));
+    assert_eq!(rows.len(), 2);
+    let mamba = rows.iter().find(|r| r.key.model == "tiny_mamba").unwrap();
+    assert_eq!((mamba.kv_bytes, mamba.kept_tokens), (state as i64, 0));
+    let out = work.join("report");
+    let (ok, _, stderr) = longctx(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--paper",
+    ]);
+    assert!(ok, "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for expected in [
+        "| tiny_mamba | native (linear-time) |",
+        "| tiny_recurrent_gemma | native (hybrid) |",
+        "| Mamba-2.8B | native |",
+        "| R-Gemma-2B-it | 12.0 |",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected} missing from:\n{report}"
+        );
+    }
 }

@@ -102,14 +102,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let vocab = loaded.model.vocab_size();
     let model = loaded.model.as_mut();
+    // A model without a KV cache reports its recurrent state alone.
+    let recurrent = model.cache().is_none();
     if !args.json {
         println!(
             "weights held: {} MiB (quantized blocks, and dense f32 copies for prefill with --dense-weights)\n",
             memory::mib(model.weight_bytes() as u64)
         );
         println!("method: {method}\n");
-        println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
-        println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        match recurrent {
+            true => {
+                println!("sequence state: recurrent (no KV cache; its size does not follow the context)\n");
+                println!("| context | prefill tok/s | decode tok/s | state bytes | peak RSS MiB |");
+                println!("|--:|--:|--:|--:|--:|");
+            }
+            false => {
+                println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
+                println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            }
+        }
     }
     for &context in &args.contexts {
         let tokens = prompt(context, vocab);
@@ -170,6 +181,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
+        } else if recurrent {
+            println!(
+                "| {} | {:.1} | {:.1} | {} | {} |",
+                row.context,
+                row.prefill_tokens_per_s,
+                row.decode_tokens_per_s,
+                row.kv_bytes,
+                memory::mib(row.peak_rss_bytes)
+            );
         } else {
             println!(
                 "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2}x | {} | {} |",

@@ -10,7 +10,7 @@ use super::run::longbench_e_length;
 use super::slug;
 use crate::figures;
 use crate::methods::{presets, Method};
-use crate::store::{ResultRow, Store};
+use crate::store::{ResultRow, Store, MODEL_SCHOOL};
 
 /// `longctx report`.
 #[derive(Args)]
@@ -28,6 +28,9 @@ pub struct ReportArgs {
 
 /// The paper's Table 2 (category scores per model and method), carried as data.
 const PAPER_TABLE2: &str = include_str!("../../data/paper/table2_category_scores.csv");
+
+/// The paper's Table 9 (per-dataset LongBench scores of the linear-time and hybrid models).
+const PAPER_TABLE9: &str = include_str!("../../data/paper/table9_linear_time_per_dataset.csv");
 
 /// Rows grouped by (model, method), in key order.
 type Groups<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a ResultRow>>;
@@ -62,12 +65,20 @@ fn is_needle(r: &ResultRow) -> bool {
 /// The protocol every table assumes unless a row's method label says otherwise.
 const PAPER_PROTOCOL: &str = "paper";
 
+/// The label of a linear-time or hybrid model run as it is, as the paper's Table 2 names it,
+/// followed by the school in parentheses.
+const NATIVE: &str = "native";
+
 /// Rows as the tables show them: a row run under another protocol than the paper's is a
-/// method of its own, labelled `<spec> [<protocol>]`, so the two never share a cell.
+/// method of its own, labelled `<spec> [<protocol>]`, so the two never share a cell; a
+/// linear-time or hybrid model's baseline is labelled `native (<school>)`.
 pub(crate) fn as_shown(rows: &[ResultRow]) -> Vec<ResultRow> {
     rows.iter()
         .cloned()
         .map(|mut r| {
+            if let Some(school) = r.settings.0.get(MODEL_SCHOOL) {
+                r.key.method = format!("{NATIVE} ({school})");
+            }
             if r.key.protocol != PAPER_PROTOCOL {
                 r.key.method = format!("{} [{}]", r.key.method, r.key.protocol);
             }
@@ -82,6 +93,18 @@ fn nominal(method: &str) -> String {
         .ok()
         .and_then(|m| m.nominal_ratio())
         .map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// A compression ratio's cell: `-` for a model without a KV cache, whose state has no
+/// per-token size to compare with.
+fn ratio_cell(group: &[&ResultRow], ratio: f64) -> String {
+    match group
+        .iter()
+        .any(|r| r.settings.0.contains_key(MODEL_SCHOOL))
+    {
+        true => "-".into(),
+        false => format!("{ratio:.2}x"),
+    }
 }
 
 /// The measured compression of a group: uncompressed bytes of the tokens seen / bytes held.
@@ -124,6 +147,9 @@ impl Costs {
 
 /// The paper's name for a method, when the method is one of the paper's presets.
 fn paper_name(method: &str) -> Option<String> {
+    if method.starts_with(NATIVE) {
+        return Some(NATIVE.into());
+    }
     let parsed = Method::parse(method).ok()?;
     let preset = presets()
         .into_iter()
@@ -189,16 +215,16 @@ fn needle_table(rows: &[ResultRow]) -> String {
         let c = Costs::of(group);
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.1} | {:.1} | {} | {} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
             100.0 * mean(group, |r| r.score),
             100.0 * mean(group, |r| r.score2),
             per_length.join(" | "),
             nominal(method),
-            measured(group),
+            ratio_cell(group, measured(group)),
             c.kv_bytes,
             c.offloaded_bytes,
-            c.vs_fp16,
+            ratio_cell(group, c.vs_fp16),
             c.prefill_tokens_per_s,
             c.decode_tokens_per_s,
             c.peak_rss_mib,
@@ -305,9 +331,9 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
             .collect();
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.2}x | {} | {avg} | {needle} |",
+            "| {model} | {method} | {} | {} | {} | {avg} | {needle} |",
             nominal(method),
-            measured(group),
+            ratio_cell(group, measured(group)),
             cats.join(" | ")
         );
         let cells: Vec<String> = names
@@ -419,14 +445,14 @@ pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.1} | {tokens} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {:.1} | {tokens} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
             100.0 * mean(group, |r| r.score),
             mean(group, |r| r.kept_tokens as f64),
             c.kv_bytes,
             c.offloaded_bytes,
-            measured(group),
-            c.vs_fp16,
+            ratio_cell(group, measured(group)),
+            ratio_cell(group, c.vs_fp16),
             c.prefill_tokens_per_s,
             c.decode_tokens_per_s,
             c.peak_rss_mib,
@@ -461,7 +487,8 @@ fn compression_table(rows: &[ResultRow]) -> Option<String> {
     Some(out)
 }
 
-/// The paper's Table 2 rows for the methods we ran (every model the paper has).
+/// The paper's Table 2 rows for the methods we ran (every model the paper has), and its
+/// Table 9 (per dataset) when a linear-time or hybrid model ran.
 fn paper_table(rows: &[ResultRow]) -> String {
     let mut ours: Vec<String> = rows
         .iter()
@@ -469,17 +496,27 @@ fn paper_table(rows: &[ResultRow]) -> String {
         .collect();
     ours.sort_unstable();
     ours.dedup();
-    let mut lines = PAPER_TABLE2.lines();
+    let mut out = csv_table(PAPER_TABLE2, |line| {
+        let method = line.split(',').nth(1).unwrap_or_default();
+        ours.iter().any(|o| o == method)
+    });
+    if ours.iter().any(|o| o == NATIVE) {
+        out += "\nPer dataset (the paper's Table 9):\n\n";
+        out += &csv_table(PAPER_TABLE9, |_| true);
+    }
+    out
+}
+
+/// A CSV table (header first) as Markdown, keeping the data lines `keep` accepts.
+fn csv_table(csv: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut lines = csv.lines();
     let header = lines.next().unwrap_or_default().replace(',', " | ");
     let mut out = format!(
         "| {header} |\n|{}\n",
         "---|".repeat(header.split(" | ").count())
     );
-    for line in lines {
-        let method = line.split(',').nth(1).unwrap_or_default();
-        if ours.iter().any(|o| o == method) {
-            let _ = writeln!(out, "| {} |", line.replace(',', " | "));
-        }
+    for line in lines.filter(|l| keep(l)) {
+        let _ = writeln!(out, "| {} |", line.replace(',', " | "));
     }
     out
 }
@@ -755,7 +792,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let mut report = String::from("# longctx report\n\n");
     let _ = writeln!(
         report,
-        "From `{}` ({} rows). A method marked `[query-agnostic]` ran under that protocol (context compressed before the question was read); every other row under the paper's (question inside the prompt). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. All rows: `results.csv`.\n",
+        "From `{}` ({} rows). A method marked `[query-agnostic]` ran under that protocol (context compressed before the question was read); every other row under the paper's (question inside the prompt). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. A linear-time or hybrid model run as it is shows as `native (<school>)`: its bytes held are its recurrent state (and local-attention window), the same at every length, and it has no ratio. All rows: `results.csv`.\n",
         args.db.display(),
         rows.len()
     );

@@ -23,7 +23,7 @@ use super::{install, ModelArgs};
 use crate::compress::{CompressorModel, PromptCompressor, TokenClassifier};
 use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard, Truncation};
 use crate::methods::{presets, Method};
-use crate::store::{ResultRow, RowKey, Settings, Store};
+use crate::store::{ResultRow, RowKey, Settings, Store, MODEL_SCHOOL};
 use crate::tokenize::haystack_tokens_per_word;
 use crate::{assets, memory};
 
@@ -828,6 +828,12 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
         }
         let mut probe = args.plan.model_args(&plan.spec, m, true).load_bare()?;
         let base = model_settings(&models[m], model_spec.max_length, plan.spec.seed)?;
+        // The report shows a linear-time or hybrid model under its school. Transformers'
+        // rows carry no such setting, so rows stored before it existed stay valid.
+        let base = match probe.model.school() {
+            Some(school) => base.with(MODEL_SCHOOL, school),
+            None => base,
+        };
         let streams: Vec<bool> = plan
             .methods
             .iter()

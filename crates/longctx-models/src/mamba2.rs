@@ -1,0 +1,298 @@
+//! Mamba-2 (Dao & Gu, 2024: state-space duality), Hugging Face's `Mamba2ForCausalLM`
+//! layout. Each layer holds a causal convolution's last `conv_kernel` inputs (over x, B and
+//! C together) and a `heads × head_dim × state` recurrent state, whatever the context's
+//! length. A head's decay is one scalar per token (A is a scalar per head), B and C are
+//! shared by the heads of a group.
+//!
+//! It runs under [`Recurrent`] and steps the recurrence token by token: the same state as the
+//! chunked SSD algorithm (the "dual" form transformers and mamba_ssm use in prefill) in
+//! another order of sums. The gated norm is taken per group of `intermediate / n_groups`
+//! channels as mamba_ssm (the code the paper ran) does; transformers normalizes the whole
+//! width at once, which differs only when `n_groups > 1` (Mamba-Codestral, not the paper's
+//! mamba2-2.7b). Checked against transformers' logits with mamba_ssm's gated norm, on a tiny
+//! random model with two groups (`tests/linear.rs`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::recurrent::{
+    embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, HfWeights, Projection, Recurrent,
+    RecurrentNetwork,
+};
+use crate::{ComputeProfile, LanguageModel, Result};
+
+fn default_true() -> bool {
+    true
+}
+
+fn unbounded_time_step() -> Vec<Option<f64>> {
+    vec![Some(0.0), None]
+}
+
+/// The fields of a Mamba-2 config.json this model reads.
+#[derive(Deserialize, Clone)]
+struct Mamba2Config {
+    vocab_size: usize,
+    hidden_size: usize,
+    state_size: usize,
+    num_hidden_layers: usize,
+    num_heads: usize,
+    head_dim: usize,
+    expand: usize,
+    n_groups: usize,
+    conv_kernel: usize,
+    layer_norm_epsilon: f64,
+    #[serde(default)]
+    use_bias: bool,
+    #[serde(default = "default_true")]
+    use_conv_bias: bool,
+    /// The bounds Δ is clamped to; an unbounded end is written `Infinity` (read as null).
+    #[serde(default = "unbounded_time_step")]
+    time_step_limit: Vec<Option<f64>>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+/// One Mamba-2 block's weights.
+struct Layer {
+    norm: Vec<f32>,
+    /// Hidden → [z (gate), x, B, C, Δ].
+    in_proj: Projection,
+    /// Over x, B and C.
+    conv: CausalConv,
+    dt_bias: Vec<f32>,
+    /// −exp(A_log), one per head.
+    a: Vec<f32>,
+    d: Vec<f32>,
+    /// The gated norm's weight, `[intermediate]`.
+    gated_norm: Vec<f32>,
+    out_proj: Projection,
+}
+
+/// One layer's sequence state.
+struct State {
+    /// The convolution's last inputs, `[x + B + C channels, conv_kernel]`, oldest first.
+    conv: Vec<f32>,
+    /// The recurrent state, `[heads, head_dim, state]`.
+    ssm: Vec<f32>,
+}
+
+/// A Mamba-2 network and its sequence state.
+pub(crate) struct Mamba2 {
+    config: Mamba2Config,
+    /// Hidden width, intermediate width (heads × head_dim), state size, B/C width (groups ×
+    /// state) and the convolution's channels.
+    sizes: (usize, usize, usize, usize, usize),
+    /// Δ's clamp.
+    dt_limit: (f32, f32),
+    embeddings: Vec<f32>,
+    layers: Vec<Layer>,
+    norm_f: Vec<f32>,
+    lm_head: Projection,
+    states: Vec<State>,
+}
+
+/// Read a Hugging Face Mamba-2 folder as a runnable model.
+pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(Recurrent::new(Mamba2::from_hf_dir(dir)?)))
+}
+
+impl Mamba2 {
+    fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let c: Mamba2Config = HfWeights::config(dir, "Mamba-2")?;
+        let w = HfWeights::open(dir)?;
+        let (h, i, n) = (c.hidden_size, c.expand * c.hidden_size, c.state_size);
+        if c.num_heads * c.head_dim != i
+            || c.n_groups == 0
+            || !c.num_heads.is_multiple_of(c.n_groups)
+        {
+            return Err(w.bad(format!(
+                "config.json's heads ({} × {}), expand × hidden ({i}) and n_groups ({}) do not fit together",
+                c.num_heads, c.head_dim, c.n_groups
+            )));
+        }
+        let bc = c.n_groups * n;
+        let conv_channels = i + 2 * bc;
+        let heads = c.num_heads;
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| {
+                let p = format!("backbone.layers.{l}");
+                let m = format!("{p}.mixer");
+                Ok(Layer {
+                    norm: w.tensor(&format!("{p}.norm.weight"), &[h])?,
+                    in_proj: w.projection(
+                        &format!("{m}.in_proj"),
+                        2 * i + 2 * bc + heads,
+                        h,
+                        c.use_bias,
+                    )?,
+                    conv: w.convolution(
+                        &format!("{m}.conv1d"),
+                        conv_channels,
+                        c.conv_kernel,
+                        c.use_conv_bias,
+                    )?,
+                    dt_bias: w.tensor(&format!("{m}.dt_bias"), &[heads])?,
+                    a: w.tensor(&format!("{m}.A_log"), &[heads])?
+                        .iter()
+                        .map(|v| -v.exp())
+                        .collect(),
+                    d: w.tensor(&format!("{m}.D"), &[heads])?,
+                    gated_norm: w.tensor(&format!("{m}.norm.weight"), &[i])?,
+                    out_proj: w.projection(&format!("{m}.out_proj"), h, i, c.use_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = w.tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
+        let lm_head = match c.tie_word_embeddings {
+            true => Projection::new(embeddings.clone(), c.vocab_size, h, None)?,
+            false => w.projection("lm_head", c.vocab_size, h, false)?,
+        };
+        let states = layers
+            .iter()
+            .map(|layer| State {
+                conv: layer.conv.empty_state(),
+                ssm: vec![0.0; i * n],
+            })
+            .collect();
+        let bound = |at: usize, unbounded: f32| {
+            c.time_step_limit
+                .get(at)
+                .copied()
+                .flatten()
+                .map_or(unbounded, |v| v as f32)
+        };
+        Ok(Self {
+            sizes: (h, i, n, bc, conv_channels),
+            dt_limit: (bound(0, 0.0), bound(1, f32::INFINITY)),
+            embeddings,
+            norm_f: w.tensor("backbone.norm_f.weight", &[h])?,
+            layers,
+            lm_head,
+            states,
+            config: c,
+        })
+    }
+}
+
+impl RecurrentNetwork for Mamba2 {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn forward(&mut self, tokens: &[u32], _position: usize) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (h, i, n, bc, conv_channels) = self.sizes;
+        let (heads, p) = (c.num_heads, c.head_dim);
+        let heads_per_group = heads / c.n_groups;
+        let group_width = i / c.n_groups;
+        let width = 2 * i + 2 * bc + heads;
+        let t = tokens.len();
+        let mut x = embed(&self.embeddings, h, tokens);
+        let mut xbc = vec![0f32; conv_channels];
+        let mut y = vec![0f32; t * i];
+        for (layer, state) in self.layers.iter().zip(&mut self.states) {
+            let normed = rms_norm_rows(&x, h, &layer.norm, c.layer_norm_epsilon);
+            let projected = layer.in_proj.apply(&normed, t)?;
+            for (row, y) in projected.chunks_exact(width).zip(y.chunks_exact_mut(i)) {
+                let (gate, rest) = row.split_at(i);
+                let (conv_in, dt_raw) = rest.split_at(conv_channels);
+                layer.conv.step(&mut state.conv, conv_in, &mut xbc);
+                xbc.iter_mut().for_each(|v| *v = silu(*v));
+                let (u, bcv) = xbc.split_at(i);
+                let (b, cc) = bcv.split_at(bc);
+                for (head, &dt_raw) in dt_raw.iter().enumerate() {
+                    let g = head / heads_per_group;
+                    let (b, cc) = (&b[g * n..(g + 1) * n], &cc[g * n..(g + 1) * n]);
+                    let dt = softplus(dt_raw + layer.dt_bias[head])
+                        .clamp(self.dt_limit.0, self.dt_limit.1);
+                    let decay = (dt * layer.a[head]).exp();
+                    for q in 0..p {
+                        let ch = head * p + q;
+                        let ssm = &mut state.ssm[ch * n..(ch + 1) * n];
+                        let input = dt * u[ch];
+                        let mut out = 0f32;
+                        for s in 0..n {
+                            ssm[s] = ssm[s] * decay + input * b[s];
+                            out += ssm[s] * cc[s];
+                        }
+                        y[ch] = out + layer.d[head] * u[ch];
+                    }
+                }
+                // The gated norm, per group of channels.
+                for ((y, gate), weight) in y
+                    .chunks_exact_mut(group_width)
+                    .zip(gate.chunks_exact(group_width))
+                    .zip(layer.gated_norm.chunks_exact(group_width))
+                {
+                    y.iter_mut().zip(gate).for_each(|(v, z)| *v *= silu(*z));
+                    let normed = rms_norm(y, weight, c.layer_norm_epsilon);
+                    y.copy_from_slice(&normed);
+                }
+            }
+            let out = layer.out_proj.apply(&y, t)?;
+            for (xv, o) in x.iter_mut().zip(out) {
+                *xv += o;
+            }
+        }
+        Ok(rms_norm_rows(&x, h, &self.norm_f, c.layer_norm_epsilon))
+    }
+
+    fn logits(&self, hidden: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.lm_head.apply(hidden, rows)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| (s.conv.len() + s.ssm.len()) * std::mem::size_of::<f32>())
+            .sum()
+    }
+
+    fn reset(&mut self) {
+        for s in &mut self.states {
+            s.conv.fill(0.0);
+            s.ssm.fill(0.0);
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.norm.len()
+                    + l.in_proj.weights
+                    + l.conv.weights()
+                    + l.dt_bias.len()
+                    + l.a.len()
+                    + l.d.len()
+                    + l.gated_norm.len()
+                    + l.out_proj.weights
+            })
+            .sum();
+        (layer + self.embeddings.len() + self.lm_head.weights) * std::mem::size_of::<f32>()
+    }
+
+    fn school(&self) -> &'static str {
+        "linear-time"
+    }
+
+    fn compute_profile(&self) -> ComputeProfile {
+        let c = &self.config;
+        let (h, i, n, bc, conv_channels) = self.sizes;
+        let projections = h * (2 * i + 2 * bc + c.num_heads) + i * h;
+        // The convolution, and per channel and state: the update and the read-out.
+        let per_layer = projections + conv_channels * c.conv_kernel + 2 * i * n;
+        ComputeProfile {
+            layer_weights: c.num_hidden_layers * per_layer,
+            head_weights: c.vocab_size * h,
+            attention: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! What the models without a growing KV cache share (Mamba, Mamba-2, RecurrentGemma): a
+//! network that carries a fixed-size state from token to token ([`RecurrentNetwork`]), the one
+//! [`LanguageModel`] implementation they all run under ([`Recurrent`]), and the pieces their
+//! blocks are built from (projections applied to a chunk at once, a causal convolution that
+//! keeps its last inputs, norms and activations).
+//!
+//! Every architecture runs prefill and decoding through one code path: a chunk's projections
+//! are one GEMM each (a single row in decoding), the convolution and the recurrence go token
+//! by token, so the state after a prefill is the state after stepping through it and a token
+//! costs the same whatever the context's length.
+
+use std::path::Path;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use longctx_kv::{Reservation, MAX_STREAM_POSITIONS};
+use serde::de::DeserializeOwned;
+
+use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result, DEFAULT_PREFILL_CHUNK};
+
+/// One architecture's network and its sequence state, as [`Recurrent`] drives it.
+pub(crate) trait RecurrentNetwork: Send {
+    /// Vocabulary size (logit rows).
+    fn vocab_size(&self) -> usize;
+
+    /// Width of the final hidden state.
+    fn hidden_size(&self) -> usize;
+
+    /// A chunk of tokens through every block, updating the state; `position` is the index of
+    /// the chunk's first token in the sequence. Returns the final (normed) hidden states,
+    /// `[tokens, hidden]`.
+    fn forward(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>>;
+
+    /// Logits of `rows` final hidden states, `[rows, vocab]`.
+    fn logits(&self, hidden: &[f32], rows: usize) -> Result<Vec<f32>>;
+
+    /// Bytes of sequence state held now.
+    fn state_bytes(&self) -> usize;
+
+    /// Zero the state for a new sequence.
+    fn reset(&mut self);
+
+    /// Bytes of weights held.
+    fn weight_bytes(&self) -> usize;
+
+    /// The arithmetic per token, for time estimates.
+    fn compute_profile(&self) -> ComputeProfile;
+
+    /// "linear-time" (a recurrence alone) or "hybrid" (with local attention).
+    fn school(&self) -> &'static str;
+}
+
+/// A recurrent network as a [`LanguageModel`]: feeds prompts in bounded chunks and counts
+/// the tokens seen. It has no KV cache, so KV methods are refused (the trait's defaults).
+pub(crate) struct Recurrent<N> {
+    network: N,
+    seen: usize,
+}
+
+impl<N: RecurrentNetwork> Recurrent<N> {
+    pub(crate) fn new(network: N) -> Self {
+        Self { network, seen: 0 }
+    }
+}
+
+impl<N: RecurrentNetwork> LanguageModel for Recurrent<N> {
+    fn append(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::Tokenizer(
+                "cannot run the model on an empty token sequence".into(),
+            ));
+        }
+        let vocab = self.network.vocab_size();
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is outside the model's vocabulary"
+            )));
+        }
+        let h = self.network.hidden_size();
+        let mut rows = Vec::new();
+        // Chunks bound the activations held; the state carries across them.
+        let chunks: Vec<&[u32]> = tokens.chunks(DEFAULT_PREFILL_CHUNK).collect();
+        for (at, chunk) in chunks.iter().enumerate() {
+            let hidden = self.network.forward(chunk, self.seen)?;
+            self.seen += chunk.len();
+            match logits {
+                Logits::All => rows.extend(self.network.logits(&hidden, chunk.len())?),
+                Logits::Last if at + 1 == chunks.len() => {
+                    rows = self.network.logits(&hidden[hidden.len() - h..], 1)?;
+                }
+                Logits::Last => {}
+            }
+        }
+        let n = rows.len() / vocab;
+        Ok(Tensor::from_vec(rows, (n, vocab), &Device::Cpu)?)
+    }
+
+    fn end_prefill(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn reserve(&mut self, _reservation: Reservation) -> Result<()> {
+        Ok(())
+    }
+
+    fn seen_tokens(&self) -> usize {
+        self.seen
+    }
+
+    /// A recurrence reads any length; the bound is the one streamed inputs share.
+    fn context_limit(&self) -> usize {
+        MAX_STREAM_POSITIONS
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.network.state_bytes()
+    }
+
+    fn reset(&mut self) {
+        self.network.reset();
+        self.seen = 0;
+    }
+
+    fn trained_context(&self) -> usize {
+        MAX_STREAM_POSITIONS
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.network.vocab_size()
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.network.weight_bytes()
+    }
+
+    fn compute_profile(&self) -> ComputeProfile {
+        self.network.compute_profile()
+    }
+
+    fn school(&self) -> Option<&'static str> {
+        Some(self.network.school())
+    }
+}
+
+/// A Hugging Face folder's config.json and model.safetensors, read with checks: a missing
+/// tensor, or one of another shape than the config gives, is an error naming file and tensor.
+pub(crate) struct HfWeights {
+    dir: std::path::PathBuf,
+    tensors: MmapedSafetensors,
+}
+
+impl HfWeights {
+    /// Open `dir`'s model.safetensors (one file, as the tiny and small checkpoints ship).
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("model.safetensors");
+        // SAFETY: the file is mapped read-only and not modified while the process runs.
+        let tensors = unsafe { MmapedSafetensors::new(&path) }
+            .map_err(|e| Self::bad_in(dir, format!("model.safetensors: {e}")))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tensors,
+        })
+    }
+
+    fn bad_in(dir: &Path, reason: String) -> ModelError {
+        ModelError::BadCheckpoint {
+            path: dir.to_path_buf(),
+            reason,
+        }
+    }
+
+    /// An error about this checkpoint.
+    pub(crate) fn bad(&self, reason: String) -> ModelError {
+        Self::bad_in(&self.dir, reason)
+    }
+
+    /// config.json, read as `what`'s config.
+    pub(crate) fn config<C: DeserializeOwned>(dir: &Path, what: &str) -> Result<C> {
+        serde_json::from_value(crate::config::read_hf_json(&dir.join("config.json"))?)
+            .map_err(|e| Self::bad_in(dir, format!("config.json is not a {what} config: {e}")))
+    }
+
+    /// Tensor `name` in f32, checked to have `shape`.
+    pub(crate) fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .load(name, &Device::Cpu)
+            .map_err(|e| self.bad(format!("tensor {name}: {e}")))?
+            .to_dtype(DType::F32)?;
+        if t.dims() != shape {
+            return Err(self.bad(format!(
+                "tensor {name} has shape {:?}, but config.json asks for {shape:?}",
+                t.dims()
+            )));
+        }
+        Ok(t.flatten_all()?.to_vec1()?)
+    }
+
+    /// The linear layer `name` (`name.weight`, `[outputs, inputs]`, and `name.bias` when
+    /// `bias`).
+    pub(crate) fn projection(
+        &self,
+        name: &str,
+        outputs: usize,
+        inputs: usize,
+        bias: bool,
+    ) -> Result<Projection> {
+        let bias = match bias {
+            true => Some(self.tensor(&format!("{name}.bias"), &[outputs])?),
+            false => None,
+        };
+        Projection::new(
+            self.tensor(&format!("{name}.weight"), &[outputs, inputs])?,
+            outputs,
+            inputs,
+            bias,
+        )
+    }
+
+    /// The depthwise causal convolution `name` (`[channels, 1, width]` weights, and a bias
+    /// when `bias`).
+    pub(crate) fn convolution(
+        &self,
+        name: &str,
+        channels: usize,
+        width: usize,
+        bias: bool,
+    ) -> Result<CausalConv> {
+        Ok(CausalConv {
+            weights: self.tensor(&format!("{name}.weight"), &[channels, 1, width])?,
+            bias: match bias {
+                true => self.tensor(&format!("{name}.bias"), &[channels])?,
+                false => vec![0.0; channels],
+            },
+            width,
+        })
+    }
+}
+
+/// A projection `x Wᵀ (+ b)` applied to a chunk of rows at once (one GEMM; a single row
+/// in decoding), so prefill and decoding share it.
+pub(crate) struct Projection {
+    /// Wᵀ, `[inputs, outputs]`, contiguous.
+    transposed: Tensor,
+    bias: Option<Tensor>,
+    /// Weights held (bias excluded).
+    pub(crate) weights: usize,
+}
+
+impl Projection {
+    /// From W, `[outputs, inputs]` row-major, and an optional bias.
+    pub(crate) fn new(
+        weights: Vec<f32>,
+        outputs: usize,
+        inputs: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            transposed: Tensor::from_vec(weights, (outputs, inputs), &Device::Cpu)?
+                .t()?
+                .contiguous()?,
+            bias: bias
+                .map(|b| Tensor::from_vec(b, outputs, &Device::Cpu))
+                .transpose()?,
+            weights: outputs * inputs,
+        })
+    }
+
+    /// `rows` rows of `x` (row-major) projected: `rows × outputs` values.
+    pub(crate) fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let inputs = self.transposed.dim(0)?;
+        let x = Tensor::from_slice(x, (rows, inputs), &Device::Cpu)?;
+        let mut y = x.matmul(&self.transposed)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y.flatten_all()?.to_vec1()?)
+    }
+}
+
+/// A depthwise causal convolution over channels (PyTorch's `Conv1d(groups=channels)` with
+/// left padding), fed one token at a time: its state is each channel's last `width` inputs.
+pub(crate) struct CausalConv {
+    /// `[channels, width]`.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    width: usize,
+}
+
+impl CausalConv {
+    /// A zeroed input window for this convolution: `[channels, width]`, oldest first.
+    pub(crate) fn empty_state(&self) -> Vec<f32> {
+        vec![0.0; self.weights.len()]
+    }
+
+    /// Weights held.
+    pub(crate) fn weights(&self) -> usize {
+        self.weights.len() + self.bias.len()
+    }
+
+    /// Push one token's `input` (one value per channel) into `window` and write the
+    /// convolution's output per channel into `out`.
+    pub(crate) fn step(&self, window: &mut [f32], input: &[f32], out: &mut [f32]) {
+        let k = self.width;
+        for (ch, ((window, w), (x, y))) in window
+            .chunks_exact_mut(k)
+            .zip(self.weights.chunks_exact(k))
+            .zip(input.iter().zip(out.iter_mut()))
+            .enumerate()
+        {
+            window.rotate_left(1);
+            window[k - 1] = *x;
+            *y = window.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + self.bias[ch];
+        }
+    }
+}
+
+/// SiLU (x·σ(x)).
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// PyTorch's softplus (β = 1, linear above 20).
+pub(crate) fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// RMS norm of one row, scaled by `weight`.
+pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean + eps as f32).sqrt();
+    x.iter().zip(weight).map(|(v, w)| w * (v * scale)).collect()
+}
+
+/// RMS norm of each `width`-wide row of `x`.
+pub(crate) fn rms_norm_rows(x: &[f32], width: usize, weight: &[f32], eps: f64) -> Vec<f32> {
+    x.chunks_exact(width)
+        .flat_map(|row| rms_norm(row, weight, eps))
+        .collect()
+}
+
+/// Each token's embedding row, `[tokens, hidden]`.
+pub(crate) fn embed(embeddings: &[f32], hidden: usize, tokens: &[u32]) -> Vec<f32> {
+    tokens
+        .iter()
+        .flat_map(|&id| embeddings[id as usize * hidden..(id as usize + 1) * hidden].iter())
+        .copied()
+        .collect()
+}
