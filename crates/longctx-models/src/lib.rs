@@ -16,6 +16,8 @@ mod q8;
 mod quant;
 mod recurrent;
 mod recurrent_gemma;
+mod rwkv;
+mod rwkv_vocab;
 mod sentencepiece;
 mod tokenizer;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::gguf::GgufFile;
 use crate::{
-    mamba, mamba2, recurrent_gemma, ChatTemplate, LanguageModel, LlamaModel, LoadOptions,
+    mamba, mamba2, recurrent_gemma, rwkv, ChatTemplate, LanguageModel, LlamaModel, LoadOptions,
     ModelError, Result, TextTokenizer,
 };
 
@@ -20,6 +20,14 @@ const OWN_NETWORKS: &[(&str, HfLoader)] = &[
     ("mamba2", mamba2::load),
     ("recurrent_gemma", recurrent_gemma::load),
 ];
+
+/// Reads one architecture's GGUF file.
+type GgufLoader = fn(GgufFile) -> Result<Box<dyn LanguageModel>>;
+
+/// The GGUF `general.architecture`s with a network of their own; every other one loads as a
+/// decoder of [`LlamaModel`]'s layout (or is refused by its architecture table).
+const OWN_GGUF_NETWORKS: &[(&str, GgufLoader)] =
+    &[("rwkv6", rwkv::load_gguf), ("rwkv7", rwkv::load_gguf)];
 
 /// A model ready to run, with what is needed to talk to it.
 pub struct LoadedModel {
@@ -171,14 +179,22 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         });
     }
     let gguf = GgufFile::open(path)?;
+    let own = OWN_GGUF_NETWORKS
+        .iter()
+        .find(|(name, _)| gguf.get_str("general.architecture").ok() == Some(*name));
     // The architecture is checked before anything else, so an unsupported model says so first.
-    crate::config::LlamaConfig::from_gguf(&gguf)?;
+    if own.is_none() {
+        crate::config::LlamaConfig::from_gguf(&gguf)?;
+    }
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     let chat = gguf
         .get_str("tokenizer.chat_template")
         .ok()
         .map(|src| template(src, &tokenizer));
-    let model = Box::new(LlamaModel::from_gguf(gguf, options)?);
+    let model = match own {
+        Some((_, load)) => load(gguf)?,
+        None => Box::new(LlamaModel::from_gguf(gguf, options)?),
+    };
     Ok(LoadedModel {
         model,
         tokenizer,

@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::recurrent::{
-    embed, rms_norm_rows, silu, softplus, CausalConv, HfWeights, Projection, Recurrent,
-    RecurrentNetwork,
+    embed, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
+    RecurrentNetwork, SsmState,
 };
 use crate::{ComputeProfile, LanguageModel, Result};
 
@@ -64,15 +64,6 @@ struct Layer {
     out_proj: Projection,
 }
 
-/// One layer's sequence state.
-#[derive(Clone)]
-struct State {
-    /// The convolution's last inputs, `[intermediate, conv_kernel]`, oldest first.
-    conv: Vec<f32>,
-    /// The recurrent state, `[intermediate, state]`.
-    ssm: Vec<f32>,
-}
-
 /// A Mamba network and its sequence state.
 pub(crate) struct Mamba {
     config: MambaConfig,
@@ -81,7 +72,8 @@ pub(crate) struct Mamba {
     norm_f: Vec<f32>,
     /// The output projection (the embeddings, when tied).
     lm_head: Projection,
-    states: Vec<State>,
+    /// Per layer: the convolution's last inputs and the recurrent state.
+    states: Vec<SsmState>,
 }
 
 /// Read a Hugging Face Mamba folder as a runnable model.
@@ -93,8 +85,8 @@ impl Mamba {
     /// Read a Hugging Face Mamba folder; a missing tensor or one of another shape than the
     /// config gives is an error naming the file and tensor.
     fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let config: MambaConfig = HfWeights::config(dir, "Mamba")?;
-        let w = HfWeights::open(dir)?;
+        let config: MambaConfig = Checkpoint::config(dir, "Mamba")?;
+        let w = Checkpoint::safetensors(dir)?;
         let c = &config;
         let (h, i, n, k, r) = c.sizes();
         let layers = (0..c.num_hidden_layers)
@@ -114,16 +106,11 @@ impl Mamba {
             })
             .collect::<Result<Vec<_>>>()?;
         let embeddings = w.tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
-        let lm_head = match c.tie_word_embeddings {
-            true => Projection::new(embeddings.clone(), c.vocab_size, h, None)?,
-            false => w.projection("lm_head", c.vocab_size, h, false)?,
-        };
+        let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
+        let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
         let states = layers
             .iter()
-            .map(|layer| State {
-                conv: layer.conv.empty_state(),
-                ssm: vec![0.0; i * n],
-            })
+            .map(|layer| SsmState::new(&layer.conv, i * n))
             .collect();
         Ok(Self {
             embeddings,
@@ -203,17 +190,11 @@ impl RecurrentNetwork for Mamba {
     }
 
     fn state_bytes(&self) -> usize {
-        self.states
-            .iter()
-            .map(|s| (s.conv.len() + s.ssm.len()) * std::mem::size_of::<f32>())
-            .sum()
+        self.states.iter().map(SsmState::bytes).sum()
     }
 
     fn reset(&mut self) {
-        for s in &mut self.states {
-            s.conv.fill(0.0);
-            s.ssm.fill(0.0);
-        }
+        self.states.iter_mut().for_each(SsmState::reset);
     }
 
     fn weight_bytes(&self) -> usize {

@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::recurrent::{
-    embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, HfWeights, Projection, Recurrent,
-    RecurrentNetwork,
+    embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
+    RecurrentNetwork, SsmState,
 };
 use crate::{ComputeProfile, LanguageModel, Result};
 
@@ -70,14 +70,6 @@ struct Layer {
     out_proj: Projection,
 }
 
-/// One layer's sequence state.
-struct State {
-    /// The convolution's last inputs, `[x + B + C channels, conv_kernel]`, oldest first.
-    conv: Vec<f32>,
-    /// The recurrent state, `[heads, head_dim, state]`.
-    ssm: Vec<f32>,
-}
-
 /// A Mamba-2 network and its sequence state.
 pub(crate) struct Mamba2 {
     config: Mamba2Config,
@@ -90,7 +82,8 @@ pub(crate) struct Mamba2 {
     layers: Vec<Layer>,
     norm_f: Vec<f32>,
     lm_head: Projection,
-    states: Vec<State>,
+    /// Per layer: the convolution's last inputs and the recurrent state.
+    states: Vec<SsmState>,
 }
 
 /// Read a Hugging Face Mamba-2 folder as a runnable model.
@@ -100,8 +93,8 @@ pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
 
 impl Mamba2 {
     fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let c: Mamba2Config = HfWeights::config(dir, "Mamba-2")?;
-        let w = HfWeights::open(dir)?;
+        let c: Mamba2Config = Checkpoint::config(dir, "Mamba-2")?;
+        let w = Checkpoint::safetensors(dir)?;
         let (h, i, n) = (c.hidden_size, c.expand * c.hidden_size, c.state_size);
         if c.num_heads * c.head_dim != i
             || c.n_groups == 0
@@ -145,16 +138,11 @@ impl Mamba2 {
             })
             .collect::<Result<Vec<_>>>()?;
         let embeddings = w.tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
-        let lm_head = match c.tie_word_embeddings {
-            true => Projection::new(embeddings.clone(), c.vocab_size, h, None)?,
-            false => w.projection("lm_head", c.vocab_size, h, false)?,
-        };
+        let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
+        let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
         let states = layers
             .iter()
-            .map(|layer| State {
-                conv: layer.conv.empty_state(),
-                ssm: vec![0.0; i * n],
-            })
+            .map(|layer| SsmState::new(&layer.conv, i * n))
             .collect();
         let bound = |at: usize, unbounded: f32| {
             c.time_step_limit
@@ -248,17 +236,11 @@ impl RecurrentNetwork for Mamba2 {
     }
 
     fn state_bytes(&self) -> usize {
-        self.states
-            .iter()
-            .map(|s| (s.conv.len() + s.ssm.len()) * std::mem::size_of::<f32>())
-            .sum()
+        self.states.iter().map(SsmState::bytes).sum()
     }
 
     fn reset(&mut self) {
-        for s in &mut self.states {
-            s.conv.fill(0.0);
-            s.ssm.fill(0.0);
-        }
+        self.states.iter_mut().for_each(SsmState::reset);
     }
 
     fn weight_bytes(&self) -> usize {

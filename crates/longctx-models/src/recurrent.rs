@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use longctx_kv::{Reservation, MAX_STREAM_POSITIONS};
 use serde::de::DeserializeOwned;
 
+use crate::gguf::GgufFile;
 use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result, DEFAULT_PREFILL_CHUNK};
 
 /// One architecture's network and its sequence state, as [`Recurrent`] drives it.
@@ -142,36 +143,51 @@ impl<N: RecurrentNetwork> LanguageModel for Recurrent<N> {
     }
 }
 
-/// A Hugging Face folder's config.json and model.safetensors, read with checks: a missing
-/// tensor, or one of another shape than the config gives, is an error naming file and tensor.
-pub(crate) struct HfWeights {
-    dir: std::path::PathBuf,
-    tensors: MmapedSafetensors,
+/// Where a recurrent model's tensors come from: a Hugging Face folder's model.safetensors,
+/// or a GGUF file (dequantized to f32).
+enum Tensors {
+    Safetensors(MmapedSafetensors),
+    Gguf(GgufFile),
 }
 
-impl HfWeights {
+/// A checkpoint's tensors, read with checks: a missing tensor, or one of another shape than
+/// the configuration gives, is an error naming the file and the tensor.
+pub(crate) struct Checkpoint {
+    path: std::path::PathBuf,
+    tensors: Tensors,
+}
+
+impl Checkpoint {
     /// Open `dir`'s model.safetensors (one file, as the tiny and small checkpoints ship).
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn safetensors(dir: &Path) -> Result<Self> {
         let path = dir.join("model.safetensors");
         // SAFETY: the file is mapped read-only and not modified while the process runs.
         let tensors = unsafe { MmapedSafetensors::new(&path) }
             .map_err(|e| Self::bad_in(dir, format!("model.safetensors: {e}")))?;
         Ok(Self {
-            dir: dir.to_path_buf(),
-            tensors,
+            path: dir.to_path_buf(),
+            tensors: Tensors::Safetensors(tensors),
         })
     }
 
-    fn bad_in(dir: &Path, reason: String) -> ModelError {
+    /// The tensors of an opened GGUF file.
+    pub(crate) fn gguf(file: GgufFile) -> Self {
+        Self {
+            path: file.path().to_path_buf(),
+            tensors: Tensors::Gguf(file),
+        }
+    }
+
+    fn bad_in(path: &Path, reason: String) -> ModelError {
         ModelError::BadCheckpoint {
-            path: dir.to_path_buf(),
+            path: path.to_path_buf(),
             reason,
         }
     }
 
     /// An error about this checkpoint.
     pub(crate) fn bad(&self, reason: String) -> ModelError {
-        Self::bad_in(&self.dir, reason)
+        Self::bad_in(&self.path, reason)
     }
 
     /// config.json, read as `what`'s config.
@@ -180,20 +196,46 @@ impl HfWeights {
             .map_err(|e| Self::bad_in(dir, format!("config.json is not a {what} config: {e}")))
     }
 
+    /// Tensor `name` in f32, any shape.
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let t = match &self.tensors {
+            Tensors::Safetensors(st) => st
+                .load(name, &Device::Cpu)
+                .map_err(|e| self.bad(format!("tensor {name}: {e}")))?,
+            Tensors::Gguf(g) => g.tensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?,
+        };
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The shape of tensor `name` (row-major order).
+    pub(crate) fn dims(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.load(name)?.dims().to_vec())
+    }
+
     /// Tensor `name` in f32, checked to have `shape`.
     pub(crate) fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self
-            .tensors
-            .load(name, &Device::Cpu)
-            .map_err(|e| self.bad(format!("tensor {name}: {e}")))?
-            .to_dtype(DType::F32)?;
+        let t = self.load(name)?;
         if t.dims() != shape {
             return Err(self.bad(format!(
-                "tensor {name} has shape {:?}, but config.json asks for {shape:?}",
+                "tensor {name} has shape {:?}, but the configuration asks for {shape:?}",
                 t.dims()
             )));
         }
         Ok(t.flatten_all()?.to_vec1()?)
+    }
+
+    /// The output head: `lm_head` (`[vocab, hidden]`), or the embeddings when tied.
+    pub(crate) fn output_head(
+        &self,
+        name: &str,
+        tied: Option<&[f32]>,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Projection> {
+        match tied {
+            Some(embeddings) => Projection::new(embeddings.to_vec(), vocab, hidden, None),
+            None => self.projection(name, vocab, hidden, false),
+        }
     }
 
     /// The linear layer `name` (`name.weight`, `[outputs, inputs]`, and `name.bias` when
@@ -266,6 +308,11 @@ impl Projection {
         })
     }
 
+    /// Width of each output row.
+    pub(crate) fn outputs(&self) -> usize {
+        self.transposed.dims()[1]
+    }
+
     /// `rows` rows of `x` (row-major) projected: `rows × outputs` values.
     pub(crate) fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let inputs = self.transposed.dim(0)?;
@@ -312,6 +359,35 @@ impl CausalConv {
             window[k - 1] = *x;
             *y = window.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + self.bias[ch];
         }
+    }
+}
+
+/// A state-space layer's sequence state (Mamba, Mamba-2): the convolution's last inputs and
+/// the recurrent state.
+pub(crate) struct SsmState {
+    /// `[channels, width]`, oldest first.
+    pub(crate) conv: Vec<f32>,
+    pub(crate) ssm: Vec<f32>,
+}
+
+impl SsmState {
+    /// A zeroed state for `conv` and `ssm` values of recurrent state.
+    pub(crate) fn new(conv: &CausalConv, ssm: usize) -> Self {
+        Self {
+            conv: conv.empty_state(),
+            ssm: vec![0.0; ssm],
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.conv.len() + self.ssm.len()) * std::mem::size_of::<f32>()
+    }
+
+    /// Zero it for a new sequence.
+    pub(crate) fn reset(&mut self) {
+        self.conv.fill(0.0);
+        self.ssm.fill(0.0);
     }
 }
 

@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::recurrent::{
-    embed, rms_norm_rows, softplus, CausalConv, HfWeights, Projection, Recurrent, RecurrentNetwork,
+    embed, rms_norm_rows, softplus, CausalConv, Checkpoint, Projection, Recurrent, RecurrentNetwork,
 };
 use crate::{AttentionWork, ComputeProfile, LanguageModel, Result};
 
@@ -137,8 +137,8 @@ fn sigmoid(x: f32) -> f32 {
 
 impl RecurrentGemma {
     fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let c: RecurrentGemmaConfig = HfWeights::config(dir, "RecurrentGemma")?;
-        let w = HfWeights::open(dir)?;
+        let c: RecurrentGemmaConfig = Checkpoint::config(dir, "RecurrentGemma")?;
+        let w = Checkpoint::safetensors(dir)?;
         let (h, lru, heads) = (c.hidden_size, c.lru_width, c.num_attention_heads);
         let rotary = (c.partial_rotary_factor * c.head_dim as f64) as usize;
         let sane = c.hidden_activation == "gelu_pytorch_tanh"
@@ -247,10 +247,8 @@ impl RecurrentGemma {
             });
         }
         let embeddings = w.tensor("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let lm_head = match c.tie_word_embeddings {
-            true => Projection::new(embeddings.clone(), c.vocab_size, h, None)?,
-            false => w.projection("lm_head", c.vocab_size, h, false)?,
-        };
+        let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
+        let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
         Ok(Self {
             rotary,
             inverse_frequencies: (0..rotary / 2)

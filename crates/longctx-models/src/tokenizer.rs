@@ -11,6 +11,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::gguf::GgufFile;
+use crate::rwkv_vocab::RwkvVocab;
 use crate::sentencepiece::SentencePiece;
 use crate::{ModelError, Result};
 
@@ -22,11 +23,12 @@ pub struct TextTokenizer {
     stop_tokens: Vec<u32>,
 }
 
-/// What turns text into ids: a Hugging Face tokenizer (BPE vocabularies, tokenizer.json), or
-/// a SentencePiece vocabulary tokenized as llama.cpp does.
+/// What turns text into ids: a Hugging Face tokenizer (BPE vocabularies, tokenizer.json), a
+/// SentencePiece vocabulary tokenized as llama.cpp does, or RWKV's world vocabulary.
 enum Backend {
     Hf(Box<Tokenizer>),
     SentencePiece(Box<SentencePiece>),
+    Rwkv(Box<RwkvVocab>),
 }
 
 impl Backend {
@@ -34,6 +36,7 @@ impl Backend {
         match self {
             Backend::Hf(t) => t.token_to_id(token),
             Backend::SentencePiece(v) => v.id(token),
+            Backend::Rwkv(v) => v.id(token),
         }
     }
 }
@@ -56,8 +59,8 @@ fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
 
 impl TextTokenizer {
     /// Build the tokenizer that GGUF metadata describes: byte-level BPE
-    /// (`tokenizer.ggml.model = gpt2`), or Gemma's SentencePiece vocabulary (`llama` in a
-    /// Gemma file), tokenized as llama.cpp does.
+    /// (`tokenizer.ggml.model = gpt2`), RWKV's world vocabulary (`rwkv`), or Gemma's
+    /// SentencePiece vocabulary (`llama` in a Gemma file), tokenized as llama.cpp does.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let model = g.get_str("tokenizer.ggml.model")?;
         let architecture = g.get_str("general.architecture").unwrap_or("");
@@ -96,13 +99,14 @@ impl TextTokenizer {
                     types,
                 )))
             }
+            "rwkv" => Backend::Rwkv(Box::new(RwkvVocab::new(&tokens, &types))),
             other => {
                 return Err(ModelError::Unsupported {
                     what: format!(
                         "GGUF tokenizer model \"{other}\" of architecture \"{architecture}\" in {}",
                         g.path().display()
                     ),
-                    hint: "byte-level BPE (gpt2) and Gemma's SentencePiece vocabularies are read from GGUF; for other SentencePiece models pass the Hugging Face directory with tokenizer.json".into(),
+                    hint: "byte-level BPE (gpt2), RWKV's world vocabulary (rwkv) and Gemma's SentencePiece vocabularies are read from GGUF; for other SentencePiece models pass the Hugging Face directory with tokenizer.json".into(),
                 })
             }
         };
@@ -232,6 +236,7 @@ impl TextTokenizer {
                 .get_ids()
                 .to_vec(),
             Backend::SentencePiece(v) => v.encode(text),
+            Backend::Rwkv(v) => v.encode(text),
         };
         if at_start && self.add_bos {
             if let Some(b) = self.bos {
@@ -248,6 +253,7 @@ impl TextTokenizer {
         match &self.inner {
             Backend::Hf(t) => t.decode(ids, skip_special).map_err(tok_err),
             Backend::SentencePiece(v) => Ok(v.decode(ids, skip_special)),
+            Backend::Rwkv(v) => Ok(v.decode(ids, skip_special)),
         }
     }
 
@@ -266,6 +272,7 @@ impl TextTokenizer {
         match &self.inner {
             Backend::Hf(t) => t.id_to_token(id),
             Backend::SentencePiece(v) => v.piece(id).map(str::to_string),
+            Backend::Rwkv(v) => v.piece(id),
         }
     }
 }

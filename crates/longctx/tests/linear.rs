@@ -1,6 +1,8 @@
-//! Linear-time and hybrid models against transformers: tiny random Mamba, Mamba-2 and
-//! RecurrentGemma written with their logits by `scripts/linear_reference.py` (transformers'
-//! sequential or chunked paths in f32; the script says where it corrects transformers).
+//! Linear-time and hybrid models against references we did not write: tiny random Mamba,
+//! Mamba-2 and RecurrentGemma written with their logits by `scripts/linear_reference.py`
+//! (transformers' sequential or chunked paths in f32; the script says where it corrects
+//! transformers), and tiny random RWKV-6 and RWKV-7 GGUF files with llama.cpp's logits from
+//! `scripts/rwkv_reference.py`.
 //! Prefill (one pass) and decoding (a prefix, then one token at a time) must give the same
 //! logits as the reference within 1e-4 (f32 sums in another order), and the state stays the
 //! same size whatever was read.
@@ -18,6 +20,9 @@ struct Reference {
     prefill: Vec<f32>,
     decode_from: usize,
     decode: Vec<f32>,
+    /// A text and the reference's token ids for it (GGUF fixtures, whose vocabulary we read).
+    text: Option<String>,
+    text_ids: Option<Vec<u32>>,
 }
 
 fn worst(ours: &[f32], theirs: &[f32]) -> f32 {
@@ -41,7 +46,12 @@ fn matches_reference(name: &str, state: usize) {
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference_logits.json")).unwrap())
             .unwrap();
-    let mut loaded = load_model(&dir, &LoadOptions::default()).unwrap();
+    let mut loaded = load_model(&model_path(name), &LoadOptions::default()).unwrap();
+    if let (Some(text), Some(ids)) = (&reference.text, &reference.text_ids) {
+        let ours = loaded.tokenizer.encode(text, true).unwrap();
+        assert_eq!(&ours, ids, "{name}: token ids of {text:?}");
+        assert_eq!(&loaded.tokenizer.decode(&ours, true).unwrap(), text);
+    }
     let model = loaded.model.as_mut();
     assert!(model.cache().is_none(), "{name} keeps no KV cache");
     assert_eq!(model.state_bytes(), state, "{name}: state before reading");
@@ -90,6 +100,15 @@ fn matches_reference(name: &str, state: usize) {
     assert!(err.contains("without a KV cache"), "{err}");
 }
 
+/// A GGUF fixture's model file (named after its folder), or a folder fixture's folder.
+fn model_path(name: &str) -> PathBuf {
+    let dir = fixture(name);
+    match dir.join(format!("{name}.gguf")) {
+        gguf if gguf.exists() => gguf,
+        _ => dir,
+    }
+}
+
 /// 2 layers × (128 channels × 4 convolution inputs + 128 × 16 states), in f32.
 const MAMBA_STATE: usize = 2 * (128 * 4 + 128 * 16) * 4;
 
@@ -114,10 +133,21 @@ fn recurrent_gemma_logits_match_transformers_past_its_window() {
     );
 }
 
+#[test]
+fn rwkv6_logits_match_llama_cpp_in_prefill_and_decoding() {
+    // 2 layers × (2 shifted rows of 128 + 2 heads × 64 × 64 WKV states).
+    matches_reference("tiny_rwkv6", 2 * (2 * 128 + 2 * 64 * 64) * 4);
+}
+
+#[test]
+fn rwkv7_logits_match_llama_cpp_in_prefill_and_decoding() {
+    matches_reference("tiny_rwkv7", 2 * (2 * 128 + 2 * 64 * 64) * 4);
+}
+
 /// The tiny Mamba through `bench` and `run`: the state stands where KV bytes stand, the same
 /// at 512 and 8,192 tokens; a KV method on it is refused; the needle runs end to end, beside
-/// the tiny RecurrentGemma, and the report shows each under its school with the paper's
-/// rows of those schools.
+/// the tiny RecurrentGemma and the tiny RWKV-7 GGUF, and the report shows each under its school
+/// with the paper's rows of those schools.
 #[test]
 fn a_recurrent_model_benches_and_runs_with_its_state() {
     use std::process::Command;
@@ -173,11 +203,13 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
     std::fs::create_dir_all(&work).unwrap();
     let hybrid = fixture("tiny_recurrent_gemma");
     let hybrid = hybrid.to_str().unwrap();
+    let rwkv = model_path("tiny_rwkv7");
+    let rwkv = rwkv.to_str().unwrap();
     let spec = work.join("spec.toml");
     std::fs::write(
         &spec,
         format!(
-            "methods = [\"baseline\"]\n[[models]]\npath = \"{model}\"\n[[models]]\npath = \"{hybrid}\"\n\
+            "methods = [\"baseline\"]\n[[models]]\npath = \"{model}\"\n[[models]]\npath = \"{hybrid}\"\n[[models]]\npath = \"{rwkv}\"\n\
              [needle]\nlengths = 1\nmin_words = 200\nmax_words = 200\ndepths = 1\ntrials = 1\nmax_new_tokens = 4\n"
         ),
     )
@@ -195,7 +227,7 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
         .unwrap()
         .rows()
         .unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     let mamba = rows.iter().find(|r| r.key.model == "tiny_mamba").unwrap();
     assert_eq!((mamba.kv_bytes, mamba.kept_tokens), (state as i64, 0));
     let out = work.join("report");
@@ -212,6 +244,7 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
     for expected in [
         "| tiny_mamba | native (linear-time) |",
         "| tiny_recurrent_gemma | native (hybrid) |",
+        "| tiny_rwkv7 | native (linear-time) |",
         "| Mamba-2.8B | native |",
         "| R-Gemma-2B-it | 12.0 |",
     ] {
