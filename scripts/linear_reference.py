@@ -13,6 +13,11 @@ fixture; Mamba with 4.45, Mamba-2 and RecurrentGemma with 4.57, whose Mamba-2 cl
 
     (likewise --arch mamba2 → tiny_mamba2, --arch recurrent_gemma → tiny_recurrent_gemma)
 
+For Mamba and Mamba-2 it also converts the folder with llama.cpp's own converter into
+OUT/<folder name>.gguf (llama.cpp's `mamba`/`mamba2` layout; see llamacpp_util.py, which needs
+scripts/llamacpp.sh's build) and prints how far llama.cpp's logits for it are from the
+reference: the same reference then checks longctx reading the GGUF layout.
+
 It writes config.json, model.safetensors and the tokenizer (tiny_llama3's, 512 tokens) into
 --out, and reference_logits.json: a fixed prompt's token ids, the logits of every position
 of `prefill_tokens` of them from one forward pass (prefill), and the logits of feeding the
@@ -39,6 +44,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import torch
 import transformers
 from fixture_util import flat
@@ -196,6 +202,17 @@ def main():
             ),
             f,
         )
+    if args.arch in ("mamba", "mamba2"):
+        import llamacpp_util
+
+        gguf_path = os.path.join(args.out, os.path.basename(os.path.normpath(args.out)) + ".gguf")
+        llamacpp_util.convert(args.out, gguf_path, "llama-bpe")
+        theirs = llamacpp_util.logits(gguf_path, decode_from, ids[0].tolist())
+        vocab = prefill.shape[-1]
+        for name, ours in (("prefill", prefill), ("decode", steps)):
+            rows = np.array(theirs[name]).reshape(-1, vocab)
+            diff = np.abs(rows - ours.numpy()[: len(rows)]).max()
+            print(f"llama.cpp ({llamacpp_util.version()}) on the converted GGUF, {name}: {diff}")
     last = prefill_tokens - 1
     if last >= decode_from - 1:
         diff = float((prefill[last] - steps[last - decode_from + 1]).abs().max())

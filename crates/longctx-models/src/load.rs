@@ -26,8 +26,12 @@ type GgufLoader = fn(GgufFile) -> Result<Box<dyn LanguageModel>>;
 
 /// The GGUF `general.architecture`s with a network of their own; every other one loads as a
 /// decoder of [`LlamaModel`]'s layout (or is refused by its architecture table).
-const OWN_GGUF_NETWORKS: &[(&str, GgufLoader)] =
-    &[("rwkv6", rwkv::load_gguf), ("rwkv7", rwkv::load_gguf)];
+const OWN_GGUF_NETWORKS: &[(&str, GgufLoader)] = &[
+    ("mamba", mamba::load_gguf),
+    ("mamba2", mamba2::load_gguf),
+    ("rwkv6", rwkv::load_gguf),
+    ("rwkv7", rwkv::load_gguf),
+];
 
 /// A model ready to run, with what is needed to talk to it.
 pub struct LoadedModel {

@@ -1,19 +1,22 @@
 //! Mamba (Gu & Dao, 2023), a selective state-space model with no KV cache: Hugging Face's
-//! `MambaForCausalLM` layout, read from a folder (config.json, model.safetensors). Each layer
+//! `MambaForCausalLM` layout, read from a folder (config.json, model.safetensors), or
+//! llama.cpp's `mamba` GGUF layout. Each layer
 //! holds a causal convolution's last `conv_kernel` inputs and an `intermediate × state`
 //! recurrent state, whatever the context's length. It runs under [`Recurrent`]: the scan is
 //! sequential (no parallel scan yet). Checked against transformers' logits on a tiny random
-//! model, in prefill and in decoding (`tests/linear.rs`).
+//! model, in prefill and in decoding, in both layouts (`tests/linear.rs`; the GGUF written by
+//! llama.cpp's converter).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::gguf::{GgufFile, MetaValue};
 use crate::recurrent::{
     embed, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
-    RecurrentNetwork, SsmState,
+    RecurrentNetwork, SsmLayout, SsmState,
 };
-use crate::{ComputeProfile, LanguageModel, Result};
+use crate::{ComputeProfile, LanguageModel, ModelError, Result};
 
 fn default_true() -> bool {
     true
@@ -78,43 +81,108 @@ pub(crate) struct Mamba {
 
 /// Read a Hugging Face Mamba folder as a runnable model.
 pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
-    Ok(Box::new(Recurrent::new(Mamba::from_hf_dir(dir)?)))
+    let config: MambaConfig = Checkpoint::config(dir, "Mamba")?;
+    let w = Checkpoint::safetensors(dir)?;
+    Ok(Box::new(Recurrent::new(Mamba::new(
+        config,
+        &w,
+        SsmLayout::HuggingFace,
+    )?)))
+}
+
+/// Read a llama.cpp `mamba` GGUF file as a runnable model.
+pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
+    let key = |k: &str| gguf.get_usize(&format!("mamba.{k}"));
+    if let Ok(MetaValue::Bool(true)) = gguf.get("mamba.ssm.dt_b_c_rms") {
+        return Err(ModelError::Unsupported {
+            what: format!(
+                "{}: Falcon-Mamba (norms on Δ, B and C)",
+                gguf.path().display()
+            ),
+            hint: "run a Mamba model".into(),
+        });
+    }
+    let config = MambaConfig {
+        vocab_size: 0,
+        hidden_size: key("embedding_length")?,
+        state_size: key("ssm.state_size")?,
+        num_hidden_layers: key("block_count")?,
+        intermediate_size: key("ssm.inner_size")?,
+        conv_kernel: key("ssm.conv_kernel")?,
+        time_step_rank: key("ssm.time_step_rank")?,
+        layer_norm_epsilon: gguf.get_f64("mamba.attention.layer_norm_rms_epsilon")?,
+        use_bias: gguf.has_tensor("blk.0.ssm_in.bias"),
+        use_conv_bias: gguf.has_tensor("blk.0.ssm_conv1d.bias"),
+        tie_word_embeddings: !gguf.has_tensor("output.weight"),
+    };
+    let w = Checkpoint::gguf(gguf);
+    let config = MambaConfig {
+        vocab_size: w.dims("token_embd.weight")?[0],
+        ..config
+    };
+    Ok(Box::new(Recurrent::new(Mamba::new(
+        config,
+        &w,
+        SsmLayout::Gguf,
+    )?)))
 }
 
 impl Mamba {
-    /// Read a Hugging Face Mamba folder; a missing tensor or one of another shape than the
-    /// config gives is an error naming the file and tensor.
-    fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let config: MambaConfig = Checkpoint::config(dir, "Mamba")?;
-        let w = Checkpoint::safetensors(dir)?;
+    /// The network of `w` in `layout`; a missing tensor or one of another shape than the
+    /// configuration gives is an error naming the file and tensor.
+    fn new(config: MambaConfig, w: &Checkpoint, layout: SsmLayout) -> Result<Self> {
         let c = &config;
         let (h, i, n, k, r) = c.sizes();
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
-                let p = format!("backbone.layers.{l}");
-                let a_log = w.tensor(&format!("{p}.mixer.A_log"), &[i, n])?;
+                let name = |hf: &str, gguf: &str| layout.layer(l, hf, gguf);
+                // Hugging Face stores log(−A); llama.cpp's converter stores A.
+                let a = match layout {
+                    SsmLayout::HuggingFace => w
+                        .tensor(&name("mixer.A_log", ""), &[i, n])?
+                        .iter()
+                        .map(|v| -v.exp())
+                        .collect(),
+                    SsmLayout::Gguf => w.tensor(&name("", "ssm_a"), &[i, n])?,
+                };
                 Ok(Layer {
-                    norm: w.tensor(&format!("{p}.norm.weight"), &[h])?,
-                    in_proj: w.projection(&format!("{p}.mixer.in_proj"), 2 * i, h, c.use_bias)?,
-                    conv: w.convolution(&format!("{p}.mixer.conv1d"), i, k, c.use_conv_bias)?,
-                    x_proj: w.projection(&format!("{p}.mixer.x_proj"), r + 2 * n, i, false)?,
-                    dt_proj: w.projection(&format!("{p}.mixer.dt_proj"), i, r, true)?,
-                    a: a_log.iter().map(|v| -v.exp()).collect(),
-                    d: w.tensor(&format!("{p}.mixer.D"), &[i])?,
-                    out_proj: w.projection(&format!("{p}.mixer.out_proj"), h, i, c.use_bias)?,
+                    norm: w.tensor(&name("norm.weight", "attn_norm.weight"), &[h])?,
+                    in_proj: w.projection(
+                        &name("mixer.in_proj", "ssm_in"),
+                        2 * i,
+                        h,
+                        c.use_bias,
+                    )?,
+                    conv: w.convolution(
+                        &name("mixer.conv1d", "ssm_conv1d"),
+                        i,
+                        k,
+                        c.use_conv_bias,
+                    )?,
+                    x_proj: w.projection(&name("mixer.x_proj", "ssm_x"), r + 2 * n, i, false)?,
+                    dt_proj: w.projection(&name("mixer.dt_proj", "ssm_dt"), i, r, true)?,
+                    a,
+                    d: w.tensor(&name("mixer.D", "ssm_d"), &[i])?,
+                    out_proj: w.projection(&name("mixer.out_proj", "ssm_out"), h, i, c.use_bias)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = w.tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
+        let embeddings = w.tensor(
+            &layout.top("backbone.embeddings.weight", "token_embd.weight"),
+            &[c.vocab_size, h],
+        )?;
         let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
-        let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
+        let lm_head = w.output_head(&layout.top("lm_head", "output"), tied, c.vocab_size, h)?;
         let states = layers
             .iter()
             .map(|layer| SsmState::new(&layer.conv, i * n))
             .collect();
         Ok(Self {
             embeddings,
-            norm_f: w.tensor("backbone.norm_f.weight", &[h])?,
+            norm_f: w.tensor(
+                &layout.top("backbone.norm_f.weight", "output_norm.weight"),
+                &[h],
+            )?,
             layers,
             lm_head,
             states,

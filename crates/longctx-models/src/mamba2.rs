@@ -1,5 +1,5 @@
 //! Mamba-2 (Dao & Gu, 2024: state-space duality), Hugging Face's `Mamba2ForCausalLM`
-//! layout. Each layer holds a causal convolution's last `conv_kernel` inputs (over x, B and
+//! layout or llama.cpp's `mamba2` GGUF layout. Each layer holds a causal convolution's last `conv_kernel` inputs (over x, B and
 //! C together) and a `heads × head_dim × state` recurrent state, whatever the context's
 //! length. A head's decay is one scalar per token (A is a scalar per head), B and C are
 //! shared by the heads of a group.
@@ -9,18 +9,20 @@
 //! another order of sums. The gated norm is taken per group of `intermediate / n_groups`
 //! channels as mamba_ssm (the code the paper ran) does; transformers normalizes the whole
 //! width at once, which differs only when `n_groups > 1` (Mamba-Codestral, not the paper's
-//! mamba2-2.7b). Checked against transformers' logits with mamba_ssm's gated norm, on a tiny
+//! mamba2-2.7b); llama.cpp normalizes per group too, and its logits agree with this
+//! reference (`scripts/linear_reference.py`). Checked against transformers' logits with mamba_ssm's gated norm, on a tiny
 //! random model with two groups (`tests/linear.rs`).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::gguf::GgufFile;
 use crate::recurrent::{
     embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
-    RecurrentNetwork, SsmState,
+    RecurrentNetwork, SsmLayout, SsmState,
 };
-use crate::{ComputeProfile, LanguageModel, Result};
+use crate::{ComputeProfile, LanguageModel, ModelError, Result};
 
 fn default_true() -> bool {
     true
@@ -88,58 +90,122 @@ pub(crate) struct Mamba2 {
 
 /// Read a Hugging Face Mamba-2 folder as a runnable model.
 pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
-    Ok(Box::new(Recurrent::new(Mamba2::from_hf_dir(dir)?)))
+    let config: Mamba2Config = Checkpoint::config(dir, "Mamba-2")?;
+    let w = Checkpoint::safetensors(dir)?;
+    Ok(Box::new(Recurrent::new(Mamba2::new(
+        config,
+        &w,
+        SsmLayout::HuggingFace,
+    )?)))
+}
+
+/// Read a llama.cpp `mamba2` GGUF file as a runnable model.
+pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
+    let key = |k: &str| gguf.get_usize(&format!("mamba2.{k}"));
+    let (hidden, inner, heads) = (
+        key("embedding_length")?,
+        key("ssm.inner_size")?,
+        key("ssm.time_step_rank")?,
+    );
+    if hidden == 0 || heads == 0 || !inner.is_multiple_of(hidden) || !inner.is_multiple_of(heads) {
+        return Err(ModelError::BadGguf {
+            path: gguf.path().to_path_buf(),
+            reason: format!(
+                "mamba2: inner size {inner} is not a multiple of the width {hidden} and of the head count {heads}"
+            ),
+        });
+    }
+    let config = Mamba2Config {
+        vocab_size: 0,
+        hidden_size: hidden,
+        state_size: key("ssm.state_size")?,
+        num_hidden_layers: key("block_count")?,
+        num_heads: heads,
+        head_dim: inner / heads,
+        expand: inner / hidden,
+        n_groups: key("ssm.group_count")?,
+        conv_kernel: key("ssm.conv_kernel")?,
+        layer_norm_epsilon: gguf.get_f64("mamba2.attention.layer_norm_rms_epsilon")?,
+        use_bias: gguf.has_tensor("blk.0.ssm_in.bias"),
+        use_conv_bias: gguf.has_tensor("blk.0.ssm_conv1d.bias"),
+        time_step_limit: unbounded_time_step(),
+        tie_word_embeddings: !gguf.has_tensor("output.weight"),
+    };
+    let w = Checkpoint::gguf(gguf);
+    let config = Mamba2Config {
+        vocab_size: w.dims("token_embd.weight")?[0],
+        ..config
+    };
+    Ok(Box::new(Recurrent::new(Mamba2::new(
+        config,
+        &w,
+        SsmLayout::Gguf,
+    )?)))
 }
 
 impl Mamba2 {
-    fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let c: Mamba2Config = Checkpoint::config(dir, "Mamba-2")?;
-        let w = Checkpoint::safetensors(dir)?;
+    /// The network of `w` in `layout`, checked against the configuration.
+    fn new(c: Mamba2Config, w: &Checkpoint, layout: SsmLayout) -> Result<Self> {
         let (h, i, n) = (c.hidden_size, c.expand * c.hidden_size, c.state_size);
         if c.num_heads * c.head_dim != i
             || c.n_groups == 0
             || !c.num_heads.is_multiple_of(c.n_groups)
+            || !i.is_multiple_of(c.n_groups)
         {
             return Err(w.bad(format!(
-                "config.json's heads ({} × {}), expand × hidden ({i}) and n_groups ({}) do not fit together",
+                "the configuration's heads ({} × {}), expand × hidden ({i}) and groups ({}) do not fit together",
                 c.num_heads, c.head_dim, c.n_groups
             )));
         }
         let bc = c.n_groups * n;
         let conv_channels = i + 2 * bc;
         let heads = c.num_heads;
+        // llama.cpp keeps per-head vectors as `[heads, 1]` and the gated norm per group.
+        let (per_head, norm_shape): (&[usize], &[usize]) = match layout {
+            SsmLayout::HuggingFace => (&[heads], &[i]),
+            SsmLayout::Gguf => (&[heads, 1], &[c.n_groups, i / c.n_groups]),
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
-                let p = format!("backbone.layers.{l}");
-                let m = format!("{p}.mixer");
+                let name = |hf: &str, gguf: &str| layout.layer(l, hf, gguf);
+                // Hugging Face stores log(−A); llama.cpp's converter stores A.
+                let a = match layout {
+                    SsmLayout::HuggingFace => w
+                        .tensor(&name("mixer.A_log", ""), per_head)?
+                        .iter()
+                        .map(|v| -v.exp())
+                        .collect(),
+                    SsmLayout::Gguf => w.tensor(&name("", "ssm_a"), per_head)?,
+                };
                 Ok(Layer {
-                    norm: w.tensor(&format!("{p}.norm.weight"), &[h])?,
+                    norm: w.tensor(&name("norm.weight", "attn_norm.weight"), &[h])?,
                     in_proj: w.projection(
-                        &format!("{m}.in_proj"),
+                        &name("mixer.in_proj", "ssm_in"),
                         2 * i + 2 * bc + heads,
                         h,
                         c.use_bias,
                     )?,
                     conv: w.convolution(
-                        &format!("{m}.conv1d"),
+                        &name("mixer.conv1d", "ssm_conv1d"),
                         conv_channels,
                         c.conv_kernel,
                         c.use_conv_bias,
                     )?,
-                    dt_bias: w.tensor(&format!("{m}.dt_bias"), &[heads])?,
-                    a: w.tensor(&format!("{m}.A_log"), &[heads])?
-                        .iter()
-                        .map(|v| -v.exp())
-                        .collect(),
-                    d: w.tensor(&format!("{m}.D"), &[heads])?,
-                    gated_norm: w.tensor(&format!("{m}.norm.weight"), &[i])?,
-                    out_proj: w.projection(&format!("{m}.out_proj"), h, i, c.use_bias)?,
+                    dt_bias: w.tensor(&name("mixer.dt_bias", "ssm_dt.bias"), &[heads])?,
+                    a,
+                    d: w.tensor(&name("mixer.D", "ssm_d"), per_head)?,
+                    gated_norm: w
+                        .tensor(&name("mixer.norm.weight", "ssm_norm.weight"), norm_shape)?,
+                    out_proj: w.projection(&name("mixer.out_proj", "ssm_out"), h, i, c.use_bias)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = w.tensor("backbone.embeddings.weight", &[c.vocab_size, h])?;
+        let embeddings = w.tensor(
+            &layout.top("backbone.embeddings.weight", "token_embd.weight"),
+            &[c.vocab_size, h],
+        )?;
         let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
-        let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
+        let lm_head = w.output_head(&layout.top("lm_head", "output"), tied, c.vocab_size, h)?;
         let states = layers
             .iter()
             .map(|layer| SsmState::new(&layer.conv, i * n))
@@ -155,7 +221,10 @@ impl Mamba2 {
             sizes: (h, i, n, bc, conv_channels),
             dt_limit: (bound(0, 0.0), bound(1, f32::INFINITY)),
             embeddings,
-            norm_f: w.tensor("backbone.norm_f.weight", &[h])?,
+            norm_f: w.tensor(
+                &layout.top("backbone.norm_f.weight", "output_norm.weight"),
+                &[h],
+            )?,
             layers,
             lm_head,
             states,

@@ -259,8 +259,8 @@ impl Checkpoint {
         )
     }
 
-    /// The depthwise causal convolution `name` (`[channels, 1, width]` weights, and a bias
-    /// when `bias`).
+    /// The depthwise causal convolution `name` (`[channels, 1, width]` weights as PyTorch
+    /// stores them, `[channels, width]` as llama.cpp does; a bias when `bias`).
     pub(crate) fn convolution(
         &self,
         name: &str,
@@ -268,14 +268,45 @@ impl Checkpoint {
         width: usize,
         bias: bool,
     ) -> Result<CausalConv> {
+        let weight = format!("{name}.weight");
+        let shape: &[usize] = match self.tensors {
+            Tensors::Safetensors(_) => &[channels, 1, width],
+            Tensors::Gguf(_) => &[channels, width],
+        };
         Ok(CausalConv {
-            weights: self.tensor(&format!("{name}.weight"), &[channels, 1, width])?,
+            weights: self.tensor(&weight, shape)?,
             bias: match bias {
                 true => self.tensor(&format!("{name}.bias"), &[channels])?,
                 false => vec![0.0; channels],
             },
             width,
         })
+    }
+}
+
+/// The two layouts a checkpoint of the Mamba family comes in: Hugging Face's
+/// (`backbone.layers.N.mixer.in_proj`, ...) and llama.cpp's GGUF (`blk.N.ssm_in`, ...).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SsmLayout {
+    HuggingFace,
+    Gguf,
+}
+
+impl SsmLayout {
+    /// Layer `l`'s tensor, named `backbone.layers.{l}.{hf}` or `blk.{l}.{gguf}`.
+    pub(crate) fn layer(self, l: usize, hf: &str, gguf: &str) -> String {
+        match self {
+            SsmLayout::HuggingFace => format!("backbone.layers.{l}.{hf}"),
+            SsmLayout::Gguf => format!("blk.{l}.{gguf}"),
+        }
+    }
+
+    /// A tensor outside the layers.
+    pub(crate) fn top(self, hf: &str, gguf: &str) -> String {
+        match self {
+            SsmLayout::HuggingFace => hf.to_string(),
+            SsmLayout::Gguf => gguf.to_string(),
+        }
     }
 }
 

@@ -70,7 +70,7 @@ fn truncated_gguf() {
 
 #[test]
 fn unsupported_architecture() {
-    let path = temp_file("mamba.gguf", &gguf_with_architecture("mamba"));
+    let path = temp_file("t5.gguf", &gguf_with_architecture("t5"));
     let (code, stderr) = longctx(&[
         "generate",
         "--prompt",
@@ -79,7 +79,7 @@ fn unsupported_architecture() {
         path.to_str().unwrap(),
     ]);
     assert_ne!(code, 0);
-    assert_one_line_error(&stderr, "\"mamba\"");
+    assert_one_line_error(&stderr, "\"t5\"");
 }
 
 #[test]

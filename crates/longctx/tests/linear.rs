@@ -41,12 +41,13 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The fixture `name`'s logits in prefill and in decoding against its reference, and its
 /// state's size (`state` bytes) before and after reading.
-fn matches_reference(name: &str, state: usize) {
+fn matches_reference(name: &str, format: Format, state: usize) {
     let dir = fixture(name);
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference_logits.json")).unwrap())
             .unwrap();
-    let mut loaded = load_model(&model_path(name), &LoadOptions::default()).unwrap();
+    let mut loaded = load_model(&model_path(name, format), &LoadOptions::default()).unwrap();
+    let name = format!("{name} ({format:?})");
     if let (Some(text), Some(ids)) = (&reference.text, &reference.text_ids) {
         let ours = loaded.tokenizer.encode(text, true).unwrap();
         assert_eq!(&ours, ids, "{name}: token ids of {text:?}");
@@ -100,12 +101,19 @@ fn matches_reference(name: &str, state: usize) {
     assert!(err.contains("without a KV cache"), "{err}");
 }
 
-/// A GGUF fixture's model file (named after its folder), or a folder fixture's folder.
-fn model_path(name: &str) -> PathBuf {
-    let dir = fixture(name);
-    match dir.join(format!("{name}.gguf")) {
-        gguf if gguf.exists() => gguf,
-        _ => dir,
+/// Which of a fixture's files a test loads.
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    /// The Hugging Face folder.
+    Folder,
+    /// `<name>.gguf` in it.
+    Gguf,
+}
+
+fn model_path(name: &str, format: Format) -> PathBuf {
+    match format {
+        Format::Folder => fixture(name),
+        Format::Gguf => fixture(name).join(format!("{name}.gguf")),
     }
 }
 
@@ -114,13 +122,17 @@ const MAMBA_STATE: usize = 2 * (128 * 4 + 128 * 16) * 4;
 
 #[test]
 fn mamba_logits_match_transformers_in_prefill_and_decoding() {
-    matches_reference("tiny_mamba", MAMBA_STATE);
+    matches_reference("tiny_mamba", Format::Folder, MAMBA_STATE);
+    // The same weights as llama.cpp's converter writes them.
+    matches_reference("tiny_mamba", Format::Gguf, MAMBA_STATE);
 }
 
 #[test]
 fn mamba2_logits_match_transformers_in_prefill_and_decoding() {
     // 2 layers × ((128 + 2 groups × 2 × 16) channels × 4 inputs + 8 heads × 16 × 16 states).
-    matches_reference("tiny_mamba2", 2 * (192 * 4 + 8 * 16 * 16) * 4);
+    let state = 2 * (192 * 4 + 8 * 16 * 16) * 4;
+    matches_reference("tiny_mamba2", Format::Folder, state);
+    matches_reference("tiny_mamba2", Format::Gguf, state);
 }
 
 #[test]
@@ -129,6 +141,7 @@ fn recurrent_gemma_logits_match_transformers_past_its_window() {
     // 16 keys and values of one 12-wide head.
     matches_reference(
         "tiny_recurrent_gemma",
+        Format::Folder,
         (3 * (48 * 4 + 48) + 2 * 16 * 12) * 4,
     );
 }
@@ -136,12 +149,12 @@ fn recurrent_gemma_logits_match_transformers_past_its_window() {
 #[test]
 fn rwkv6_logits_match_llama_cpp_in_prefill_and_decoding() {
     // 2 layers × (2 shifted rows of 128 + 2 heads × 64 × 64 WKV states).
-    matches_reference("tiny_rwkv6", 2 * (2 * 128 + 2 * 64 * 64) * 4);
+    matches_reference("tiny_rwkv6", Format::Gguf, 2 * (2 * 128 + 2 * 64 * 64) * 4);
 }
 
 #[test]
 fn rwkv7_logits_match_llama_cpp_in_prefill_and_decoding() {
-    matches_reference("tiny_rwkv7", 2 * (2 * 128 + 2 * 64 * 64) * 4);
+    matches_reference("tiny_rwkv7", Format::Gguf, 2 * (2 * 128 + 2 * 64 * 64) * 4);
 }
 
 /// The tiny Mamba through `bench` and `run`: the state stands where KV bytes stand, the same
@@ -203,7 +216,7 @@ fn a_recurrent_model_benches_and_runs_with_its_state() {
     std::fs::create_dir_all(&work).unwrap();
     let hybrid = fixture("tiny_recurrent_gemma");
     let hybrid = hybrid.to_str().unwrap();
-    let rwkv = model_path("tiny_rwkv7");
+    let rwkv = model_path("tiny_rwkv7", Format::Gguf);
     let rwkv = rwkv.to_str().unwrap();
     let spec = work.join("spec.toml");
     std::fs::write(
