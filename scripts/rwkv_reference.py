@@ -14,7 +14,11 @@ It writes OUT/<folder name>.gguf (f32 weights, the layout llama.cpp's converter 
 "world"-style vocabulary: `<s>`, the 256 bytes and some words, escaped as the converter
 escapes them) and reference_logits.json: a fixed prompt's ids, every position's logits from
 one batch (prefill), and the logits of 24 ids in one batch followed by one id per batch
-(decoding), and llama-tokenize's ids for a text. The GGUF is written with the gguf package llama.cpp vendors, so that both read
+(decoding), and llama-tokenize's ids for a text. It also writes OUT/<folder name>-q8_0.gguf,
+the same model with every matrix whose rows split into 32-value blocks in Q8_0, and
+reference_logits-q8_0.json: llama.cpp's logits for the values those blocks hold (computed on
+an f32 file of the dequantized matrices, since llama.cpp's Q8_0 kernels also round the
+activations to 8 bits). The GGUF is written with the gguf package llama.cpp vendors, so that both read
 the same layout. Heads are 64 wide, as in the released models: llama.cpp's AVX-512 WKV-7
 kernel reads 64 values per step and gives wrong results for narrower heads.
 """
@@ -45,6 +49,49 @@ def vocabulary():
     return tokens, types
 
 
+def write(path, arch, meta, tensors, file_type):
+    """A GGUF of `tensors` (f32 arrays, or (Q8_0 bytes, dequantized values) pairs)."""
+    w = gguf.GGUFWriter(path, arch)
+    for call, value in meta:
+        getattr(w, call)(value)
+    w.add_file_type(file_type)
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            w.add_tensor(name, value[0], raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def to_q8_0(value):
+    """A matrix whose rows split into 32-value blocks, as (Q8_0 bytes, the values they hold);
+    anything else unchanged."""
+    if value.ndim != 2 or value.shape[1] % 32:
+        return value
+    q = gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0)
+    return q, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(value.shape)
+
+
+def save(path, arch, ids, decode_from, logits, **extra):
+    with open(path, "w") as f:
+        json.dump(
+            dict(
+                source=f"scripts/rwkv_reference.py --arch {arch}",
+                llama_cpp=llamacpp_util.version(),
+                ids=ids,
+                prefill_tokens=len(ids),
+                prefill=logits["prefill"],
+                decode_from=decode_from,
+                decode=logits["decode"],
+                **extra,
+            ),
+            f,
+        )
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", required=True, choices=["rwkv6", "rwkv7"])
@@ -57,23 +104,22 @@ def main():
     tokens, types = vocabulary()
     vocab = len(tokens)
 
-    # Named after the folder, as longctx names a model after its file.
-    path = os.path.join(args.out, os.path.basename(os.path.normpath(args.out)) + ".gguf")
-    w = gguf.GGUFWriter(path, args.arch)
-    w.add_context_length(1048576)
-    w.add_embedding_length(EMBD)
-    w.add_block_count(LAYERS)
-    w.add_layer_norm_eps(1e-5)
-    w.add_wkv_head_size(HEAD)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(0)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("rwkv")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
-    w.add_add_bos_token(False)
+    # Metadata as writer calls, replayed for each file written.
+    meta = [
+        ("add_context_length", 1048576),
+        ("add_embedding_length", EMBD),
+        ("add_block_count", LAYERS),
+        ("add_layer_norm_eps", 1e-5),
+        ("add_wkv_head_size", HEAD),
+        ("add_feed_forward_length", FFN),
+        ("add_head_count", 0),
+        ("add_tokenizer_model", "rwkv"),
+        ("add_token_list", tokens),
+        ("add_token_types", types),
+        ("add_bos_token_id", 0),
+        ("add_eos_token_id", 0),
+        ("add_add_bos_token", False),
+    ]
 
     t = {}
     t["token_embd.weight"] = normal(vocab, EMBD, s=0.5)
@@ -84,15 +130,13 @@ def main():
     t["output.weight"] = normal(vocab, EMBD)
     if args.arch == "rwkv6":
         mix, decay_rank = 8, 16
-        w.add_time_mix_extra_dim(mix)
-        w.add_time_decay_extra_dim(decay_rank)
-        w.add_rescale_every_n_layers(1)
+        meta += [("add_time_mix_extra_dim", mix), ("add_time_decay_extra_dim", decay_rank),
+                 ("add_rescale_every_n_layers", 1)]
     else:
         ranks = dict(decay=8, iclr=8, value=8, gate=16)
-        w.add_decay_lora_rank(ranks["decay"])
-        w.add_iclr_lora_rank(ranks["iclr"])
-        w.add_value_residual_mix_lora_rank(ranks["value"])
-        w.add_gate_lora_rank(ranks["gate"])
+        meta += [("add_decay_lora_rank", ranks["decay"]), ("add_iclr_lora_rank", ranks["iclr"]),
+                 ("add_value_residual_mix_lora_rank", ranks["value"]),
+                 ("add_gate_lora_rank", ranks["gate"])]
     for b in range(LAYERS):
         blk = lambda name: f"blk.{b}.{name}"
         for norm in ("attn_norm", "attn_norm_2", "time_mix_ln"):
@@ -126,34 +170,28 @@ def main():
             t[blk("time_mix_lerp_fused.weight")] = uniform(6, 1, 1, EMBD)
             for name in ("k_k", "k_a", "r_k"):
                 t[blk(f"time_mix_{name}.weight")] = uniform(EMBD)
-    for name, value in t.items():
-        w.add_tensor(name, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
+    # Named after the folder, as longctx names a model after its file.
+    stem = os.path.join(args.out, os.path.basename(os.path.normpath(args.out)))
+    path = stem + ".gguf"
+    write(path, args.arch, meta, t, gguf.LlamaFileType.ALL_F32)
     ids = np.random.default_rng(1).integers(1, vocab, 40).tolist()
     decode_from = 24
     logits = llamacpp_util.logits(path, decode_from, ids)
     # llama.cpp's tokenization of a text with multi-byte characters and a doubled newline.
     text = "The cat was in the house.\n\nWhen they came, it was all there: na\u00efve \u2211 42!"
     text_ids = llamacpp_util.tokenize(path, text)
-    with open(os.path.join(args.out, "reference_logits.json"), "w") as f:
-        json.dump(
-            dict(
-                source=f"scripts/rwkv_reference.py --arch {args.arch}",
-                llama_cpp=llamacpp_util.version(),
-                ids=ids,
-                prefill_tokens=len(ids),
-                prefill=logits["prefill"],
-                decode_from=decode_from,
-                decode=logits["decode"],
-                text=text,
-                text_ids=text_ids,
-            ),
-            f,
-        )
+    save(os.path.join(args.out, "reference_logits.json"), args.arch, ids, decode_from, logits,
+         text=text, text_ids=text_ids)
+    # The same model with its matrices in Q8_0, and llama.cpp's logits for the values those
+    # blocks hold (an f32 file of the dequantized matrices): what reading Q8_0 exactly gives.
+    quantized = {name: to_q8_0(value) for name, value in t.items()}
+    write(stem + "-q8_0.gguf", args.arch, meta, quantized, gguf.LlamaFileType.MOSTLY_Q8_0)
+    exact = {name: value if isinstance(value, np.ndarray) else value[1] for name, value in quantized.items()}
+    exact_path = stem + "-q8_0-dequantized.gguf"
+    write(exact_path, args.arch, meta, exact, gguf.LlamaFileType.ALL_F32)
+    save(os.path.join(args.out, "reference_logits-q8_0.json"), args.arch, ids, decode_from,
+         llamacpp_util.logits(exact_path, decode_from, ids))
+    os.remove(exact_path)
     prefill = np.array(logits["prefill"]).reshape(len(ids), vocab)
     decode = np.array(logits["decode"]).reshape(-1, vocab)
     print("prefill vs decode at position 38:", float(np.abs(prefill[38] - decode[-1]).max()))

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Reads one architecture's Hugging Face folder.
-type HfLoader = fn(&Path) -> Result<Box<dyn LanguageModel>>;
+type HfLoader = fn(&Path, &LoadOptions) -> Result<Box<dyn LanguageModel>>;
 
 /// The Hugging Face `model_type`s with a network of their own (linear-time and hybrid
 /// architectures, run under `recurrent::Recurrent`); every other type loads as a decoder of
@@ -22,7 +22,7 @@ const OWN_NETWORKS: &[(&str, HfLoader)] = &[
 ];
 
 /// Reads one architecture's GGUF file.
-type GgufLoader = fn(GgufFile) -> Result<Box<dyn LanguageModel>>;
+type GgufLoader = fn(GgufFile, &LoadOptions) -> Result<Box<dyn LanguageModel>>;
 
 /// The GGUF `general.architecture`s with a network of their own; every other one loads as a
 /// decoder of [`LlamaModel`]'s layout (or is refused by its architecture table).
@@ -157,7 +157,7 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
             .iter()
             .find(|(name, _)| model_type == Some(*name));
         let model: Box<dyn LanguageModel> = match own {
-            Some((_, load)) => load(path)?,
+            Some((_, load)) => load(path, options)?,
             None => Box::new(LlamaModel::from_hf_dir(path, options)?),
         };
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
@@ -196,7 +196,7 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .ok()
         .map(|src| template(src, &tokenizer));
     let model = match own {
-        Some((_, load)) => load(gguf)?,
+        Some((_, load)) => load(gguf, options)?,
         None => Box::new(LlamaModel::from_gguf(gguf, options)?),
     };
     Ok(LoadedModel {

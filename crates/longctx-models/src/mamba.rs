@@ -16,7 +16,7 @@ use crate::recurrent::{
     embed, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
     RecurrentNetwork, SsmLayout, SsmState,
 };
-use crate::{ComputeProfile, LanguageModel, ModelError, Result};
+use crate::{ComputeProfile, LanguageModel, LoadOptions, ModelError, Result};
 
 fn default_true() -> bool {
     true
@@ -80,18 +80,15 @@ pub(crate) struct Mamba {
 }
 
 /// Read a Hugging Face Mamba folder as a runnable model.
-pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
     let config: MambaConfig = Checkpoint::config(dir, "Mamba")?;
-    let w = Checkpoint::safetensors(dir)?;
-    Ok(Box::new(Recurrent::new(Mamba::new(
-        config,
-        &w,
-        SsmLayout::HuggingFace,
-    )?)))
+    let w = Checkpoint::safetensors(dir, options)?;
+    let network = Mamba::new(config, &w, SsmLayout::HuggingFace)?;
+    Ok(Box::new(Recurrent::new(network, &w, options)))
 }
 
 /// Read a llama.cpp `mamba` GGUF file as a runnable model.
-pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
+pub fn load_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
     let key = |k: &str| gguf.get_usize(&format!("mamba.{k}"));
     if let Ok(MetaValue::Bool(true)) = gguf.get("mamba.ssm.dt_b_c_rms") {
         return Err(ModelError::Unsupported {
@@ -115,16 +112,13 @@ pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
         use_conv_bias: gguf.has_tensor("blk.0.ssm_conv1d.bias"),
         tie_word_embeddings: !gguf.has_tensor("output.weight"),
     };
-    let w = Checkpoint::gguf(gguf);
+    let w = Checkpoint::gguf(gguf, options);
     let config = MambaConfig {
         vocab_size: w.dims("token_embd.weight")?[0],
         ..config
     };
-    Ok(Box::new(Recurrent::new(Mamba::new(
-        config,
-        &w,
-        SsmLayout::Gguf,
-    )?)))
+    let network = Mamba::new(config, &w, SsmLayout::Gguf)?;
+    Ok(Box::new(Recurrent::new(network, &w, options)))
 }
 
 impl Mamba {
@@ -263,25 +257,6 @@ impl RecurrentNetwork for Mamba {
 
     fn reset(&mut self) {
         self.states.iter_mut().for_each(SsmState::reset);
-    }
-
-    fn weight_bytes(&self) -> usize {
-        let layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.norm.len()
-                    + l.in_proj.weights
-                    + l.conv.weights()
-                    + l.x_proj.weights
-                    + l.dt_proj.weights
-                    + l.a.len()
-                    + l.d.len()
-                    + l.out_proj.weights
-            })
-            .sum();
-        // The tied head holds its own transposed copy of the embeddings.
-        (layer + self.embeddings.len() + self.lm_head.weights) * std::mem::size_of::<f32>()
     }
 
     fn school(&self) -> &'static str {

@@ -22,7 +22,7 @@ use crate::recurrent::{
     embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
     RecurrentNetwork, SsmLayout, SsmState,
 };
-use crate::{ComputeProfile, LanguageModel, ModelError, Result};
+use crate::{ComputeProfile, LanguageModel, LoadOptions, ModelError, Result};
 
 fn default_true() -> bool {
     true
@@ -89,18 +89,15 @@ pub(crate) struct Mamba2 {
 }
 
 /// Read a Hugging Face Mamba-2 folder as a runnable model.
-pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
     let config: Mamba2Config = Checkpoint::config(dir, "Mamba-2")?;
-    let w = Checkpoint::safetensors(dir)?;
-    Ok(Box::new(Recurrent::new(Mamba2::new(
-        config,
-        &w,
-        SsmLayout::HuggingFace,
-    )?)))
+    let w = Checkpoint::safetensors(dir, options)?;
+    let network = Mamba2::new(config, &w, SsmLayout::HuggingFace)?;
+    Ok(Box::new(Recurrent::new(network, &w, options)))
 }
 
 /// Read a llama.cpp `mamba2` GGUF file as a runnable model.
-pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
+pub fn load_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
     let key = |k: &str| gguf.get_usize(&format!("mamba2.{k}"));
     let (hidden, inner, heads) = (
         key("embedding_length")?,
@@ -131,16 +128,13 @@ pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
         time_step_limit: unbounded_time_step(),
         tie_word_embeddings: !gguf.has_tensor("output.weight"),
     };
-    let w = Checkpoint::gguf(gguf);
+    let w = Checkpoint::gguf(gguf, options);
     let config = Mamba2Config {
         vocab_size: w.dims("token_embd.weight")?[0],
         ..config
     };
-    Ok(Box::new(Recurrent::new(Mamba2::new(
-        config,
-        &w,
-        SsmLayout::Gguf,
-    )?)))
+    let network = Mamba2::new(config, &w, SsmLayout::Gguf)?;
+    Ok(Box::new(Recurrent::new(network, &w, options)))
 }
 
 impl Mamba2 {
@@ -310,24 +304,6 @@ impl RecurrentNetwork for Mamba2 {
 
     fn reset(&mut self) {
         self.states.iter_mut().for_each(SsmState::reset);
-    }
-
-    fn weight_bytes(&self) -> usize {
-        let layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.norm.len()
-                    + l.in_proj.weights
-                    + l.conv.weights()
-                    + l.dt_bias.len()
-                    + l.a.len()
-                    + l.d.len()
-                    + l.gated_norm.len()
-                    + l.out_proj.weights
-            })
-            .sum();
-        (layer + self.embeddings.len() + self.lm_head.weights) * std::mem::size_of::<f32>()
     }
 
     fn school(&self) -> &'static str {

@@ -17,7 +17,9 @@ use longctx_kv::{Reservation, MAX_STREAM_POSITIONS};
 use serde::de::DeserializeOwned;
 
 use crate::gguf::GgufFile;
-use crate::{ComputeProfile, LanguageModel, Logits, ModelError, Result, DEFAULT_PREFILL_CHUNK};
+use crate::linear::Linear;
+use crate::q8::DecodeActivations;
+use crate::{ComputeProfile, LanguageModel, LoadOptions, Logits, ModelError, Result};
 
 /// One architecture's network and its sequence state, as [`Recurrent`] drives it.
 pub(crate) trait RecurrentNetwork: Send {
@@ -41,9 +43,6 @@ pub(crate) trait RecurrentNetwork: Send {
     /// Zero the state for a new sequence.
     fn reset(&mut self);
 
-    /// Bytes of weights held.
-    fn weight_bytes(&self) -> usize;
-
     /// The arithmetic per token, for time estimates.
     fn compute_profile(&self) -> ComputeProfile;
 
@@ -56,11 +55,21 @@ pub(crate) trait RecurrentNetwork: Send {
 pub(crate) struct Recurrent<N> {
     network: N,
     seen: usize,
+    /// Bytes of weights the checkpoint's reading left held.
+    weight_bytes: usize,
+    /// Tokens per prefill chunk (`--prefill-chunk`): bounds the activations held.
+    prefill_chunk: usize,
 }
 
 impl<N: RecurrentNetwork> Recurrent<N> {
-    pub(crate) fn new(network: N) -> Self {
-        Self { network, seen: 0 }
+    /// `network` as read from `checkpoint`, run as `options` say.
+    pub(crate) fn new(network: N, checkpoint: &Checkpoint, options: &LoadOptions) -> Self {
+        Self {
+            network,
+            seen: 0,
+            weight_bytes: checkpoint.held_bytes(),
+            prefill_chunk: options.prefill_chunk.max(1),
+        }
     }
 }
 
@@ -80,7 +89,7 @@ impl<N: RecurrentNetwork> LanguageModel for Recurrent<N> {
         let h = self.network.hidden_size();
         let mut rows = Vec::new();
         // Chunks bound the activations held; the state carries across them.
-        let chunks: Vec<&[u32]> = tokens.chunks(DEFAULT_PREFILL_CHUNK).collect();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
         for (at, chunk) in chunks.iter().enumerate() {
             let hidden = self.network.forward(chunk, self.seen)?;
             self.seen += chunk.len();
@@ -131,7 +140,7 @@ impl<N: RecurrentNetwork> LanguageModel for Recurrent<N> {
     }
 
     fn weight_bytes(&self) -> usize {
-        self.network.weight_bytes()
+        self.weight_bytes
     }
 
     fn compute_profile(&self) -> ComputeProfile {
@@ -151,31 +160,51 @@ enum Tensors {
 }
 
 /// A checkpoint's tensors, read with checks: a missing tensor, or one of another shape than
-/// the configuration gives, is an error naming the file and the tensor.
+/// the configuration gives, is an error naming the file and the tensor. It counts the bytes
+/// of what it hands out, which the model then holds.
 pub(crate) struct Checkpoint {
     path: std::path::PathBuf,
     tensors: Tensors,
+    /// Keep dense f32 copies of quantized matrices for prefill (`--dense-weights`).
+    dense_prefill: bool,
+    /// Decoding's mat-vec kernels for quantized matrices.
+    activations: DecodeActivations,
+    held: std::cell::Cell<usize>,
 }
 
 impl Checkpoint {
     /// Open `dir`'s model.safetensors (one file, as the tiny and small checkpoints ship).
-    pub(crate) fn safetensors(dir: &Path) -> Result<Self> {
+    pub(crate) fn safetensors(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let path = dir.join("model.safetensors");
         // SAFETY: the file is mapped read-only and not modified while the process runs.
         let tensors = unsafe { MmapedSafetensors::new(&path) }
             .map_err(|e| Self::bad_in(dir, format!("model.safetensors: {e}")))?;
-        Ok(Self {
-            path: dir.to_path_buf(),
-            tensors: Tensors::Safetensors(tensors),
-        })
+        Ok(Self::with(dir, Tensors::Safetensors(tensors), options))
     }
 
-    /// The tensors of an opened GGUF file.
-    pub(crate) fn gguf(file: GgufFile) -> Self {
+    /// The tensors of an opened GGUF file; quantized matrices stay quantized.
+    pub(crate) fn gguf(file: GgufFile, options: &LoadOptions) -> Self {
+        let path = file.path().to_path_buf();
+        Self::with(&path, Tensors::Gguf(file), options)
+    }
+
+    fn with(path: &Path, tensors: Tensors, options: &LoadOptions) -> Self {
         Self {
-            path: file.path().to_path_buf(),
-            tensors: Tensors::Gguf(file),
+            path: path.to_path_buf(),
+            tensors,
+            dense_prefill: options.dense_prefill_weights,
+            activations: options.decode_activations,
+            held: std::cell::Cell::new(0),
         }
+    }
+
+    /// Bytes of everything handed out so far.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held.get()
+    }
+
+    fn hold(&self, bytes: usize) {
+        self.held.set(self.held.get() + bytes);
     }
 
     fn bad_in(path: &Path, reason: String) -> ModelError {
@@ -215,13 +244,26 @@ impl Checkpoint {
     /// Tensor `name` in f32, checked to have `shape`.
     pub(crate) fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.load(name)?;
-        if t.dims() != shape {
-            return Err(self.bad(format!(
-                "tensor {name} has shape {:?}, but the configuration asks for {shape:?}",
-                t.dims()
-            )));
-        }
+        self.check(name, t.dims(), shape)?;
+        self.hold(t.elem_count() * std::mem::size_of::<f32>());
         Ok(t.flatten_all()?.to_vec1()?)
+    }
+
+    /// `found` is `shape`; in GGUF, up to dimensions of size one, which writers keep or drop
+    /// (llama.cpp's converter keeps `[1, 1, n]` where llama-quantize writes `[n]`).
+    fn check(&self, name: &str, found: &[usize], shape: &[usize]) -> Result<()> {
+        let squeezed =
+            |dims: &[usize]| dims.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        let same = match self.tensors {
+            Tensors::Safetensors(_) => found == shape,
+            Tensors::Gguf(_) => squeezed(found) == squeezed(shape),
+        };
+        match same {
+            true => Ok(()),
+            false => Err(self.bad(format!(
+                "tensor {name} has shape {found:?}, but the configuration asks for {shape:?}"
+            ))),
+        }
     }
 
     /// The output head: `lm_head` (`[vocab, hidden]`), or the embeddings when tied.
@@ -233,13 +275,16 @@ impl Checkpoint {
         hidden: usize,
     ) -> Result<Projection> {
         match tied {
-            Some(embeddings) => Projection::new(embeddings.to_vec(), vocab, hidden, None),
+            Some(embeddings) => {
+                self.hold(std::mem::size_of_val(embeddings));
+                Projection::new(embeddings.to_vec(), vocab, hidden, None)
+            }
             None => self.projection(name, vocab, hidden, false),
         }
     }
 
     /// The linear layer `name` (`name.weight`, `[outputs, inputs]`, and `name.bias` when
-    /// `bias`).
+    /// `bias`); a quantized GGUF matrix stays quantized.
     pub(crate) fn projection(
         &self,
         name: &str,
@@ -251,12 +296,28 @@ impl Checkpoint {
             true => Some(self.tensor(&format!("{name}.bias"), &[outputs])?),
             false => None,
         };
-        Projection::new(
-            self.tensor(&format!("{name}.weight"), &[outputs, inputs])?,
-            outputs,
+        let bias = bias
+            .map(|b| Tensor::from_vec(b, outputs, &Device::Cpu))
+            .transpose()?;
+        let weight = format!("{name}.weight");
+        let linear = match &self.tensors {
+            Tensors::Gguf(g) => {
+                let q = g.tensor(&weight, &Device::Cpu)?;
+                self.check(&weight, q.shape().dims(), &[outputs, inputs])?;
+                Linear::from_qtensor(q, self.dense_prefill, self.activations, bias)?
+            }
+            Tensors::Safetensors(_) => {
+                let w = self.load(&weight)?;
+                self.check(&weight, w.dims(), &[outputs, inputs])?;
+                Linear::from_dense(w, bias)
+            }
+        };
+        self.hold(linear.bytes());
+        Ok(Projection {
+            linear,
             inputs,
-            bias,
-        )
+            weights: outputs * inputs,
+        })
     }
 
     /// The depthwise causal convolution `name` (`[channels, 1, width]` weights as PyTorch
@@ -310,49 +371,45 @@ impl SsmLayout {
     }
 }
 
-/// A projection `x Wᵀ (+ b)` applied to a chunk of rows at once (one GEMM; a single row
-/// in decoding), so prefill and decoding share it.
+/// A linear layer `x Wᵀ (+ b)` applied to a chunk of rows at once (one GEMM; in decoding a
+/// mat-vec, through the quantized kernels when the checkpoint is quantized), so prefill and
+/// decoding share it.
 pub(crate) struct Projection {
-    /// Wᵀ, `[inputs, outputs]`, contiguous.
-    transposed: Tensor,
-    bias: Option<Tensor>,
-    /// Weights held (bias excluded).
+    linear: Linear,
+    inputs: usize,
+    /// Weights each row is multiplied by (bias excluded).
     pub(crate) weights: usize,
 }
 
 impl Projection {
-    /// From W, `[outputs, inputs]` row-major, and an optional bias.
+    /// From W, `[outputs, inputs]` row-major, and an optional bias (not counted by any
+    /// checkpoint: the caller's tensors were).
     pub(crate) fn new(
         weights: Vec<f32>,
         outputs: usize,
         inputs: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<Self> {
+        let weight = Tensor::from_vec(weights, (outputs, inputs), &Device::Cpu)?;
+        let bias = bias
+            .map(|b| Tensor::from_vec(b, outputs, &Device::Cpu))
+            .transpose()?;
         Ok(Self {
-            transposed: Tensor::from_vec(weights, (outputs, inputs), &Device::Cpu)?
-                .t()?
-                .contiguous()?,
-            bias: bias
-                .map(|b| Tensor::from_vec(b, outputs, &Device::Cpu))
-                .transpose()?,
+            linear: Linear::from_dense(weight, bias),
+            inputs,
             weights: outputs * inputs,
         })
     }
 
     /// Width of each output row.
     pub(crate) fn outputs(&self) -> usize {
-        self.transposed.dims()[1]
+        self.linear.outputs()
     }
 
     /// `rows` rows of `x` (row-major) projected: `rows × outputs` values.
     pub(crate) fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let inputs = self.transposed.dim(0)?;
-        let x = Tensor::from_slice(x, (rows, inputs), &Device::Cpu)?;
-        let mut y = x.matmul(&self.transposed)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        Ok(y.flatten_all()?.to_vec1()?)
+        let x = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
+        Ok(self.linear.forward(&x)?.flatten_all()?.to_vec1()?)
     }
 }
 
@@ -369,11 +426,6 @@ impl CausalConv {
     /// A zeroed input window for this convolution: `[channels, width]`, oldest first.
     pub(crate) fn empty_state(&self) -> Vec<f32> {
         vec![0.0; self.weights.len()]
-    }
-
-    /// Weights held.
-    pub(crate) fn weights(&self) -> usize {
-        self.weights.len() + self.bias.len()
     }
 
     /// Push one token's `input` (one value per channel) into `window` and write the

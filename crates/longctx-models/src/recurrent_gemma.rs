@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::recurrent::{
     embed, rms_norm_rows, softplus, CausalConv, Checkpoint, Projection, Recurrent, RecurrentNetwork,
 };
-use crate::{AttentionWork, ComputeProfile, LanguageModel, Result};
+use crate::{AttentionWork, ComputeProfile, LanguageModel, LoadOptions, Result};
 
 fn default_true() -> bool {
     true
@@ -121,8 +121,8 @@ pub(crate) struct RecurrentGemma {
 }
 
 /// Read a Hugging Face RecurrentGemma folder as a runnable model.
-pub fn load(dir: &Path) -> Result<Box<dyn LanguageModel>> {
-    Ok(Box::new(Recurrent::new(RecurrentGemma::from_hf_dir(dir)?)))
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(RecurrentGemma::from_hf_dir(dir, options)?))
 }
 
 /// GELU, tanh approximation (`gelu_pytorch_tanh`).
@@ -136,9 +136,9 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 impl RecurrentGemma {
-    fn from_hf_dir(dir: &Path) -> Result<Self> {
+    fn from_hf_dir(dir: &Path, options: &LoadOptions) -> Result<Recurrent<Self>> {
         let c: RecurrentGemmaConfig = Checkpoint::config(dir, "RecurrentGemma")?;
-        let w = Checkpoint::safetensors(dir)?;
+        let w = Checkpoint::safetensors(dir, options)?;
         let (h, lru, heads) = (c.hidden_size, c.lru_width, c.num_attention_heads);
         let rotary = (c.partial_rotary_factor * c.head_dim as f64) as usize;
         let sane = c.hidden_activation == "gelu_pytorch_tanh"
@@ -249,7 +249,7 @@ impl RecurrentGemma {
         let embeddings = w.tensor("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
         let lm_head = w.output_head("lm_head", tied, c.vocab_size, h)?;
-        Ok(Self {
+        let network = Self {
             rotary,
             inverse_frequencies: (0..rotary / 2)
                 .map(|j| 1.0 / c.rope_theta.powf((2 * j) as f32 / rotary as f32))
@@ -261,7 +261,8 @@ impl RecurrentGemma {
             lm_head,
             states,
             config: c,
-        })
+        };
+        Ok(Recurrent::new(network, &w, options))
     }
 
     /// Rotate the first `rotary` dimensions of each `head_dim`-wide head in `x` to
@@ -431,49 +432,32 @@ impl RecurrentNetwork for RecurrentGemma {
         }
     }
 
-    fn weight_bytes(&self) -> usize {
-        let layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                let temporal = match &l.temporal {
-                    Temporal::Recurrent(b) => {
-                        b.linear_y.weights
-                            + b.linear_x.weights
-                            + b.linear_out.weights
-                            + b.conv.weights()
-                            + b.input_gates
-                                .iter()
-                                .chain(&b.recurrent_gates)
-                                .map(|g| g.weights)
-                                .sum::<usize>()
-                            + b.log_decay_scale.len()
-                    }
-                    Temporal::Attention(b) => {
-                        b.q_proj.weights + b.k_proj.weights + b.v_proj.weights + b.o_proj.weights
-                    }
-                };
-                temporal
-                    + l.temporal_norm.len()
-                    + l.channel_norm.len()
-                    + l.gate_proj.weights
-                    + l.up_proj.weights
-                    + l.down_proj.weights
-            })
-            .sum();
-        (layer + self.embeddings.len() + self.final_norm.len() + self.lm_head.weights)
-            * std::mem::size_of::<f32>()
-    }
-
     fn school(&self) -> &'static str {
         "hybrid"
     }
 
     fn compute_profile(&self) -> ComputeProfile {
         let c = &self.config;
-        let layer_weights = self.weight_bytes() / std::mem::size_of::<f32>()
-            - self.embeddings.len()
-            - self.lm_head.weights;
+        // Matrix weights each token is multiplied by, per layer.
+        let layer_weights = self
+            .layers
+            .iter()
+            .map(|l| {
+                let temporal = match &l.temporal {
+                    Temporal::Recurrent(b) => [&b.linear_y, &b.linear_x, &b.linear_out]
+                        .into_iter()
+                        .chain(&b.input_gates)
+                        .chain(&b.recurrent_gates)
+                        .map(|p| p.weights)
+                        .sum::<usize>(),
+                    Temporal::Attention(b) => [&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj]
+                        .iter()
+                        .map(|p| p.weights)
+                        .sum(),
+                };
+                temporal + l.gate_proj.weights + l.up_proj.weights + l.down_proj.weights
+            })
+            .sum();
         let width = c.num_attention_heads * c.head_dim;
         let attention = self
             .layers

@@ -11,7 +11,7 @@
 
 use crate::gguf::GgufFile;
 use crate::recurrent::{embed, silu, Checkpoint, Projection, Recurrent, RecurrentNetwork};
-use crate::{ComputeProfile, LanguageModel, ModelError, Result};
+use crate::{ComputeProfile, LanguageModel, LoadOptions, ModelError, Result};
 
 /// llama.cpp's epsilon for the per-head group norm of the WKV output.
 const GROUP_NORM_EPS: f32 = 64e-5;
@@ -137,8 +137,8 @@ enum Ranks {
 
 /// A layer's time mixing, by version.
 enum Version {
-    Six(TimeMix6),
-    Seven(TimeMix7),
+    Six(Box<TimeMix6>),
+    Seven(Box<TimeMix7>),
 }
 
 /// One block's weights.
@@ -182,12 +182,12 @@ pub(crate) struct Rwkv {
 }
 
 /// Read an `rwkv6` or `rwkv7` GGUF file as a runnable model.
-pub fn load_gguf(gguf: GgufFile) -> Result<Box<dyn LanguageModel>> {
-    Ok(Box::new(Recurrent::new(Rwkv::from_gguf(gguf)?)))
+pub fn load_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Box<dyn LanguageModel>> {
+    Ok(Box::new(Rwkv::from_gguf(gguf, options)?))
 }
 
 impl Rwkv {
-    fn from_gguf(gguf: GgufFile) -> Result<Self> {
+    fn from_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Recurrent<Self>> {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let key = |k: &str| gguf.get_usize(&format!("{arch}.{k}"));
         let hidden = key("embedding_length")?;
@@ -223,7 +223,7 @@ impl Rwkv {
             }
             other => return Err(bad(format!("architecture {other} is not RWKV-6 or RWKV-7"))),
         };
-        let w = Checkpoint::gguf(gguf);
+        let w = Checkpoint::gguf(gguf, options);
         let vocab = w.dims("token_embd.weight")?[0];
         let load_layer = |b: usize| -> Result<Layer> {
             let n = |name: &str| format!("blk.{b}.{name}");
@@ -233,7 +233,7 @@ impl Rwkv {
             let time = match ranks {
                 Ranks::Six { mix, decay } => {
                     let w2 = w.tensor(&n("time_mix_w2.weight"), &[5, hidden, mix])?;
-                    Version::Six(TimeMix6 {
+                    Version::Six(Box::new(TimeMix6 {
                         lerp_x: lerp("time_mix_lerp_x")?,
                         w1: proj("time_mix_w1", 5 * mix, hidden)?,
                         w2: w2
@@ -247,7 +247,7 @@ impl Rwkv {
                         gate: proj("time_mix_gate", hidden, hidden)?,
                         receptance: proj("channel_mix_receptance", hidden, hidden)?,
                         lerp_r: lerp("channel_mix_lerp_r")?,
-                    })
+                    }))
                 }
                 Ranks::Seven {
                     decay,
@@ -257,7 +257,7 @@ impl Rwkv {
                 } => {
                     // Layer 0's value-residual LoRA is unused and sized by the ICLR rank.
                     let value = if b == 0 { iclr } else { value };
-                    Version::Seven(TimeMix7 {
+                    Version::Seven(Box::new(TimeMix7 {
                         lerp: w.tensor(&n("time_mix_lerp_fused.weight"), &[6, 1, 1, hidden])?,
                         w0: vector("time_mix_w0")?,
                         w: LowRank::load(&w, &n("time_mix_w"), decay, hidden)?,
@@ -269,7 +269,7 @@ impl Rwkv {
                         k_k: vector("time_mix_k_k")?,
                         k_a: vector("time_mix_k_a")?,
                         r_k: vector("time_mix_r_k")?,
-                    })
+                    }))
                 }
             };
             Ok(Layer {
@@ -295,7 +295,7 @@ impl Rwkv {
                 wkv: vec![0.0; hidden * head],
             })
             .collect();
-        Ok(Self {
+        let network = Self {
             hidden,
             head,
             vocab,
@@ -307,7 +307,8 @@ impl Rwkv {
             lm_head: w.projection("output", vocab, hidden, false)?,
             layers,
             states,
-        })
+        };
+        Ok(Recurrent::new(network, &w, options))
     }
 }
 
@@ -656,11 +657,6 @@ impl RecurrentNetwork for Rwkv {
             s.ffn_shift.fill(0.0);
             s.wkv.fill(0.0);
         }
-    }
-
-    fn weight_bytes(&self) -> usize {
-        (self.layer_weights() + self.embeddings.len() + self.lm_head.weights)
-            * std::mem::size_of::<f32>()
     }
 
     fn compute_profile(&self) -> ComputeProfile {

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use longctx_models::{load_model, LoadOptions, Logits};
+use longctx_models::{load_model, DecodeActivations, LoadOptions, Logits};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -41,12 +41,21 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The fixture `name`'s logits in prefill and in decoding against its reference, and its
 /// state's size (`state` bytes) before and after reading.
-fn matches_reference(name: &str, format: Format, state: usize) {
-    let dir = fixture(name);
+/// Returns the bytes of weights the model holds.
+fn matches_reference(name: &str, format: Format, state: usize) -> usize {
+    let (file, options) = match format {
+        Format::GgufQ8 => (
+            "reference_logits-q8_0.json",
+            LoadOptions {
+                decode_activations: DecodeActivations::F32,
+                ..LoadOptions::default()
+            },
+        ),
+        _ => ("reference_logits.json", LoadOptions::default()),
+    };
     let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference_logits.json")).unwrap())
-            .unwrap();
-    let mut loaded = load_model(&model_path(name, format), &LoadOptions::default()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join(file)).unwrap()).unwrap();
+    let mut loaded = load_model(&model_path(name, format), &options).unwrap();
     let name = format!("{name} ({format:?})");
     if let (Some(text), Some(ids)) = (&reference.text, &reference.text_ids) {
         let ours = loaded.tokenizer.encode(text, true).unwrap();
@@ -99,6 +108,7 @@ fn matches_reference(name: &str, format: Format, state: usize) {
         .unwrap()
         .to_string();
     assert!(err.contains("without a KV cache"), "{err}");
+    model.weight_bytes()
 }
 
 /// Which of a fixture's files a test loads.
@@ -108,12 +118,16 @@ enum Format {
     Folder,
     /// `<name>.gguf` in it.
     Gguf,
+    /// `<name>-q8_0.gguf`, read with f32 activations: it must give the logits of the values
+    /// its Q8_0 blocks hold (`reference_logits-q8_0.json`).
+    GgufQ8,
 }
 
 fn model_path(name: &str, format: Format) -> PathBuf {
     match format {
         Format::Folder => fixture(name),
         Format::Gguf => fixture(name).join(format!("{name}.gguf")),
+        Format::GgufQ8 => fixture(name).join(format!("{name}-q8_0.gguf")),
     }
 }
 
@@ -148,13 +162,24 @@ fn recurrent_gemma_logits_match_transformers_past_its_window() {
 
 #[test]
 fn rwkv6_logits_match_llama_cpp_in_prefill_and_decoding() {
-    // 2 layers × (2 shifted rows of 128 + 2 heads × 64 × 64 WKV states).
-    matches_reference("tiny_rwkv6", Format::Gguf, 2 * (2 * 128 + 2 * 64 * 64) * 4);
+    rwkv_matches_llama_cpp("tiny_rwkv6");
 }
 
 #[test]
 fn rwkv7_logits_match_llama_cpp_in_prefill_and_decoding() {
-    matches_reference("tiny_rwkv7", Format::Gguf, 2 * (2 * 128 + 2 * 64 * 64) * 4);
+    rwkv_matches_llama_cpp("tiny_rwkv7");
+}
+
+/// An RWKV fixture in f32 and in Q8_0; the quantized matrices stay quantized in memory.
+fn rwkv_matches_llama_cpp(name: &str) {
+    // 2 layers × (2 shifted rows of 128 + 2 heads × 64 × 64 WKV states).
+    let state = 2 * (2 * 128 + 2 * 64 * 64) * 4;
+    let f32_bytes = matches_reference(name, Format::Gguf, state);
+    let q8_bytes = matches_reference(name, Format::GgufQ8, state);
+    assert!(
+        q8_bytes * 10 < f32_bytes * 6,
+        "{name}: {q8_bytes} bytes of weights held from Q8_0 against {f32_bytes} from f32"
+    );
 }
 
 /// The tiny Mamba through `bench` and `run`: the state stands where KV bytes stand, the same
