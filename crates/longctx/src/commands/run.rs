@@ -8,6 +8,7 @@ use longctx_models::{generate_greedy_fed, GenerationSettings, LoadedModel, TextT
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
 use longctx_tasks::prompt::Prompt;
+use longctx_tasks::ruler::{RulerData, RulerTask};
 use longctx_tasks::synthetic::SyntheticTask;
 use sha2::{Digest, Sha256};
 
@@ -21,7 +22,9 @@ use progress::Progress;
 
 use super::{install, ModelArgs};
 use crate::compress::{CompressorModel, PromptCompressor, TokenClassifier};
-use crate::experiment::{balance, ExperimentSpec, LongBenchSpec, Protocol, Shard, Truncation};
+use crate::experiment::{
+    balance, ExperimentSpec, LongBenchSpec, Protocol, RulerSpec, Shard, Truncation,
+};
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store, MODEL_SCHOOL};
 use crate::tokenize::haystack_tokens_per_word;
@@ -97,10 +100,61 @@ enum Job {
         task: SyntheticTask,
         answers: Vec<String>,
     },
+    Ruler {
+        task: RulerTask,
+        answers: Vec<String>,
+    },
     LongBench {
         dataset: Dataset,
         sample: Box<longbench::Sample>,
     },
+}
+
+/// RULER's samples for model `m`, each prompt fitted to its length in the model's tokens
+/// (without chat template: RULER's `base` template).
+fn ruler_samples(
+    spec: &RulerSpec,
+    data: &RulerData,
+    loaded: &LoadedModel,
+    m: usize,
+    tokens_per_word: f64,
+    seed: u64,
+) -> Result<Vec<TaskSample>> {
+    let context = loaded.model.trained_context();
+    let count = |text: &str| {
+        loaded
+            .prompt_tokens(text, false)
+            .map_or(usize::MAX, |t| t.len())
+    };
+    let mut samples = Vec::new();
+    for name in &spec.tasks {
+        let task = RulerTask::by_name(name).expect("checked with the spec");
+        for &length in &spec.lengths {
+            if length > context {
+                anyhow::bail!(
+                    "ruler.lengths: {length} tokens is longer than model {}'s context of {context}",
+                    loaded.source.display()
+                );
+            }
+            for index in 0..spec.samples {
+                let s = task.generate(data, length, &count, seed, index)?;
+                samples.push(TaskSample {
+                    task: format!("ruler/{name}:length={length}"),
+                    id: format!("index={index}"),
+                    model: Some(m),
+                    chat: false,
+                    max_new_tokens: task.tokens_to_generate(),
+                    words: (length as f64 / tokens_per_word) as usize,
+                    prompt: s.prompt,
+                    job: Job::Ruler {
+                        task,
+                        answers: s.answers,
+                    },
+                });
+            }
+        }
+    }
+    Ok(samples)
 }
 
 /// One sample of one task, to run under every method.
@@ -183,9 +237,13 @@ impl PlanArgs {
             spec.models[0].path = self.model.model.clone().unwrap_or_default();
         }
         spec.check()?;
-        if spec.needle.is_none() && spec.synthetic.is_none() && spec.longbench.is_none() {
+        if spec.needle.is_none()
+            && spec.synthetic.is_none()
+            && spec.ruler.is_none()
+            && spec.longbench.is_none()
+        {
             anyhow::bail!(
-                "the experiment has no tasks: add [needle], [synthetic] or [longbench] to the spec, or pass --longbench-dir"
+                "the experiment has no tasks: add [needle], [synthetic], [ruler] or [longbench] to the spec, or pass --longbench-dir"
             );
         }
         Ok(spec)
@@ -216,6 +274,10 @@ impl PlanArgs {
             true => Some(Haystack::from_dir(&assets::haystack_dir()?)?),
             false => None,
         };
+        let ruler = match &spec.ruler {
+            Some(r) => Some((r, RulerData::from_dir(&assets::ruler_dir()?)?)),
+            None => None,
+        };
         // Every model's context and cost, read from its file (weights stay quantized).
         let mut contexts = Vec::new();
         let mut costs = Vec::new();
@@ -225,6 +287,16 @@ impl PlanArgs {
             let tokens_per_word = haystack.as_ref().map_or(cost::TOKENS_PER_WORD, |h| {
                 haystack_tokens_per_word(&loaded.tokenizer, context, h)
             });
+            if let Some((r, data)) = &ruler {
+                samples.extend(ruler_samples(
+                    r,
+                    data,
+                    &loaded,
+                    m,
+                    tokens_per_word,
+                    spec.seed,
+                )?);
+            }
             contexts.push(context);
             costs.push(ModelCost {
                 profile: loaded.model.compute_profile(),
@@ -688,6 +760,7 @@ fn run_sample(
     let (score, score2) = match &s.job {
         Job::Needle { key } => needle::score(key, &prediction),
         Job::Synthetic { task, answers } => (task.score(&prediction, answers), f64::NAN),
+        Job::Ruler { task, answers } => (task.score(&prediction, answers), f64::NAN),
         Job::LongBench { dataset, sample } => (
             dataset.score(&prediction, &sample.answers, &sample.all_classes),
             f64::NAN,

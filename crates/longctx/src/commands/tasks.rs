@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use longctx_tasks::longbench::{load, OnBadLine, DATASETS};
 use longctx_tasks::needle::{NeedleGrid, MAX_NEW_TOKENS};
+use longctx_tasks::ruler::RulerTask;
 use longctx_tasks::synthetic::SyntheticTask;
 
 /// `longctx tasks`.
@@ -55,9 +56,18 @@ pub fn run(args: TasksArgs) -> Result<()> {
     println!(
         "| needle/passkey (fitted grid) | Needle | exact + partial match | 300 (10 lengths 512..W words, W the longest haystack that fits the model's context with the answer) | {MAX_NEW_TOKENS} | no (raw, as the benchmark feeds it) |"
     );
+    for task in RulerTask::ALL {
+        println!(
+            "| ruler/{} | RULER: {} | {} | any (seeded), at lengths in the model's tokens | {} | no (RULER's base template) |",
+            task.name(),
+            task.about(),
+            task.metric_name(),
+            task.tokens_to_generate()
+        );
+    }
     for task in SyntheticTask::ALL {
         println!(
-            "| synthetic/{} | Synthetic (generated) | {} | any (seeded) | {} | yes |",
+            "| synthetic/{} | Synthetic (generated; a lighter RULER-like suite sized in words) | {} | any (seeded) | {} | yes |",
             task.name(),
             task.metric_name(),
             task.max_new_tokens()
