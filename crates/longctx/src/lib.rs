@@ -8,5 +8,6 @@ pub mod experiment;
 pub mod figures;
 pub mod memory;
 pub mod methods;
+pub mod stats;
 pub mod store;
 pub mod tokenize;

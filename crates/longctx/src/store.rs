@@ -543,7 +543,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResultRow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn row(sample: &str, prediction: &str) -> ResultRow {

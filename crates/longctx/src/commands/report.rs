@@ -10,6 +10,7 @@ use super::run::longbench_e_length;
 use super::slug;
 use crate::figures;
 use crate::methods::{presets, Method};
+use crate::stats::{bootstrap_mean, paired_difference};
 use crate::store::{ResultRow, Store, MODEL_SCHOOL};
 
 /// `longctx report`.
@@ -93,6 +94,74 @@ fn nominal(method: &str) -> String {
         .ok()
         .and_then(|m| m.nominal_ratio())
         .map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// Seed of every bootstrap in a report, so that a report never changes between runs.
+const BOOTSTRAP_SEED: u64 = 0x5EED;
+
+/// Whether a row's (shown) method is the baseline, under any protocol.
+fn is_baseline(method: &str) -> bool {
+    method == "baseline" || method.starts_with("baseline [")
+}
+
+/// A group's mean score in percent with its 95% bootstrap interval over samples, and ▲ or
+/// ▼ where its paired difference from the same model's baseline on the same samples (task,
+/// sample and protocol) excludes zero. `all` holds every shown row.
+fn score_cell(group: &[&ResultRow], all: &[ResultRow]) -> String {
+    let scores: Vec<f64> = group.iter().map(|r| r.score).collect();
+    let Some(i) = bootstrap_mean(&scores, BOOTSTRAP_SEED) else {
+        return "-".into();
+    };
+    // One sample has no spread to resample.
+    if scores.len() < 2 {
+        return format!("{:.1}", 100.0 * i.mean);
+    }
+    let mut cell = format!(
+        "{:.1} [{:.1}–{:.1}]",
+        100.0 * i.mean,
+        100.0 * i.low,
+        100.0 * i.high
+    );
+    if let Some(mark) = against_baseline(group, all) {
+        cell.push(' ');
+        cell.push(mark);
+    }
+    cell
+}
+
+/// Fewest paired samples a difference is judged on (a bootstrap of fewer says nothing).
+const MIN_PAIRS: usize = 5;
+
+/// ▲ (better) or ▼ (worse) where the group, not itself a baseline, differs from its model's
+/// baseline by a paired bootstrap interval that excludes zero, over at least [`MIN_PAIRS`]
+/// samples.
+fn against_baseline(group: &[&ResultRow], all: &[ResultRow]) -> Option<char> {
+    let first = group.first()?;
+    if is_baseline(&first.key.method) {
+        return None;
+    }
+    let key = |r: &ResultRow| {
+        (
+            r.key.task.clone(),
+            r.key.sample.clone(),
+            r.key.protocol.clone(),
+        )
+    };
+    let base: std::collections::HashMap<_, f64> = all
+        .iter()
+        .filter(|r| r.key.model == first.key.model && is_baseline(&r.key.method))
+        .map(|r| (key(r), r.score))
+        .collect();
+    let (ours, theirs): (Vec<f64>, Vec<f64>) = group
+        .iter()
+        .filter_map(|r| base.get(&key(r)).map(|b| (r.score, *b)))
+        .unzip();
+    if ours.len() < MIN_PAIRS {
+        return None;
+    }
+    let d = paired_difference(&ours, &theirs, BOOTSTRAP_SEED)?;
+    d.excludes_zero()
+        .then_some(if d.mean > 0.0 { '▲' } else { '▼' })
 }
 
 /// A compression ratio's cell: `-` for a model without a KV cache, whose state has no
@@ -215,9 +284,9 @@ fn needle_table(rows: &[ResultRow]) -> String {
         let c = Costs::of(group);
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
-            100.0 * mean(group, |r| r.score),
+            score_cell(group, rows),
             100.0 * mean(group, |r| r.score2),
             per_length.join(" | "),
             nominal(method),
@@ -414,13 +483,7 @@ fn suite_table(rows: &[ResultRow], prefix: &str) -> Option<String> {
                 .filter(|r| r.key.task.strip_prefix(prefix) == Some(t))
                 .collect()
         };
-        let cells: Vec<String> = tasks
-            .iter()
-            .map(|t| match at(t) {
-                rows if rows.is_empty() => "-".into(),
-                rows => format!("{:.1}", 100.0 * mean(&rows, |r| r.score)),
-            })
-            .collect();
+        let cells: Vec<String> = tasks.iter().map(|t| score_cell(&at(t), rows)).collect();
         let n: Vec<usize> = tasks.iter().map(|t| at(t).len()).collect();
         let n = match (n.iter().min(), n.iter().max()) {
             (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
@@ -429,9 +492,9 @@ fn suite_table(rows: &[ResultRow], prefix: &str) -> Option<String> {
         };
         let _ = writeln!(
             out,
-            "| {model} | {method} | {n} | {} | {:.1} |",
+            "| {model} | {method} | {n} | {} | {} |",
             cells.join(" | "),
-            100.0 * mean(group, |r| r.score)
+            score_cell(group, rows)
         );
     }
     Some(out)
@@ -454,9 +517,9 @@ pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {:.1} | {tokens} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {} | {tokens} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
-            100.0 * mean(group, |r| r.score),
+            score_cell(group, rows),
             mean(group, |r| r.kept_tokens as f64),
             c.kv_bytes,
             c.offloaded_bytes,
@@ -804,7 +867,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let mut report = String::from("# longctx report\n\n");
     let _ = writeln!(
         report,
-        "From `{}` ({} rows). A method marked `[query-agnostic]` ran under that protocol (context compressed before the question was read); every other row under the paper's (question inside the prompt). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. A linear-time or hybrid model run as it is shows as `native (<school>)`: its bytes held are its recurrent state (and local-attention window), the same at every length, and it has no ratio. All rows: `results.csv`.\n",
+        "From `{}` ({} rows). A method marked `[query-agnostic]` ran under that protocol (context compressed before the question was read); every other row under the paper's (question inside the prompt). Measured ratio: every token seen in the method's uncompressed format / KV bytes held at the end of the sample (16-bit for quantizers, f32 for the baseline and token dropping). \"vs 16-bit\": every token seen at 16 bits / KV bytes held. Scores are means over samples in percent with a 95% bootstrap interval in brackets (2,000 seeded resamples; none for a single sample); ▲ or ▼ marks a method whose paired difference from the same model's baseline on the same samples (5 or more) has an interval that excludes zero. A linear-time or hybrid model run as it is shows as `native (<school>)`: its bytes held are its recurrent state (and local-attention window), the same at every length, and it has no ratio. All rows: `results.csv`.\n",
         args.db.display(),
         rows.len()
     );
@@ -890,5 +953,30 @@ mod tests {
         assert_eq!(category_cell(&scores, Category::Synthetic), "67.0");
         assert_eq!(category_cell(&scores, Category::SingleDocQa), "40.0 (1/3)");
         assert_eq!(category_cell(&scores, Category::Code), "-");
+    }
+
+    #[test]
+    fn scores_carry_intervals_and_marks_need_enough_pairs() {
+        let row = |method: &str, sample: usize, score: f64| {
+            let mut r = crate::store::tests::row(&sample.to_string(), "");
+            r.key.method = method.into();
+            r.score = score;
+            r
+        };
+        // The method fails 8 of the 10 samples the baseline answers.
+        let mut rows: Vec<ResultRow> = (0..10).map(|i| row("baseline", i, 1.0)).collect();
+        rows.extend((0..10).map(|i| row("h2o-4x", i, if i < 2 { 1.0 } else { 0.0 })));
+        let of = |m: &str| {
+            rows.iter()
+                .filter(|r| r.key.method == m)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(score_cell(&of("baseline"), &rows), "100.0 [100.0–100.0]");
+        let cell = score_cell(&of("h2o-4x"), &rows);
+        assert!(cell.starts_with("20.0 [") && cell.ends_with(" ▼"), "{cell}");
+        // Four pairs are too few to judge; one sample has no interval.
+        let few: Vec<&ResultRow> = of("h2o-4x").into_iter().skip(6).collect();
+        assert!(!score_cell(&few, &rows).contains('▼'));
+        assert_eq!(score_cell(&few[..1], &rows), "0.0");
     }
 }
