@@ -66,6 +66,47 @@ fn is_needle(r: &ResultRow) -> bool {
 /// The protocol every table assumes unless a row's method label says otherwise.
 const PAPER_PROTOCOL: &str = "paper";
 
+/// Rows with short method labels: a method that is a preset shows as the preset's name
+/// (`snapkv-4x` for `snapkv:ratio=4,window=32,kernel=7,pool=max`), a protocol's or school's
+/// suffix kept; any other as its spec. Returns the legend: each short label with its full
+/// spec and school.
+fn labelled(mut rows: Vec<ResultRow>) -> (Vec<ResultRow>, Vec<(String, String, &'static str)>) {
+    let presets = presets();
+    let mut legend: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
+    for r in &mut rows {
+        let shown = r.key.method.clone();
+        let (spec, suffix) = match shown.find(" [") {
+            Some(at) => shown.split_at(at),
+            None => (shown.as_str(), ""),
+        };
+        let Ok(method) = Method::parse(spec) else {
+            continue;
+        };
+        let Some(preset) = presets
+            .iter()
+            .find(|p| Method::parse(&p.name).ok().as_ref() == Some(&method))
+        else {
+            continue;
+        };
+        legend.insert(preset.name.clone(), (method.to_string(), method.school()));
+        r.key.method = format!("{}{suffix}", preset.name);
+    }
+    let legend = legend
+        .into_iter()
+        .map(|(label, (spec, school))| (label, spec, school))
+        .collect();
+    (rows, legend)
+}
+
+/// The legend of short labels: each label's school and full spec.
+fn legend_table(legend: &[(String, String, &str)]) -> String {
+    let mut out = String::from("| label | school | full spec |\n|---|---|---|\n");
+    for (label, spec, school) in legend {
+        let _ = writeln!(out, "| {label} | {school} | `{spec}` |");
+    }
+    out
+}
+
 /// The label of a linear-time or hybrid model run as it is, as the paper's Table 2 names it,
 /// followed by the school in parentheses.
 const NATIVE: &str = "native";
@@ -690,11 +731,14 @@ type MethodScores<'a> = (&'a str, Vec<(String, f64)>, f64);
 
 /// The series a method belongs to in score-vs-ratio curves: its spec without the ratio.
 fn series_name(method: &str) -> String {
-    let parts: Vec<&str> = method
+    // A short label (a preset's name) names its full spec; the ratio varies along a curve.
+    let (label, suffix) = method.split_at(method.find(" [").unwrap_or(method.len()));
+    let spec = Method::parse(label).map_or(label.to_string(), |m| m.to_string());
+    let parts: Vec<&str> = spec
         .split([':', ','])
         .filter(|p| !p.starts_with("ratio="))
         .collect();
-    parts.join(" ")
+    format!("{}{suffix}", parts.join(" "))
 }
 
 /// Per model: a radar across task families (paper's Figure 1) and score-vs-ratio curves per
@@ -861,7 +905,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         );
     }
     let stored = Store::open_read_only(&args.db)?.rows()?;
-    let rows = as_shown(&stored);
+    let (rows, legend) = labelled(as_shown(&stored));
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut report = String::from("# longctx report\n\n");
@@ -871,6 +915,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
         args.db.display(),
         rows.len()
     );
+    if !legend.is_empty() {
+        report +=
+            "Methods are shown by their preset's name; the legend gives each one's full spec:\n\n";
+        report += &legend_table(&legend);
+        report.push('\n');
+    }
     if let Some(tables) = longbench_tables(&rows) {
         report += "## LongBench\n\n";
         report += &tables;
@@ -978,5 +1028,44 @@ mod tests {
         let few: Vec<&ResultRow> = of("h2o-4x").into_iter().skip(6).collect();
         assert!(!score_cell(&few, &rows).contains('▼'));
         assert_eq!(score_cell(&few[..1], &rows), "0.0");
+    }
+
+    #[test]
+    fn presets_show_by_name_with_a_legend_and_share_a_curve_across_ratios() {
+        let row = |method: &str| {
+            let mut r = crate::store::tests::row("0", "");
+            r.key.method = method.into();
+            r
+        };
+        let four = Method::parse("snapkv-4x").unwrap().to_string();
+        let eight = Method::parse("snapkv-8x").unwrap().to_string();
+        let custom = "snapkv:ratio=3,window=32,kernel=7,pool=max".to_string();
+        let rows = vec![
+            row(&four),
+            row(&format!("{eight} [query-agnostic]")),
+            row(&custom),
+            row("native (hybrid)"),
+        ];
+        let (rows, legend) = labelled(rows);
+        let shown: Vec<&str> = rows.iter().map(|r| r.key.method.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "snapkv-4x",
+                "snapkv-8x [query-agnostic]",
+                custom.as_str(),
+                "native (hybrid)"
+            ]
+        );
+        assert_eq!(legend.len(), 2);
+        assert_eq!(
+            (legend[0].0.as_str(), legend[0].1.as_str(), legend[0].2),
+            ("snapkv-4x", four.as_str(), "token dropping")
+        );
+        assert_eq!(series_name("snapkv-4x"), series_name(&custom));
+        assert_eq!(
+            series_name("snapkv-8x [query-agnostic]"),
+            format!("{} [query-agnostic]", series_name(&custom))
+        );
     }
 }
