@@ -1,6 +1,8 @@
 //! Long-context tasks and their official metrics. Text only: this crate never depends on a
 //! tensor library, so metrics and prompts can be checked (and reused) without a model.
 
+mod fit;
+pub mod infinitebench;
 pub mod longbench;
 pub mod metrics;
 pub mod needle;

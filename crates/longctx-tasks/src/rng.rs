@@ -40,6 +40,23 @@ impl Rng {
             .collect()
     }
 
+    /// A version-4 UUID, as Python's `uuid.UUID(int=random.getrandbits(128), version=4)`
+    /// writes it: 128 random bits with the version and variant bits set.
+    pub fn uuid4(&mut self) -> String {
+        let bits = (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64());
+        let bits = (bits & !(0xF000u128 << 64)) | (0x4000u128 << 64);
+        let bits = (bits & !(0xC000u128 << 48)) | (0x8000u128 << 48);
+        let hex = format!("{bits:032x}");
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -24,7 +24,9 @@ pub struct ExperimentSpec {
     /// The synthetic suite, if run.
     pub synthetic: Option<SyntheticSpec>,
     /// RULER's tasks, if run.
-    pub ruler: Option<RulerSpec>,
+    pub ruler: Option<LengthSuiteSpec>,
+    /// InfiniteBench's synthetic tasks, if run.
+    pub infinitebench: Option<LengthSuiteSpec>,
     /// LongBench datasets, if run.
     pub longbench: Option<LongBenchSpec>,
     /// How prompts reach the model; each method runs under each protocol listed.
@@ -125,24 +127,39 @@ pub struct SyntheticSpec {
     pub samples: usize,
 }
 
-/// RULER's tasks, each prompt fitted to a length in the model's own tokens.
+/// A suite whose prompts are fitted to lengths in the model's own tokens (RULER,
+/// InfiniteBench).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct RulerSpec {
-    /// Task names (see `longctx tasks`); every task when absent.
-    #[serde(default = "all_ruler_tasks")]
-    pub tasks: Vec<String>,
+pub struct LengthSuiteSpec {
+    /// Task names (see `longctx tasks`); every task of the suite when absent.
+    pub tasks: Option<Vec<String>>,
     /// Prompt lengths in tokens, the answer's tokens included (RULER's `max_seq_length`).
     pub lengths: Vec<usize>,
     /// Samples per task and length.
     pub samples: usize,
 }
 
-fn all_ruler_tasks() -> Vec<String> {
-    longctx_tasks::ruler::RulerTask::ALL
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect()
+impl LengthSuiteSpec {
+    /// Check it as the `section` of a spec whose task names `known` accepts.
+    fn check(&self, section: &str, known: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        if let Some(t) = self.tasks.iter().flatten().find(|t| !known(t)) {
+            anyhow::bail!("unknown {section} task \"{t}\"; run `longctx tasks` for the list");
+        }
+        if self.tasks.as_ref().is_some_and(Vec::is_empty) || self.lengths.is_empty() {
+            anyhow::bail!("{section}.tasks and {section}.lengths must not be empty");
+        }
+        if self.samples == 0 || self.samples > MAX_GRID_SAMPLES {
+            anyhow::bail!(
+                "{section}.samples = {} must be between 1 and {MAX_GRID_SAMPLES}",
+                self.samples
+            );
+        }
+        if let Some(l) = self.lengths.iter().find(|&&l| l == 0 || l > MAX_WORDS) {
+            anyhow::bail!("{section}.lengths: {l} must be between 1 and {MAX_WORDS} tokens");
+        }
+        Ok(())
+    }
 }
 
 /// LongBench datasets.
@@ -197,6 +214,7 @@ impl ExperimentSpec {
                 samples: 1,
             }),
             ruler: None,
+            infinitebench: None,
             longbench: None,
             protocols: paper_protocol(),
             truncation: Truncation::Paper,
@@ -249,25 +267,14 @@ impl ExperimentSpec {
             }
         }
         if let Some(r) = &self.ruler {
-            if let Some(t) = r
-                .tasks
-                .iter()
-                .find(|t| longctx_tasks::ruler::RulerTask::by_name(t).is_none())
-            {
-                anyhow::bail!("unknown RULER task \"{t}\"; run `longctx tasks` for the list");
-            }
-            if r.tasks.is_empty() || r.lengths.is_empty() {
-                anyhow::bail!("ruler.tasks and ruler.lengths must not be empty");
-            }
-            if r.samples == 0 || r.samples > MAX_GRID_SAMPLES {
-                anyhow::bail!(
-                    "ruler.samples = {} must be between 1 and {MAX_GRID_SAMPLES}",
-                    r.samples
-                );
-            }
-            if let Some(l) = r.lengths.iter().find(|&&l| l == 0 || l > MAX_WORDS) {
-                anyhow::bail!("ruler.lengths: {l} must be between 1 and {MAX_WORDS} tokens");
-            }
+            r.check("ruler", |t| {
+                longctx_tasks::ruler::RulerTask::by_name(t).is_some()
+            })?;
+        }
+        if let Some(i) = &self.infinitebench {
+            i.check("infinitebench", |t| {
+                longctx_tasks::infinitebench::InfiniteTask::by_name(t).is_some()
+            })?;
         }
         if let Some(n) = &self.needle {
             longctx_tasks::needle::NeedleGrid::new(

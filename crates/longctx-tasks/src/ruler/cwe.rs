@@ -4,7 +4,8 @@
 
 use super::data::RulerData;
 use super::niah::sample_distinct;
-use super::{fill, prompt, RulerSample};
+use super::{prompt, RulerSample};
+use crate::prompt::fill;
 use crate::prompt::Prompt;
 use crate::rng::Rng;
 

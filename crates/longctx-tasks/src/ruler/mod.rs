@@ -35,7 +35,8 @@ mod vt;
 
 pub use data::{RulerData, RulerDataError};
 
-use crate::prompt::Prompt;
+use crate::fit::largest_fitting;
+use crate::prompt::{from_template as prompt, Prompt};
 use crate::rng::Rng;
 
 /// RULER's thirteen tasks, in `synthetic.yaml`'s order.
@@ -224,30 +225,6 @@ impl RulerTask {
     }
 }
 
-/// The largest size in `1..=largest` that `fits` (given that 1 does): sizes double until one
-/// does not fit, then bisection between the last that did and it.
-fn largest_fitting(largest: usize, fits: impl Fn(usize) -> bool) -> usize {
-    let mut good = 1;
-    let mut bad = loop {
-        let next = (good * 2).min(largest);
-        if next == good {
-            return good;
-        }
-        if !fits(next) {
-            break next;
-        }
-        good = next;
-    };
-    while bad - good > 1 {
-        let middle = good + (bad - good) / 2;
-        match fits(middle) {
-            true => good = middle,
-            false => bad = middle,
-        }
-    }
-    good
-}
-
 /// RULER's `postprocess_pred`: trimmed, control characters made newlines.
 fn postprocess(prediction: &str) -> String {
     prediction
@@ -257,46 +234,6 @@ fn postprocess(prediction: &str) -> String {
         .collect::<String>()
         .trim()
         .to_string()
-}
-
-/// `template` with `{name}` placeholders filled, in one pass (a value is never re-read).
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        match after.find('}').and_then(|close| {
-            let name = &after[..close];
-            values
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (close, *v))
-        }) {
-            Some((close, value)) => {
-                out.push_str(value);
-                rest = &after[close + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// A prompt from a template whose `{context}` ends the context part: the text before and
-/// including the context, then the rest.
-fn prompt(template: &str, values: &[(&str, &str)]) -> Prompt {
-    let at = template
-        .find("{context}")
-        .map_or(template.len(), |i| i + "{context}".len());
-    Prompt::new(
-        fill(&template[..at], values),
-        &fill(&template[at..], values),
-    )
 }
 
 #[cfg(test)]
@@ -404,14 +341,6 @@ pub(crate) mod tests {
         let part = RulerTask::QaSquad;
         assert_eq!(part.score("It was blue-fox.", &answers), 1.0);
         assert_eq!(part.score("no idea", &answers), 0.0);
-    }
-
-    #[test]
-    fn bisection_finds_the_largest_fitting_size() {
-        for limit in [1, 2, 3, 17, 64, 1000] {
-            assert_eq!(largest_fitting(5000, |s| s <= limit), limit);
-        }
-        assert_eq!(largest_fitting(40, |_| true), 40);
     }
 
     #[test]

@@ -86,21 +86,7 @@ impl Kind {
                 data.adjectives[rng.below(data.adjectives.len())],
                 data.nouns[rng.below(data.nouns.len())]
             ),
-            Kind::Uuids => {
-                let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
-                // Python's uuid.UUID(int=…, version=4): the version and variant bits set.
-                let bits = (bits & !(0xF000u128 << 64)) | (0x4000u128 << 64);
-                let bits = (bits & !(0xC000u128 << 48)) | (0x8000u128 << 48);
-                let hex = format!("{bits:032x}");
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &hex[..8],
-                    &hex[8..12],
-                    &hex[12..16],
-                    &hex[16..20],
-                    &hex[20..]
-                )
-            }
+            Kind::Uuids => rng.uuid4(),
         }
     }
 }
@@ -137,7 +123,7 @@ pub(super) fn sample_distinct(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
 /// A sample whose haystack has `size` units.
 pub(super) fn sample(s: Setting, data: &RulerData, size: usize, rng: &mut Rng) -> RulerSample {
     let needle = |key: &str, value: &str| {
-        super::fill(
+        crate::prompt::fill(
             NEEDLE,
             &[
                 ("type_needle_v", s.value.plural()),

@@ -3,7 +3,8 @@
 //! smaller worked example whose variable names are replaced by fresh ones.
 
 use super::niah::sample_distinct;
-use super::{largest_fitting, prompt, RulerSample};
+use super::{prompt, RulerSample};
+use crate::fit::largest_fitting;
 use crate::prompt::Prompt;
 use crate::rng::Rng;
 
@@ -63,7 +64,7 @@ fn example(count: &dyn Fn(&str) -> usize, rng: &mut Rng) -> String {
     let build = |noises: usize, rng: &mut Rng| {
         let (context, value, names) = chain(noises + HOPS, 3, rng);
         let num_v = (HOPS + 1).to_string();
-        let input = super::fill(
+        let input = crate::prompt::fill(
             &template,
             &[("context", &context), ("query", &value), ("num_v", &num_v)],
         );

@@ -706,7 +706,7 @@ fn family_scores(group: &[&ResultRow]) -> Vec<(String, f64)> {
     }
     // Each synthetic and RULER task tests a different skill: one axis each.
     let suite_task = |r: &ResultRow| -> Option<String> {
-        ["synthetic/", "ruler/"]
+        ["synthetic/", "ruler/", "infinitebench/"]
             .iter()
             .find_map(|p| r.key.task.strip_prefix(p))
             .map(str::to_string)
@@ -946,6 +946,11 @@ pub fn run(args: ReportArgs) -> Result<()> {
     }
     if let Some(table) = suite_table(&rows, "ruler/") {
         report += "## RULER\n\nEach task's prompts are fitted to the length in its name, in the model's own tokens (answer included), and scored by RULER's string match (% of the expected strings found).\n\n";
+        report += &table;
+        report.push('\n');
+    }
+    if let Some(table) = suite_table(&rows, "infinitebench/") {
+        report += "## InfiniteBench (synthetic tasks)\n\nEach task's prompts are fitted to the length in its name, in the model's own tokens, and scored by InfiniteBench's metrics (% right).\n\n";
         report += &table;
         report.push('\n');
     }

@@ -5,6 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use longctx_models::{generate_greedy_fed, GenerationSettings, LoadedModel, TextTokenizer};
+use longctx_tasks::infinitebench::InfiniteTask;
 use longctx_tasks::longbench::{self, Dataset, OnBadLine, DATASETS};
 use longctx_tasks::needle::{self, Haystack, NeedleGrid};
 use longctx_tasks::prompt::Prompt;
@@ -23,7 +24,7 @@ use progress::Progress;
 use super::{install, ModelArgs};
 use crate::compress::{CompressorModel, PromptCompressor, TokenClassifier};
 use crate::experiment::{
-    balance, ExperimentSpec, LongBenchSpec, Protocol, RulerSpec, Shard, Truncation,
+    balance, ExperimentSpec, LengthSuiteSpec, LongBenchSpec, Protocol, Shard, Truncation,
 };
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store, MODEL_SCHOOL};
@@ -104,21 +105,32 @@ enum Job {
         task: RulerTask,
         answers: Vec<String>,
     },
+    Infinite {
+        task: InfiniteTask,
+        answer: String,
+    },
     LongBench {
         dataset: Dataset,
         sample: Box<longbench::Sample>,
     },
 }
 
-/// RULER's samples for model `m`, each prompt fitted to its length in the model's tokens
-/// (without chat template: RULER's `base` template).
-fn ruler_samples(
-    spec: &RulerSpec,
-    data: &RulerData,
+/// Builds one sample of a length-fitted suite: (task name, length, token counter, seed,
+/// index) → the prompt, its answer length and how it is scored.
+type SuiteBuilder<'a> =
+    dyn Fn(&str, usize, &dyn Fn(&str) -> usize, u64, usize) -> Result<(Prompt, usize, Job)> + 'a;
+
+/// A length-fitted suite's samples for model `m` (`suite` names its tasks, `every` when
+/// the spec lists none), each prompt fitted to its length in the model's tokens, without
+/// chat template (RULER's `base` template; InfiniteBench's open-model templates).
+fn length_suite_samples(
+    spec: &LengthSuiteSpec,
+    suite: &str,
     loaded: &LoadedModel,
     m: usize,
     tokens_per_word: f64,
     seed: u64,
+    build: &SuiteBuilder,
 ) -> Result<Vec<TaskSample>> {
     let context = loaded.model.trained_context();
     let count = |text: &str| {
@@ -126,30 +138,36 @@ fn ruler_samples(
             .prompt_tokens(text, false)
             .map_or(usize::MAX, |t| t.len())
     };
+    let every: Vec<String> = match suite {
+        "ruler" => RulerTask::ALL
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect(),
+        _ => InfiniteTask::ALL
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect(),
+    };
     let mut samples = Vec::new();
-    for name in &spec.tasks {
-        let task = RulerTask::by_name(name).expect("checked with the spec");
+    for name in spec.tasks.as_ref().unwrap_or(&every) {
         for &length in &spec.lengths {
             if length > context {
                 anyhow::bail!(
-                    "ruler.lengths: {length} tokens is longer than model {}'s context of {context}",
+                    "{suite}.lengths: {length} tokens is longer than model {}'s context of {context}",
                     loaded.source.display()
                 );
             }
             for index in 0..spec.samples {
-                let s = task.generate(data, length, &count, seed, index)?;
+                let (prompt, max_new_tokens, job) = build(name, length, &count, seed, index)?;
                 samples.push(TaskSample {
-                    task: format!("ruler/{name}:length={length}"),
+                    task: format!("{suite}/{name}:length={length}"),
                     id: format!("index={index}"),
                     model: Some(m),
                     chat: false,
-                    max_new_tokens: task.tokens_to_generate(),
+                    max_new_tokens,
                     words: (length as f64 / tokens_per_word) as usize,
-                    prompt: s.prompt,
-                    job: Job::Ruler {
-                        task,
-                        answers: s.answers,
-                    },
+                    prompt,
+                    job,
                 });
             }
         }
@@ -240,10 +258,11 @@ impl PlanArgs {
         if spec.needle.is_none()
             && spec.synthetic.is_none()
             && spec.ruler.is_none()
+            && spec.infinitebench.is_none()
             && spec.longbench.is_none()
         {
             anyhow::bail!(
-                "the experiment has no tasks: add [needle], [synthetic], [ruler] or [longbench] to the spec, or pass --longbench-dir"
+                "the experiment has no tasks: add [needle], [synthetic], [ruler], [infinitebench] or [longbench] to the spec, or pass --longbench-dir"
             );
         }
         Ok(spec)
@@ -287,14 +306,33 @@ impl PlanArgs {
             let tokens_per_word = haystack.as_ref().map_or(cost::TOKENS_PER_WORD, |h| {
                 haystack_tokens_per_word(&loaded.tokenizer, context, h)
             });
+            let fitted = |suite: &LengthSuiteSpec, name: &str, build: &SuiteBuilder| {
+                length_suite_samples(suite, name, &loaded, m, tokens_per_word, spec.seed, build)
+            };
             if let Some((r, data)) = &ruler {
-                samples.extend(ruler_samples(
-                    r,
-                    data,
-                    &loaded,
-                    m,
-                    tokens_per_word,
-                    spec.seed,
+                samples.extend(fitted(r, "ruler", &|name, length, count, seed, index| {
+                    let task = RulerTask::by_name(name).expect("checked with the spec");
+                    let s = task.generate(data, length, count, seed, index)?;
+                    let job = Job::Ruler {
+                        task,
+                        answers: s.answers,
+                    };
+                    Ok((s.prompt, task.tokens_to_generate(), job))
+                })?);
+            }
+            if let Some(i) = &spec.infinitebench {
+                samples.extend(fitted(
+                    i,
+                    "infinitebench",
+                    &|name, length, count, seed, index| {
+                        let task = InfiniteTask::by_name(name).expect("checked with the spec");
+                        let s = task.generate(length, count, seed, index)?;
+                        let job = Job::Infinite {
+                            task,
+                            answer: s.answer,
+                        };
+                        Ok((s.prompt, task.tokens_to_generate(), job))
+                    },
                 )?);
             }
             contexts.push(context);
@@ -761,6 +799,7 @@ fn run_sample(
         Job::Needle { key } => needle::score(key, &prediction),
         Job::Synthetic { task, answers } => (task.score(&prediction, answers), f64::NAN),
         Job::Ruler { task, answers } => (task.score(&prediction, answers), f64::NAN),
+        Job::Infinite { task, answer } => (task.score(&prediction, answer), f64::NAN),
         Job::LongBench { dataset, sample } => (
             dataset.score(&prediction, &sample.answers, &sample.all_classes),
             f64::NAN,

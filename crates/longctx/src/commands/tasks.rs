@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use longctx_tasks::infinitebench::InfiniteTask;
 use longctx_tasks::longbench::{load, OnBadLine, DATASETS};
 use longctx_tasks::needle::{NeedleGrid, MAX_NEW_TOKENS};
 use longctx_tasks::ruler::RulerTask;
@@ -59,6 +60,15 @@ pub fn run(args: TasksArgs) -> Result<()> {
     for task in RulerTask::ALL {
         println!(
             "| ruler/{} | RULER: {} | {} | any (seeded), at lengths in the model's tokens | {} | no (RULER's base template) |",
+            task.name(),
+            task.about(),
+            task.metric_name(),
+            task.tokens_to_generate()
+        );
+    }
+    for task in InfiniteTask::ALL {
+        println!(
+            "| infinitebench/{} | InfiniteBench: {} | {} | any (seeded), at lengths in the model's tokens | {} | no (its open-model template) |",
             task.name(),
             task.about(),
             task.metric_name(),
