@@ -33,27 +33,43 @@ fn splitmix(state: &mut u64) -> u64 {
 /// resamples drawn with replacement (seeded, so a report never changes between runs).
 /// `None` for no values.
 pub fn bootstrap_mean(values: &[f64], seed: u64) -> Option<Interval> {
-    if values.is_empty() {
+    bootstrap_mean_of_means(&[values], seed)
+}
+
+/// The mean of the groups' means (a LongBench category: the mean of its datasets' scores),
+/// with a stratified bootstrap interval: each resample draws every group's samples again
+/// from that group alone (one group: the plain bootstrap). `None` when a group is empty or
+/// there are none.
+pub fn bootstrap_mean_of_means(groups: &[&[f64]], seed: u64) -> Option<Interval> {
+    if groups.is_empty() || groups.iter().any(|g| g.is_empty()) {
         return None;
     }
-    let n = values.len();
-    let mean = values.iter().sum::<f64>() / n as f64;
-    let mut state = seed ^ (n as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mean_of_means = |draw: &mut dyn FnMut(&[f64]) -> f64| {
+        groups.iter().map(|g| draw(g)).sum::<f64>() / groups.len() as f64
+    };
+    let mean = mean_of_means(&mut |g| g.iter().sum::<f64>() / g.len() as f64);
+    let mut state = seed ^ (groups.len() as u64).wrapping_mul(0xA076_1D64_78BD_642F);
     let mut means: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
-            (0..n)
-                .map(|_| values[(splitmix(&mut state) % n as u64) as usize])
-                .sum::<f64>()
-                / n as f64
+            mean_of_means(&mut |g| {
+                (0..g.len())
+                    .map(|_| g[(splitmix(&mut state) % g.len() as u64) as usize])
+                    .sum::<f64>()
+                    / g.len() as f64
+            })
         })
         .collect();
     means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
     Some(Interval {
         mean,
-        low: at(0.025),
-        high: at(0.975),
+        low: percentile(&means, 0.025),
+        high: percentile(&means, 0.975),
     })
+}
+
+/// The `q` quantile of sorted `values` (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
 }
 
 /// The mean difference `a − b` over paired samples (`a[i]` and `b[i]` scored on the same
@@ -84,6 +100,20 @@ mod tests {
         assert!(bootstrap_mean(&[], 0).is_none());
         // Seeded: the same interval every time.
         assert_eq!(bootstrap_mean(&few, 0), bootstrap_mean(&few, 0));
+    }
+
+    #[test]
+    fn a_mean_of_means_weighs_groups_equally() {
+        let small = [1.0, 1.0];
+        let large = [0.0; 50];
+        let i = bootstrap_mean_of_means(&[&small, &large], 0).unwrap();
+        assert_eq!(i.mean, 0.5);
+        // Constant groups: no spread.
+        assert_eq!((i.low, i.high), (0.5, 0.5));
+        let noisy = [0.0, 1.0, 0.0, 1.0];
+        let j = bootstrap_mean_of_means(&[&noisy, &large], 0).unwrap();
+        assert!(j.low < 0.25 && j.high > 0.25 && j.high <= 0.5, "{j:?}");
+        assert!(bootstrap_mean_of_means(&[&small, &[]], 0).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::run::longbench_e_length;
 use super::slug;
 use crate::figures;
 use crate::methods::{presets, Method};
-use crate::stats::{bootstrap_mean, paired_difference};
+use crate::stats::{bootstrap_mean, bootstrap_mean_of_means, paired_difference, Interval};
 use crate::store::{ResultRow, Store, MODEL_SCHOOL};
 
 /// `longctx report`.
@@ -344,7 +344,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
 }
 
 /// LongBench dataset scores of a group (100 × mean, rounded as the official scorer).
-fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, usize)> {
+fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, Vec<f64>)> {
     let mut scores = BTreeMap::new();
     for d in DATASETS {
         let task = format!("longbench/{}", d.name);
@@ -356,10 +356,7 @@ fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, usize)> 
         if !samples.is_empty() {
             scores.insert(
                 d.name,
-                (
-                    longctx_tasks::longbench::dataset_score(&samples),
-                    samples.len(),
-                ),
+                (longctx_tasks::longbench::dataset_score(&samples), samples),
             );
         }
     }
@@ -368,24 +365,37 @@ fn dataset_scores(group: &[&ResultRow]) -> BTreeMap<&'static str, (f64, usize)> 
 
 /// A category as the paper's Table 2 reports it: the mean of its datasets' scores, with
 /// passage_count left out as the paper does; marked "(k/n)" when datasets are missing.
-fn category_cell(scores: &BTreeMap<&str, (f64, usize)>, category: Category) -> String {
+fn category_cell(scores: &BTreeMap<&str, (f64, Vec<f64>)>, category: Category) -> String {
     let members: Vec<&Dataset> = DATASETS
         .iter()
         .filter(|d| d.category == category && d.name != "passage_count")
         .collect();
-    let found: Vec<f64> = members
-        .iter()
-        .filter_map(|d| scores.get(d.name).map(|s| s.0))
-        .collect();
+    let found: Vec<&(f64, Vec<f64>)> = members.iter().filter_map(|d| scores.get(d.name)).collect();
     if found.is_empty() {
         return "-".into();
     }
-    let value = round2(found.iter().sum::<f64>() / found.len() as f64);
+    let value = round2(found.iter().map(|s| s.0).sum::<f64>() / found.len() as f64);
+    let spread = stratified(&found);
     if found.len() == members.len() {
-        format!("{value:.1}")
+        format!("{value:.1}{spread}")
     } else {
-        format!("{value:.1} ({}/{})", found.len(), members.len())
+        format!("{value:.1}{spread} ({}/{})", found.len(), members.len())
     }
+}
+
+/// ` [low–high]` in percent, or nothing where no sample varies the estimate (one sample).
+fn interval_suffix(interval: Option<Interval>, samples: usize) -> String {
+    match interval {
+        Some(i) if samples >= 2 => format!(" [{:.1}–{:.1}]", 100.0 * i.low, 100.0 * i.high),
+        _ => String::new(),
+    }
+}
+
+/// The interval of a mean of datasets' scores, each dataset resampled on its own.
+fn stratified(datasets: &[&(f64, Vec<f64>)]) -> String {
+    let groups: Vec<&[f64]> = datasets.iter().map(|d| d.1.as_slice()).collect();
+    let samples = groups.iter().map(|g| g.len()).sum();
+    interval_suffix(bootstrap_mean_of_means(&groups, BOOTSTRAP_SEED), samples)
 }
 
 /// The paper's Table 2 layout per model, and the per-dataset table (Tables 6–9 layout).
@@ -414,19 +424,20 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
             .filter(|r| r.key.task.starts_with("longbench/"))
             .collect();
         let scores = dataset_scores(&lb);
-        let paper15: Vec<f64> = scores
+        let paper15: Vec<&(f64, Vec<f64>)> = scores
             .iter()
             .filter(|(n, _)| **n != "passage_count")
-            .map(|(_, s)| s.0)
+            .map(|(_, s)| s)
             .collect();
         let avg = if paper15.is_empty() {
             "-".into()
         } else {
-            let v = round2(paper15.iter().sum::<f64>() / paper15.len() as f64);
+            let v = round2(paper15.iter().map(|s| s.0).sum::<f64>() / paper15.len() as f64);
+            let spread = stratified(&paper15);
             if paper15.len() == 15 {
-                format!("{v:.1}")
+                format!("{v:.1}{spread}")
             } else {
-                format!("{v:.1} ({}/15)", paper15.len())
+                format!("{v:.1}{spread} ({}/15)", paper15.len())
             }
         };
         let needle: Vec<&ResultRow> = group.iter().copied().filter(|r| is_needle(r)).collect();
@@ -448,7 +459,12 @@ fn longbench_tables(rows: &[ResultRow]) -> Option<String> {
         );
         let cells: Vec<String> = names
             .iter()
-            .map(|n| scores.get(n).map_or("-".into(), |s| format!("{:.1}", s.0)))
+            .map(|n| {
+                scores.get(n).map_or("-".into(), |(score, samples)| {
+                    let i = bootstrap_mean(samples, BOOTSTRAP_SEED);
+                    format!("{score:.1}{}", interval_suffix(i, samples.len()))
+                })
+            })
             .collect();
         let _ = writeln!(
             per_dataset,
@@ -1002,12 +1018,19 @@ mod tests {
     #[test]
     fn categories_leave_passage_count_out_and_mark_missing_datasets() {
         let mut scores = BTreeMap::new();
-        scores.insert("passage_count", (5.0, 1));
-        scores.insert("passage_retrieval_en", (67.0, 1));
-        scores.insert("qasper", (40.0, 1));
+        scores.insert("passage_count", (5.0, vec![0.05]));
+        scores.insert("passage_retrieval_en", (67.0, vec![0.67]));
+        scores.insert("qasper", (40.0, vec![0.40]));
         assert_eq!(category_cell(&scores, Category::Synthetic), "67.0");
         assert_eq!(category_cell(&scores, Category::SingleDocQa), "40.0 (1/3)");
         assert_eq!(category_cell(&scores, Category::Code), "-");
+        // With samples that vary, the category carries a stratified interval.
+        scores.insert("qasper", (50.0, vec![0.0, 1.0, 0.5, 0.5]));
+        let cell = category_cell(&scores, Category::SingleDocQa);
+        assert!(
+            cell.starts_with("50.0 [") && cell.ends_with("] (1/3)"),
+            "{cell}"
+        );
     }
 
     #[test]
