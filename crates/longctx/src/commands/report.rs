@@ -34,17 +34,43 @@ const PAPER_TABLE2: &str = include_str!("../../data/paper/table2_category_scores
 const PAPER_TABLE9: &str = include_str!("../../data/paper/table9_linear_time_per_dataset.csv");
 
 /// Rows grouped by (model, method), in key order.
-type Groups<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a ResultRow>>;
+/// Rows by (model, shown method), in the order of [`method_rank`] within each model.
+type Groups<'a> = Vec<((&'a str, &'a str), Vec<&'a ResultRow>)>;
 
 fn group<'a>(rows: &'a [ResultRow], keep: impl Fn(&ResultRow) -> bool) -> Groups<'a> {
-    let mut groups: Groups = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, &str), Vec<&ResultRow>> = BTreeMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
         groups
             .entry((&r.key.model, &r.key.method))
             .or_default()
             .push(r);
     }
+    let mut groups: Groups = groups.into_iter().collect();
+    groups.sort_by_key(|((model, method), _)| (*model, method_rank(method), *method));
     groups
+}
+
+/// Where a shown method sorts, as the paper's tables order them: by school (the baseline,
+/// KV quantization, token dropping, prompt compression, then models run as they are), then
+/// by nominal ratio (a fixed budget last).
+fn method_rank(label: &str) -> (usize, u64) {
+    const SCHOOLS: [&str; 4] = [
+        "none",
+        "KV quantization",
+        "token dropping",
+        "prompt compression",
+    ];
+    let spec = label.split(" [").next().unwrap_or(label);
+    match Method::parse(spec) {
+        Ok(m) => (
+            SCHOOLS
+                .iter()
+                .position(|s| *s == m.school())
+                .unwrap_or(SCHOOLS.len()),
+            m.nominal_ratio().map_or(u64::MAX, |r| (r * 1000.0) as u64),
+        ),
+        Err(_) => (SCHOOLS.len() + 1, 0),
+    }
 }
 
 /// The words-length and depth of a needle sample id (`words=N depth=D trial=T`).
@@ -762,7 +788,7 @@ fn series_name(method: &str) -> String {
 fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
     let mut text = String::new();
     let groups = group(rows, |_| true);
-    let mut models: Vec<&str> = groups.keys().map(|k| k.0).collect();
+    let mut models: Vec<&str> = groups.iter().map(|(k, _)| k.0).collect();
     models.dedup();
     for model in models {
         let methods: Vec<MethodScores> = groups
@@ -1094,6 +1120,34 @@ mod tests {
         assert_eq!(
             series_name("snapkv-8x [query-agnostic]"),
             format!("{} [query-agnostic]", series_name(&custom))
+        );
+    }
+
+    #[test]
+    fn methods_sort_by_school_then_ratio() {
+        let mut labels = vec![
+            "snapkv-8x",
+            "h2o-4x",
+            "kivi-2bit",
+            "native (hybrid)",
+            "baseline [query-agnostic]",
+            "baseline",
+            "llmlingua-2x",
+            "snapkv-2x",
+        ];
+        labels.sort_by_key(|l| (method_rank(l), *l));
+        assert_eq!(
+            labels,
+            [
+                "baseline",
+                "baseline [query-agnostic]",
+                "kivi-2bit",
+                "snapkv-2x",
+                "h2o-4x",
+                "snapkv-8x",
+                "llmlingua-2x",
+                "native (hybrid)"
+            ]
         );
     }
 }
