@@ -386,6 +386,13 @@ impl GgufFile {
         Ok(qtensor_from_ggml(info.dtype, raw, dims, device)?)
     }
 
+    /// A tensor's dimensions in row-major order, from the tensor table (no data read).
+    pub fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors
+            .get(name)
+            .map(|info| info.dims.iter().rev().copied().collect())
+    }
+
     /// Whether the file has a tensor of this name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::recurrent::{
     embed, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
-    RecurrentNetwork, SsmLayout, SsmState,
+    RecurrentNetwork, SsmLayout, SsmShell,
 };
 use crate::{ComputeProfile, LanguageModel, LoadOptions, ModelError, Result};
 
@@ -70,13 +70,8 @@ struct Layer {
 /// A Mamba network and its sequence state.
 pub(crate) struct Mamba {
     config: MambaConfig,
-    embeddings: Vec<f32>,
     layers: Vec<Layer>,
-    norm_f: Vec<f32>,
-    /// The output projection (the embeddings, when tied).
-    lm_head: Projection,
-    /// Per layer: the convolution's last inputs and the recurrent state.
-    states: Vec<SsmState>,
+    shell: SsmShell,
 }
 
 /// Read a Hugging Face Mamba folder as a runnable model.
@@ -161,25 +156,18 @@ impl Mamba {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = w.tensor(
-            &layout.top("backbone.embeddings.weight", "token_embd.weight"),
-            &[c.vocab_size, h],
+        let convs = layers.iter().map(|layer| &layer.conv);
+        let shell = SsmShell::load(
+            w,
+            layout,
+            [c.vocab_size, h],
+            c.tie_word_embeddings,
+            convs,
+            i * n,
         )?;
-        let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
-        let lm_head = w.output_head(&layout.top("lm_head", "output"), tied, c.vocab_size, h)?;
-        let states = layers
-            .iter()
-            .map(|layer| SsmState::new(&layer.conv, i * n))
-            .collect();
         Ok(Self {
-            embeddings,
-            norm_f: w.tensor(
-                &layout.top("backbone.norm_f.weight", "output_norm.weight"),
-                &[h],
-            )?,
             layers,
-            lm_head,
-            states,
+            shell,
             config,
         })
     }
@@ -200,8 +188,8 @@ impl RecurrentNetwork for Mamba {
         let c = &self.config;
         let (h, i, n, _, r) = c.sizes();
         let t = tokens.len();
-        let mut x = embed(&self.embeddings, h, tokens);
-        for (layer, state) in self.layers.iter().zip(&mut self.states) {
+        let mut x = embed(&self.shell.embeddings, h, tokens);
+        for (layer, state) in self.layers.iter().zip(&mut self.shell.states) {
             let normed = rms_norm_rows(&x, h, &layer.norm, c.layer_norm_epsilon);
             let xz = layer.in_proj.apply(&normed, t)?;
             let mut conv_out = vec![0f32; t * i];
@@ -244,19 +232,24 @@ impl RecurrentNetwork for Mamba {
                 *xv += o;
             }
         }
-        Ok(rms_norm_rows(&x, h, &self.norm_f, c.layer_norm_epsilon))
+        Ok(rms_norm_rows(
+            &x,
+            h,
+            &self.shell.norm_f,
+            c.layer_norm_epsilon,
+        ))
     }
 
     fn logits(&self, hidden: &[f32], rows: usize) -> Result<Vec<f32>> {
-        self.lm_head.apply(hidden, rows)
+        self.shell.logits(hidden, rows)
     }
 
     fn state_bytes(&self) -> usize {
-        self.states.iter().map(SsmState::bytes).sum()
+        self.shell.state_bytes()
     }
 
     fn reset(&mut self) {
-        self.states.iter_mut().for_each(SsmState::reset);
+        self.shell.reset();
     }
 
     fn school(&self) -> &'static str {

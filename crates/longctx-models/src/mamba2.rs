@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::gguf::GgufFile;
 use crate::recurrent::{
     embed, rms_norm, rms_norm_rows, silu, softplus, CausalConv, Checkpoint, Projection, Recurrent,
-    RecurrentNetwork, SsmLayout, SsmState,
+    RecurrentNetwork, SsmLayout, SsmShell,
 };
 use crate::{ComputeProfile, LanguageModel, LoadOptions, ModelError, Result};
 
@@ -80,12 +80,8 @@ pub(crate) struct Mamba2 {
     sizes: (usize, usize, usize, usize, usize),
     /// Δ's clamp.
     dt_limit: (f32, f32),
-    embeddings: Vec<f32>,
     layers: Vec<Layer>,
-    norm_f: Vec<f32>,
-    lm_head: Projection,
-    /// Per layer: the convolution's last inputs and the recurrent state.
-    states: Vec<SsmState>,
+    shell: SsmShell,
 }
 
 /// Read a Hugging Face Mamba-2 folder as a runnable model.
@@ -194,16 +190,15 @@ impl Mamba2 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = w.tensor(
-            &layout.top("backbone.embeddings.weight", "token_embd.weight"),
-            &[c.vocab_size, h],
+        let convs = layers.iter().map(|layer| &layer.conv);
+        let shell = SsmShell::load(
+            w,
+            layout,
+            [c.vocab_size, h],
+            c.tie_word_embeddings,
+            convs,
+            i * n,
         )?;
-        let tied = c.tie_word_embeddings.then_some(embeddings.as_slice());
-        let lm_head = w.output_head(&layout.top("lm_head", "output"), tied, c.vocab_size, h)?;
-        let states = layers
-            .iter()
-            .map(|layer| SsmState::new(&layer.conv, i * n))
-            .collect();
         let bound = |at: usize, unbounded: f32| {
             c.time_step_limit
                 .get(at)
@@ -214,14 +209,8 @@ impl Mamba2 {
         Ok(Self {
             sizes: (h, i, n, bc, conv_channels),
             dt_limit: (bound(0, 0.0), bound(1, f32::INFINITY)),
-            embeddings,
-            norm_f: w.tensor(
-                &layout.top("backbone.norm_f.weight", "output_norm.weight"),
-                &[h],
-            )?,
             layers,
-            lm_head,
-            states,
+            shell,
             config: c,
         })
     }
@@ -244,10 +233,10 @@ impl RecurrentNetwork for Mamba2 {
         let group_width = i / c.n_groups;
         let width = 2 * i + 2 * bc + heads;
         let t = tokens.len();
-        let mut x = embed(&self.embeddings, h, tokens);
+        let mut x = embed(&self.shell.embeddings, h, tokens);
         let mut xbc = vec![0f32; conv_channels];
         let mut y = vec![0f32; t * i];
-        for (layer, state) in self.layers.iter().zip(&mut self.states) {
+        for (layer, state) in self.layers.iter().zip(&mut self.shell.states) {
             let normed = rms_norm_rows(&x, h, &layer.norm, c.layer_norm_epsilon);
             let projected = layer.in_proj.apply(&normed, t)?;
             for (row, y) in projected.chunks_exact(width).zip(y.chunks_exact_mut(i)) {
@@ -291,19 +280,24 @@ impl RecurrentNetwork for Mamba2 {
                 *xv += o;
             }
         }
-        Ok(rms_norm_rows(&x, h, &self.norm_f, c.layer_norm_epsilon))
+        Ok(rms_norm_rows(
+            &x,
+            h,
+            &self.shell.norm_f,
+            c.layer_norm_epsilon,
+        ))
     }
 
     fn logits(&self, hidden: &[f32], rows: usize) -> Result<Vec<f32>> {
-        self.lm_head.apply(hidden, rows)
+        self.shell.logits(hidden, rows)
     }
 
     fn state_bytes(&self) -> usize {
-        self.states.iter().map(SsmState::bytes).sum()
+        self.shell.state_bytes()
     }
 
     fn reset(&mut self) {
-        self.states.iter_mut().for_each(SsmState::reset);
+        self.shell.reset();
     }
 
     fn school(&self) -> &'static str {

@@ -236,9 +236,17 @@ impl Checkpoint {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    /// The shape of tensor `name` (row-major order).
+    /// The shape of tensor `name` (row-major order), from the file's tensor table.
     pub(crate) fn dims(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.load(name)?.dims().to_vec())
+        match &self.tensors {
+            Tensors::Gguf(g) => g
+                .tensor_dims(name)
+                .ok_or_else(|| self.bad(format!("tensor {name} is missing"))),
+            Tensors::Safetensors(st) => st
+                .get(name)
+                .map(|view| view.shape().to_vec())
+                .map_err(|e| self.bad(format!("tensor {name}: {e}"))),
+        }
     }
 
     /// Tensor `name` in f32, checked to have `shape`.
@@ -471,6 +479,60 @@ impl SsmState {
     pub(crate) fn reset(&mut self) {
         self.conv.fill(0.0);
         self.ssm.fill(0.0);
+    }
+}
+
+/// What Mamba and Mamba-2 share around their layers' mixers: the embeddings, the final
+/// norm and output head, and each layer's convolution and SSM state.
+pub(crate) struct SsmShell {
+    pub(crate) embeddings: Vec<f32>,
+    pub(crate) norm_f: Vec<f32>,
+    /// The output projection (the embeddings, when tied).
+    lm_head: Projection,
+    /// Per layer: the convolution's last inputs and the recurrent state.
+    pub(crate) states: Vec<SsmState>,
+}
+
+impl SsmShell {
+    /// Read from `w` in `layout` around layers whose convolutions are `convs`, each with
+    /// `ssm` values of recurrent state.
+    pub(crate) fn load<'a>(
+        w: &Checkpoint,
+        layout: SsmLayout,
+        [vocab, hidden]: [usize; 2],
+        tied: bool,
+        convs: impl Iterator<Item = &'a CausalConv>,
+        ssm: usize,
+    ) -> Result<Self> {
+        let embeddings = w.tensor(
+            &layout.top("backbone.embeddings.weight", "token_embd.weight"),
+            &[vocab, hidden],
+        )?;
+        let tied = tied.then_some(embeddings.as_slice());
+        Ok(Self {
+            lm_head: w.output_head(&layout.top("lm_head", "output"), tied, vocab, hidden)?,
+            norm_f: w.tensor(
+                &layout.top("backbone.norm_f.weight", "output_norm.weight"),
+                &[hidden],
+            )?,
+            states: convs.map(|conv| SsmState::new(conv, ssm)).collect(),
+            embeddings,
+        })
+    }
+
+    /// Logits of `rows` final hidden states.
+    pub(crate) fn logits(&self, hidden: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.lm_head.apply(hidden, rows)
+    }
+
+    /// Bytes of the layers' states.
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.states.iter().map(SsmState::bytes).sum()
+    }
+
+    /// Zero every layer's state.
+    pub(crate) fn reset(&mut self) {
+        self.states.iter_mut().for_each(SsmState::reset);
     }
 }
 

@@ -24,6 +24,10 @@ use crate::recurrent::{
 };
 use crate::{AttentionWork, ComputeProfile, LanguageModel, LoadOptions, Result};
 
+/// The longest local-attention window read (the released models use 2,048): the window's
+/// ring is allocated whole, so a config asking for more is refused before it is.
+const MAX_WINDOW: usize = 1 << 20;
+
 fn default_true() -> bool {
     true
 }
@@ -149,11 +153,11 @@ impl RecurrentGemma {
             && heads % c.num_key_value_heads == 0
             && rotary.is_multiple_of(2)
             && rotary <= c.head_dim
-            && c.attention_window_size > 0;
+            && (1..=MAX_WINDOW).contains(&c.attention_window_size);
         if !sane {
             return Err(w.bad(format!(
                 "config.json's activation ({}), block types ({:?}), heads ({heads}, {} for keys), \
-                 LRU width ({lru}), rotary dimensions ({rotary} of {}) or window ({}) are not ones this model runs",
+                 LRU width ({lru}), rotary dimensions ({rotary} of {}) or window ({}, at most {MAX_WINDOW}) are not ones this model runs",
                 c.hidden_activation,
                 c.block_types,
                 c.num_key_value_heads,
@@ -220,16 +224,19 @@ impl RecurrentGemma {
                 }
                 "attention" => {
                     let bias = c.attention_bias;
-                    states.push(State::Attention {
-                        keys: vec![0.0; c.attention_window_size * kv_width],
-                        values: vec![0.0; c.attention_window_size * kv_width],
-                    });
-                    Temporal::Attention(AttentionBlock {
+                    // The projections first: their tensors bound the key width the window's
+                    // ring is allocated with.
+                    let block = AttentionBlock {
                         q_proj: w.projection(&format!("{t}.q_proj"), q_width, h, bias)?,
                         k_proj: w.projection(&format!("{t}.k_proj"), kv_width, h, bias)?,
                         v_proj: w.projection(&format!("{t}.v_proj"), kv_width, h, bias)?,
                         o_proj: w.projection(&format!("{t}.o_proj"), h, q_width, true)?,
-                    })
+                    };
+                    states.push(State::Attention {
+                        keys: vec![0.0; c.attention_window_size * kv_width],
+                        values: vec![0.0; c.attention_window_size * kv_width],
+                    });
+                    Temporal::Attention(block)
                 }
                 other => {
                     return Err(w.bad(format!(
