@@ -33,7 +33,6 @@ const PAPER_TABLE2: &str = include_str!("../../data/paper/table2_category_scores
 /// The paper's Table 9 (per-dataset LongBench scores of the linear-time and hybrid models).
 const PAPER_TABLE9: &str = include_str!("../../data/paper/table9_linear_time_per_dataset.csv");
 
-/// Rows grouped by (model, method), in key order.
 /// Rows by (model, shown method), in the order of [`method_rank`] within each model.
 type Groups<'a> = Vec<((&'a str, &'a str), Vec<&'a ResultRow>)>;
 
@@ -96,7 +95,9 @@ const PAPER_PROTOCOL: &str = "paper";
 /// (`snapkv-4x` for `snapkv:ratio=4,window=32,kernel=7,pool=max`), a protocol's or school's
 /// suffix kept; any other as its spec. Returns the legend: each short label with its full
 /// spec and school.
-fn labelled(mut rows: Vec<ResultRow>) -> (Vec<ResultRow>, Vec<(String, String, &'static str)>) {
+pub(crate) fn labelled(
+    mut rows: Vec<ResultRow>,
+) -> (Vec<ResultRow>, Vec<(String, String, &'static str)>) {
     let presets = presets();
     let mut legend: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
     for r in &mut rows {
@@ -199,10 +200,18 @@ fn score_cell(group: &[&ResultRow], all: &[ResultRow]) -> String {
 /// Fewest paired samples a difference is judged on (a bootstrap of fewer says nothing).
 const MIN_PAIRS: usize = 5;
 
-/// ▲ (better) or ▼ (worse) where the group, not itself a baseline, differs from its model's
-/// baseline by a paired bootstrap interval that excludes zero, over at least [`MIN_PAIRS`]
-/// samples.
+/// ▲ (better) or ▼ (worse) where the group differs from its model's baseline by a paired
+/// interval that excludes zero (see [`difference_from_baseline`]).
 fn against_baseline(group: &[&ResultRow], all: &[ResultRow]) -> Option<char> {
+    let (_, d) = difference_from_baseline(group, all)?;
+    d.excludes_zero()
+        .then_some(if d.mean > 0.0 { '▲' } else { '▼' })
+}
+
+/// The group's paired difference from its model's baseline on the same samples (task,
+/// sample and protocol), with the number of pairs; `None` for a baseline, or with fewer
+/// than [`MIN_PAIRS`] pairs.
+fn difference_from_baseline(group: &[&ResultRow], all: &[ResultRow]) -> Option<(usize, Interval)> {
     let first = group.first()?;
     if is_baseline(&first.key.method) {
         return None;
@@ -226,9 +235,111 @@ fn against_baseline(group: &[&ResultRow], all: &[ResultRow]) -> Option<char> {
     if ours.len() < MIN_PAIRS {
         return None;
     }
-    let d = paired_difference(&ours, &theirs, BOOTSTRAP_SEED)?;
-    d.excludes_zero()
-        .then_some(if d.mean > 0.0 { '▲' } else { '▼' })
+    Some((
+        ours.len(),
+        paired_difference(&ours, &theirs, BOOTSTRAP_SEED)?,
+    ))
+}
+
+/// The task a row belongs to, without its sample parameters (`ruler/vt:length=4096` →
+/// `ruler/vt`).
+fn task_name(r: &ResultRow) -> &str {
+    r.key.task.split(':').next().unwrap_or(&r.key.task)
+}
+
+/// What these rows can and cannot show: what they cover, each method's difference from
+/// its model's baseline over every sample both ran, and what a reader must not conclude.
+fn scope_section(rows: &[ResultRow]) -> String {
+    let mut out = String::new();
+    let groups = group(rows, |_| true);
+    let mut models: Vec<&str> = rows.iter().map(|r| r.key.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let mut tasks: Vec<&str> = rows.iter().map(task_name).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let longest = rows.iter().map(|r| r.prompt_tokens).max().unwrap_or(0);
+    let shortest = rows.iter().map(|r| r.prompt_tokens).min().unwrap_or(0);
+    let mut per_cell: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    for r in rows {
+        *per_cell
+            .entry((&r.key.model, &r.key.method, task_name(r)))
+            .or_default() += 1;
+    }
+    let fewest = per_cell.values().min().copied().unwrap_or(0);
+    let most = per_cell.values().max().copied().unwrap_or(0);
+    let samples = match fewest == most {
+        true => format!("{most}"),
+        false => format!("{fewest}–{most}"),
+    };
+    let _ = writeln!(
+        out,
+        "Covered: {} model{} ({}); {} task{} ({}); prompts of {shortest}–{longest} tokens; {samples} samples per method and task.\n",
+        models.len(),
+        if models.len() == 1 { "" } else { "s" },
+        models.join(", "),
+        tasks.len(),
+        if tasks.len() == 1 { "" } else { "s" },
+        tasks.join(", "),
+    );
+    let compared: Vec<_> = groups
+        .iter()
+        .filter(|((_, method), _)| !is_baseline(method))
+        .collect();
+    let mut widest_unmarked: f64 = 0.0;
+    if !compared.is_empty() {
+        out += "Each method's score minus its model's baseline's, over every sample both ran (all tasks together; points, 95% paired bootstrap interval):\n\n| model | method | pairs | difference |\n|---|---|--:|--:|\n";
+        for ((model, method), g) in compared {
+            let cell = match difference_from_baseline(g, rows) {
+                Some((pairs, i)) => {
+                    if !i.excludes_zero() {
+                        // Where every pair agreed the interval has no width, yet a
+                        // difference on up to 3/n of the samples could go unseen (the rule
+                        // of three), so that is the least it cannot exclude.
+                        let unseen = 3.0 / pairs as f64;
+                        widest_unmarked = widest_unmarked
+                            .max(i.low.abs())
+                            .max(i.high.abs())
+                            .max(unseen);
+                    }
+                    let mark = match (i.excludes_zero(), i.mean > 0.0) {
+                        (false, _) => "",
+                        (true, true) => " ▲",
+                        (true, false) => " ▼",
+                    };
+                    format!(
+                        "{pairs} | {:+.1} [{:+.1} to {:+.1}]{mark}",
+                        100.0 * i.mean,
+                        100.0 * i.low,
+                        100.0 * i.high
+                    )
+                }
+                None => format!("- | no baseline on {MIN_PAIRS} or more of the same samples"),
+            };
+            let _ = writeln!(out, "| {model} | {method} | {cell} |");
+        }
+        out.push('\n');
+    }
+    out += "It can show a method that loses (▼) or gains (▲) against the baseline on these tasks at these lengths: its interval excludes zero. It cannot show:\n\n";
+    if widest_unmarked > 0.0 {
+        let _ = writeln!(
+            out,
+            "- that an unmarked method matches the baseline: it may differ by as much as its interval's bounds, and by at least 3/n of its n pairs where all agreed (up to {:.0} points here); more samples narrow this;",
+            100.0 * widest_unmarked
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- behaviour at prompts longer than {longest} tokens, where the paper found compression costing more;"
+    );
+    if !rows.iter().any(|r| r.key.task.starts_with("longbench/")) {
+        out += "- quality on real tasks: no LongBench rows here (run a spec with a `[longbench]` section);\n";
+    }
+    if models.len() == 1 {
+        out += "- whether it holds on other models: one model ran;\n";
+    }
+    out += "- speed on other machines: the speeds below are this machine's, one run each (compare them as ratios within this report).\n";
+    out
 }
 
 /// A compression ratio's cell: `-` for a model without a KV cache, whose state has no
@@ -785,7 +896,7 @@ fn series_name(method: &str) -> String {
 
 /// Per model: a radar across task families (paper's Figure 1) and score-vs-ratio curves per
 /// method family (Figures 2, 22–24). Returns markdown lines linking the written files.
-fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
+fn summary_figures(rows: &[ResultRow], figures_dir: &mut FigureDir) -> Result<String> {
     let mut text = String::new();
     let groups = group(rows, |_| true);
     let mut models: Vec<&str> = groups.iter().map(|(k, _)| k.0).collect();
@@ -823,8 +934,7 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
                     (m.to_string(), values)
                 })
                 .collect();
-            let shown = write_figure(
-                out,
+            let shown = figures_dir.write(
                 &format!("radar_{}", slug(model)),
                 "radar",
                 &figures::radar(&format!("{model}: scores by task family"), &axes, &series),
@@ -856,8 +966,7 @@ fn summary_figures(rows: &[ResultRow], out: &Path) -> Result<String> {
                 None => series.push((key, vec![point])),
             }
         }
-        let shown = write_figure(
-            out,
+        let shown = figures_dir.write(
             &format!("score_vs_ratio_{}", slug(model)),
             "curves",
             &figures::curves(
@@ -931,12 +1040,32 @@ fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Write a figure as `<stem>.svg` and `<stem>.png`; returns the markdown that shows it.
-fn write_figure(out: &Path, stem: &str, alt: &str, svg: &str) -> Result<String> {
-    write(&out.join(format!("{stem}.svg")), svg)?;
-    let png = figures::png(svg).map_err(|e| anyhow::anyhow!("drawing {stem}.png: {e}"))?;
-    write(&out.join(format!("{stem}.png")), png)?;
-    Ok(format!("![{alt}]({stem}.png) ([SVG]({stem}.svg))"))
+/// The figures of one report: written beside it as SVG and PNG, and kept (by the file names
+/// the markdown links) so that `report.html` can carry them inline.
+struct FigureDir<'a> {
+    out: &'a Path,
+    drawn: BTreeMap<String, String>,
+}
+
+impl<'a> FigureDir<'a> {
+    fn new(out: &'a Path) -> Self {
+        Self {
+            out,
+            drawn: BTreeMap::new(),
+        }
+    }
+
+    /// Write a figure as `<stem>.svg` and `<stem>.png`; returns the markdown that shows it.
+    fn write(&mut self, stem: &str, alt: &str, svg: &str) -> Result<String> {
+        let (svg_file, png_file) = (format!("{stem}.svg"), format!("{stem}.png"));
+        write(&self.out.join(&svg_file), svg)?;
+        let png = figures::png(svg).map_err(|e| anyhow::anyhow!("drawing {png_file}: {e}"))?;
+        write(&self.out.join(&png_file), png)?;
+        let shown = format!("![{alt}]({png_file}) ([SVG]({svg_file}))");
+        self.drawn.insert(svg_file, svg.to_string());
+        self.drawn.insert(png_file, svg.to_string());
+        Ok(shown)
+    }
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -950,6 +1079,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let (rows, legend) = labelled(as_shown(&stored));
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut figures_dir = FigureDir::new(&args.out);
     let mut report = String::from("# longctx report\n\n");
     let _ = writeln!(
         report,
@@ -963,6 +1093,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report += &legend_table(&legend);
         report.push('\n');
     }
+    report += "## What this run can and cannot show\n\n";
+    report += &scope_section(&rows);
+    report.push('\n');
     if let Some(tables) = longbench_tables(&rows) {
         report += "## LongBench\n\n";
         report += &tables;
@@ -980,7 +1113,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         for ((model, method), group) in &group(&rows, is_needle) {
             if let Some(svg) = needle_heatmap(model, method, group) {
                 let stem = format!("needle_{}_{}", slug(model), slug(method));
-                let shown = write_figure(&args.out, &stem, method, &svg)?;
+                let shown = figures_dir.write(&stem, method, &svg)?;
                 let _ = writeln!(report, "- {method}: {shown}");
             }
         }
@@ -1002,7 +1135,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         report.push('\n');
     }
     report += "## Figures\n\n";
-    report += &summary_figures(&rows, &args.out)?;
+    report += &summary_figures(&rows, &mut figures_dir)?;
     report += "\n## Efficiency (measured, every sample)\n\n";
     report += &efficiency_table(&rows);
     if let Some(table) = compression_table(&rows) {
@@ -1016,8 +1149,17 @@ pub fn run(args: ReportArgs) -> Result<()> {
     write(&args.out.join("results.csv"), csv(&stored))?;
     let path = args.out.join("report.md");
     write(&path, &report)?;
+    let html = args.out.join("report.html");
+    write(
+        &html,
+        crate::html::page("longctx report", &report, &figures_dir.drawn),
+    )?;
     print!("{report}");
-    println!("\nreport: {}", path.display());
+    println!(
+        "\nreport: {} (and {}, one self-contained page)",
+        path.display(),
+        html.display()
+    );
     Ok(())
 }
 
@@ -1059,14 +1201,16 @@ mod tests {
         );
     }
 
+    /// A stored row of `method` on sample `sample`, scored `score`.
+    fn row(method: &str, sample: usize, score: f64) -> ResultRow {
+        let mut r = crate::store::tests::row(&sample.to_string(), "");
+        r.key.method = method.into();
+        r.score = score;
+        r
+    }
+
     #[test]
     fn scores_carry_intervals_and_marks_need_enough_pairs() {
-        let row = |method: &str, sample: usize, score: f64| {
-            let mut r = crate::store::tests::row(&sample.to_string(), "");
-            r.key.method = method.into();
-            r.score = score;
-            r
-        };
         // The method fails 8 of the 10 samples the baseline answers.
         let mut rows: Vec<ResultRow> = (0..10).map(|i| row("baseline", i, 1.0)).collect();
         rows.extend((0..10).map(|i| row("h2o-4x", i, if i < 2 { 1.0 } else { 0.0 })));
@@ -1082,6 +1226,24 @@ mod tests {
         let few: Vec<&ResultRow> = of("h2o-4x").into_iter().skip(6).collect();
         assert!(!score_cell(&few, &rows).contains('▼'));
         assert_eq!(score_cell(&few[..1], &rows), "0.0");
+    }
+
+    #[test]
+    fn the_scope_says_what_differences_the_samples_can_and_cannot_show() {
+        let mut rows: Vec<ResultRow> = (0..10).map(|i| row("baseline", i, 1.0)).collect();
+        rows.extend((0..10).map(|i| row("kivi-4bit", i, 1.0)));
+        rows.extend((0..10).map(|i| row("h2o-4x", i, if i < 2 { 1.0 } else { 0.0 })));
+        let scope = scope_section(&rows);
+        assert!(
+            scope.contains("| kivi-4bit | 10 | +0.0 [+0.0 to +0.0] |"),
+            "{scope}"
+        );
+        assert!(scope.contains("| h2o-4x | 10 | -80.0 ["), "{scope}");
+        assert!(scope.contains("] ▼ |"), "{scope}");
+        // Ten agreeing pairs cannot exclude a difference on 3 of 10 samples.
+        assert!(scope.contains("(up to 30 points here)"), "{scope}");
+        assert!(scope.contains("no LongBench rows"), "{scope}");
+        assert!(scope.contains("10 samples per method and task"), "{scope}");
     }
 
     #[test]

@@ -1147,10 +1147,12 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
     // One screen: every method of the database, then where the full report comes from.
     println!(
         "{}",
-        super::report::efficiency_table(&super::report::as_shown(&store.rows()?))
+        super::report::efficiency_table(
+            &super::report::labelled(super::report::as_shown(&store.rows()?)).0
+        )
     );
     println!(
-        "results: {}\nreport:  longctx report --db {} --out report/   (writes report/report.md)",
+        "results: {}\nreport:  longctx report --db {} --out report/   (writes report/report.md and report.html)",
         args.db.display(),
         args.db.display()
     );
