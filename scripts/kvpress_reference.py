@@ -25,6 +25,10 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
   end) and 8 tokens are generated greedily; the question's last logits (top 20) and the
   tokens are stored, with the same for no press.
 
+- KnormPress and KeyDiffPress: each key/value head's keys alone (the cache's, rotated),
+  scored by minus their norm and minus their cosine to the head's mean key direction; our
+  `knorm` and `keydiff`. Their scores are recorded too.
+
 Besides the kept positions, each layer records how far the last kept and first dropped
 tokens' scores are apart at the cut, so that a test can tell a real disagreement from a
 near-tie that float rounding may flip.
@@ -36,20 +40,23 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from kvpress import SnapKVPress, StreamingLLMPress, TOVAPress
+from kvpress import KeyDiffPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
 
 RATIO = 0.75  # kvpress's compression_ratio: keep int(L * 0.25), our ratio=4
 QUESTION = "\nWhat is the pass key? The pass key is"
 NEW_TOKENS = 8
 
 
-class RecordingSnapKV(SnapKVPress):
-    """SnapKVPress that keeps the scores it ranks by, one list per layer."""
+def recording(press_class):
+    """`press_class` keeping the scores it ranks by, one list per layer."""
 
-    def score(self, *args, **kwargs):
-        scores = super().score(*args, **kwargs)
-        self.recorded.append(scores[0].tolist())
-        return scores
+    class Recording(press_class):
+        def score(self, *args, **kwargs):
+            scores = super().score(*args, **kwargs)
+            self.recorded.append(scores[0].tolist())
+            return scores
+
+    return Recording
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 )
@@ -122,13 +129,18 @@ def main():
     question_ids = tokenizer(QUESTION, return_tensors="pt", add_special_tokens=False).input_ids
     full = keys(prefill(model, ids))
     cases = {}
-    snapkv = RecordingSnapKV(compression_ratio=RATIO, window_size=64, kernel_size=5)
-    snapkv.recorded = []
+    snapkv = recording(SnapKVPress)(compression_ratio=RATIO, window_size=64, kernel_size=5)
+    knorm = recording(KnormPress)(compression_ratio=RATIO)
+    keydiff = recording(KeyDiffPress)(compression_ratio=RATIO)
+    for press in (snapkv, knorm, keydiff):
+        press.recorded = []
     answers = {"baseline": answer(model, prefill(model, ids), ids.shape[1], question_ids)}
     for name, press in [
         ("streamingllm", StreamingLLMPress(compression_ratio=RATIO, n_sink=4)),
         ("tova", TOVAPress(compression_ratio=RATIO)),
         ("snapkv", snapkv),
+        ("knorm", knorm),
+        ("keydiff", keydiff),
     ]:
         cache = prefill(model, ids, press)
         cases[name] = [kept_positions(f, c) for f, c in zip(full, keys(cache))]
@@ -143,6 +155,8 @@ def main():
         "kept": cases,
         "tova_scores": tova_margins(model, ids, cases["tova"]),
         "snapkv_scores": snapkv.recorded,
+        "knorm_scores": knorm.recorded,
+        "keydiff_scores": keydiff.recorded,
         "question_ids": question_ids[0].tolist(),
         "answers": answers,
     }

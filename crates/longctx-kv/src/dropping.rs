@@ -23,6 +23,9 @@
 //! - **TOVA** (Oren et al., "Transformers are Multi-State RNNs", 2024): full prefill, then
 //!   at every step drop the tokens with the lowest attention from the current query,
 //!   averaged over the layer's heads.
+//! - **Key scorers** ([`KeyScorer`]: Random, Knorm, KeyDiff; kvpress's query-agnostic
+//!   presses): full prefill, then each key/value head keeps the tokens its keys score
+//!   highest; no eviction while decoding.
 //!
 //! Storage is budget-sized: evicting compacts rows in place, and policies that prefill in
 //! full shrink their allocation to the budget once the prompt is done, so the memory is
@@ -38,8 +41,8 @@ use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
 use crate::{
-    causal_attention, causal_attention_with_weights, KvCache, KvError, KvPrecision, KvShape,
-    Result, RopeTable,
+    causal_attention, causal_attention_with_weights, KeyScorer, KvCache, KvError, KvPrecision,
+    KvShape, Result, RopeTable,
 };
 
 /// How many tokens a policy keeps for one input.
@@ -136,6 +139,9 @@ pub enum DropPolicy {
     },
     /// Lowest current attention, averaged over the layer's heads, leaves first.
     Tova,
+    /// Each key/value head keeps the prompt tokens its keys score highest, chosen once at
+    /// the end of the prompt; no query is read.
+    Keys(KeyScorer),
 }
 
 /// Settings of a [`DroppingCache`].
@@ -340,7 +346,7 @@ impl DroppingCache {
         match self.settings.policy {
             DropPolicy::StreamingLlm { .. } => true,
             DropPolicy::H2O { .. } | DropPolicy::Tova => self.prefilled,
-            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => false,
+            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_) => false,
         }
     }
 
@@ -349,7 +355,7 @@ impl DroppingCache {
         let budget = self.budget_of(layer, s.budget);
         match self.settings.policy {
             _ if self.settings.prefills_in_full() && !self.prefilled => s.prompt + 1,
-            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } => {
+            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_) => {
                 budget.min(s.prompt) + s.reservation.after_prompt()
             }
             // One row beyond the budget: a decoding token is stored before the eviction.
@@ -406,6 +412,23 @@ impl DroppingCache {
                 }
                 Some(vec![keep; heads.len()])
             }
+            DropPolicy::Keys(scorer) => Some(
+                heads
+                    .iter()
+                    .enumerate()
+                    .map(|(g, h)| {
+                        let positions: Vec<usize> = h.positions().collect();
+                        let keys = h.keys().to_f32();
+                        let scores =
+                            scorer.scores(&keys, self.shape.head_dim, &positions, (layer, g));
+                        let mut keep = vec![false; n];
+                        for i in top_k(&scores, budget) {
+                            keep[i] = true;
+                        }
+                        keep
+                    })
+                    .collect(),
+            ),
             DropPolicy::SnapKv {
                 window,
                 kernel,
@@ -837,6 +860,7 @@ impl KvCache for DroppingCache {
         for layer in 0..self.shape.layers {
             match self.settings.policy {
                 DropPolicy::StreamingLlm { .. }
+                | DropPolicy::Keys(_)
                 | DropPolicy::H2O {
                     count_prefill: true,
                     ..
@@ -923,7 +947,7 @@ mod tests {
         pool: Pool::Max,
     };
 
-    const EVERY_POLICY: [DropPolicy; 8] = [
+    const EVERY_POLICY: [DropPolicy; 11] = [
         DropPolicy::StreamingLlm {
             sinks: Sinks::Fraction(0.021),
             reindex: true,
@@ -952,6 +976,9 @@ mod tests {
             beta: 20,
         },
         DropPolicy::Tova,
+        DropPolicy::Keys(KeyScorer::Random { seed: 7 }),
+        DropPolicy::Keys(KeyScorer::Knorm),
+        DropPolicy::Keys(KeyScorer::KeyDiff),
     ];
 
     /// Positions kept by each key/value head of layer 0.
@@ -1113,6 +1140,29 @@ mod tests {
             union.sort_unstable();
             union.dedup();
             assert_eq!(c.kept_positions(0, g), Some(union));
+        }
+    }
+
+    #[test]
+    fn key_scorers_keep_each_heads_top_scores_once_the_prompt_ends() {
+        let data = sequence(30);
+        let (_, k) = rotated(&data.0, &data.1);
+        let positions: Vec<usize> = (0..24).collect();
+        for scorer in [
+            KeyScorer::Random { seed: 3 },
+            KeyScorer::Knorm,
+            KeyScorer::KeyDiff,
+        ] {
+            let mut c = cache(DropPolicy::Keys(scorer), Budget::Tokens(8));
+            let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+            // The whole prompt is held until it ends, then 8 per head, plus what is decoded.
+            assert_eq!(seen[1], [positions.clone(), positions.clone()]);
+            for (g, head) in k.iter().enumerate() {
+                let keys: Vec<f32> = head[..24].iter().flatten().copied().collect();
+                let mut want = top_k(&scorer.scores(&keys, 64, &positions, (0, g)), 8);
+                want.extend(24..30);
+                assert_eq!(seen.last().unwrap()[g], want, "{scorer:?}, kv head {g}");
+            }
         }
     }
 

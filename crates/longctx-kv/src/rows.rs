@@ -102,6 +102,14 @@ impl RowsView<'_> {
         })
     }
 
+    /// Every element widened to f32 (what a scorer reads).
+    pub(crate) fn to_f32(self) -> Vec<f32> {
+        match self {
+            RowsView::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            RowsView::F32(v) => v.to_vec(),
+        }
+    }
+
     /// Rows `rows` (of `width` elements each), one after another, in their precision.
     pub(crate) fn gather(&self, rows: &[usize], width: usize) -> Elements {
         fn pick<E: Copy>(v: &[E], rows: &[usize], width: usize) -> Vec<E> {

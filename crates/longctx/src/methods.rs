@@ -13,8 +13,9 @@ use crate::compress::{
 };
 use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill,
-    FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache,
-    KiviSettings, KvCache, KvError, KvShape, Pool, RopeTable, Sinks, MAX_STREAM_POSITIONS,
+    FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KeyScorer,
+    KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool, RopeTable, Sinks,
+    MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -72,7 +73,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 8] = [
+const DROPPING: [Family; 11] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -120,6 +121,24 @@ const DROPPING: [Family; 8] = [
         spec: "tova:{budget}",
         six: "ratio=6",
         note: "schwartz-lab-NLP/TOVA: the last query's attention averaged over heads (outputs and kept sets equal to its cache in tests); not in the paper",
+    },
+    Family {
+        name: "random",
+        spec: "random:{budget},seed=0",
+        six: "ratio=6",
+        note: "kvpress's RandomPress: seeded random scores per key/value head after prefill, the floor a scorer must beat (drawn by splitmix64 per token, not torch's generator); not in the paper",
+    },
+    Family {
+        name: "knorm",
+        spec: "knorm:{budget}",
+        six: "ratio=6",
+        note: "kvpress's KnormPress (Devoto et al., 2024): the smallest key norms keep, per key/value head after prefill, no query read (kept sets equal to kvpress's in tests); not in the paper",
+    },
+    Family {
+        name: "keydiff",
+        spec: "keydiff:{budget}",
+        six: "ratio=6",
+        note: "kvpress's KeyDiffPress (KeyDiff, 2025): the keys least like their head's mean direction keep, after prefill, no query read (kept sets equal to kvpress's in tests); the paper's block-wise iteration is not built; not in the paper",
     },
 ];
 
@@ -495,6 +514,20 @@ impl Method {
                 policy: DropPolicy::Tova,
                 budget: s.take_budget()?,
             }),
+            "random" | "knorm" | "keydiff" => {
+                let budget = s.take_budget()?;
+                let scorer = match name {
+                    "random" => KeyScorer::Random {
+                        seed: s.take_u64("seed")?,
+                    },
+                    "knorm" => KeyScorer::Knorm,
+                    _ => KeyScorer::KeyDiff,
+                };
+                Method::Drop(DropSettings {
+                    policy: DropPolicy::Keys(scorer),
+                    budget,
+                })
+            }
             "infllm" => {
                 let budget = s.take_budget()?;
                 let settings = InfLlmSettings {
@@ -587,6 +620,7 @@ impl Method {
                 DropPolicy::SnapKv { .. } => "snapkv",
                 DropPolicy::PyramidKv { .. } => "pyramidkv",
                 DropPolicy::Tova => "tova",
+                DropPolicy::Keys(scorer) => scorer.name(),
             },
             Method::InfLlm(_) => "infllm",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
@@ -730,7 +764,9 @@ impl fmt::Display for Method {
                         ",window={window},kernel={kernel},pool={},beta={beta}",
                         pool_name(pool)
                     ),
-                    DropPolicy::Tova => Ok(()),
+                    DropPolicy::Tova
+                    | DropPolicy::Keys(KeyScorer::Knorm | KeyScorer::KeyDiff) => Ok(()),
+                    DropPolicy::Keys(KeyScorer::Random { seed }) => write!(f, ",seed={seed}"),
                 }
             }
             Method::InfLlm(s) => write!(
@@ -781,7 +817,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + 8 * 4 + 3 * 4);
+        assert_eq!(presets().len(), 5 + 11 * 4 + 3 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
@@ -803,6 +839,15 @@ mod tests {
         assert!(spec("flexgen-4bit").ends_with("prefill=quantized"));
         assert!(spec("infllm-4x").ends_with("chunk=512,remainder=chunk"));
         assert!(spec("pyramidkv-4x").contains("window=8,"));
+        assert_eq!(spec("random-4x"), "random:ratio=4,seed=0");
+        assert_eq!(spec("knorm-2x"), "knorm:ratio=2");
+        assert_eq!(spec("keydiff-6x"), "keydiff:ratio=6");
+        assert_eq!(
+            Method::parse("random:budget=64,seed=9")
+                .unwrap()
+                .to_string(),
+            "random:budget=64,seed=9"
+        );
         assert!(presets().iter().all(|p| !p.note.is_empty()));
         assert!(
             (Method::parse("flexgen-4bit")

@@ -2,6 +2,7 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
+//! RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
@@ -164,6 +165,25 @@ fn snapkv_with_average_pooling_keeps_what_kvpress_keeps_up_to_near_ties() {
         |p| p >= window_from,
     );
     eprintln!("SnapKV: {ties} near-tie swaps");
+}
+
+/// KnormPress and KeyDiffPress score each key/value head's keys alone (rotated, as the cache
+/// holds them) and keep the top quarter; ours keep the same tokens, up to near-ties.
+#[test]
+fn key_scorers_keep_what_kvpress_keeps_up_to_near_ties() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    for name in ["knorm", "keydiff"] {
+        let ours = kept(&format!("{name}-4x"), &ids);
+        let (ties, _) = compare_up_to_near_ties(
+            name,
+            &ours,
+            &f["kept"][name],
+            |l, g| scores(&f[format!("{name}_scores")][l][g]),
+            |_| false,
+        );
+        eprintln!("{name}: {ties} near-tie swaps");
+    }
 }
 
 /// kvpress's pipeline is the query-agnostic protocol: the context prefilled and compressed,

@@ -297,3 +297,35 @@ fn qwen_logits_match_transformers_in_prefill_and_decoding() {
 fn gemma_logits_match_transformers_in_prefill_and_decoding() {
     named_model_matches_transformers("gemma-3-270m", 1e-2);
 }
+
+/// `perplexity --kl`: the uncompressed cache against itself differs by nothing, a dropping
+/// cache whose budget covers the window by float rounding only, and quantization by more at
+/// 2 bits than at 4; every method's reference half scores the same.
+#[test]
+fn kl_damage_is_nil_without_compression_and_grows_as_bits_fall() {
+    use longctx::commands::perplexity::damage;
+    use longctx::methods::Method;
+    let essay = longctx::assets::haystack_dir()
+        .unwrap()
+        .join("addiction.txt");
+    let text = std::fs::read_to_string(essay).unwrap();
+    let mut loaded = default_model();
+    let tokens = loaded.tokenizer.encode(&text, true).unwrap();
+    let window = &tokens[..256];
+    let mut of =
+        |spec: &str| damage(&mut loaded, &Method::parse(spec).unwrap(), window, 256).unwrap();
+    let base = of("baseline");
+    assert_eq!(base.scored, 128);
+    assert_eq!((base.kl, base.top1_changed), (0.0, 0.0));
+    let everything = of("knorm:budget=256");
+    assert!(everything.kl < 1e-6, "{everything:?}");
+    let (four, two) = (of("kivi-4bit"), of("kivi-2bit"));
+    eprintln!(
+        "KL per token: kivi-4bit {:.5}, kivi-2bit {:.5}",
+        four.kl, two.kl
+    );
+    assert!(0.0 < four.kl && four.kl < two.kl, "{four:?} {two:?}");
+    for d in [everything, four, two] {
+        assert_eq!(d.nll.0, base.nll.0);
+    }
+}

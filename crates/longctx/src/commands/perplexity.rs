@@ -4,7 +4,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use longctx_models::{LanguageModel, Logits, Reservation};
 
-use super::{MethodArg, ModelArgs};
+use super::{install, MethodArg, ModelArgs};
+use crate::methods::Method;
+use longctx_models::LoadedModel;
 
 /// How a text is cut into windows and which positions are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,7 +37,17 @@ pub struct PerplexityArgs {
     model: ModelArgs,
     #[command(flatten)]
     method: MethodArg,
+    /// Also measure the method's damage as practitioners do for KV quantization: in each
+    /// window the first half is the prompt (compressed where the method compresses a
+    /// prompt), the second half is fed a token at a time, and each next-token distribution
+    /// is compared with the uncompressed cache's by KL divergence.
+    #[arg(long)]
+    kl: bool,
 }
+
+/// Most bytes of reference log-probabilities `--kl` holds for one window (the second
+/// half's positions × the vocabulary, in f32).
+const MAX_REFERENCE_BYTES: usize = 2 << 30;
 
 /// Summed negative log-likelihood of `window[from + 1..]`, each token given everything
 /// before it in the window, and how many tokens that is.
@@ -55,6 +67,131 @@ pub fn window_nll(
         .map(|(&next, row)| -(row[next as usize] as f64))
         .sum();
     Ok((nll, window.len() - from - 1))
+}
+
+/// Log-probabilities of each next token after `window[..split]`: that prefix is the prompt
+/// (the method compresses at its end), then `window[split..]` is fed a token at a time.
+/// Row `i` predicts `window[split + i]`.
+pub fn continuation_log_probs(
+    model: &mut dyn LanguageModel,
+    window: &[u32],
+    split: usize,
+) -> Result<Vec<Vec<f32>>> {
+    model.reset();
+    model.reserve(Reservation::prompt(split, window.len() - split))?;
+    let mut rows = Vec::with_capacity(window.len() - split);
+    let mut logits = model.prefill(&window[..split])?;
+    for &token in &window[split..] {
+        rows.push(
+            candle_nn::ops::log_softmax(&logits, 1)?
+                .to_vec2::<f32>()?
+                .remove(0),
+        );
+        if rows.len() < window.len() - split {
+            logits = model.step(token)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// KL(reference ‖ method) of one next-token distribution, from log-probabilities, in nats.
+pub fn kl_divergence(reference: &[f32], method: &[f32]) -> f64 {
+    reference
+        .iter()
+        .zip(method)
+        .map(|(&r, &m)| {
+            let p = (r as f64).exp();
+            if p == 0.0 {
+                0.0
+            } else {
+                p * (r as f64 - m as f64)
+            }
+        })
+        .sum()
+}
+
+/// The damage a method does to a text's continuations against the uncompressed cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Damage {
+    /// Mean KL(uncompressed ‖ method) per scored token, in nats.
+    pub kl: f64,
+    /// Largest KL of one token.
+    pub max_kl: f64,
+    /// Share of tokens whose most likely next token differs.
+    pub top1_changed: f64,
+    /// Summed negative log-likelihood of the continuations, uncompressed and under the method.
+    pub nll: (f64, f64),
+    /// Tokens scored.
+    pub scored: usize,
+}
+
+/// Score the second half of each `ctx`-token window of `tokens` (a shorter text is one
+/// window) under the uncompressed cache and under `method`, the first half being the
+/// prompt; `install` puts a method's cache on the model.
+pub fn damage(
+    loaded: &mut LoadedModel,
+    method: &Method,
+    tokens: &[u32],
+    ctx: usize,
+) -> Result<Damage> {
+    let (mut kl, mut max_kl, mut changed, mut nll, mut scored) = (0.0, 0f64, 0, (0.0, 0.0), 0);
+    for window in whole_windows(tokens, ctx) {
+        let split = window.len() / 2;
+        let bytes = (window.len() - split) * loaded.model.vocab_size() * 4;
+        if bytes > MAX_REFERENCE_BYTES {
+            anyhow::bail!(
+                "--kl holds the uncompressed log-probabilities of half a window: {} MiB at --ctx {ctx} and this vocabulary, over the {} MiB allowed; use a smaller --ctx",
+                bytes >> 20,
+                MAX_REFERENCE_BYTES >> 20
+            );
+        }
+        install(loaded, &Method::Baseline)?;
+        let reference = continuation_log_probs(loaded.model.as_mut(), window, split)?;
+        install(loaded, method)?;
+        let ours = continuation_log_probs(loaded.model.as_mut(), window, split)?;
+        for ((r, m), &next) in reference.iter().zip(&ours).zip(&window[split..]) {
+            let d = kl_divergence(r, m);
+            kl += d;
+            max_kl = max_kl.max(d);
+            changed += usize::from(argmax(r) != argmax(m));
+            nll.0 -= r[next as usize] as f64;
+            nll.1 -= m[next as usize] as f64;
+            scored += 1;
+        }
+    }
+    let n = scored.max(1) as f64;
+    Ok(Damage {
+        kl: kl / n,
+        max_kl,
+        top1_changed: changed as f64 / n,
+        nll,
+        scored,
+    })
+}
+
+/// Index of the largest value (the first of equals).
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// Consecutive whole windows of `ctx` tokens, so that every window is scored in the same
+/// conditions (a tail shorter than a window is left out); a text shorter than one window is
+/// a single window.
+fn whole_windows(tokens: &[u32], ctx: usize) -> Vec<&[u32]> {
+    if tokens.len() < ctx {
+        vec![tokens]
+    } else {
+        tokens.chunks_exact(ctx).collect()
+    }
 }
 
 /// A text's score: summed negative log-likelihood, tokens scored, windows.
@@ -81,14 +218,7 @@ pub fn score(
     let (mut nll, mut scored, mut windows) = (0.0, 0, 0);
     match protocol {
         Protocol::Full => {
-            // Whole windows only, so every window is scored in the same conditions; a text
-            // shorter than one window is scored as a single window.
-            let cut: Vec<&[u32]> = if tokens.len() < ctx {
-                vec![tokens]
-            } else {
-                tokens.chunks_exact(ctx).collect()
-            };
-            for window in cut {
+            for window in whole_windows(tokens, ctx) {
                 let (n, c) = window_nll(model, window, 0)?;
                 (nll, scored, windows) = (nll + n, scored + c, windows + 1);
             }
@@ -144,6 +274,30 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         .tokenizer
         .bos_token()
         .filter(|b| tokens.first() == Some(b));
+    if args.kl {
+        if args.protocol != Protocol::Full {
+            anyhow::bail!("--kl scores second halves of its own windows; leave --protocol at full");
+        }
+        let d = damage(&mut loaded, &method, &tokens, args.ctx)?;
+        let per_token = |nll: f64| nll / d.scored.max(1) as f64;
+        println!(
+            "tokens {}  scored {} (second halves of {}-token windows)  KL {:.6} nats/token (max {:.4})  top-1 changed {:.2}%  perplexity {:.4} uncompressed, {:.4} under {method}",
+            tokens.len(),
+            d.scored,
+            args.ctx.min(tokens.len()),
+            d.kl,
+            d.max_kl,
+            100.0 * d.top1_changed,
+            per_token(d.nll.0).exp(),
+            per_token(d.nll.1).exp(),
+        );
+        return Ok(());
+    }
+    if method != Method::Baseline && method.compresses_after_prefill() {
+        eprintln!(
+            "note: each window is one prefill, so {method}, which compresses once a prompt is read, scores as the uncompressed cache here; --kl measures it on continuations"
+        );
+    }
     let s = score(loaded.model.as_mut(), &tokens, args.ctx, args.protocol, bos)?;
     println!(
         "tokens {}  windows {} x {}  scored {}  nll {:.6}  perplexity {:.4}  protocol {:?}  method {method}",
