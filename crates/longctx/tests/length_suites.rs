@@ -8,6 +8,9 @@ use longctx_models::{load_model, LoadOptions};
 use longctx_tasks::infinitebench::InfiniteTask;
 use longctx_tasks::ruler::{RulerData, RulerTask};
 
+mod common;
+use common::longctx_ok;
+
 #[test]
 fn every_ruler_task_builds_at_4k_tokens_of_the_default_model() {
     let data =
@@ -72,7 +75,6 @@ fn every_infinitebench_task_builds_at_4k_tokens_of_the_default_model() {
 /// One task of each suite at 1,024 tokens through `run`, then `report`.
 #[test]
 fn both_suites_run_and_report() {
-    use std::process::Command;
     let work = std::env::temp_dir().join(format!("longctx-suites-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -85,18 +87,7 @@ fn both_suites_run_and_report() {
     )
     .unwrap();
     let db = work.join("results.db");
-    let longctx = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    longctx(&[
+    longctx_ok(&[
         "run",
         "--spec",
         spec.to_str().unwrap(),
@@ -123,7 +114,7 @@ fn both_suites_run_and_report() {
         .iter()
         .all(|r| r.prompt_tokens > 800 && r.prompt_tokens <= 1024));
     let out = work.join("report");
-    longctx(&[
+    longctx_ok(&[
         "report",
         "--db",
         db.to_str().unwrap(),

@@ -11,19 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::longctx_ok;
 use serde_json::{json, Value};
 
-fn longctx(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "longctx {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
 
 /// The first of `candidates` that exists, or the one an environment variable names.
 fn program(variable: &str, candidates: &[&str]) -> Option<PathBuf> {
@@ -135,14 +126,14 @@ fn the_html_report_renders_sorts_and_logs_no_error_in_headless_chromium() {
     )
     .unwrap();
     let (db, out) = (dir.join("results.db"), dir.join("report"));
-    longctx(&[
+    longctx_ok(&[
         "run",
         "--spec",
         spec.to_str().unwrap(),
         "--db",
         db.to_str().unwrap(),
     ]);
-    longctx(&[
+    longctx_ok(&[
         "report",
         "--db",
         db.to_str().unwrap(),

@@ -342,14 +342,4 @@ pub(crate) mod tests {
         assert_eq!(part.score("It was blue-fox.", &answers), 1.0);
         assert_eq!(part.score("no idea", &answers), 0.0);
     }
-
-    #[test]
-    fn templates_fill_each_placeholder_once() {
-        let p = prompt(
-            "A {x}\n{context}\nQ {x}?",
-            &[("x", "{context}"), ("context", "C")],
-        );
-        assert_eq!(p.text, "A {context}\nC\nQ {context}?");
-        assert_eq!(p.question(), "\nQ {context}?");
-    }
 }

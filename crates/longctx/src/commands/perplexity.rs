@@ -45,8 +45,8 @@ pub struct PerplexityArgs {
     kl: bool,
 }
 
-/// Most bytes of reference log-probabilities `--kl` holds for one window (the second
-/// half's positions × the vocabulary, in f32).
+/// Most bytes of log-probabilities `--kl` holds for one window: the uncompressed cache's and
+/// the method's, each the second half's positions × the vocabulary, in f32.
 const MAX_REFERENCE_BYTES: usize = 2 << 30;
 
 /// Summed negative log-likelihood of `window[from + 1..]`, each token given everything
@@ -137,10 +137,10 @@ pub fn damage(
     let (mut kl, mut max_kl, mut changed, mut nll, mut scored) = (0.0, 0f64, 0, (0.0, 0.0), 0);
     for window in whole_windows(tokens, ctx) {
         let split = window.len() / 2;
-        let bytes = (window.len() - split) * loaded.model.vocab_size() * 4;
+        let bytes = 2 * (window.len() - split) * loaded.model.vocab_size() * 4;
         if bytes > MAX_REFERENCE_BYTES {
             anyhow::bail!(
-                "--kl holds the uncompressed log-probabilities of half a window: {} MiB at --ctx {ctx} and this vocabulary, over the {} MiB allowed; use a smaller --ctx",
+                "--kl holds two sets of log-probabilities (uncompressed and the method's) of half a window: {} MiB at --ctx {ctx} and this vocabulary, over the {} MiB allowed; use a smaller --ctx",
                 bytes >> 20,
                 MAX_REFERENCE_BYTES >> 20
             );
