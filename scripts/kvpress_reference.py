@@ -28,6 +28,13 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
 - KnormPress and KeyDiffPress: each key/value head's keys alone (the cache's, rotated),
   scored by minus their norm and minus their cosine to the head's mean key direction; our
   `knorm` and `keydiff`. Their scores are recorded too.
+- ChunkKVPress(KnormPress, chunk_length=20): Knorm's scores summed over heads, averaged per
+  chunk of 20 tokens, the best chunks kept whole by every head; our
+  `chunkkv:chunk=20,press=knorm`.
+- AdaKVPress(KnormPress, alpha_safeguard=0.2): each head's best 20% of the kept share
+  safeguarded, then the best scores over all heads of a layer kept, so heads keep different
+  counts; kvpress masks the rest (read from each attention module's `masked_key_indices`).
+  Our `adakv:safeguard=0.2,press=knorm`.
 
 Besides the kept positions, each layer records how far the last kept and first dropped
 tokens' scores are apart at the cut, so that a test can tell a real disagreement from a
@@ -40,7 +47,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from kvpress import KeyDiffPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
+from kvpress import AdaKVPress, ChunkKVPress, KeyDiffPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
 
 RATIO = 0.75  # kvpress's compression_ratio: keep int(L * 0.25), our ratio=4
 QUESTION = "\nWhat is the pass key? The pass key is"
@@ -146,6 +153,20 @@ def main():
         cases[name] = [kept_positions(f, c) for f, c in zip(full, keys(cache))]
         if name == "snapkv":
             answers[name] = answer(model, cache, ids.shape[1], question_ids)
+    # ChunkKVPress refuses a model that returns attention weights: the same weights loaded
+    # with PyTorch's fused attention.
+    fused = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    chunkkv = ChunkKVPress(press=KnormPress(compression_ratio=RATIO), chunk_length=20)
+    cases["chunkkv"] = [kept_positions(f, c) for f, c in zip(full, keys(prefill(fused, ids, chunkkv)))]
+    adakv = AdaKVPress(press=KnormPress(compression_ratio=RATIO), alpha_safeguard=0.2)
+    prefill(fused, ids, adakv)
+    cases["adakv"] = []
+    for layer in fused.model.layers:
+        _, heads, positions = layer.self_attn.masked_key_indices
+        masked = [set(positions[heads == h].tolist()) for h in range(fused.config.num_key_value_heads)]
+        cases["adakv"].append([[p for p in range(ids.shape[1]) if p not in m] for m in masked])
     fixture = {
         "model": gguf.name,
         "kvpress": __import__("kvpress").__version__ if hasattr(__import__("kvpress"), "__version__") else "0.5.5",

@@ -12,9 +12,13 @@ llamacpp_tool() {
       tar xzf "$src"/llama_cpp_python-0.3.36.tar.gz -C "$src"
     fi
     command -v cmake >/dev/null || python3 -m pip install -q cmake ninja
+    # A CPU that advertises AMX in a VM crashed ggml's AMX matmul (SIGSEGV in
+    # ggml_backend_amx_mul_mat, seen here): build without AMX wherever it is advertised.
+    local flags=""
+    grep -q amx_tile /proc/cpuinfo 2>/dev/null && flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     cmake -S "$src/llama_cpp_python-0.3.36/vendor/llama.cpp" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
       -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-      -DLLAMA_OPENSSL=OFF >/dev/null
+      -DLLAMA_OPENSSL=OFF -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >/dev/null
     cmake --build "$src/build" --target "$name" -j "$threads" >/dev/null
   fi
   echo "$tool"

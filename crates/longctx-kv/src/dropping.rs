@@ -144,6 +144,21 @@ pub enum DropPolicy {
     Keys(KeyScorer),
 }
 
+/// How a policy that chooses once, when the prompt ends (SnapKV, PyramidKV, the key
+/// scorers), turns its scores into kept tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// Each key/value head keeps its own best tokens (every other policy's only rule).
+    #[default]
+    PerHead,
+    /// ChunkKV (Liu et al., "ChunkKV: Semantic-Preserving KV Cache Compression", 2025), as
+    /// kvpress's `ChunkKVPress`: the prompt cut into chunks of this many tokens (the last may
+    /// be shorter), each scored by the mean over its tokens of the scores summed over heads;
+    /// the best `max(1, ⌊chunks × kept share⌋)` chunks are kept whole, the same for every
+    /// head. A protected window (SnapKV's) scores as the layer's highest score.
+    Chunks(usize),
+}
+
 /// Settings of a [`DroppingCache`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DropSettings {
@@ -151,6 +166,8 @@ pub struct DropSettings {
     pub policy: DropPolicy,
     /// Its budget.
     pub budget: Budget,
+    /// How the kept tokens are chosen from the policy's scores.
+    pub selection: Selection,
 }
 
 impl DropSettings {
@@ -175,6 +192,14 @@ impl DropSettings {
             DropPolicy::PyramidKv { beta: 0, .. } => {
                 Err(KvError::Setting("beta must be positive".into()))
             }
+            _ if self.selection != Selection::PerHead && !self.selects_once() => {
+                Err(KvError::Setting(
+                    "chunk selection needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)".into(),
+                ))
+            }
+            _ if self.selection == Selection::Chunks(0) => {
+                Err(KvError::Setting("chunk must be positive".into()))
+            }
             DropPolicy::H2O {
                 count_prefill: true,
                 heads: Heads::Query,
@@ -184,6 +209,16 @@ impl DropSettings {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the policy chooses its tokens once, when the prompt ends, and never evicts
+    /// while decoding (SnapKV, PyramidKV, the key scorers): what lets the kept tokens move
+    /// into another store, such as quantized rows.
+    pub fn selects_once(&self) -> bool {
+        matches!(
+            self.policy,
+            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_)
+        )
     }
 
     /// Whether the whole prompt is cached before the policy chooses (the school the paper
@@ -252,6 +287,21 @@ impl DroppingCache {
             prefilled: false,
             views: (0..shape.layers).map(|_| None).collect(),
         })
+    }
+
+    /// Each key/value head's kept keys and values of `layer` as f32 rows (row-major), handed
+    /// over and freed: what a cache that quantizes the kept tokens takes once the prompt
+    /// ends ([`DropSettings::selects_once`]).
+    pub(crate) fn take_kept(&mut self, layer: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        self.layers[layer]
+            .iter_mut()
+            .map(|h| {
+                let rows = (h.keys().to_f32(), h.values().to_f32());
+                h.clear();
+                h.set_capacity(0);
+                rows
+            })
+            .collect()
     }
 
     /// Absolute positions query head `head` of `layer` reads, when query heads choose for
@@ -412,23 +462,18 @@ impl DroppingCache {
                 }
                 Some(vec![keep; heads.len()])
             }
-            DropPolicy::Keys(scorer) => Some(
-                heads
+            DropPolicy::Keys(scorer) => {
+                let scores = heads
                     .iter()
                     .enumerate()
                     .map(|(g, h)| {
                         let positions: Vec<usize> = h.positions().collect();
                         let keys = h.keys().to_f32();
-                        let scores =
-                            scorer.scores(&keys, self.shape.head_dim, &positions, (layer, g));
-                        let mut keep = vec![false; n];
-                        for i in top_k(&scores, budget) {
-                            keep[i] = true;
-                        }
-                        keep
+                        scorer.scores(&keys, self.shape.head_dim, &positions, (layer, g))
                     })
-                    .collect(),
-            ),
+                    .collect();
+                Some(self.select(scores, budget, 0))
+            }
             DropPolicy::SnapKv {
                 window,
                 kernel,
@@ -441,20 +486,56 @@ impl DroppingCache {
                 ..
             } => {
                 let window = window.min(budget);
-                Some(
-                    heads
-                        .iter()
-                        .map(|h| {
-                            let pooled = pool(&h.scores()[..n - window], kernel, how);
-                            let mut keep = vec![false; n];
-                            for i in top_k(&pooled, budget - window) {
-                                keep[i] = true;
-                            }
-                            keep[n - window..].iter_mut().for_each(|k| *k = true);
-                            keep
-                        })
-                        .collect(),
-                )
+                let scores = heads
+                    .iter()
+                    .map(|h| pool(&h.scores()[..n - window], kernel, how))
+                    .collect();
+                Some(self.select(scores, budget, window))
+            }
+        }
+    }
+
+    /// Kept flags per head from each head's scores of the tokens before a protected tail of
+    /// `window` tokens (always kept), under the settings' [`Selection`].
+    fn select(&self, scores: Vec<Vec<f32>>, budget: usize, window: usize) -> Vec<Vec<bool>> {
+        let n = scores[0].len() + window;
+        match self.settings.selection {
+            Selection::PerHead => scores
+                .iter()
+                .map(|s| {
+                    let mut keep = vec![false; n];
+                    for i in top_k(s, budget - window) {
+                        keep[i] = true;
+                    }
+                    keep[n - window..].iter_mut().for_each(|k| *k = true);
+                    keep
+                })
+                .collect(),
+            Selection::Chunks(length) => {
+                // kvpress pads the window with the highest score of the layer.
+                let highest = scores.iter().flatten().cloned().fold(f32::MIN, f32::max);
+                let mut summed = vec![highest * scores.len() as f32; n];
+                for (i, total) in summed[..n - window].iter_mut().enumerate() {
+                    *total = scores.iter().map(|s| s[i]).sum();
+                }
+                let chunks: Vec<f32> = summed
+                    .chunks(length)
+                    .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+                    .collect();
+                // PyramidKV's budget differs by layer; otherwise the budget's own share, as
+                // kvpress computes the chunks kept from its compression ratio.
+                let share = match (self.settings.policy, self.settings.budget.fraction()) {
+                    (DropPolicy::PyramidKv { .. }, _) | (_, None) => budget as f64 / n as f64,
+                    (_, Some(f)) => f,
+                };
+                let kept_chunks = ((chunks.len() as f64 * share) as usize).max(1);
+                let mut keep = vec![false; n];
+                for c in top_k(&chunks, kept_chunks) {
+                    keep[c * length..((c + 1) * length).min(n)]
+                        .iter_mut()
+                        .for_each(|k| *k = true);
+                }
+                vec![keep; scores.len()]
             }
         }
     }
@@ -935,7 +1016,11 @@ mod tests {
             shape(),
             rope(),
             &Device::Cpu,
-            DropSettings { policy, budget },
+            DropSettings {
+                policy,
+                budget,
+                selection: Selection::PerHead,
+            },
             precision,
         )
         .unwrap()
@@ -1195,6 +1280,37 @@ mod tests {
         }
     }
 
+    /// ChunkKV over SnapKV: whole chunks, the same for every head, the observation window's
+    /// chunk among them (it scores as the layer's highest), ⌊chunks / 2⌋ chunks at ratio 2.
+    #[test]
+    fn chunk_selection_keeps_whole_chunks_for_every_head() {
+        let data = sequence(28);
+        let settings = DropSettings {
+            policy: SNAPKV,
+            budget: Budget::Ratio(2.0),
+            selection: Selection::Chunks(5),
+        };
+        let mut c =
+            DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
+        let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+        // 24 prompt tokens: chunks 0-4, 5-9, 10-14, 15-19 and the window's 20-23; 2 kept.
+        let after = &seen[2];
+        assert_eq!(after[0], after[1]);
+        let prompt: Vec<usize> = after[0].iter().copied().filter(|&p| p < 24).collect();
+        assert_eq!(prompt.len(), 5 + 4);
+        assert!((20..24).all(|p| prompt.contains(&p)));
+        let chunk = prompt[0] / 5;
+        assert_eq!(
+            &prompt[..5],
+            &(5 * chunk..5 * chunk + 5).collect::<Vec<_>>()[..]
+        );
+        let refused = DropSettings {
+            policy: DropPolicy::Tova,
+            ..settings
+        };
+        assert!(refused.validate().is_err());
+    }
+
     #[test]
     fn snapkv_keeps_what_brute_force_pooled_window_attention_selects() {
         let data = sequence(28);
@@ -1340,7 +1456,11 @@ mod tests {
                 shape(),
                 rope(),
                 &Device::Cpu,
-                DropSettings { policy, budget },
+                DropSettings {
+                    policy,
+                    budget,
+                    selection: Selection::PerHead,
+                },
                 KvPrecision::F32,
             )
             .is_err()

@@ -158,11 +158,14 @@ impl KvCache for GroupedCache {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use crate::{Budget, DropPolicy, DropSettings, DroppingCache, FullCache, KvPrecision, Sinks};
+    use crate::{
+        Budget, DropPolicy, DropSettings, DroppingCache, FullCache, KvPrecision, Selection, Sinks,
+    };
     use candle_core::Device;
 
     fn window(layers: usize, tokens: usize) -> Box<dyn KvCache> {
         let settings = DropSettings {
+            selection: Selection::PerHead,
             policy: DropPolicy::StreamingLlm {
                 sinks: Sinks::Count(0),
                 reindex: false,

@@ -26,7 +26,6 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::cache::{check_chunk, Reservation};
-use crate::flexgen::{check_packing, packed_ratio};
 use crate::tiled::{
     self, merge_decode_parts, token_ranges, Causal, DecodePart, StridedRows, DECODE_SPLIT,
 };
@@ -67,8 +66,26 @@ impl KiviSettings {
 
     /// 16-bit bytes over held bytes once the residual window is negligible.
     pub fn nominal_ratio(&self) -> f64 {
-        packed_ratio(self.bits, self.group)
+        crate::RowFormat::MinMax {
+            bits: self.bits,
+            group: self.group,
+        }
+        .ratio()
     }
+}
+
+/// The packing rules every KIVI layout shares: bits in {2, 4, 8}, and groups that
+/// divide the head dimension.
+fn check_packing(bits: u32, group: usize, head_dim: usize) -> Result<()> {
+    if ![2, 4, 8].contains(&bits) {
+        return Err(KvError::Setting(format!("bits={bits} must be 2, 4 or 8")));
+    }
+    if group == 0 || !head_dim.is_multiple_of(group) {
+        return Err(KvError::Setting(format!(
+            "group={group} must divide the head dimension {head_dim}"
+        )));
+    }
+    Ok(())
 }
 
 /// One key/value head's state.

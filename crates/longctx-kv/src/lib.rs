@@ -7,9 +7,9 @@
 
 mod attention;
 mod cache;
+mod drop_then_quantize;
 mod dropping;
 mod error;
-mod flexgen;
 mod full;
 mod grouped;
 mod halves;
@@ -18,6 +18,8 @@ mod key_scorers;
 mod kivi;
 mod query_heads;
 mod rope;
+mod row_cache;
+mod row_formats;
 mod rows;
 #[cfg(test)]
 mod testutil;
@@ -28,9 +30,11 @@ pub use attention::{causal_attention, causal_attention_with_weights};
 pub use cache::{
     CacheNumerics, DecodeActivations, KvCache, KvPrecision, KvShape, Reservation, DECODE_RESERVE,
 };
-pub use dropping::{Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Sinks};
+pub use drop_then_quantize::DropThenQuantize;
+pub use dropping::{
+    Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Selection, Sinks,
+};
 pub use error::{KvError, Result};
-pub use flexgen::{FlexGenCache, FlexGenPrefill, FlexGenSettings, PackedRows};
 pub use full::FullCache;
 pub use grouped::{GroupedCache, LayerGroup};
 pub use halves::f16_bits_to_f32;
@@ -38,6 +42,8 @@ pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use key_scorers::KeyScorer;
 pub use kivi::{KiviCache, KiviSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable, MAX_STREAM_POSITIONS};
+pub use row_cache::{FlexGenSettings, QuantizedPrefill, RowQuantCache, RowQuantSettings};
+pub use row_formats::{hadamard, rotation_blocks, GgmlType, QuantRows, RowFormat};
 pub use window::{windowed_attention, Memory, Windowed};
 
 /// The version of the caches' arithmetic, recorded with stored results so that a result is

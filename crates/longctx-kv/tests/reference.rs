@@ -39,10 +39,10 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use longctx_kv::{
-    Budget, DecodeActivations, DropPolicy, DropSettings, DroppingCache, FlexGenCache,
-    FlexGenPrefill, FlexGenSettings, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings,
-    KiviCache, KiviSettings, KvCache, KvPrecision, KvShape, Pool, Reservation, RopeSettings,
-    RopeStyle, RopeTable, Sinks,
+    Budget, DecodeActivations, DropPolicy, DropSettings, DroppingCache, FlexGenSettings, Heads,
+    InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvPrecision,
+    KvShape, Pool, QuantizedPrefill, Reservation, RopeSettings, RopeStyle, RopeTable,
+    RowQuantCache, Selection, Sinks,
 };
 use serde_json::Value;
 
@@ -228,6 +228,7 @@ fn streamingllm_equals_the_benchmarks_stream_llm() {
         .expect("a streamingllm case");
     let (n_init, n_local) = (number(case, "n_init"), number(case, "n_local"));
     let settings = DropSettings {
+        selection: Selection::PerHead,
         policy: DropPolicy::StreamingLlm {
             sinks: Sinks::Count(n_init),
             reindex: true,
@@ -261,6 +262,7 @@ fn kept_after_prefill(
         head_dim: d,
     };
     let settings = DropSettings {
+        selection: Selection::PerHead,
         policy,
         budget: Budget::Tokens(number(selection, "capacity")),
     };
@@ -364,6 +366,7 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
     // heavy = recent = 0.125 of the tokens seen at the first decoding step: ratio 4.
     let ratio = 0.5 / f.json["heavy_ratio"].as_f64().unwrap();
     let settings = DropSettings {
+        selection: Selection::PerHead,
         policy: DropPolicy::H2O {
             count_prefill: false,
             heads: Heads::Query,
@@ -420,6 +423,7 @@ fn keeps_and_attends_as(name: &str, settings: DropSettings, bound: f32) {
 fn tova_keeps_and_attends_as_tovas_own_cache() {
     let size = number(&load("tova.json"), "cache_size");
     let settings = DropSettings {
+        selection: Selection::PerHead,
         policy: DropPolicy::Tova,
         budget: Budget::Tokens(size),
     };
@@ -432,6 +436,7 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
 fn h2o_original_keeps_and_attends_as_fminference_h2o() {
     let f = load("h2o_original.json");
     let settings = DropSettings {
+        selection: Selection::PerHead,
         policy: DropPolicy::H2O {
             count_prefill: true,
             heads: Heads::KeyValue,
@@ -494,11 +499,11 @@ fn flexgen_equals_the_benchmarks_simulated_quantization() {
             bits,
             group: number(&f.json, "group"),
             prefill: if original {
-                FlexGenPrefill::Full
+                QuantizedPrefill::Full
             } else {
-                FlexGenPrefill::Quantized
+                QuantizedPrefill::Quantized
             },
         };
-        FlexGenCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings).unwrap()
+        RowQuantCache::new(f.shape, f.rope.clone(), &Device::Cpu, settings.rows()).unwrap()
     });
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache,
     KvCache, KvError, KvPrecision, KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings,
-    RopeTable, Sinks, MAX_STREAM_POSITIONS,
+    RopeTable, Selection, Sinks, MAX_STREAM_POSITIONS,
 };
 
 use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
@@ -603,6 +603,7 @@ impl LanguageModel for LlamaModel {
                     ..self.config.kv_shape()
                 };
                 let window = DropSettings {
+                    selection: Selection::PerHead,
                     policy: DropPolicy::StreamingLlm {
                         sinks: Sinks::Count(0),
                         reindex: false,

@@ -12,10 +12,10 @@ use crate::compress::{
     LlmLingua, LlmLingua2Spec, LlmLinguaSettings, PromptCompressor, Split, Target,
 };
 use longctx_kv::{
-    Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FlexGenCache, FlexGenPrefill,
+    Budget, CacheNumerics, DropPolicy, DropSettings, DropThenQuantize, DroppingCache,
     FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KeyScorer,
-    KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool, RopeTable, Sinks,
-    MAX_STREAM_POSITIONS,
+    KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool, QuantizedPrefill, RopeTable,
+    RowFormat, RowQuantCache, RowQuantSettings, Selection, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -27,6 +27,17 @@ pub enum Method {
     FlexGen(FlexGenSettings),
     /// KIVI's per-channel keys, per-token values and full-precision residual window.
     Kivi(KiviSettings),
+    /// Per-token quantized rows: llama.cpp's KV cache types and min–max codes, each for
+    /// keys and values, rotated or not.
+    KvQuant(RowQuantSettings),
+    /// A token-dropping policy that chooses once, its kept tokens then quantized per token
+    /// (`DROP+QUANTIZER`, e.g. `snapkv-4x+q4_0`).
+    DropThenQuantize {
+        /// The dropping policy.
+        drop: DropSettings,
+        /// The quantizer of what it keeps: a `kvquant` or `flexgen` method.
+        quantize: Box<Method>,
+    },
     /// A token-dropping policy (StreamingLLM, H2O, SnapKV, PyramidKV, TOVA).
     Drop(DropSettings),
     /// InfLLM's sinks, local window and retrieved memory blocks.
@@ -73,7 +84,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 11] = [
+const DROPPING: [Family; 12] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -140,7 +151,26 @@ const DROPPING: [Family; 11] = [
         six: "ratio=6",
         note: "kvpress's KeyDiffPress (KeyDiff, 2025): the keys least like their head's mean direction keep, after prefill, no query read (kept sets equal to kvpress's in tests); the paper's block-wise iteration is not built; not in the paper",
     },
+    Family {
+        name: "chunkkv",
+        spec: "chunkkv:chunk=20,press=snapkv,{budget},window=32,kernel=7,pool=max",
+        six: "ratio=6",
+        note: "ChunkKV (Liu et al., 2025) as kvpress's ChunkKVPress: SnapKV's scores (window 32, kernel 7, max pooling) summed over heads and averaged per chunk of 20 tokens (kvpress's default), the best chunks kept whole by every head (kept sets equal to kvpress's ChunkKVPress over KnormPress in tests); any policy that chooses once takes chunk= (press=knorm, ...); not in the paper",
+    },
 ];
+
+/// llama.cpp's KV cache types as presets: name, key type, value type, rotation, note.
+const KV_TYPES: [(&str, &str, &str, bool, &str); 6] = [
+    ("q8_0", "q8_0", "q8_0", true, LLAMA_CPP_TYPES),
+    ("q4_0", "q4_0", "q4_0", true, LLAMA_CPP_TYPES),
+    ("q4_1", "q4_1", "q4_1", true, LLAMA_CPP_TYPES),
+    ("iq4_nl", "iq4_nl", "iq4_nl", true, LLAMA_CPP_TYPES),
+    ("q8_0-q4_0", "q8_0", "q4_0", true, "llama.cpp's -ctk q8_0 -ctv q4_0: keys at 8 bits, values at 4; otherwise as q8_0"),
+    ("q4_0-unrotated", "q4_0", "q4_0", false, "q4_0 without the Walsh-Hadamard rotation (llama.cpp with LLAMA_ATTN_ROT_DISABLE=1, and before it rotated): what the rotation is worth"),
+];
+
+/// What the llama.cpp type presets reproduce.
+const LLAMA_CPP_TYPES: &str = "llama.cpp's --cache-type-k/-v as the llama.cpp of llama-cpp-python 0.3.36 stores it: ggml's blocks of 32 (bytes equal to ggml_quantize_chunk's in tests), queries, keys and values rotated by Walsh-Hadamard blocks (its default for a quantized cache whose head dimension is a multiple of 64), attention reading the stored rows, prefill included; not in the paper";
 
 /// Every preset, in listing order.
 pub fn presets() -> Vec<Preset> {
@@ -177,6 +207,22 @@ pub fn presets() -> Vec<Preset> {
             "the original FlexLLMGen: full-precision prefill, compressed after, groups of 64; not the paper's setting",
         ),
     ];
+    for (name, keys, values, rotate, note) in KV_TYPES {
+        all.push(Preset {
+            name: name.into(),
+            spec: format!("kvquant:keys={keys},values={values},rotate={rotate},prefill=quantized"),
+            paper_ratio: None,
+            note,
+        });
+    }
+    for bits in [2, 3, 4, 8] {
+        all.push(Preset {
+            name: format!("rotated-{bits}bit"),
+            spec: format!("kvquant:keys=int{bits},values=int{bits},rotate=true,prefill=quantized"),
+            paper_ratio: None,
+            note: "rotated quantization: min-max codes in groups of 32 (FlexGen's quantizer) after llama.cpp's Walsh-Hadamard rotation of queries, keys and values; TurboQuant's idea with a fixed Hadamard rotation instead of a random one, and without its QJL residual; not in the paper",
+        });
+    }
     for r in DROP_RATIOS {
         all.push(Preset {
             name: format!("llmlingua-{r}x"),
@@ -381,6 +427,24 @@ impl<'a> Settings<'a> {
         }
     }
 
+    /// What a quantized cache's attention reads during prefill.
+    fn take_prefill(&mut self) -> Result<QuantizedPrefill, MethodError> {
+        match self.take("prefill")? {
+            "quantized" => Ok(QuantizedPrefill::Quantized),
+            "full" => Ok(QuantizedPrefill::Full),
+            v => Err(self.error(format!(
+                "prefill={v} must be quantized (everything attended is quantized first: the benchmark's FlexGen, llama.cpp) or full (FlexLLMGen's full-precision prefill)"
+            ))),
+        }
+    }
+
+    /// Every key not taken yet, as `key=value,...`: another spec's settings.
+    fn take_rest(&mut self) -> String {
+        let rest: Vec<String> = self.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.pairs.clear();
+        rest.join(",")
+    }
+
     /// SnapKV-style observation window and odd pooling kernel.
     fn take_window_kernel(&mut self) -> Result<(usize, usize), MethodError> {
         let window = self.take_positive("window")?;
@@ -400,8 +464,11 @@ impl<'a> Settings<'a> {
 }
 
 impl Method {
-    /// Parse a spec or preset name.
+    /// Parse a spec or preset name, or two joined by `+` (dropping, then quantizing).
     pub fn parse(spec: &str) -> Result<Self, MethodError> {
+        if let Some((drop, quantize)) = spec.split_once('+') {
+            return Self::compose(spec, drop, quantize);
+        }
         let preset = presets().into_iter().find(|p| p.name == spec);
         let expanded = preset.as_ref().map_or(spec, |p| p.spec.as_str());
         let (name, rest) = expanded.split_once(':').unwrap_or((expanded, ""));
@@ -411,16 +478,21 @@ impl Method {
             "flexgen" => Method::FlexGen(FlexGenSettings {
                 bits: s.take_bits()?,
                 group: s.take_positive("group")?,
-                prefill: match s.take("prefill")? {
-                    "quantized" => FlexGenPrefill::Quantized,
-                    "full" => FlexGenPrefill::Full,
-                    v => {
-                        return Err(s.error(format!(
-                            "prefill={v} must be quantized (the benchmark's) or full (FlexLLMGen's)"
-                        )))
-                    }
-                },
+                prefill: s.take_prefill()?,
             }),
+            "kvquant" => {
+                let mut format = |key: &str| -> Result<RowFormat, MethodError> {
+                    let name = s.take(key)?;
+                    RowFormat::parse(name).map_err(|e| s.error(format!("{key}={name}: {e}")))
+                };
+                let (keys, values) = (format("keys")?, format("values")?);
+                Method::KvQuant(RowQuantSettings {
+                    keys,
+                    values,
+                    rotate: s.take_bool("rotate")?,
+                    prefill: s.take_prefill()?,
+                })
+            }
             "kivi" => {
                 let (bits, group) = (s.take_bits()?, s.take_positive("group")?);
                 let residual = s.take_positive("residual")?;
@@ -456,6 +528,7 @@ impl Method {
                 };
                 let reindex = s.take_bool("reindex")?;
                 Method::Drop(DropSettings {
+                    selection: Selection::PerHead,
                     policy: DropPolicy::StreamingLlm { sinks, reindex },
                     budget,
                 })
@@ -473,6 +546,7 @@ impl Method {
                     }
                 };
                 let settings = DropSettings {
+                    selection: Selection::PerHead,
                     policy: DropPolicy::H2O {
                         count_prefill,
                         heads,
@@ -508,9 +582,14 @@ impl Method {
                         beta: s.take_positive("beta")?,
                     }
                 };
-                Method::Drop(DropSettings { policy, budget })
+                Method::Drop(DropSettings {
+                    policy,
+                    budget,
+                    selection: Selection::PerHead,
+                })
             }
             "tova" => Method::Drop(DropSettings {
+                selection: Selection::PerHead,
                 policy: DropPolicy::Tova,
                 budget: s.take_budget()?,
             }),
@@ -524,9 +603,28 @@ impl Method {
                     _ => KeyScorer::KeyDiff,
                 };
                 Method::Drop(DropSettings {
+                    selection: Selection::PerHead,
                     policy: DropPolicy::Keys(scorer),
                     budget,
                 })
+            }
+            "chunkkv" => {
+                let chunk = s.take_positive("chunk")?;
+                let press = s.take("press")?;
+                let inner = format!("{press}:{}", s.take_rest());
+                match Method::parse(&inner)? {
+                    Method::Drop(d) if d.selects_once() && d.selection == Selection::PerHead => {
+                        Method::Drop(DropSettings {
+                            selection: Selection::Chunks(chunk),
+                            ..d
+                        })
+                    }
+                    other => {
+                        return Err(s.error(format!(
+                            "press={press}: chunks need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff), not {other}"
+                        )))
+                    }
+                }
             }
             "infllm" => {
                 let budget = s.take_budget()?;
@@ -608,12 +706,64 @@ impl Method {
         Ok(method)
     }
 
+    /// The preset this method is, by name (`snapkv-4x`), or the names of both sides of a
+    /// composition (`snapkv-4x+q4_0`) where each is a preset: a short label for tables.
+    pub fn preset_name(&self) -> Option<String> {
+        if let Method::DropThenQuantize { drop, quantize } = self {
+            let drop = Method::Drop(*drop).preset_name()?;
+            return Some(format!("{drop}+{}", quantize.preset_name()?));
+        }
+        presets()
+            .into_iter()
+            .find(|p| Method::parse(&p.name).ok().as_ref() == Some(self))
+            .map(|p| p.name)
+    }
+
+    /// `drop+quantize`: a dropping policy that chooses once, then a per-token quantizer of
+    /// what it keeps.
+    fn compose(spec: &str, drop: &str, quantize: &str) -> Result<Self, MethodError> {
+        let error = |reason: String| MethodError::Setting {
+            spec: spec.into(),
+            reason,
+        };
+        let drop = match Method::parse(drop)? {
+            Method::Drop(d) if d.selects_once() => d,
+            other => {
+                return Err(error(format!(
+                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)"
+                )))
+            }
+        };
+        let quantize = Method::parse(quantize)?;
+        if quantize.row_settings().is_none() {
+            return Err(error(format!(
+                "{quantize} cannot quantize what is kept: give a per-token quantizer (a kvquant preset such as q4_0, or flexgen)"
+            )));
+        }
+        Ok(Method::DropThenQuantize {
+            drop,
+            quantize: Box::new(quantize),
+        })
+    }
+
+    /// The per-token row settings of a `kvquant` or `flexgen` method.
+    fn row_settings(&self) -> Option<RowQuantSettings> {
+        match self {
+            Method::FlexGen(s) => Some(s.rows()),
+            Method::KvQuant(s) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// The method family's name (the part of the spec before `:`).
     pub fn family(&self) -> &'static str {
         match self {
             Method::Baseline => "baseline",
             Method::FlexGen(_) => "flexgen",
             Method::Kivi(_) => "kivi",
+            Method::KvQuant(_) => "kvquant",
+            Method::DropThenQuantize { .. } => "drop+quantize",
+            Method::Drop(d) if d.selection != Selection::PerHead => "chunkkv",
             Method::Drop(d) => match d.policy {
                 DropPolicy::StreamingLlm { .. } => "streamingllm",
                 DropPolicy::H2O { .. } => "h2o",
@@ -640,7 +790,8 @@ impl Method {
     pub fn school(&self) -> &'static str {
         match self {
             Method::Baseline => "none",
-            Method::FlexGen(_) | Method::Kivi(_) => "KV quantization",
+            Method::FlexGen(_) | Method::Kivi(_) | Method::KvQuant(_) => "KV quantization",
+            Method::DropThenQuantize { .. } => "dropping + quantization",
             Method::Drop(_) | Method::InfLlm(_) => "token dropping",
             Method::Compressor(_) => "prompt compression",
         }
@@ -651,7 +802,10 @@ impl Method {
     pub fn compresses_after_prefill(&self) -> bool {
         match self {
             Method::Baseline | Method::Kivi(_) => true,
-            Method::FlexGen(s) => s.prefill == FlexGenPrefill::Full,
+            Method::FlexGen(_) | Method::KvQuant(_) => {
+                self.row_settings().map(|s| s.prefill) == Some(QuantizedPrefill::Full)
+            }
+            Method::DropThenQuantize { .. } => true,
             Method::InfLlm(_) | Method::Compressor(_) => false,
             Method::Drop(d) => d.prefills_in_full(),
         }
@@ -665,6 +819,11 @@ impl Method {
             Method::Baseline => return Some(1.0),
             Method::FlexGen(s) => return Some(s.nominal_ratio()),
             Method::Kivi(s) => return Some(s.nominal_ratio()),
+            Method::KvQuant(s) => return Some(s.nominal_ratio()),
+            Method::DropThenQuantize { drop, quantize } => {
+                let quantized = quantize.nominal_ratio()?;
+                return drop.budget.fraction().map(|f| quantized / f);
+            }
             Method::Drop(d) => d.budget,
             Method::InfLlm(s) => s.budget,
             Method::Compressor(c) => return c.rate().map(|r| 1.0 / r),
@@ -686,7 +845,18 @@ impl Method {
             Method::Baseline | Method::Compressor(_) => {
                 Box::new(FullCache::new(shape, rope, cpu, precision))
             }
-            Method::FlexGen(s) => Box::new(FlexGenCache::new(shape, rope, cpu, *s)?),
+            Method::FlexGen(s) => Box::new(RowQuantCache::new(shape, rope, cpu, s.rows())?),
+            Method::KvQuant(s) => Box::new(RowQuantCache::new(shape, rope, cpu, *s)?),
+            Method::DropThenQuantize { drop, quantize } => {
+                let rows = quantize.row_settings().expect("checked by parse");
+                Box::new(DropThenQuantize::new(
+                    shape,
+                    rope,
+                    cpu,
+                    (*drop, rows),
+                    precision,
+                )?)
+            }
             Method::Kivi(s) => {
                 Box::new(KiviCache::new(shape, rope, cpu, *s, numerics.activations)?)
             }
@@ -719,16 +889,39 @@ impl fmt::Display for Method {
                 "flexgen:bits={},group={},prefill={}",
                 s.bits,
                 s.group,
-                match s.prefill {
-                    FlexGenPrefill::Quantized => "quantized",
-                    FlexGenPrefill::Full => "full",
-                }
+                s.prefill.name()
             ),
+            Method::KvQuant(s) => {
+                let name = |f: RowFormat| f.name().unwrap_or_else(|| format!("{f:?}"));
+                write!(
+                    f,
+                    "kvquant:keys={},values={},rotate={},prefill={}",
+                    name(s.keys),
+                    name(s.values),
+                    s.rotate,
+                    s.prefill.name()
+                )
+            }
+            Method::DropThenQuantize { drop, quantize } => {
+                write!(f, "{}+{quantize}", Method::Drop(*drop))
+            }
             Method::Kivi(s) => write!(
                 f,
                 "kivi:bits={},group={},residual={}",
                 s.bits, s.group, s.residual
             ),
+            Method::Drop(d @ DropSettings {
+                selection: Selection::Chunks(chunk),
+                ..
+            }) => {
+                let each = Method::Drop(DropSettings {
+                    selection: Selection::PerHead,
+                    ..*d
+                })
+                .to_string();
+                let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
+                write!(f, "chunkkv:chunk={chunk},press={press},{rest}")
+            }
             Method::Drop(d) => {
                 write!(f, "{}:{}", self.family(), BudgetSpec(&d.budget))?;
                 match d.policy {
@@ -817,13 +1010,13 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + 11 * 4 + 3 * 4);
+        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 12 * 4 + 3 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
                 bits: 8,
                 group: 64,
-                prefill: FlexGenPrefill::Full
+                prefill: QuantizedPrefill::Full
             })
         );
         // The paper's presets are the benchmark's code, the originals are second presets.
@@ -948,5 +1141,28 @@ mod tests {
             "llmlingua:rate=0.5,window=200,context_budget=100,split=none,question=yes,scorer=default"
         )
         .contains("question=yes must be none"));
+        let format = err("kvquant:keys=q5_0,values=q4_0,rotate=true,prefill=quantized");
+        assert!(format.contains("keys=q5_0") && format.contains("use one of q8_0, q4_0"));
+        assert!(err("kvquant:keys=q4_0,values=q4_0,rotate=true").contains("\"prefill\""));
+        assert!(err("h2o-4x+q4_0").contains("cannot come first"));
+        assert!(err("snapkv-4x+kivi-4bit").contains("cannot quantize what is kept"));
+        assert!(err("snapkv-4x+q9").contains("unknown method \"q9\""));
+    }
+
+    /// `DROP+QUANT` parses each side (presets included), prints back its full spec, and
+    /// multiplies the ratios.
+    #[test]
+    fn dropping_then_quantizing_composes_two_specs() {
+        let m = Method::parse("snapkv-4x+q4_0").unwrap();
+        assert_eq!(
+            m.to_string(),
+            "snapkv:ratio=4,window=32,kernel=7,pool=max+kvquant:keys=q4_0,values=q4_0,rotate=true,prefill=quantized"
+        );
+        assert_eq!(Method::parse(&m.to_string()).unwrap(), m);
+        assert!((m.nominal_ratio().unwrap() - 4.0 * 64.0 / 18.0).abs() < 1e-9);
+        assert_eq!(m.school(), "dropping + quantization");
+        assert!(m.compresses_after_prefill());
+        let fg = Method::parse("knorm:ratio=2+flexgen-4bit").unwrap();
+        assert!((fg.nominal_ratio().unwrap() - 6.4).abs() < 1e-9);
     }
 }

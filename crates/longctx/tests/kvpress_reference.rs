@@ -2,7 +2,7 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
-//! RandomPress is left out: its draws come from torch's generator, which ours does not copy.
+//! ChunkKVPress is compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
@@ -184,6 +184,52 @@ fn key_scorers_keep_what_kvpress_keeps_up_to_near_ties() {
         );
         eprintln!("{name}: {ties} near-tie swaps");
     }
+}
+
+/// ChunkKVPress over KnormPress (chunks of 20, compression 0.75) keeps whole chunks, the
+/// same for every head: ours keeps the same chunks in every layer. A chunk's score is the
+/// mean over its tokens of Knorm's scores summed over heads; a swap is allowed only between
+/// chunks scoring within 1e-5 of the cut.
+#[test]
+fn chunkkv_keeps_the_chunks_kvpress_keeps() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let ours = kept("chunkkv:chunk=20,press=knorm,ratio=4", &ids);
+    let mut swaps = 0;
+    for (l, layer) in f["kept"]["chunkkv"].as_array().unwrap().iter().enumerate() {
+        let heads = layer.as_array().unwrap();
+        let theirs = as_positions(&heads[0]);
+        for (g, head) in heads.iter().enumerate() {
+            assert_eq!(as_positions(head), theirs, "kvpress, layer {l} head {g}");
+            assert_eq!(ours[l][g], ours[l][0], "ours, layer {l} head {g}");
+        }
+        if ours[l][0] == theirs {
+            continue;
+        }
+        let per_head: Vec<Vec<f64>> = (0..heads.len())
+            .map(|g| scores(&f["knorm_scores"][l][g]))
+            .collect();
+        let chunk_score = |p: usize| {
+            let (start, end) = (p / 20 * 20, (p / 20 * 20 + 20).min(ids.len()));
+            let total: f64 = (start..end)
+                .map(|t| per_head.iter().map(|s| s[t]).sum::<f64>())
+                .sum();
+            total / (end - start) as f64
+        };
+        let cut = theirs
+            .iter()
+            .map(|&p| chunk_score(p))
+            .fold(f64::INFINITY, f64::min);
+        for p in theirs.iter().filter(|p| !ours[l][0].contains(p)) {
+            assert!(
+                (chunk_score(*p) - cut).abs() < 1e-5,
+                "layer {l}: kvpress keeps the chunk of {p} (score {}, cut {cut}), we do not",
+                chunk_score(*p)
+            );
+        }
+        swaps += 1;
+    }
+    eprintln!("chunkkv: {swaps} layers with near-tie swaps");
 }
 
 /// kvpress's pipeline is the query-agnostic protocol: the context prefilled and compressed,

@@ -14,12 +14,42 @@
 //!   over tokens whose weights (softmax probabilities) carry the tokens' scales.
 //!
 //! Quantization itself (asymmetric min–max, f16 minimum and scale, round half to even) is
-//! [`quantize_group`], shared with FlexGen's rows.
+//! [`quantize_group`], shared with the min–max row format (FlexGen's).
 
 use half::f16;
 
 use crate::cache::growth_step;
-use crate::flexgen::{quantize_group, PackedStore};
+use crate::row_formats::quantize_group;
+
+/// Packed codes and each group's f16 minimum and scale: the storage every packed layout
+/// (KIVI's key and value tiles) is made of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PackedStore {
+    pub codes: Vec<u8>,
+    pub mins: Vec<f16>,
+    pub scales: Vec<f16>,
+}
+
+impl PackedStore {
+    /// Reserve room for `codes` more code bytes and `groups` more groups.
+    pub fn reserve(&mut self, codes: usize, groups: usize) {
+        self.codes.reserve_exact(codes);
+        self.mins.reserve_exact(groups);
+        self.scales.reserve_exact(groups);
+    }
+
+    /// Bytes held by codes, minima and scales (allocated capacity included).
+    pub fn bytes(&self) -> usize {
+        self.codes.capacity() + 2 * (self.mins.capacity() + self.scales.capacity())
+    }
+
+    /// Forget everything, keeping allocations.
+    pub fn clear(&mut self) {
+        self.codes.clear();
+        self.mins.clear();
+        self.scales.clear();
+    }
+}
 
 /// Lanes of a unit.
 pub(crate) const LANES: usize = 16;
@@ -296,7 +326,7 @@ impl ValueTiles {
 mod tests {
     use super::*;
     use crate::testutil::noise as random;
-    use crate::PackedRows;
+    use crate::{QuantRows, RowFormat};
 
     /// The tiled layouts decode to what row-wise packing of the same groups decodes to.
     #[test]
@@ -305,7 +335,7 @@ mod tests {
             let (group, width, tokens) = (32, 64, 96);
             let data = random(tokens * width, bits as u64);
             let mut keys = KeyTiles::new(bits, group, width);
-            let mut channel_rows = PackedRows::new(bits, group, group);
+            let mut channel_rows = QuantRows::new(RowFormat::MinMax { bits, group }, group);
             for block in data.chunks_exact(group * width) {
                 keys.push_block(block);
                 for c in 0..width {
@@ -326,7 +356,7 @@ mod tests {
             }
             // Values: a partial last block too.
             let mut values = ValueTiles::new(bits, group, width);
-            let mut rows = PackedRows::new(bits, group, width);
+            let mut rows = QuantRows::new(RowFormat::MinMax { bits, group }, width);
             for row in data.chunks_exact(width).take(tokens - 3) {
                 values.push(row);
                 rows.push(row);

@@ -32,6 +32,15 @@ Specs take explicit settings too; every key is required and checked:
   flexgen:bits=2|4|8,group=G,prefill=quantized|full
                                               quantized: everything attended is quantized first
                                               (the benchmark's); full: FlexLLMGen's full-precision prefill
+  kvquant:keys=T,values=T,rotate=B,prefill=quantized|full
+                                              T: q8_0, q4_0, q4_1, iq4_nl (llama.cpp's types) or
+                                              int2, int3, int4, int8 (min-max codes, groups of 32);
+                                              rotate: Walsh-Hadamard blocks before quantizing, as
+                                              llama.cpp (head dimension a multiple of 64)
+  DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
+                                              once when the prompt ends (snapkv, pyramidkv, random,
+                                              knorm, keydiff), QUANT is a kvquant or flexgen method,
+                                              e.g. snapkv-4x+q4_0
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
                                               reindex: sinks at a fixed distance from every query
   h2o:ratio=X,count_prefill=B,heads=query|kv B=true: prefill attention counts (the original H2O);

@@ -53,10 +53,11 @@ fn group<'a>(rows: &'a [ResultRow], keep: impl Fn(&ResultRow) -> bool) -> Groups
 /// KV quantization, token dropping, prompt compression, then models run as they are), then
 /// by nominal ratio (a fixed budget last).
 fn method_rank(label: &str) -> (usize, u64) {
-    const SCHOOLS: [&str; 4] = [
+    const SCHOOLS: [&str; 5] = [
         "none",
         "KV quantization",
         "token dropping",
+        "dropping + quantization",
         "prompt compression",
     ];
     let spec = label.split(" [").next().unwrap_or(label);
@@ -92,13 +93,12 @@ fn is_needle(r: &ResultRow) -> bool {
 const PAPER_PROTOCOL: &str = "paper";
 
 /// Rows with short method labels: a method that is a preset shows as the preset's name
-/// (`snapkv-4x` for `snapkv:ratio=4,window=32,kernel=7,pool=max`), a protocol's or school's
-/// suffix kept; any other as its spec. Returns the legend: each short label with its full
+/// (`snapkv-4x` for `snapkv:ratio=4,window=32,kernel=7,pool=max`, `snapkv-4x+q4_0` for a
+/// composition of presets), a protocol's or school's suffix kept; any other as its spec. Returns the legend: each short label with its full
 /// spec and school.
 pub(crate) fn labelled(
     mut rows: Vec<ResultRow>,
 ) -> (Vec<ResultRow>, Vec<(String, String, &'static str)>) {
-    let presets = presets();
     let mut legend: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
     for r in &mut rows {
         let shown = r.key.method.clone();
@@ -109,14 +109,11 @@ pub(crate) fn labelled(
         let Ok(method) = Method::parse(spec) else {
             continue;
         };
-        let Some(preset) = presets
-            .iter()
-            .find(|p| Method::parse(&p.name).ok().as_ref() == Some(&method))
-        else {
+        let Some(name) = method.preset_name() else {
             continue;
         };
-        legend.insert(preset.name.clone(), (method.to_string(), method.school()));
-        r.key.method = format!("{}{suffix}", preset.name);
+        legend.insert(name.clone(), (method.to_string(), method.school()));
+        r.key.method = format!("{name}{suffix}");
     }
     let legend = legend
         .into_iter()
