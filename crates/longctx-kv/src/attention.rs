@@ -138,11 +138,24 @@ pub(crate) fn attend_rows(
     query: &[f32],
     heads: &[TokenRows],
     d: usize,
-    weights: Option<&mut [Vec<f32>]>,
+    mut weights: Option<&mut [Vec<f32>]>,
 ) -> Result<Vec<f32>> {
-    let keys = heads.iter().map(TokenRows::keys).collect();
-    let values = heads.iter().map(TokenRows::values).collect();
-    Ok(decode_views(query, d, keys, values, weights)?.0)
+    if heads.iter().all(|h| h.len() == heads[0].len()) {
+        let keys = heads.iter().map(TokenRows::keys).collect();
+        let values = heads.iter().map(TokenRows::values).collect();
+        return Ok(decode_views(query, d, keys, values, weights)?.0);
+    }
+    // Heads that keep different numbers of tokens (AdaKV's): each head with its group of
+    // query heads alone.
+    let group = query.len() / d / heads.len();
+    let mut out = Vec::with_capacity(query.len());
+    for (g, h) in heads.iter().enumerate() {
+        let queries = &query[g * group * d..(g + 1) * group * d];
+        let head_weights = weights.as_deref_mut().map(|w| &mut w[g..=g]);
+        let (keys, values) = (vec![h.keys()], vec![h.values()]);
+        out.extend(decode_views(queries, d, keys, values, head_weights)?.0);
+    }
+    Ok(out)
 }
 
 /// [`attend_rows`] (without weights) where each head's first `memory.1` rows are read by
@@ -248,6 +261,11 @@ fn decode_query<E: ViewElement>(
 ) -> Result<WithStats> {
     let (keys, values) = (strided::<E>(keys, d)?, strided::<E>(values, d)?);
     let n = keys.first().map_or(0, |k| k.data.len() / d.max(1));
+    if keys.iter().chain(&values).any(|k| k.data.len() != n * d) {
+        return Err(KvError::Invalid(
+            "a decoding query over heads of different lengths: decode each head alone".into(),
+        ));
+    }
     if n == 0 {
         return Err(KvError::Invalid(
             "a decoding query over no stored rows".into(),

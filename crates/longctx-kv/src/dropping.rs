@@ -146,7 +146,7 @@ pub enum DropPolicy {
 
 /// How a policy that chooses once, when the prompt ends (SnapKV, PyramidKV, the key
 /// scorers), turns its scores into kept tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Selection {
     /// Each key/value head keeps its own best tokens (every other policy's only rule).
     #[default]
@@ -157,6 +157,13 @@ pub enum Selection {
     /// the best `max(1, ⌊chunks × kept share⌋)` chunks are kept whole, the same for every
     /// head. A protected window (SnapKV's) scores as the layer's highest score.
     Chunks(usize),
+    /// AdaKV (Feng et al., "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget
+    /// Allocation", 2024), as kvpress's `AdaKVPress`: each head's best
+    /// `max(1, ⌊budget × safeguard⌋)` tokens are safeguarded, then the layer keeps the best
+    /// `heads × budget` scores over all its heads, so heads keep different counts; each
+    /// head's storage holds what it keeps (kvpress masks the rest). A protected window
+    /// (SnapKV's) scores as the layer's highest score.
+    AdaKv(f64),
 }
 
 /// Settings of a [`DroppingCache`].
@@ -194,11 +201,16 @@ impl DropSettings {
             }
             _ if self.selection != Selection::PerHead && !self.selects_once() => {
                 Err(KvError::Setting(
-                    "chunk selection needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)".into(),
+                    "chunk and head-budget selection need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)".into(),
                 ))
             }
             _ if self.selection == Selection::Chunks(0) => {
                 Err(KvError::Setting("chunk must be positive".into()))
+            }
+            _ if matches!(self.selection, Selection::AdaKv(a) if !(0.0..=1.0).contains(&a)) => {
+                Err(KvError::Setting(
+                    "safeguard must be in [0, 1] (the share of a head's budget it keeps whatever the other heads score)".into(),
+                ))
             }
             DropPolicy::H2O {
                 count_prefill: true,
@@ -499,8 +511,8 @@ impl DroppingCache {
     /// `window` tokens (always kept), under the settings' [`Selection`].
     fn select(&self, scores: Vec<Vec<f32>>, budget: usize, window: usize) -> Vec<Vec<bool>> {
         let n = scores[0].len() + window;
-        match self.settings.selection {
-            Selection::PerHead => scores
+        if self.settings.selection == Selection::PerHead {
+            return scores
                 .iter()
                 .map(|s| {
                     let mut keep = vec![false; n];
@@ -510,14 +522,21 @@ impl DroppingCache {
                     keep[n - window..].iter_mut().for_each(|k| *k = true);
                     keep
                 })
-                .collect(),
+                .collect();
+        }
+        // kvpress pads the window with the highest score of the layer.
+        let highest = scores.iter().flatten().cloned().fold(f32::MIN, f32::max);
+        let padded: Vec<Vec<f32>> = scores
+            .into_iter()
+            .map(|mut s| {
+                s.resize(n, highest);
+                s
+            })
+            .collect();
+        match self.settings.selection {
+            Selection::PerHead => unreachable!("chosen above"),
             Selection::Chunks(length) => {
-                // kvpress pads the window with the highest score of the layer.
-                let highest = scores.iter().flatten().cloned().fold(f32::MIN, f32::max);
-                let mut summed = vec![highest * scores.len() as f32; n];
-                for (i, total) in summed[..n - window].iter_mut().enumerate() {
-                    *total = scores.iter().map(|s| s[i]).sum();
-                }
+                let summed: Vec<f32> = (0..n).map(|i| padded.iter().map(|s| s[i]).sum()).collect();
                 let chunks: Vec<f32> = summed
                     .chunks(length)
                     .map(|c| c.iter().sum::<f32>() / c.len() as f32)
@@ -535,7 +554,26 @@ impl DroppingCache {
                         .iter_mut()
                         .for_each(|k| *k = true);
                 }
-                vec![keep; scores.len()]
+                vec![keep; padded.len()]
+            }
+            Selection::AdaKv(safeguard) => {
+                let safe = match safeguard > 0.0 {
+                    true => ((budget as f64 * safeguard) as usize).max(1),
+                    false => 0,
+                };
+                let mut all = Vec::with_capacity(padded.len() * n);
+                for s in &padded {
+                    let mut lifted = s.clone();
+                    top_k(s, safe)
+                        .into_iter()
+                        .for_each(|i| lifted[i] = f32::MAX);
+                    all.extend(lifted);
+                }
+                let mut keep = vec![vec![false; n]; padded.len()];
+                for i in top_k(&all, padded.len() * budget) {
+                    keep[i / n][i % n] = true;
+                }
+                keep
             }
         }
     }
@@ -559,9 +597,16 @@ impl DroppingCache {
             }
         }
         let capacity = self.working_capacity(layer, s);
-        self.layers[layer]
-            .iter_mut()
-            .for_each(|h| h.set_capacity(capacity.max(h.len())));
+        // A policy that has chosen once holds what each head kept plus the rows set aside
+        // after the prompt: heads that kept fewer (AdaKV's) hold less.
+        let chosen = self.prefilled && self.settings.selects_once();
+        let after = s.reservation.after_prompt();
+        self.layers[layer].iter_mut().for_each(|h| {
+            h.set_capacity(match chosen {
+                true => h.len() + after,
+                false => capacity.max(h.len()),
+            })
+        });
     }
 
     /// The post-prefill choice: score the prompt by its last queries' attention.
@@ -635,8 +680,8 @@ impl DroppingCache {
             let memory = memory.as_ref().map(|(q, n)| (&q[..], *n));
             attend_rows_with_memory(&query, memory, rows, d)?
         } else {
-            let n = heads[0].len();
-            let mut weights = vec![vec![0f32; n]; heads.len()];
+            // Heads may hold different numbers of rows (AdaKV).
+            let mut weights: Vec<Vec<f32>> = heads.iter().map(|h| vec![0f32; h.len()]).collect();
             let out = attend_rows(&query, heads, d, Some(&mut weights))?;
             self.fold_scores(layer, &weights);
             out
@@ -667,6 +712,11 @@ impl DroppingCache {
         let heads = &self.layers[layer];
         if heads[0].len() == 0 {
             return Ok((k.clone(), v.clone()));
+        }
+        if heads.iter().any(|h| h.len() != heads[0].len()) {
+            return Err(KvError::Invalid(
+                "the key/value heads keep different numbers of tokens (adakv): feed the tokens after the prompt one at a time".into(),
+            ));
         }
         let (held_k, held_v) = stack_heads(heads, &self.device)?;
         Ok((
@@ -1309,6 +1359,66 @@ mod tests {
             ..settings
         };
         assert!(refused.validate().is_err());
+    }
+
+    /// AdaKV over Knorm: the layer keeps its 2 × 8 best scores over both heads after each
+    /// head's best 4 are safeguarded, so heads may keep different counts; each head stores
+    /// only its own rows, and a decoding query reads exactly its head's rows.
+    #[test]
+    fn adakv_keeps_the_layers_best_scores_and_decodes_over_ragged_heads() {
+        // Head 0's keys are half as long: Knorm prefers them, so head 1 keeps only its
+        // safeguarded 4 and head 0 the other 12.
+        let (q, k, v) = sequence(30);
+        let halved = Tensor::cat(
+            &[
+                &(k.narrow(0, 0, 1).unwrap() * 0.5).unwrap(),
+                &k.narrow(0, 1, 1).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let data = (q, halved, v);
+        let settings = DropSettings {
+            policy: DropPolicy::Keys(KeyScorer::Knorm),
+            budget: Budget::Tokens(8),
+            selection: Selection::AdaKv(0.5),
+        };
+        let mut c =
+            DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
+        let (outs, seen) = run(&mut c, &data, &[10, 14], kept);
+        let (q, k) = rotated(&data.0, &data.1);
+        let positions: Vec<usize> = (0..24).collect();
+        let mut all = Vec::new();
+        for (g, head) in k.iter().enumerate() {
+            let keys: Vec<f32> = head[..24].iter().flatten().copied().collect();
+            let scores = KeyScorer::Knorm.scores(&keys, 64, &positions, (0, g));
+            let mut lifted = scores.clone();
+            top_k(&scores, 4)
+                .into_iter()
+                .for_each(|i| lifted[i] = f32::MAX);
+            all.extend(lifted);
+        }
+        let chosen = top_k(&all, 16);
+        let v: HeadRows = data.2.to_vec3().unwrap();
+        for g in 0..2 {
+            let mut want: Vec<usize> = chosen
+                .iter()
+                .filter(|&&i| i / 24 == g)
+                .map(|&i| i % 24)
+                .collect();
+            want.push(24);
+            assert_eq!(seen[2][g], want, "kv head {g}");
+            // The first decoding step (position 24) reads the head's kept rows.
+            for h in [2 * g, 2 * g + 1] {
+                let products: Vec<Vec<f32>> =
+                    want.iter().map(|&p| product(&q[h][24], &k[g][p])).collect();
+                let values: Vec<&Vec<f32>> = want.iter().map(|&p| &v[g][p]).collect();
+                let got: Vec<f32> = outs[2].get(h).unwrap().get(0).unwrap().to_vec1().unwrap();
+                let diff = row_difference(&got, &oracle_output(&products, &values));
+                assert!(diff < 1e-4, "query head {h}: {diff}");
+            }
+        }
+        assert_eq!((seen[2][0].len(), seen[2][1].len()), (12 + 1, 4 + 1));
     }
 
     #[test]

@@ -84,7 +84,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 12] = [
+const DROPPING: [Family; 13] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -156,6 +156,12 @@ const DROPPING: [Family; 12] = [
         spec: "chunkkv:chunk=20,press=snapkv,{budget},window=32,kernel=7,pool=max",
         six: "ratio=6",
         note: "ChunkKV (Liu et al., 2025) as kvpress's ChunkKVPress: SnapKV's scores (window 32, kernel 7, max pooling) summed over heads and averaged per chunk of 20 tokens (kvpress's default), the best chunks kept whole by every head (kept sets equal to kvpress's ChunkKVPress over KnormPress in tests); any policy that chooses once takes chunk= (press=knorm, ...); not in the paper",
+    },
+    Family {
+        name: "adakv",
+        spec: "adakv:safeguard=0.2,press=snapkv,{budget},window=32,kernel=7,pool=max",
+        six: "ratio=6",
+        note: "Ada-SnapKV (Feng et al., 2024) as kvpress's AdaKVPress (alpha_safeguard 0.2) over SnapKV's scores (window 32, kernel 7, max pooling): the layer's best scores over all its heads, each head's best 20% of the budget safeguarded, so heads keep different counts; each head stores only its own (kvpress masks the rest; kept sets equal to kvpress's AdaKVPress over KnormPress in tests); any policy that chooses once takes safeguard= (press=knorm, ...); not in the paper",
     },
 ];
 
@@ -608,20 +614,27 @@ impl Method {
                     budget,
                 })
             }
-            "chunkkv" => {
-                let chunk = s.take_positive("chunk")?;
+            "chunkkv" | "adakv" => {
+                let selection = if name == "chunkkv" {
+                    Selection::Chunks(s.take_positive("chunk")?)
+                } else {
+                    let share = s.take_f64("safeguard")?;
+                    if !(0.0..=1.0).contains(&share) {
+                        return Err(s.error(format!(
+                            "safeguard={share} must be in [0, 1] (the share of a head's budget it keeps whatever other heads score)"
+                        )));
+                    }
+                    Selection::AdaKv(share)
+                };
                 let press = s.take("press")?;
                 let inner = format!("{press}:{}", s.take_rest());
                 match Method::parse(&inner)? {
                     Method::Drop(d) if d.selects_once() && d.selection == Selection::PerHead => {
-                        Method::Drop(DropSettings {
-                            selection: Selection::Chunks(chunk),
-                            ..d
-                        })
+                        Method::Drop(DropSettings { selection, ..d })
                     }
                     other => {
                         return Err(s.error(format!(
-                            "press={press}: chunks need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff), not {other}"
+                            "press={press}: {name} needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff), not {other}"
                         )))
                     }
                 }
@@ -763,14 +776,15 @@ impl Method {
             Method::Kivi(_) => "kivi",
             Method::KvQuant(_) => "kvquant",
             Method::DropThenQuantize { .. } => "drop+quantize",
-            Method::Drop(d) if d.selection != Selection::PerHead => "chunkkv",
-            Method::Drop(d) => match d.policy {
-                DropPolicy::StreamingLlm { .. } => "streamingllm",
-                DropPolicy::H2O { .. } => "h2o",
-                DropPolicy::SnapKv { .. } => "snapkv",
-                DropPolicy::PyramidKv { .. } => "pyramidkv",
-                DropPolicy::Tova => "tova",
-                DropPolicy::Keys(scorer) => scorer.name(),
+            Method::Drop(d) => match (d.selection, d.policy) {
+                (Selection::Chunks(_), _) => "chunkkv",
+                (Selection::AdaKv(_), _) => "adakv",
+                (_, DropPolicy::StreamingLlm { .. }) => "streamingllm",
+                (_, DropPolicy::H2O { .. }) => "h2o",
+                (_, DropPolicy::SnapKv { .. }) => "snapkv",
+                (_, DropPolicy::PyramidKv { .. }) => "pyramidkv",
+                (_, DropPolicy::Tova) => "tova",
+                (_, DropPolicy::Keys(scorer)) => scorer.name(),
             },
             Method::InfLlm(_) => "infllm",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
@@ -910,17 +924,19 @@ impl fmt::Display for Method {
                 "kivi:bits={},group={},residual={}",
                 s.bits, s.group, s.residual
             ),
-            Method::Drop(d @ DropSettings {
-                selection: Selection::Chunks(chunk),
-                ..
-            }) => {
+            Method::Drop(d) if d.selection != Selection::PerHead => {
+                let setting = match d.selection {
+                    Selection::Chunks(chunk) => format!("chunk={chunk}"),
+                    Selection::AdaKv(share) => format!("safeguard={share:?}"),
+                    Selection::PerHead => unreachable!("matched above"),
+                };
                 let each = Method::Drop(DropSettings {
                     selection: Selection::PerHead,
                     ..*d
                 })
                 .to_string();
                 let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
-                write!(f, "chunkkv:chunk={chunk},press={press},{rest}")
+                write!(f, "{}:{setting},press={press},{rest}", self.family())
             }
             Method::Drop(d) => {
                 write!(f, "{}:{}", self.family(), BudgetSpec(&d.budget))?;
@@ -1010,7 +1026,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 12 * 4 + 3 * 4);
+        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 13 * 4 + 3 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {

@@ -421,6 +421,8 @@ fn every_4x_dropping_preset_holds_about_a_quarter_of_the_baseline_bytes() {
         "snapkv-4x",
         "pyramidkv-4x",
         "tova-4x",
+        "chunkkv-4x",
+        "adakv-4x",
     ] {
         let row = bench_row(method, 1024);
         let share = row["kv_bytes"].as_f64().unwrap() / baseline;

@@ -2,7 +2,7 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
-//! ChunkKVPress is compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
+//! ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
@@ -230,6 +230,61 @@ fn chunkkv_keeps_the_chunks_kvpress_keeps() {
         swaps += 1;
     }
     eprintln!("chunkkv: {swaps} layers with near-tie swaps");
+}
+
+/// AdaKVPress over KnormPress (safeguard 0.2, compression 0.75): each head's kept set, of
+/// its own size, equals kvpress's, up to near-ties of Knorm's scores at the layer's cut.
+#[test]
+fn adakv_keeps_what_kvpress_keeps_per_head() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let ours = kept("adakv:safeguard=0.2,press=knorm,ratio=4", &ids);
+    let (mut swaps, mut ragged) = (0, 0);
+    for (l, layer) in f["kept"]["adakv"].as_array().unwrap().iter().enumerate() {
+        let theirs: Vec<Vec<usize>> = layer.as_array().unwrap().iter().map(as_positions).collect();
+        let sizes: Vec<usize> = theirs.iter().map(Vec::len).collect();
+        ragged += usize::from(sizes.iter().any(|&n| n != sizes[0]));
+        // The layer's cut: the lowest score kvpress kept outside each head's safeguarded
+        // best ⌊83 × 0.2⌋.
+        let scores: Vec<Vec<f64>> = (0..theirs.len())
+            .map(|g| scores(&f["knorm_scores"][l][g]))
+            .collect();
+        let safe = ((ids.len() / 4) as f64 * 0.2) as usize;
+        let unguarded = |g: usize| {
+            let s = &scores[g];
+            let mut order: Vec<usize> = (0..s.len()).collect();
+            order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+            theirs[g]
+                .iter()
+                .filter(|p| !order[..safe].contains(p))
+                .map(|&p| s[p])
+                .collect::<Vec<f64>>()
+        };
+        let cut = (0..theirs.len())
+            .flat_map(unguarded)
+            .fold(f64::INFINITY, f64::min);
+        for (g, (mine, want)) in ours[l].iter().zip(&theirs).enumerate() {
+            for p in mine
+                .iter()
+                .filter(|p| !want.contains(p))
+                .chain(want.iter().filter(|p| !mine.contains(p)))
+            {
+                assert!(
+                    (scores[g][*p] - cut).abs() < 1e-5,
+                    "layer {l} head {g}: position {p} (score {}, cut {cut}) kept by one side only",
+                    scores[g][*p]
+                );
+                swaps += 1;
+            }
+        }
+    }
+    eprintln!(
+        "adakv: {ragged} of 30 layers with heads of different sizes, {swaps} near-tie differences"
+    );
+    assert!(
+        ragged > 0,
+        "AdaKV should give heads different budgets somewhere"
+    );
 }
 
 /// kvpress's pipeline is the query-agnostic protocol: the context prefilled and compressed,

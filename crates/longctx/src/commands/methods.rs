@@ -37,6 +37,11 @@ Specs take explicit settings too; every key is required and checked:
                                               int2, int3, int4, int8 (min-max codes, groups of 32);
                                               rotate: Walsh-Hadamard blocks before quantizing, as
                                               llama.cpp (head dimension a multiple of 64)
+  chunkkv:chunk=N,press=P,<P's keys>          P (snapkv, pyramidkv, random, knorm, keydiff) keeps
+                                              whole chunks of N tokens, the same for every head
+  adakv:safeguard=A,press=P,<P's keys>        P's scores over all heads of a layer, each head's best
+                                              share A of the budget safeguarded: heads keep
+                                              different counts
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
                                               knorm, keydiff), QUANT is a kvquant or flexgen method,
