@@ -512,8 +512,10 @@ fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
         assert_one_line_error(&stderr, needle);
     }
     // A LongBench directory that is missing, or holds no dataset file, is not 0 samples.
-    // The built-in plan's RULER tasks read their data first: fetched here, so that the
-    // download's log lines do not precede the error on a fresh cache.
+    // The built-in plan reads the default model, the haystack and RULER's data first:
+    // fetched here, so that download log lines do not precede the error on a fresh cache.
+    longctx::assets::default_model().expect("fetching the default model");
+    longctx::assets::haystack_dir().expect("fetching the haystack");
     longctx::assets::ruler_dir().expect("fetching RULER's data");
     let (code, stderr) = longctx(&["plan", "--longbench-dir", "/nonexistent/longbench"]);
     assert_ne!(code, 0);
