@@ -511,12 +511,8 @@ fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
         assert_ne!(code, 0, "{flag} {value}");
         assert_one_line_error(&stderr, needle);
     }
-    // A LongBench directory that is missing, or holds no dataset file, is not 0 samples.
-    // The built-in plan reads the default model, the haystack and RULER's data first:
-    // fetched here, so that download log lines do not precede the error on a fresh cache.
-    longctx::assets::default_model().expect("fetching the default model");
-    longctx::assets::haystack_dir().expect("fetching the haystack");
-    longctx::assets::ruler_dir().expect("fetching RULER's data");
+    // A LongBench directory that is missing, or holds no dataset file, is not 0 samples,
+    // and is refused before the built-in plan's model and data are fetched.
     let (code, stderr) = longctx(&["plan", "--longbench-dir", "/nonexistent/longbench"]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "/nonexistent/longbench does not exist");
@@ -527,7 +523,9 @@ fn inputs_that_would_run_nothing_or_stall_the_machine_are_refused() {
     let (code, stderr) = longctx(&["plan", "--longbench-dir", empty_dir.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert_one_line_error(&stderr, "holds no dataset file");
-    // A spec whose tasks yield no sample is an error, not an empty successful run.
+    // A spec whose tasks yield no sample is an error, not an empty successful run. Its
+    // model is read first (fetched here, so that no download line precedes the error).
+    longctx::assets::default_model().expect("fetching the default model");
     let data = temp_file("zero-longbench/trec.jsonl", b"")
         .parent()
         .unwrap()

@@ -288,6 +288,11 @@ impl PlanArgs {
             .iter()
             .map(|m| Method::parse(m))
             .collect::<Result<_, _>>()?;
+        // The LongBench files, checked before any model or data is fetched.
+        let longbench_files = match &spec.longbench {
+            Some(lb) => Some(longbench_files(lb)?),
+            None => None,
+        };
         let mut samples = Vec::new();
         let haystack = match spec.needle.is_some() || spec.synthetic.is_some() {
             true => Some(Haystack::from_dir(&assets::haystack_dir()?)?),
@@ -404,30 +409,7 @@ impl PlanArgs {
                 }
             }
         }
-        if let Some(lb) = &spec.longbench {
-            if !lb.dir.is_dir() {
-                anyhow::bail!(
-                    "LongBench directory {} does not exist: pass the folder that holds LongBench's data/<name>.jsonl files",
-                    lb.dir.display()
-                );
-            }
-            // The spec's files, or every one present: LongBench's `<name>.jsonl` and
-            // LongBench-E's `<name>_e.jsonl`.
-            let files: Vec<String> = if lb.datasets.is_empty() {
-                DATASETS
-                    .iter()
-                    .flat_map(|d| [d.name.to_string(), format!("{}_e", d.name)])
-                    .filter(|n| lb.dir.join(format!("{n}.jsonl")).exists())
-                    .collect()
-            } else {
-                lb.datasets.clone()
-            };
-            if files.is_empty() {
-                anyhow::bail!(
-                    "LongBench directory {} holds no dataset file (such as hotpotqa.jsonl): pass the folder of LongBench's data/*.jsonl",
-                    lb.dir.display()
-                );
-            }
+        if let (Some(lb), Some(files)) = (&spec.longbench, longbench_files) {
             for file in files {
                 let dataset = Dataset::by_name(&file)?;
                 let loaded = longbench::load(&lb.dir, &file, OnBadLine::Fail)?;
@@ -1157,4 +1139,31 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
         args.db.display()
     );
     Ok(())
+}
+
+/// The LongBench files a spec reads: its own list, or every `<name>.jsonl` (LongBench) and
+/// `<name>_e.jsonl` (LongBench-E) present; an error for a missing folder or one with none.
+fn longbench_files(lb: &LongBenchSpec) -> Result<Vec<String>> {
+    if !lb.dir.is_dir() {
+        anyhow::bail!(
+            "LongBench directory {} does not exist: pass the folder that holds LongBench's data/<name>.jsonl files",
+            lb.dir.display()
+        );
+    }
+    let files: Vec<String> = if lb.datasets.is_empty() {
+        DATASETS
+            .iter()
+            .flat_map(|d| [d.name.to_string(), format!("{}_e", d.name)])
+            .filter(|n| lb.dir.join(format!("{n}.jsonl")).exists())
+            .collect()
+    } else {
+        lb.datasets.clone()
+    };
+    if files.is_empty() {
+        anyhow::bail!(
+            "LongBench directory {} holds no dataset file (such as hotpotqa.jsonl): pass the folder of LongBench's data/*.jsonl",
+            lb.dir.display()
+        );
+    }
+    Ok(files)
 }
