@@ -36,7 +36,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{attend_rows, attend_rows_with_memory};
-use crate::cache::{check_chunk, growth_step, Reservation};
+use crate::cache::{check_chunk, growth_step, uneven_heads, Reservation};
 use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
@@ -714,9 +714,7 @@ impl DroppingCache {
             return Ok((k.clone(), v.clone()));
         }
         if heads.iter().any(|h| h.len() != heads[0].len()) {
-            return Err(KvError::Invalid(
-                "the key/value heads keep different numbers of tokens (adakv): feed the tokens after the prompt one at a time".into(),
-            ));
+            return Err(uneven_heads());
         }
         let (held_k, held_v) = stack_heads(heads, &self.device)?;
         Ok((

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::{check_chunk, Reservation};
+use crate::cache::{check_chunk, uneven_heads, Reservation};
 use crate::row_formats::{hadamard, rotation_blocks, QuantRows, RowFormat};
 use crate::tiled::{
     exp_nonpositive, lanes_dot, lanes_max, lanes_sum, merge_decode_parts, token_ranges, DecodePart,
@@ -259,6 +259,9 @@ pub struct RowQuantCache {
 /// Rows of every head dequantized, as `[heads, rows, width]`; `None` when empty.
 pub(crate) fn stored(heads: &[QuantRows], width: usize, device: &Device) -> Result<Option<Tensor>> {
     let len = heads[0].rows();
+    if heads.iter().any(|h| h.rows() != len) {
+        return Err(uneven_heads());
+    }
     if len == 0 {
         return Ok(None);
     }

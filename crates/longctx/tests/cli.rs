@@ -1,7 +1,11 @@
 //! Bad input at the command line: one line naming the problem, a non-zero exit, no panic.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::longctx_ok;
 
 fn longctx(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
@@ -166,17 +170,7 @@ fn fetch_without_the_package_index_says_what_to_do() {
 fn score_reproduces_the_official_scorer() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/longbench_pred");
-    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-        .arg("score")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = longctx_ok(&["score", dir.to_str().unwrap()]);
     for (dataset, score) in [
         ("hotpotqa", "50.79"),
         ("lcc", "94.00"),
@@ -328,27 +322,19 @@ fn bad_method_specs_fail_before_loading() {
 fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
     longctx::assets::default_model().expect("fetching the default model");
     let run = |method: &str, precision: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-            .args([
-                "bench",
-                "--contexts",
-                "512",
-                "--decode-tokens",
-                "4",
-                "--json",
-                "--method",
-                method,
-                "--kv-precision",
-                precision,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = longctx_ok(&[
+            "bench",
+            "--contexts",
+            "512",
+            "--decode-tokens",
+            "4",
+            "--json",
+            "--method",
+            method,
+            "--kv-precision",
+            precision,
+        ]);
+        let row: serde_json::Value = serde_json::from_str(&out).unwrap();
         (
             row["kv_bytes"].as_f64().unwrap(),
             row["kv_fp16_equivalent_bytes"].as_f64().unwrap(),
@@ -389,25 +375,17 @@ fn flexgen_4bit_answers_and_holds_its_nominal_ratio_in_bytes() {
 
 /// `bench --json` for one method at one context: the row as JSON.
 fn bench_row(method: &str, context: usize) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-        .args([
-            "bench",
-            "--contexts",
-            &context.to_string(),
-            "--decode-tokens",
-            "4",
-            "--json",
-            "--method",
-            method,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{method}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = longctx_ok(&[
+        "bench",
+        "--contexts",
+        &context.to_string(),
+        "--decode-tokens",
+        "4",
+        "--json",
+        "--method",
+        method,
+    ]);
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]
@@ -679,27 +657,19 @@ fn sizes_from_headers_specs_and_flags_are_bounded() {
 #[test]
 fn bench_sweep_reports_each_depth_and_draws_the_figure() {
     let figure = temp_file("sweep/speed.png", b"");
-    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
-        .args([
-            "bench",
-            "--sweep",
-            "128",
-            "--contexts",
-            "400",
-            "--decode-tokens",
-            "4",
-            "--json",
-            "--figure",
-            figure.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let out = longctx_ok(&[
+        "bench",
+        "--sweep",
+        "128",
+        "--contexts",
+        "400",
+        "--decode-tokens",
+        "4",
+        "--json",
+        "--figure",
+        figure.to_str().unwrap(),
+    ]);
+    let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
