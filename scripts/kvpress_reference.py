@@ -28,6 +28,10 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
 - KnormPress and KeyDiffPress: each key/value head's keys alone (the cache's, rotated),
   scored by minus their norm and minus their cosine to the head's mean key direction; our
   `knorm` and `keydiff`. Their scores are recorded too.
+- ExpectedAttentionPress (its defaults: 512 future positions, 4 sinks, covariance and value
+  norms): the prompt's pre-RoPE query statistics, turned by the mean rotation of the next 512
+  positions, give each key its expected attention, scaled by its value's norm; our
+  `expected-attention-4x`. Its scores are recorded too.
 - ChunkKVPress(KnormPress, chunk_length=20): Knorm's scores summed over heads, averaged per
   chunk of 20 tokens, the best chunks kept whole by every head; our
   `chunkkv:chunk=20,press=knorm`.
@@ -47,7 +51,16 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from kvpress import AdaKVPress, ChunkKVPress, KeyDiffPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
+from kvpress import (
+    AdaKVPress,
+    ChunkKVPress,
+    ExpectedAttentionPress,
+    KeyDiffPress,
+    KnormPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    TOVAPress,
+)
 
 RATIO = 0.75  # kvpress's compression_ratio: keep int(L * 0.25), our ratio=4
 QUESTION = "\nWhat is the pass key? The pass key is"
@@ -139,7 +152,8 @@ def main():
     snapkv = recording(SnapKVPress)(compression_ratio=RATIO, window_size=64, kernel_size=5)
     knorm = recording(KnormPress)(compression_ratio=RATIO)
     keydiff = recording(KeyDiffPress)(compression_ratio=RATIO)
-    for press in (snapkv, knorm, keydiff):
+    expected = recording(ExpectedAttentionPress)(compression_ratio=RATIO)
+    for press in (snapkv, knorm, keydiff, expected):
         press.recorded = []
     answers = {"baseline": answer(model, prefill(model, ids), ids.shape[1], question_ids)}
     for name, press in [
@@ -148,6 +162,7 @@ def main():
         ("snapkv", snapkv),
         ("knorm", knorm),
         ("keydiff", keydiff),
+        ("expected_attention", expected),
     ]:
         cache = prefill(model, ids, press)
         cases[name] = [kept_positions(f, c) for f, c in zip(full, keys(cache))]
@@ -178,6 +193,7 @@ def main():
         "snapkv_scores": snapkv.recorded,
         "knorm_scores": knorm.recorded,
         "keydiff_scores": keydiff.recorded,
+        "expected_attention_scores": expected.recorded,
         "question_ids": question_ids[0].tolist(),
         "answers": answers,
     }

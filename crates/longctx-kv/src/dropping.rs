@@ -26,6 +26,9 @@
 //! - **Key scorers** ([`KeyScorer`]: Random, Knorm, KeyDiff; kvpress's query-agnostic
 //!   presses): full prefill, then each key/value head keeps the tokens its keys score
 //!   highest; no eviction while decoding.
+//! - **Expected Attention** ([`ExpectedAttention`], kvpress's own press): full prefill, then
+//!   each key/value head keeps the tokens future queries, estimated from the prompt's, are
+//!   expected to attend to; no eviction while decoding.
 //!
 //! Storage is budget-sized: evicting compacts rows in place, and policies that prefill in
 //! full shrink their allocation to the budget once the prompt is done, so the memory is
@@ -37,6 +40,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{attend_rows, attend_rows_with_memory};
 use crate::cache::{check_chunk, growth_step, uneven_heads, Reservation};
+use crate::expected_attention::{ExpectedAttention, PromptRows, QueryMoments};
 use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
@@ -142,6 +146,10 @@ pub enum DropPolicy {
     /// Each key/value head keeps the prompt tokens its keys score highest, chosen once at
     /// the end of the prompt; no query is read.
     Keys(KeyScorer),
+    /// Each key/value head keeps the prompt tokens future queries are expected to attend
+    /// to most, estimated from the prompt queries' statistics; chosen once at the end of the
+    /// prompt.
+    ExpectedAttention(ExpectedAttention),
 }
 
 /// How a policy that chooses once, when the prompt ends (SnapKV, PyramidKV, the key
@@ -199,9 +207,10 @@ impl DropSettings {
             DropPolicy::PyramidKv { beta: 0, .. } => {
                 Err(KvError::Setting("beta must be positive".into()))
             }
+            DropPolicy::ExpectedAttention(e) if e.validate().is_err() => e.validate(),
             _ if self.selection != Selection::PerHead && !self.selects_once() => {
                 Err(KvError::Setting(
-                    "chunk and head-budget selection need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)".into(),
+                    "chunk and head-budget selection need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention)".into(),
                 ))
             }
             _ if self.selection == Selection::Chunks(0) => {
@@ -229,7 +238,10 @@ impl DropSettings {
     pub fn selects_once(&self) -> bool {
         matches!(
             self.policy,
-            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_)
+            DropPolicy::SnapKv { .. }
+                | DropPolicy::PyramidKv { .. }
+                | DropPolicy::Keys(_)
+                | DropPolicy::ExpectedAttention(_)
         )
     }
 
@@ -268,6 +280,8 @@ pub struct DroppingCache {
     prefilled: bool,
     /// Per-query-head choice (H2O with `heads=query`), per layer, from the end of prefill.
     views: Vec<Option<QueryHeadViews>>,
+    /// Expected Attention's prompt query statistics per layer, until the prompt ends.
+    moments: Vec<Option<QueryMoments>>,
 }
 
 impl DroppingCache {
@@ -298,6 +312,7 @@ impl DroppingCache {
             sequence: None,
             prefilled: false,
             views: (0..shape.layers).map(|_| None).collect(),
+            moments: vec![None; shape.layers],
         })
     }
 
@@ -408,7 +423,10 @@ impl DroppingCache {
         match self.settings.policy {
             DropPolicy::StreamingLlm { .. } => true,
             DropPolicy::H2O { .. } | DropPolicy::Tova => self.prefilled,
-            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_) => false,
+            DropPolicy::SnapKv { .. }
+            | DropPolicy::PyramidKv { .. }
+            | DropPolicy::Keys(_)
+            | DropPolicy::ExpectedAttention(_) => false,
         }
     }
 
@@ -417,7 +435,7 @@ impl DroppingCache {
         let budget = self.budget_of(layer, s.budget);
         match self.settings.policy {
             _ if self.settings.prefills_in_full() && !self.prefilled => s.prompt + 1,
-            DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Keys(_) => {
+            _ if self.settings.selects_once() => {
                 budget.min(s.prompt) + s.reservation.after_prompt()
             }
             // One row beyond the budget: a decoding token is stored before the eviction.
@@ -427,13 +445,13 @@ impl DroppingCache {
 
     /// Which of `layer`'s tokens survive (per head, over the rows held), given this chunk's
     /// scores already folded in; `None` keeps everything.
-    fn survivors(&self, layer: usize, budget: usize) -> Option<Vec<Vec<bool>>> {
+    fn survivors(&self, layer: usize, budget: usize) -> Result<Option<Vec<Vec<bool>>>> {
         let heads = &self.layers[layer];
         let n = heads[0].len();
         if n <= budget {
-            return None;
+            return Ok(None);
         }
-        match self.settings.policy {
+        Ok(match self.settings.policy {
             DropPolicy::StreamingLlm { sinks, .. } => {
                 let sinks = sink_count(sinks, budget);
                 let window_from = n - (budget - sinks);
@@ -486,6 +504,31 @@ impl DroppingCache {
                     .collect();
                 Some(self.select(scores, budget, 0))
             }
+            DropPolicy::ExpectedAttention(expected) => {
+                let held: Vec<(Vec<f32>, Vec<f32>, Vec<usize>)> = heads
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.keys().to_f32(),
+                            h.values().to_f32(),
+                            h.positions().collect(),
+                        )
+                    })
+                    .collect();
+                let rows: Vec<PromptRows> = held
+                    .iter()
+                    .map(|(keys, values, positions)| PromptRows {
+                        keys,
+                        values,
+                        positions,
+                    })
+                    .collect();
+                let moments = self.moments[layer].as_ref().ok_or_else(|| {
+                    KvError::Invalid("expected attention scores a prompt it was shown".into())
+                })?;
+                let scores = expected.scores(moments, &self.rope, self.processed[layer], &rows)?;
+                Some(self.select(scores, budget, 0))
+            }
             DropPolicy::SnapKv {
                 window,
                 kernel,
@@ -504,7 +547,7 @@ impl DroppingCache {
                     .collect();
                 Some(self.select(scores, budget, window))
             }
-        }
+        })
     }
 
     /// Kept flags per head from each head's scores of the tokens before a protected tail of
@@ -579,8 +622,10 @@ impl DroppingCache {
     }
 
     /// Evict down to `layer`'s budget and release storage beyond the working capacity.
-    fn evict(&mut self, layer: usize) {
-        let Some(s) = self.sequence else { return };
+    fn evict(&mut self, layer: usize) -> Result<()> {
+        let Some(s) = self.sequence else {
+            return Ok(());
+        };
         let budget = self.budget_of(layer, s.budget);
         if self.views[layer].is_some() {
             let (heavy, recent) = self.h2o_split(s.reservation.budget_input());
@@ -591,7 +636,7 @@ impl DroppingCache {
                 views.retain(g, &keep);
                 h.retain(&keep);
             }
-        } else if let Some(keep) = self.survivors(layer, budget) {
+        } else if let Some(keep) = self.survivors(layer, budget)? {
             for (h, k) in self.layers[layer].iter_mut().zip(keep) {
                 h.retain(&k);
             }
@@ -607,6 +652,7 @@ impl DroppingCache {
                 false => capacity.max(h.len()),
             })
         });
+        Ok(())
     }
 
     /// The post-prefill choice: score the prompt by its last queries' attention.
@@ -665,7 +711,7 @@ impl DroppingCache {
             )?);
         }
         let out = if let Some((n_init, window)) = streaming {
-            self.evict(layer);
+            self.evict(layer)?;
             let rows = &self.layers[layer];
             let memory = match memory_query {
                 Some(q) => {
@@ -938,6 +984,7 @@ impl KvCache for DroppingCache {
                 "H2O with heads=query takes one token per step after the prompt".into(),
             ));
         } else {
+            let q_unrotated = q;
             let q = q_rotated;
             let (keys, values) = self.held_and_chunk(layer, &k, &v)?;
             let (out, weights) = if self.needs_weights() {
@@ -947,6 +994,13 @@ impl KvCache for DroppingCache {
                 (causal_attention(&q, &keys, &values, n)?, None)
             };
             self.push_chunk(layer, pos, &k, &v)?;
+            if let DropPolicy::ExpectedAttention(expected) = self.settings.policy {
+                self.moments[layer]
+                    .get_or_insert_with(|| {
+                        QueryMoments::new(self.shape.q_heads, self.shape.head_dim)
+                    })
+                    .add(q_unrotated, pos, expected.sinks)?;
+            }
             if let Some(w) = weights {
                 self.fold_scores(layer, &w);
             }
@@ -966,7 +1020,7 @@ impl KvCache for DroppingCache {
         };
         self.processed[layer] = pos + t;
         if self.evicts_now() {
-            self.evict(layer);
+            self.evict(layer)?;
         }
         Ok(out)
     }
@@ -993,7 +1047,11 @@ impl KvCache for DroppingCache {
                 | DropPolicy::H2O {
                     count_prefill: true,
                     ..
-                } => self.evict(layer),
+                } => self.evict(layer)?,
+                DropPolicy::ExpectedAttention(_) => {
+                    self.evict(layer)?;
+                    self.moments[layer] = None;
+                }
                 // Scores start at zero; the first decoding step chooses.
                 DropPolicy::H2O {
                     count_prefill: false,
@@ -1006,7 +1064,7 @@ impl KvCache for DroppingCache {
                 }
                 DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Tova => {
                     self.score_by_recent_queries(layer)?;
-                    self.evict(layer);
+                    self.evict(layer)?;
                 }
             }
         }
@@ -1047,6 +1105,7 @@ impl KvCache for DroppingCache {
         self.sequence = None;
         self.prefilled = false;
         self.views.iter_mut().for_each(|v| *v = None);
+        self.moments.iter_mut().for_each(|m| *m = None);
     }
 }
 
@@ -1080,7 +1139,14 @@ mod tests {
         pool: Pool::Max,
     };
 
-    const EVERY_POLICY: [DropPolicy; 11] = [
+    const EXPECTED: ExpectedAttention = ExpectedAttention {
+        future: 16,
+        sinks: 2,
+        covariance: true,
+        vnorm: true,
+    };
+
+    const EVERY_POLICY: [DropPolicy; 12] = [
         DropPolicy::StreamingLlm {
             sinks: Sinks::Fraction(0.021),
             reindex: true,
@@ -1112,6 +1178,7 @@ mod tests {
         DropPolicy::Keys(KeyScorer::Random { seed: 7 }),
         DropPolicy::Keys(KeyScorer::Knorm),
         DropPolicy::Keys(KeyScorer::KeyDiff),
+        DropPolicy::ExpectedAttention(EXPECTED),
     ];
 
     /// Positions kept by each key/value head of layer 0.
@@ -1296,6 +1363,41 @@ mod tests {
                 want.extend(24..30);
                 assert_eq!(seen.last().unwrap()[g], want, "{scorer:?}, kv head {g}");
             }
+        }
+    }
+
+    /// The cache gathers the prompt's queries over its chunks and scores its rotated keys
+    /// and values once the prompt ends (the scores themselves are checked against kvpress's
+    /// formula in `expected_attention`).
+    #[test]
+    fn expected_attention_keeps_each_heads_top_scores_once_the_prompt_ends() {
+        let data = sequence(30);
+        let (_, k) = rotated(&data.0, &data.1);
+        let values = data.2.to_vec3::<f32>().unwrap();
+        let mut c = cache(DropPolicy::ExpectedAttention(EXPECTED), Budget::Tokens(8));
+        let (_, seen) = run(&mut c, &data, &[10, 14], kept);
+        let mut moments = QueryMoments::new(4, 64);
+        moments
+            .add(&data.0.narrow(1, 0, 24).unwrap(), 0, EXPECTED.sinks)
+            .unwrap();
+        let held: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+            .map(|g| (k[g][..24].concat(), values[g][..24].concat()))
+            .collect();
+        let positions: Vec<usize> = (0..24).collect();
+        let rows: Vec<PromptRows> = held
+            .iter()
+            .map(|(keys, values)| PromptRows {
+                keys,
+                values,
+                positions: &positions,
+            })
+            .collect();
+        let scores = EXPECTED.scores(&moments, &rope(), 24, &rows).unwrap();
+        for (g, head) in scores.iter().enumerate() {
+            let mut want = top_k(head, 8);
+            assert!(want.starts_with(&[0, 1]), "sinks first: {want:?}");
+            want.extend(24..30);
+            assert_eq!(seen.last().unwrap()[g], want, "kv head {g}");
         }
     }
 

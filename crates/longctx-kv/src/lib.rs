@@ -10,6 +10,7 @@ mod cache;
 mod drop_then_quantize;
 mod dropping;
 mod error;
+mod expected_attention;
 mod full;
 mod grouped;
 mod halves;
@@ -35,6 +36,7 @@ pub use dropping::{
     Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Selection, Sinks,
 };
 pub use error::{KvError, Result};
+pub use expected_attention::ExpectedAttention;
 pub use full::FullCache;
 pub use grouped::{GroupedCache, LayerGroup};
 pub use halves::f16_bits_to_f32;

@@ -179,6 +179,44 @@ impl RopeTable {
         self.rotate(x, &spread(cos)?, &spread(sin)?)
     }
 
+    /// The mean of the rotation matrices of positions `start..start + count`, `head_dim²`
+    /// row-major (`rotated = R · x`): Expected Attention's rotation of query statistics
+    /// towards the positions queries will come from. Not itself a rotation: the average
+    /// shrinks fast-turning pairs towards zero.
+    pub(crate) fn mean_rotation(&self, start: usize, count: usize) -> Result<Vec<f64>> {
+        let half = self.inverse_frequencies.len();
+        let d = 2 * half;
+        let mut matrix = vec![0f64; d * d];
+        if count == 0 {
+            return Ok(matrix);
+        }
+        let (cos, sin) = self.rows(start, count)?;
+        let (cos, sin): (Vec<f32>, Vec<f32>) =
+            (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+        for i in 0..half {
+            let mean = |table: &[f32]| {
+                table
+                    .iter()
+                    .skip(i)
+                    .step_by(half)
+                    .map(|&v| v as f64)
+                    .sum::<f64>()
+                    / count as f64
+            };
+            let (c, s) = (mean(&cos), mean(&sin));
+            // The pair a rotation turns: (i, i + half) or (2i, 2i + 1).
+            let (a, b) = match self.style {
+                RopeStyle::Half => (i, i + half),
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            };
+            matrix[a * d + a] = c;
+            matrix[a * d + b] = -s;
+            matrix[b * d + a] = s;
+            matrix[b * d + b] = c;
+        }
+        Ok(matrix)
+    }
+
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (heads, t, d) = x.dims3()?;
         let x4 = x.reshape((1, heads, t, d))?.to_dtype(DType::F32)?;
@@ -201,6 +239,34 @@ mod tests {
             style,
             scaling: None,
             max_positions: 8,
+        }
+    }
+
+    #[test]
+    fn mean_rotation_is_the_mean_of_the_rotated_vectors() {
+        for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+            let table = RopeTable::new(&settings(style), &Device::Cpu).unwrap();
+            let x = [0.3f32, -1.2, 0.7, 2.0];
+            // Positions 5..11 run past the table (8): computed on the spot.
+            let r = table.mean_rotation(5, 6).unwrap();
+            let mut mean = [0f64; 4];
+            for p in 5..11 {
+                let t = Tensor::from_vec(x.to_vec(), (1, 1, 4), &Device::Cpu).unwrap();
+                let y: Vec<f32> = table
+                    .apply(&t, p)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                mean.iter_mut()
+                    .zip(y)
+                    .for_each(|(m, v)| *m += v as f64 / 6.0);
+            }
+            for (i, want) in mean.iter().enumerate() {
+                let got: f64 = (0..4).map(|j| r[i * 4 + j] * x[j] as f64).sum();
+                assert!((got - want).abs() < 1e-5, "{style:?} {i}: {got} vs {want}");
+            }
         }
     }
 

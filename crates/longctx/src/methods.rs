@@ -13,9 +13,10 @@ use crate::compress::{
 };
 use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DropThenQuantize, DroppingCache,
-    FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder, InfLlmSettings, KeyScorer,
-    KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool, QuantizedPrefill, RopeTable,
-    RowFormat, RowQuantCache, RowQuantSettings, Selection, Sinks, MAX_STREAM_POSITIONS,
+    ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder,
+    InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool,
+    QuantizedPrefill, RopeTable, RowFormat, RowQuantCache, RowQuantSettings, Selection, Sinks,
+    MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -84,7 +85,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 13] = [
+const DROPPING: [Family; 14] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -150,6 +151,12 @@ const DROPPING: [Family; 13] = [
         spec: "keydiff:{budget}",
         six: "ratio=6",
         note: "kvpress's KeyDiffPress (KeyDiff, 2025): the keys least like their head's mean direction keep, after prefill, no query read (kept sets equal to kvpress's in tests); the paper's block-wise iteration is not built; not in the paper",
+    },
+    Family {
+        name: "expected-attention",
+        spec: "expected-attention:{budget},future=512,sinks=4,covariance=true,vnorm=true",
+        six: "ratio=6",
+        note: "kvpress's ExpectedAttentionPress (its defaults): the prompt's queries before RoPE (sinks left out) give a mean and covariance per head, turned by the mean rotation of the next 512 positions; a key scores exp(mu.k/sqrt(d) + k'Sigma k/2d), normalized over the prompt, averaged over its query group and scaled by the value's norm; 4 sinks always kept; chosen once after prefill (kept sets equal to kvpress's in tests); not in the paper",
     },
     Family {
         name: "chunkkv",
@@ -614,6 +621,20 @@ impl Method {
                     budget,
                 })
             }
+            "expected-attention" => {
+                let budget = s.take_budget()?;
+                let expected = ExpectedAttention {
+                    future: s.take_positive("future")?,
+                    sinks: s.take_u64("sinks")? as usize,
+                    covariance: s.take_bool("covariance")?,
+                    vnorm: s.take_bool("vnorm")?,
+                };
+                Method::Drop(DropSettings {
+                    selection: Selection::PerHead,
+                    policy: DropPolicy::ExpectedAttention(expected),
+                    budget,
+                })
+            }
             "chunkkv" | "adakv" => {
                 let selection = if name == "chunkkv" {
                     Selection::Chunks(s.take_positive("chunk")?)
@@ -634,7 +655,7 @@ impl Method {
                     }
                     other => {
                         return Err(s.error(format!(
-                            "press={press}: {name} needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff), not {other}"
+                            "press={press}: {name} needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention), not {other}"
                         )))
                     }
                 }
@@ -743,7 +764,7 @@ impl Method {
             Method::Drop(d) if d.selects_once() => d,
             other => {
                 return Err(error(format!(
-                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff)"
+                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention)"
                 )))
             }
         };
@@ -785,6 +806,7 @@ impl Method {
                 (_, DropPolicy::PyramidKv { .. }) => "pyramidkv",
                 (_, DropPolicy::Tova) => "tova",
                 (_, DropPolicy::Keys(scorer)) => scorer.name(),
+                (_, DropPolicy::ExpectedAttention(_)) => "expected-attention",
             },
             Method::InfLlm(_) => "infllm",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
@@ -976,6 +998,11 @@ impl fmt::Display for Method {
                     DropPolicy::Tova
                     | DropPolicy::Keys(KeyScorer::Knorm | KeyScorer::KeyDiff) => Ok(()),
                     DropPolicy::Keys(KeyScorer::Random { seed }) => write!(f, ",seed={seed}"),
+                    DropPolicy::ExpectedAttention(e) => write!(
+                        f,
+                        ",future={},sinks={},covariance={},vnorm={}",
+                        e.future, e.sinks, e.covariance, e.vnorm
+                    ),
                 }
             }
             Method::InfLlm(s) => write!(

@@ -2,7 +2,7 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
-//! ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
+//! ExpectedAttentionPress with its defaults. ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
@@ -184,6 +184,29 @@ fn key_scorers_keep_what_kvpress_keeps_up_to_near_ties() {
         );
         eprintln!("{name}: {ties} near-tie swaps");
     }
+}
+
+/// ExpectedAttentionPress with its defaults (512 future positions, 4 sinks, covariance and
+/// value norms) keeps the same tokens per key/value head as `expected-attention-4x`, up to
+/// near-ties; both always keep the 4 sinks.
+#[test]
+fn expected_attention_keeps_what_kvpress_keeps_up_to_near_ties() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let ours = kept("expected-attention-4x", &ids);
+    for layer in &ours {
+        for head in layer {
+            assert!(head.starts_with(&[0, 1, 2, 3]), "sinks kept: {head:?}");
+        }
+    }
+    let (ties, _) = compare_up_to_near_ties(
+        "expected_attention",
+        &ours,
+        &f["kept"]["expected_attention"],
+        |l, g| scores(&f["expected_attention_scores"][l][g]),
+        |p| p < 4,
+    );
+    eprintln!("expected attention: {ties} near-tie swaps");
 }
 
 /// ChunkKVPress over KnormPress (chunks of 20, compression 0.75) keeps whole chunks, the

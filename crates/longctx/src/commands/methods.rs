@@ -37,14 +37,16 @@ Specs take explicit settings too; every key is required and checked:
                                               int2, int3, int4, int8 (min-max codes, groups of 32);
                                               rotate: Walsh-Hadamard blocks before quantizing, as
                                               llama.cpp (head dimension a multiple of 64)
-  chunkkv:chunk=N,press=P,<P's keys>          P (snapkv, pyramidkv, random, knorm, keydiff) keeps
-                                              whole chunks of N tokens, the same for every head
+  chunkkv:chunk=N,press=P,<P's keys>          P (snapkv, pyramidkv, random, knorm, keydiff,
+                                              expected-attention) keeps whole chunks of N tokens,
+                                              the same for every head
   adakv:safeguard=A,press=P,<P's keys>        P's scores over all heads of a layer, each head's best
                                               share A of the budget safeguarded: heads keep
                                               different counts
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
-                                              knorm, keydiff), QUANT is a kvquant or flexgen method,
+                                              knorm, keydiff, expected-attention), QUANT is a kvquant
+                                              or flexgen method,
                                               e.g. snapkv-4x+q4_0
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
                                               reindex: sinks at a fixed distance from every query
@@ -54,6 +56,11 @@ Specs take explicit settings too; every key is required and checked:
   snapkv:ratio=X,window=W,kernel=K            K odd (max-pooling width)
   pyramidkv:ratio=X,window=W,kernel=K,beta=BETA
   tova:ratio=X
+  expected-attention:ratio=X,future=N,sinks=N,covariance=B,vnorm=B
+                                              N future positions whose RoPE rotations are averaged;
+                                              sinks: leading tokens always kept and left out of the
+                                              query statistics; covariance, vnorm: kvpress's
+                                              use_covariance and use_vnorm
   infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N,chunk=N,remainder=chunk|query
                                               chunk: queries per retrieval, and the smallest window;
                                               remainder: which queries of a chunk read the tokens
