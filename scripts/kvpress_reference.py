@@ -40,6 +40,14 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
   counts; kvpress masks the rest (read from each attention module's `masked_key_indices`).
   Our `adakv:safeguard=0.2,press=knorm`.
 
+- KVzipPress (its defaults: 4 sinks, chunks of 2,048, one budget over all layers and
+  heads): on the passage inside the chat template's user turn, as kvpress's pipeline
+  formats a context (`kvzip_ids`); the model is asked to repeat it after its opening, and
+  each token scores the most attention the repetition pays it. Read from
+  `masked_key_indices`; its scores (`score_val`, before the sinks are lifted) are recorded
+  too. Our `kvzip-4x`. Again with chunks of 100 tokens (`kvzip_chunked`), so that later
+  passes quote the previous chunk's last 8 tokens: our `kvzip:ratio=4,sinks=4,chunk=100`.
+
 Besides the kept positions, each layer records how far the last kept and first dropped
 tokens' scores are apart at the cut, so that a test can tell a real disagreement from a
 near-tie that float rounding may flip.
@@ -57,6 +65,7 @@ from kvpress import (
     ExpectedAttentionPress,
     KeyDiffPress,
     KnormPress,
+    KVzipPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
@@ -182,6 +191,33 @@ def main():
         _, heads, positions = layer.self_attn.masked_key_indices
         masked = [set(positions[heads == h].tolist()) for h in range(fused.config.num_key_value_heads)]
         cases["adakv"].append([[p for p in range(ids.shape[1]) if p not in m] for m in masked])
+    # KVzipPress on the passage as kvpress's pipeline feeds a context: inside the chat
+    # template's user turn, the question's part cut off. It loads the tokenizer by the model's
+    # name, which a GGUF-loaded model lacks: it is handed the one loaded here.
+    separator = "#" * (len(PASSAGE) + 10)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PASSAGE + separator}], add_generation_prompt=True, tokenize=False
+    )
+    kvzip_ids = tokenizer.encode(rendered.split(separator)[0], return_tensors="pt", add_special_tokens=False)
+    import kvpress.presses.kvzip_press as kvzip_module
+
+    kvzip_module.AutoTokenizer = type("Given", (), {"from_pretrained": staticmethod(lambda *a, **k: tokenizer)})
+    kvzip_scores = {}
+    for name, chunk_size in [("kvzip", 2048), ("kvzip_chunked", 100)]:
+        kvzip = KVzipPress(compression_ratio=RATIO, chunk_size=chunk_size)
+        recorded = kvzip_scores[name] = []
+
+        def recording_compress_post(model, press=kvzip, compress_post=kvzip.compress_post, recorded=recorded):
+            recorded.extend(press.score_val[:, 0].tolist())
+            compress_post(model)
+
+        kvzip.compress_post = recording_compress_post
+        prefill(fused, kvzip_ids, kvzip)
+        cases[name] = []
+        for layer in fused.model.layers:
+            _, heads, positions = layer.self_attn.masked_key_indices
+            masked = [set(positions[heads == h].tolist()) for h in range(fused.config.num_key_value_heads)]
+            cases[name].append([[p for p in range(kvzip_ids.shape[1]) if p not in m] for m in masked])
     fixture = {
         "model": gguf.name,
         "kvpress": __import__("kvpress").__version__ if hasattr(__import__("kvpress"), "__version__") else "0.5.5",
@@ -195,6 +231,9 @@ def main():
         "keydiff_scores": keydiff.recorded,
         "expected_attention_scores": expected.recorded,
         "question_ids": question_ids[0].tolist(),
+        "kvzip_ids": kvzip_ids[0].tolist(),
+        "kvzip_scores": kvzip_scores["kvzip"],
+        "kvzip_chunked_scores": kvzip_scores["kvzip_chunked"],
         "answers": answers,
     }
     Path(sys.argv[2]).write_text(json.dumps(fixture))

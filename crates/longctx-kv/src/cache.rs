@@ -209,6 +209,27 @@ pub trait KvCache: Send {
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
 
+    /// Context tokens per replay pass, when the policy scores the prompt by having the
+    /// model repeat it (KVzip) before [`KvCache::end_prefill`]; `None` for every other.
+    fn replay_chunk(&self) -> Option<usize> {
+        None
+    }
+
+    /// The chunks that follow, until [`KvCache::end_replay`], repeat the prompt's tokens at
+    /// `span`: they are attended as usual and score the span, then are forgotten.
+    fn begin_replay(&mut self, span: std::ops::Range<usize>) -> Result<()> {
+        Err(crate::KvError::Invalid(format!(
+            "this cache policy does not replay its prompt (asked to repeat {span:?})"
+        )))
+    }
+
+    /// The replay pass is over: its tokens are dropped, the prompt is as it was.
+    fn end_replay(&mut self) -> Result<()> {
+        Err(crate::KvError::Invalid(
+            "this cache policy does not replay its prompt".into(),
+        ))
+    }
+
     /// Drop the cached tokens at `range` of every layer, moving those after it down (their
     /// keys keep the rotation of the position they were computed at); the next chunk then
     /// starts at the new length. What a scorer rewinding to a compressed prefix needs

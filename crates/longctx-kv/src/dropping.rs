@@ -26,6 +26,9 @@
 //! - **Key scorers** ([`KeyScorer`]: Random, Knorm, KeyDiff; kvpress's query-agnostic
 //!   presses): full prefill, then each key/value head keeps the tokens its keys score
 //!   highest; no eviction while decoding.
+//! - **KVzip** ([`KvZip`]): full prefill, then the model repeats the prompt and each
+//!   prompt token scores the most attention the repetition pays it; the best scores over
+//!   all layers and heads are kept at once; no eviction while decoding.
 //! - **Expected Attention** ([`ExpectedAttention`], kvpress's own press): full prefill, then
 //!   each key/value head keeps the tokens future queries, estimated from the prompt's, are
 //!   expected to attend to; no eviction while decoding.
@@ -34,6 +37,7 @@
 //! full shrink their allocation to the budget once the prompt is done, so the memory is
 //! really returned, not masked.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -41,6 +45,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::{attend_rows, attend_rows_with_memory};
 use crate::cache::{check_chunk, growth_step, uneven_heads, Reservation};
 use crate::expected_attention::{ExpectedAttention, PromptRows, QueryMoments};
+use crate::kvzip::{replay_scores, KvZip};
 use crate::query_heads::QueryHeadViews;
 use crate::rows::{stack_heads, top_k, HeadRows, TokenRows};
 use crate::window::{windowed_attention, Memory};
@@ -150,6 +155,10 @@ pub enum DropPolicy {
     /// to most, estimated from the prompt queries' statistics; chosen once at the end of the
     /// prompt.
     ExpectedAttention(ExpectedAttention),
+    /// Every layer's and head's prompt tokens scored by how much the model attends to them
+    /// while repeating the prompt; the lowest scores over all layers and heads dropped at
+    /// once, so they keep different counts.
+    KvZip(KvZip),
 }
 
 /// How a policy that chooses once, when the prompt ends (SnapKV, PyramidKV, the key
@@ -208,6 +217,10 @@ impl DropSettings {
                 Err(KvError::Setting("beta must be positive".into()))
             }
             DropPolicy::ExpectedAttention(e) if e.validate().is_err() => e.validate(),
+            DropPolicy::KvZip(z) if z.validate().is_err() => z.validate(),
+            DropPolicy::KvZip(_) if self.selection != Selection::PerHead => Err(KvError::Setting(
+                "kvzip chooses over every layer and head at once: it takes no chunk or head-budget selection".into(),
+            )),
             _ if self.selection != Selection::PerHead && !self.selects_once() => {
                 Err(KvError::Setting(
                     "chunk and head-budget selection need a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention)".into(),
@@ -242,6 +255,7 @@ impl DropSettings {
                 | DropPolicy::PyramidKv { .. }
                 | DropPolicy::Keys(_)
                 | DropPolicy::ExpectedAttention(_)
+                | DropPolicy::KvZip(_)
         )
     }
 
@@ -282,6 +296,10 @@ pub struct DroppingCache {
     views: Vec<Option<QueryHeadViews>>,
     /// Expected Attention's prompt query statistics per layer, until the prompt ends.
     moments: Vec<Option<QueryMoments>>,
+    /// KVzip's replay in progress: the prompt span repeated and the prompt's length.
+    replaying: Option<(Range<usize>, usize)>,
+    /// Whether KVzip's replay ran over this prompt.
+    replayed: bool,
 }
 
 impl DroppingCache {
@@ -313,6 +331,8 @@ impl DroppingCache {
             prefilled: false,
             views: (0..shape.layers).map(|_| None).collect(),
             moments: vec![None; shape.layers],
+            replaying: None,
+            replayed: false,
         })
     }
 
@@ -426,7 +446,8 @@ impl DroppingCache {
             DropPolicy::SnapKv { .. }
             | DropPolicy::PyramidKv { .. }
             | DropPolicy::Keys(_)
-            | DropPolicy::ExpectedAttention(_) => false,
+            | DropPolicy::ExpectedAttention(_)
+            | DropPolicy::KvZip(_) => false,
         }
     }
 
@@ -529,6 +550,8 @@ impl DroppingCache {
                 let scores = expected.scores(moments, &self.rope, self.processed[layer], &rows)?;
                 Some(self.select(scores, budget, 0))
             }
+            // Chosen over every layer at once when the prompt ends (`choose_by_replay`).
+            DropPolicy::KvZip(_) => None,
             DropPolicy::SnapKv {
                 window,
                 kernel,
@@ -652,6 +675,71 @@ impl DroppingCache {
                 false => capacity.max(h.len()),
             })
         });
+        Ok(())
+    }
+
+    /// KVzip's score of the repeated span from this replay chunk's queries (`q` rotated):
+    /// each prompt row keeps the most attention any replay query has paid it.
+    fn score_replay(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        span: Range<usize>,
+        prompt: usize,
+    ) -> Result<()> {
+        let DropPolicy::KvZip(zip) = self.settings.policy else {
+            unreachable!("only KVzip replays");
+        };
+        let (keys, _) = stack_heads(&self.layers[layer], &self.device)?;
+        let scores: Vec<Vec<f32>> = replay_scores(q, &keys, prompt, &span, zip.sinks)?.to_vec2()?;
+        // The whole prompt is held in order while it is prefilled: row p is position p.
+        for (h, s) in self.layers[layer].iter_mut().zip(scores) {
+            for (slot, score) in h.scores_mut()[span.clone()].iter_mut().zip(s) {
+                *slot = slot.max(score);
+            }
+        }
+        Ok(())
+    }
+
+    /// KVzip's choice once its replay has scored the prompt: the sinks score above all, then
+    /// the best scores over every layer and key/value head are kept.
+    fn choose_by_replay(&mut self, zip: KvZip) -> Result<()> {
+        if !self.replayed {
+            return Err(KvError::Invalid(
+                "kvzip scores the prompt by having the model repeat it, and it was not repeated: the model must replay it before the prompt ends (Gemma-3's mixed local and global layers cannot, as in kvpress)".into(),
+            ));
+        }
+        let mut all: Vec<f32> = Vec::new();
+        for h in self.layers.iter().flatten() {
+            all.extend(
+                h.positions()
+                    .zip(h.scores())
+                    .map(|(p, &score)| match p < zip.sinks {
+                        true => f32::NAN,
+                        false => score,
+                    }),
+            );
+        }
+        let highest = all
+            .iter()
+            .filter(|x| !x.is_nan())
+            .cloned()
+            .fold(0f32, f32::max);
+        all.iter_mut()
+            .filter(|x| x.is_nan())
+            .for_each(|x| *x = highest + 1.0);
+        let heads = self.shape.layers * self.shape.kv_heads;
+        let kept = KvZip::kept_total(self.settings.budget, all.len(), heads);
+        let mut keep = vec![false; all.len()];
+        for i in top_k(&all, kept) {
+            keep[i] = true;
+        }
+        let mut at = 0;
+        for h in self.layers.iter_mut().flatten() {
+            let n = h.len();
+            h.retain(&keep[at..at + n]);
+            at += n;
+        }
         Ok(())
     }
 
@@ -994,6 +1082,9 @@ impl KvCache for DroppingCache {
                 (causal_attention(&q, &keys, &values, n)?, None)
             };
             self.push_chunk(layer, pos, &k, &v)?;
+            if let Some((span, prompt)) = self.replaying.clone() {
+                self.score_replay(layer, &q, span, prompt)?;
+            }
             if let DropPolicy::ExpectedAttention(expected) = self.settings.policy {
                 self.moments[layer]
                     .get_or_insert_with(|| {
@@ -1052,6 +1143,12 @@ impl KvCache for DroppingCache {
                     self.evict(layer)?;
                     self.moments[layer] = None;
                 }
+                DropPolicy::KvZip(zip) => {
+                    if layer == 0 {
+                        self.choose_by_replay(zip)?;
+                    }
+                    self.evict(layer)?;
+                }
                 // Scores start at zero; the first decoding step chooses.
                 DropPolicy::H2O {
                     count_prefill: false,
@@ -1106,6 +1203,41 @@ impl KvCache for DroppingCache {
         self.prefilled = false;
         self.views.iter_mut().for_each(|v| *v = None);
         self.moments.iter_mut().for_each(|m| *m = None);
+        self.replaying = None;
+        self.replayed = false;
+    }
+
+    fn replay_chunk(&self) -> Option<usize> {
+        match self.settings.policy {
+            DropPolicy::KvZip(zip) => Some(zip.chunk),
+            _ => None,
+        }
+    }
+
+    fn begin_replay(&mut self, span: Range<usize>) -> Result<()> {
+        let prompt = self.processed[0];
+        if self.replay_chunk().is_none() || self.prefilled || span.end > prompt || span.is_empty() {
+            return Err(KvError::Invalid(format!(
+                "cannot replay tokens {span:?}: only KVzip replays, before the end of a prompt that holds them ({prompt} tokens)"
+            )));
+        }
+        self.replaying = Some((span, prompt));
+        Ok(())
+    }
+
+    fn end_replay(&mut self) -> Result<()> {
+        let Some((_, prompt)) = self.replaying.take() else {
+            return Err(KvError::Invalid("no replay pass is running".into()));
+        };
+        for (layer, heads) in self.layers.iter_mut().enumerate() {
+            for h in heads.iter_mut() {
+                let keep: Vec<bool> = h.positions().map(|p| p < prompt).collect();
+                h.retain(&keep);
+            }
+            self.processed[layer] = prompt;
+        }
+        self.replayed = true;
+        Ok(())
     }
 }
 
@@ -1399,6 +1531,94 @@ mod tests {
             want.extend(24..30);
             assert_eq!(seen.last().unwrap()[g], want, "kv head {g}");
         }
+    }
+
+    /// KVzip's replay: its chunks attend as the full cache would, score the repeated span,
+    /// and are forgotten; the choice keeps the best scores over both layers and heads.
+    #[test]
+    fn kvzip_replay_attends_scores_the_span_and_is_forgotten() {
+        let zip = KvZip {
+            sinks: 2,
+            chunk: 10,
+        };
+        let (prompt, span) = (20, 5..15);
+        let mut c = cache(DropPolicy::KvZip(zip), Budget::Tokens(6));
+        let mut full = crate::FullCache::new(shape(), rope(), &Device::Cpu, KvPrecision::F32);
+        let data: Vec<(Tensor, Tensor, Tensor)> = (0..2).map(|_| sequence(30)).collect();
+        let part = |x: &Tensor, from: usize, n: usize| x.narrow(1, from, n).unwrap();
+        c.reserve(Reservation::prompt(prompt, 0)).unwrap();
+        full.reserve(Reservation::prompt(30, 0)).unwrap();
+        for (l, (q, k, v)) in data.iter().enumerate() {
+            let (q, k, v) = (part(q, 0, 20), part(k, 0, 20), part(v, 0, 20));
+            c.attend(l, 0, &q, &k, &v).unwrap();
+            full.attend(l, 0, &q, &k, &v).unwrap();
+        }
+        c.begin_replay(span.clone()).unwrap();
+        for from in [20, 25] {
+            for (l, (q, k, v)) in data.iter().enumerate() {
+                let (q, k, v) = (part(q, from, 5), part(k, from, 5), part(v, from, 5));
+                let ours = c.attend(l, from, &q, &k, &v).unwrap();
+                let want = full.attend(l, from, &q, &k, &v).unwrap();
+                assert!(
+                    max_difference(&[ours], &[want]) < 1e-4,
+                    "layer {l} from {from}"
+                );
+            }
+        }
+        c.end_replay().unwrap();
+        for l in 0..2 {
+            assert_eq!(c.kept_tokens(l), prompt);
+        }
+        c.end_prefill().unwrap();
+        // Brute force: each span token's largest weight from any replay query of its group,
+        // over the sinks, the span and the replay up to the query; sinks above all.
+        let mut scores = vec![0f64; 2 * 2 * prompt];
+        for (l, (q, k, _)) in data.iter().enumerate() {
+            let (q, k) = rotated(q, k);
+            for (h, queries) in q.iter().enumerate() {
+                let g = h / 2;
+                for i in 0..10 {
+                    let visible: Vec<usize> =
+                        (0..2).chain(span.clone()).chain(20..=20 + i).collect();
+                    let keys: Vec<&Vec<f32>> = visible.iter().map(|&p| &k[g][p]).collect();
+                    let weights = probabilities(&queries[20 + i], &keys);
+                    for (&p, w) in visible.iter().zip(weights) {
+                        if span.contains(&p) {
+                            let s = &mut scores[(l * 2 + g) * prompt + p];
+                            *s = s.max(w);
+                        }
+                    }
+                }
+            }
+        }
+        let highest = scores.iter().cloned().fold(0f64, f64::max);
+        for (i, s) in scores.iter_mut().enumerate() {
+            if i % prompt < 2 {
+                *s = highest + 1.0;
+            }
+        }
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        for l in 0..2 {
+            for g in 0..2 {
+                let mut want: Vec<usize> = order[..24]
+                    .iter()
+                    .filter(|&&i| i / prompt == l * 2 + g)
+                    .map(|&i| i % prompt)
+                    .collect();
+                want.sort_unstable();
+                assert_eq!(c.kept_positions(l, g), Some(want), "layer {l} head {g}");
+            }
+        }
+        // Without the replay, the cache refuses to choose.
+        let mut unreplayed = cache(DropPolicy::KvZip(zip), Budget::Tokens(6));
+        unreplayed.reserve(Reservation::prompt(prompt, 0)).unwrap();
+        for (l, (q, k, v)) in data.iter().enumerate() {
+            let (q, k, v) = (part(q, 0, 20), part(k, 0, 20), part(v, 0, 20));
+            unreplayed.attend(l, 0, &q, &k, &v).unwrap();
+        }
+        let error = unreplayed.end_prefill().unwrap_err().to_string();
+        assert!(error.contains("repeat"), "{error}");
     }
 
     #[test]

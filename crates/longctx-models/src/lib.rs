@@ -16,6 +16,7 @@ mod q8;
 mod quant;
 mod recurrent;
 mod recurrent_gemma;
+mod replay;
 mod rwkv;
 mod rwkv_vocab;
 mod sentencepiece;
@@ -34,6 +35,7 @@ pub use generate::{
 pub use llama::{CacheBuilder, LlamaModel, LoadOptions, DEFAULT_PREFILL_CHUNK};
 pub use load::{load_model, resolve_model_path, LoadedModel};
 pub use q8::DecodeActivations;
+pub use replay::ReplayPrompt;
 pub use tokenizer::TextTokenizer;
 
 /// Which positions' logits a forward pass returns.
@@ -136,9 +138,21 @@ pub trait LanguageModel: Send {
         None
     }
 
+    /// Give the model KVzip's replay prompt, tokenized for it, for a cache that scores a
+    /// prompt by having it repeated; a model without a KV cache has no use for it.
+    fn set_replay_prompt(&mut self, _prompt: ReplayPrompt) {}
+
+    /// Run the replay passes the cache asks for over the prompt just fed (`prompt`, the
+    /// whole sequence so far), before the prompt ends: KVzip's reconstruction. Nothing for
+    /// a cache that does not ask, or a model without one.
+    fn reconstruct(&mut self, _prompt: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
     /// Process a whole prompt; returns the last position's logits `[1, vocab]`.
     fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let logits = self.append(tokens, Logits::Last)?;
+        self.reconstruct(tokens)?;
         self.end_prefill()?;
         Ok(logits)
     }

@@ -18,7 +18,9 @@ use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
 use crate::gguf::GgufFile;
 use crate::linear::Linear;
 use crate::q8::DecodeActivations;
-use crate::{AttentionWork, ComputeProfile, LanguageModel, Logits, ModelError, Result};
+use crate::{
+    AttentionWork, ComputeProfile, LanguageModel, Logits, ModelError, ReplayPrompt, Result,
+};
 
 /// Tokens processed per prefill chunk: peak activation memory is bounded by chunk × context.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
@@ -91,6 +93,8 @@ pub struct LlamaModel {
     cache: Box<dyn KvCache>,
     seen: usize,
     prefill_chunk: usize,
+    /// KVzip's replay instructions, given once the method is installed.
+    replay: Option<ReplayPrompt>,
     /// What caches are built with: uncompressed keys' and values' precision, decoding's
     /// activations.
     numerics: CacheNumerics,
@@ -428,6 +432,7 @@ impl LlamaModel {
             local_rope,
             seen: 0,
             prefill_chunk: options.prefill_chunk.max(1),
+            replay: None,
             numerics: CacheNumerics {
                 precision: options.kv_precision,
                 activations: options.decode_activations,
@@ -543,6 +548,46 @@ impl LanguageModel for LlamaModel {
         Ok(self.cache.end_prefill()?)
     }
 
+    fn set_replay_prompt(&mut self, prompt: ReplayPrompt) {
+        self.replay = Some(prompt);
+    }
+
+    /// Each pass's tokens run through every layer at the positions after the prompt, then
+    /// the cache forgets them and the sequence is the prompt again.
+    fn reconstruct(&mut self, prompt: &[u32]) -> Result<()> {
+        let Some(chunk) = self.cache.replay_chunk() else {
+            return Ok(());
+        };
+        let Some(replay) = self.replay.as_ref() else {
+            return Err(ModelError::Unsupported {
+                what: "KVzip without its replay prompt".into(),
+                hint: "install the method with longctx's `install`, which tokenizes the replay instructions for the model".into(),
+            });
+        };
+        if prompt.len() != self.seen {
+            return Err(ModelError::Unsupported {
+                what: format!(
+                    "KVzip replaying a prompt of {} tokens in a sequence of {}",
+                    prompt.len(),
+                    self.seen
+                ),
+                hint: "prefill the whole prompt at once, from the start of a sequence".into(),
+            });
+        }
+        let passes = replay.passes(prompt, chunk);
+        rayon::scope(|_| {
+            for (span, ids) in passes {
+                self.cache.begin_replay(span)?;
+                for part in ids.chunks(self.prefill_chunk) {
+                    self.forward_chunk(part)?;
+                }
+                self.cache.end_replay()?;
+                self.seen = prompt.len();
+            }
+            Ok(())
+        })
+    }
+
     /// A prompt longer than the model can hold is refused here, before storage is sized by it.
     fn reserve(&mut self, mut r: Reservation) -> Result<()> {
         let needed = r.prompt.saturating_add(r.appended);
@@ -618,6 +663,12 @@ impl LanguageModel for LlamaModel {
                     self.numerics.precision,
                 )?;
                 let global_cache = build(shape(&global), self.rope.clone(), self.numerics)?;
+                if global_cache.replay_chunk().is_some() {
+                    return Err(ModelError::Unsupported {
+                        what: "KVzip on Gemma-3's mixed local and global layers (the local windows would slide over the replay)".into(),
+                        hint: "run it on a model whose layers all attend globally (kvpress refuses Gemma-3 too)".into(),
+                    });
+                }
                 Box::new(GroupedCache::new(vec![
                     LayerGroup {
                         name: "global",

@@ -14,7 +14,7 @@ use crate::compress::{
 use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DropThenQuantize, DroppingCache,
     ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape, Pool,
+    InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape, KvZip, Pool,
     QuantizedPrefill, RopeTable, RowFormat, RowQuantCache, RowQuantSettings, Selection, Sinks,
     MAX_STREAM_POSITIONS,
 };
@@ -85,7 +85,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 14] = [
+const DROPPING: [Family; 15] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -157,6 +157,12 @@ const DROPPING: [Family; 14] = [
         spec: "expected-attention:{budget},future=512,sinks=4,covariance=true,vnorm=true",
         six: "ratio=6",
         note: "kvpress's ExpectedAttentionPress (its defaults): the prompt's queries before RoPE (sinks left out) give a mean and covariance per head, turned by the mean rotation of the next 512 positions; a key scores exp(mu.k/sqrt(d) + k'Sigma k/2d), normalized over the prompt, averaged over its query group and scaled by the value's norm; 4 sinks always kept; chosen once after prefill (kept sets equal to kvpress's in tests); not in the paper",
+    },
+    Family {
+        name: "kvzip",
+        spec: "kvzip:{budget},sinks=4,chunk=2048",
+        six: "ratio=6",
+        note: "KVzip (Kim et al., 2025) as kvpress's KVzipPress (its defaults, layerwise=False): after prefill the model is asked to repeat the prompt (\"Repeat the previous context exactly.\", chunks of 2,048 tokens after the chat template's opening); a token scores the most attention any repetition query pays it over the sinks, the chunk and the repetition; the lowest scores over all layers and heads are dropped at once, so layers and heads keep different counts; 4 sinks always kept; the replay, about a second prefill, is counted in prefill time (kept sets equal to kvpress's in tests); not in the paper",
     },
     Family {
         name: "chunkkv",
@@ -635,6 +641,14 @@ impl Method {
                     budget,
                 })
             }
+            "kvzip" => Method::Drop(DropSettings {
+                selection: Selection::PerHead,
+                budget: s.take_budget()?,
+                policy: DropPolicy::KvZip(KvZip {
+                    sinks: s.take_u64("sinks")? as usize,
+                    chunk: s.take_positive("chunk")?,
+                }),
+            }),
             "chunkkv" | "adakv" => {
                 let selection = if name == "chunkkv" {
                     Selection::Chunks(s.take_positive("chunk")?)
@@ -651,7 +665,9 @@ impl Method {
                 let inner = format!("{press}:{}", s.take_rest());
                 match Method::parse(&inner)? {
                     Method::Drop(d) if d.selects_once() && d.selection == Selection::PerHead => {
-                        Method::Drop(DropSettings { selection, ..d })
+                        let settings = DropSettings { selection, ..d };
+                        settings.validate().map_err(|e| s.error(e.to_string()))?;
+                        Method::Drop(settings)
                     }
                     other => {
                         return Err(s.error(format!(
@@ -807,6 +823,7 @@ impl Method {
                 (_, DropPolicy::Tova) => "tova",
                 (_, DropPolicy::Keys(scorer)) => scorer.name(),
                 (_, DropPolicy::ExpectedAttention(_)) => "expected-attention",
+                (_, DropPolicy::KvZip(_)) => "kvzip",
             },
             Method::InfLlm(_) => "infllm",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
@@ -1003,6 +1020,7 @@ impl fmt::Display for Method {
                         ",future={},sinks={},covariance={},vnorm={}",
                         e.future, e.sinks, e.covariance, e.vnorm
                     ),
+                    DropPolicy::KvZip(z) => write!(f, ",sinks={},chunk={}", z.sinks, z.chunk),
                 }
             }
             Method::InfLlm(s) => write!(

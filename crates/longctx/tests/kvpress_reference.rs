@@ -2,7 +2,7 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
-//! ExpectedAttentionPress with its defaults. ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
+//! ExpectedAttentionPress and KVzipPress with their defaults. ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
@@ -207,6 +207,72 @@ fn expected_attention_keeps_what_kvpress_keeps_up_to_near_ties() {
         |p| p < 4,
     );
     eprintln!("expected attention: {ties} near-tie swaps");
+}
+
+/// KVzipPress on the passage inside the chat template's user turn (as kvpress's pipeline
+/// formats a context): the model repeats it after the template's opening, and one budget
+/// over all layers and heads keeps the best scores. With its defaults (one pass) and with
+/// chunks of 100 tokens (later passes quote the previous chunk's last 8 tokens), each
+/// layer's and head's kept set equals kvpress's, up to scores within 1e-5 of the global cut;
+/// both keep the 4 sinks, and the template's opening, never repeated, scores nothing.
+#[test]
+fn kvzip_keeps_what_kvpress_keeps_per_layer_and_head() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["kvzip_ids"])
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    for (name, spec) in [
+        ("kvzip", "kvzip-4x"),
+        ("kvzip_chunked", "kvzip:ratio=4,sinks=4,chunk=100"),
+    ] {
+        let ours = kept(spec, &ids);
+        let theirs: Vec<Vec<Vec<usize>>> = f["kept"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_array().unwrap().iter().map(as_positions).collect())
+            .collect();
+        let recorded = &f[format!("{name}_scores")];
+        let score = |l: usize, g: usize, p: usize| recorded[l][g][p].as_f64().unwrap();
+        let cut = theirs
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layer)| {
+                layer.iter().enumerate().flat_map(move |(g, head)| {
+                    head.iter().filter(|&&p| p >= 4).map(move |&p| (l, g, p))
+                })
+            })
+            .map(|(l, g, p)| score(l, g, p))
+            .fold(f64::INFINITY, f64::min);
+        let (mut differences, mut sizes_differ) = (0, 0);
+        for (l, (mine, want)) in ours.iter().zip(&theirs).enumerate() {
+            let sizes: Vec<usize> = want.iter().map(Vec::len).collect();
+            sizes_differ += usize::from(sizes.iter().any(|&n| n != sizes[0]));
+            for (g, (mine, want)) in mine.iter().zip(want).enumerate() {
+                assert!(
+                    mine.starts_with(&[0, 1, 2, 3]),
+                    "{name} layer {l} head {g}: sinks"
+                );
+                for p in mine
+                    .iter()
+                    .filter(|p| !want.contains(p))
+                    .chain(want.iter().filter(|p| !mine.contains(p)))
+                {
+                    assert!(
+                        (score(l, g, *p) - cut).abs() < 1e-5,
+                        "{name} layer {l} head {g}: position {p} (score {}, cut {cut}) kept by one side only",
+                        score(l, g, *p)
+                    );
+                    differences += 1;
+                }
+            }
+        }
+        let total: usize = ours.iter().flatten().map(Vec::len).sum();
+        let want_total: usize = theirs.iter().flatten().map(Vec::len).sum();
+        assert_eq!(total, want_total, "{name}: kept over all layers and heads");
+        eprintln!("{name}: {sizes_differ} of 30 layers with heads of different sizes, {differences} near-tie differences, {total} kept");
+    }
 }
 
 /// ChunkKVPress over KnormPress (chunks of 20, compression 0.75) keeps whole chunks, the

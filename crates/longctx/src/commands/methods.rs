@@ -45,7 +45,7 @@ Specs take explicit settings too; every key is required and checked:
                                               different counts
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
-                                              knorm, keydiff, expected-attention), QUANT is a kvquant
+                                              knorm, keydiff, expected-attention, kvzip), QUANT is a kvquant
                                               or flexgen method,
                                               e.g. snapkv-4x+q4_0
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
@@ -56,6 +56,9 @@ Specs take explicit settings too; every key is required and checked:
   snapkv:ratio=X,window=W,kernel=K            K odd (max-pooling width)
   pyramidkv:ratio=X,window=W,kernel=K,beta=BETA
   tova:ratio=X
+  kvzip:ratio=X,sinks=N,chunk=N               chunk: prompt tokens the model repeats per replay
+                                              pass; the ratio holds over all layers and heads
+                                              together (each keeps its own count)
   expected-attention:ratio=X,future=N,sinks=N,covariance=B,vnorm=B
                                               N future positions whose RoPE rotations are averaged;
                                               sinks: leading tokens always kept and left out of the

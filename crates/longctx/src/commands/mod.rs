@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use longctx_models::{
     load_model, resolve_model_path, DecodeActivations, KvPrecision, LoadOptions, LoadedModel,
-    DEFAULT_PREFILL_CHUNK,
+    ReplayPrompt, DEFAULT_PREFILL_CHUNK,
 };
 
 use crate::assets;
@@ -143,7 +143,18 @@ pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
         .set_cache(Box::new(|shape, rope, numerics| {
             method.build_cache(shape, rope, numerics)
         }))
-        .with_context(|| format!("method \"{method}\""))
+        .with_context(|| format!("method \"{method}\""))?;
+    // KVzip's cache has the model repeat each prompt: its instructions in the model's tokens.
+    if loaded
+        .model
+        .cache()
+        .and_then(|c| c.replay_chunk())
+        .is_some()
+    {
+        let prompt = ReplayPrompt::new(&loaded.tokenizer, loaded.chat.as_ref())?;
+        loaded.model.set_replay_prompt(prompt);
+    }
+    Ok(())
 }
 
 impl ModelArgs {
