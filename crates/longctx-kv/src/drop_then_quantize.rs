@@ -179,6 +179,7 @@ mod tests {
     fn knorm(ratio: f64) -> DropSettings {
         DropSettings {
             selection: Selection::PerHead,
+            schedule: crate::Schedule::Uniform,
             policy: DropPolicy::Keys(KeyScorer::Knorm),
             budget: Budget::Ratio(ratio),
         }
@@ -291,6 +292,7 @@ mod tests {
     fn policies_that_evict_while_decoding_are_refused() {
         let h2o = DropSettings {
             selection: Selection::PerHead,
+            schedule: crate::Schedule::Uniform,
             policy: DropPolicy::Tova,
             budget: Budget::Ratio(4.0),
         };

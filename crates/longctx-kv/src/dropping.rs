@@ -19,7 +19,8 @@
 //!   decoding.
 //! - **PyramidKV** (Cai et al., "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
 //!   Information Funneling", 2024): SnapKV's selection with budgets falling in integer steps from
-//!   the first layer to the last.
+//!   the first layer to the last ([`Schedule::Pyramid`], which serves any policy that
+//!   chooses once).
 //! - **TOVA** (Oren et al., "Transformers are Multi-State RNNs", 2024): full prefill, then
 //!   at every step drop the tokens with the lowest attention from the current query,
 //!   averaged over the layer's heads.
@@ -138,14 +139,6 @@ pub enum DropPolicy {
         kernel: usize,
         pool: Pool,
     },
-    /// SnapKV's selection under layer budgets falling in integer steps (KVCache-Factory's
-    /// schedule): outside the window the last layer keeps `(B − window) / beta`.
-    PyramidKv {
-        window: usize,
-        kernel: usize,
-        pool: Pool,
-        beta: usize,
-    },
     /// Lowest current attention, averaged over the layer's heads, leaves first.
     Tova,
     /// Each key/value head keeps the prompt tokens its keys score highest, chosen once at
@@ -161,7 +154,7 @@ pub enum DropPolicy {
     KvZip(KvZip),
 }
 
-/// How a policy that chooses once, when the prompt ends (SnapKV, PyramidKV, the key
+/// How a policy that chooses once, when the prompt ends (SnapKV, the key
 /// scorers), turns its scores into kept tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Selection {
@@ -192,6 +185,23 @@ pub struct DropSettings {
     pub budget: Budget,
     /// How the kept tokens are chosen from the policy's scores.
     pub selection: Selection,
+    /// How the budget is spread over layers.
+    pub schedule: Schedule,
+}
+
+/// How a policy that chooses once spreads its budget over layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Schedule {
+    /// Every layer keeps the budget.
+    #[default]
+    Uniform,
+    /// PyramidKV's schedule as KVCache-Factory computes it: outside the protected window
+    /// (SnapKV's; none for other policies) budgets fall in integer steps from the first
+    /// layer to the last, which keeps `(B − window) / beta`; they total the uniform budget.
+    Pyramid {
+        /// The ratio of the uniform budget to the last layer's (outside the window).
+        beta: usize,
+    },
 }
 
 impl DropSettings {
@@ -206,16 +216,23 @@ impl DropSettings {
                 "sink fraction {f} must be in [0, 1)"
             ))),
             DropPolicy::SnapKv { window, kernel, .. }
-            | DropPolicy::PyramidKv { window, kernel, .. }
                 if window == 0 || kernel == 0 || kernel.is_multiple_of(2) =>
             {
                 Err(KvError::Setting(format!(
                     "window={window} must be positive and kernel={kernel} odd"
                 )))
             }
-            DropPolicy::PyramidKv { beta: 0, .. } => {
+            _ if self.schedule == Schedule::Pyramid { beta: 0 } => {
                 Err(KvError::Setting("beta must be positive".into()))
             }
+            _ if self.schedule != Schedule::Uniform && !self.selects_once() => {
+                Err(KvError::Setting(
+                    "a per-layer schedule needs a policy that chooses once, when the prompt ends (snapkv, random, knorm, keydiff, expected-attention)".into(),
+                ))
+            }
+            DropPolicy::KvZip(_) if self.schedule != Schedule::Uniform => Err(KvError::Setting(
+                "kvzip spreads one budget over all layers by its scores: it takes no per-layer schedule".into(),
+            )),
             DropPolicy::ExpectedAttention(e) if e.validate().is_err() => e.validate(),
             DropPolicy::KvZip(z) if z.validate().is_err() => z.validate(),
             DropPolicy::KvZip(_) if self.selection != Selection::PerHead => Err(KvError::Setting(
@@ -246,13 +263,12 @@ impl DropSettings {
     }
 
     /// Whether the policy chooses its tokens once, when the prompt ends, and never evicts
-    /// while decoding (SnapKV, PyramidKV, the key scorers): what lets the kept tokens move
+    /// while decoding (SnapKV, the key scorers, Expected Attention, KVzip): what lets the kept tokens move
     /// into another store, such as quantized rows.
     pub fn selects_once(&self) -> bool {
         matches!(
             self.policy,
             DropPolicy::SnapKv { .. }
-                | DropPolicy::PyramidKv { .. }
                 | DropPolicy::Keys(_)
                 | DropPolicy::ExpectedAttention(_)
                 | DropPolicy::KvZip(_)
@@ -389,15 +405,17 @@ impl DroppingCache {
         }
     }
 
-    /// The budget of `layer` for the current sequence (PyramidKV's differ by layer).
+    /// The budget of `layer` for the current sequence (a [`Schedule::Pyramid`]'s differ by
+    /// layer).
     pub fn layer_budget(&self, layer: usize) -> Option<usize> {
         self.sequence.map(|s| self.budget_of(layer, s.budget))
     }
 
     fn budget_of(&self, layer: usize, budget: usize) -> usize {
-        let DropPolicy::PyramidKv { window, beta, .. } = self.settings.policy else {
+        let Schedule::Pyramid { beta } = self.settings.schedule else {
             return budget;
         };
+        let window = self.query_window();
         let prompt = self.sequence.map_or(budget, |s| s.prompt);
         if budget <= window || self.shape.layers == 1 || prompt <= window {
             return budget;
@@ -423,7 +441,7 @@ impl DroppingCache {
     /// How many queries the post-prefill choice reads.
     fn query_window(&self) -> usize {
         match self.settings.policy {
-            DropPolicy::SnapKv { window, .. } | DropPolicy::PyramidKv { window, .. } => window,
+            DropPolicy::SnapKv { window, .. } => window,
             DropPolicy::Tova => 1,
             _ => 0,
         }
@@ -438,13 +456,12 @@ impl DroppingCache {
     }
 
     /// Whether a chunk is followed by eviction: StreamingLLM always, H2O and TOVA once the
-    /// prompt is done, SnapKV and PyramidKV only at the end of the prompt.
+    /// prompt is done, policies that choose once only at the end of the prompt.
     fn evicts_now(&self) -> bool {
         match self.settings.policy {
             DropPolicy::StreamingLlm { .. } => true,
             DropPolicy::H2O { .. } | DropPolicy::Tova => self.prefilled,
             DropPolicy::SnapKv { .. }
-            | DropPolicy::PyramidKv { .. }
             | DropPolicy::Keys(_)
             | DropPolicy::ExpectedAttention(_)
             | DropPolicy::KvZip(_) => false,
@@ -556,12 +573,6 @@ impl DroppingCache {
                 window,
                 kernel,
                 pool: how,
-            }
-            | DropPolicy::PyramidKv {
-                window,
-                kernel,
-                pool: how,
-                ..
             } => {
                 let window = window.min(budget);
                 let scores = heads
@@ -607,11 +618,11 @@ impl DroppingCache {
                     .chunks(length)
                     .map(|c| c.iter().sum::<f32>() / c.len() as f32)
                     .collect();
-                // PyramidKV's budget differs by layer; otherwise the budget's own share, as
-                // kvpress computes the chunks kept from its compression ratio.
-                let share = match (self.settings.policy, self.settings.budget.fraction()) {
-                    (DropPolicy::PyramidKv { .. }, _) | (_, None) => budget as f64 / n as f64,
-                    (_, Some(f)) => f,
+                // A per-layer schedule's budget differs by layer; otherwise the budget's own
+                // share, as kvpress computes the chunks kept from its compression ratio.
+                let share = match (self.settings.schedule, self.settings.budget.fraction()) {
+                    (Schedule::Pyramid { .. }, _) | (_, None) => budget as f64 / n as f64,
+                    (Schedule::Uniform, Some(f)) => f,
                 };
                 let kept_chunks = ((chunks.len() as f64 * share) as usize).max(1);
                 let mut keep = vec![false; n];
@@ -691,7 +702,7 @@ impl DroppingCache {
             unreachable!("only KVzip replays");
         };
         let (keys, _) = stack_heads(&self.layers[layer], &self.device)?;
-        let scores: Vec<Vec<f32>> = replay_scores(q, &keys, prompt, &span, zip.sinks)?.to_vec2()?;
+        let scores = replay_scores(q, &keys, prompt, &span, zip.sinks)?;
         // The whole prompt is held in order while it is prefilled: row p is position p.
         for (h, s) in self.layers[layer].iter_mut().zip(scores) {
             for (slot, score) in h.scores_mut()[span.clone()].iter_mut().zip(s) {
@@ -1159,7 +1170,7 @@ impl KvCache for DroppingCache {
                             Some(QueryHeadViews::new(&self.layers[layer], self.shape.q_heads));
                     }
                 }
-                DropPolicy::SnapKv { .. } | DropPolicy::PyramidKv { .. } | DropPolicy::Tova => {
+                DropPolicy::SnapKv { .. } | DropPolicy::Tova => {
                     self.score_by_recent_queries(layer)?;
                     self.evict(layer)?;
                 }
@@ -1251,6 +1262,20 @@ mod tests {
     }
 
     fn cache_in(policy: DropPolicy, budget: Budget, precision: KvPrecision) -> DroppingCache {
+        cache_with(policy, budget, precision, Schedule::Uniform)
+    }
+
+    /// A cache whose budget follows `schedule` over layers.
+    fn scheduled(policy: DropPolicy, budget: Budget, schedule: Schedule) -> DroppingCache {
+        cache_with(policy, budget, KvPrecision::F32, schedule)
+    }
+
+    fn cache_with(
+        policy: DropPolicy,
+        budget: Budget,
+        precision: KvPrecision,
+        schedule: Schedule,
+    ) -> DroppingCache {
         DroppingCache::new(
             shape(),
             rope(),
@@ -1259,6 +1284,7 @@ mod tests {
                 policy,
                 budget,
                 selection: Selection::PerHead,
+                schedule,
             },
             precision,
         )
@@ -1278,7 +1304,7 @@ mod tests {
         vnorm: true,
     };
 
-    const EVERY_POLICY: [DropPolicy; 12] = [
+    const EVERY_POLICY: [DropPolicy; 11] = [
         DropPolicy::StreamingLlm {
             sinks: Sinks::Fraction(0.021),
             reindex: true,
@@ -1300,12 +1326,6 @@ mod tests {
             heads: Heads::Query,
         },
         SNAPKV,
-        DropPolicy::PyramidKv {
-            window: 4,
-            kernel: 3,
-            pool: Pool::Max,
-            beta: 20,
-        },
         DropPolicy::Tova,
         DropPolicy::Keys(KeyScorer::Random { seed: 7 }),
         DropPolicy::Keys(KeyScorer::Knorm),
@@ -1659,6 +1679,7 @@ mod tests {
             policy: SNAPKV,
             budget: Budget::Ratio(2.0),
             selection: Selection::Chunks(5),
+            schedule: Schedule::Uniform,
         };
         let mut c =
             DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
@@ -1702,6 +1723,7 @@ mod tests {
             policy: DropPolicy::Keys(KeyScorer::Knorm),
             budget: Budget::Tokens(8),
             selection: Selection::AdaKv(0.5),
+            schedule: Schedule::Uniform,
         };
         let mut c =
             DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
@@ -1856,15 +1878,9 @@ mod tests {
     }
 
     #[test]
-    fn pyramidkv_budgets_fall_by_layer_and_total_the_uniform_budget() {
+    fn pyramid_budgets_fall_by_layer_and_total_the_uniform_budget() {
         let data = sequence(110);
-        let policy = DropPolicy::PyramidKv {
-            window: 4,
-            kernel: 3,
-            pool: Pool::Max,
-            beta: 20,
-        };
-        let mut c = cache(policy, Budget::Tokens(40));
+        let mut c = scheduled(SNAPKV, Budget::Tokens(40), Schedule::Pyramid { beta: 20 });
         run(&mut c, &data, &[100], |_| ());
         let (first, last) = (c.layer_budget(0).unwrap(), c.layer_budget(1).unwrap());
         // Outside the window of 4: min = 36 // 20 = 1, max = 72 - 1 = 71, step 70.
@@ -1872,6 +1888,13 @@ mod tests {
         assert_eq!(first + last, 2 * 40);
         assert_eq!(c.kept_tokens(0), 75 + 10);
         assert_eq!(c.kept_tokens(1), 5 + 10);
+        // Any policy that chooses once takes the schedule; Knorm has no window: min = 40 // 20
+        // = 2, max = 80 - 2 = 78.
+        let knorm = DropPolicy::Keys(KeyScorer::Knorm);
+        let mut c = scheduled(knorm, Budget::Tokens(40), Schedule::Pyramid { beta: 20 });
+        run(&mut c, &data, &[100], |_| ());
+        assert_eq!((c.layer_budget(0), c.layer_budget(1)), (Some(78), Some(2)));
+        assert_eq!((c.kept_tokens(0), c.kept_tokens(1)), (78 + 10, 2 + 10));
     }
 
     #[test]
@@ -1890,6 +1913,7 @@ mod tests {
                     policy,
                     budget,
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                 },
                 KvPrecision::F32,
             )

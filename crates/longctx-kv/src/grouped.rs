@@ -166,6 +166,7 @@ mod tests {
     fn window(layers: usize, tokens: usize) -> Box<dyn KvCache> {
         let settings = DropSettings {
             selection: Selection::PerHead,
+            schedule: crate::Schedule::Uniform,
             policy: DropPolicy::StreamingLlm {
                 sinks: Sinks::Count(0),
                 reindex: false,

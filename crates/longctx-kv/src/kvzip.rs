@@ -9,7 +9,8 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use crate::{Budget, KvError, Result};
 
@@ -45,20 +46,25 @@ impl KvZip {
     }
 }
 
+/// Query rows whose logits are computed at once: a block's logits stay a few megabytes
+/// however long the prompt.
+const BLOCK: usize = 128;
+
 /// Each key/value head's score of the repeated span's tokens from one chunk of a replay:
 /// the most attention any of its query heads' replay queries pays the token, softmax taken
 /// over the sinks, the span and the replay so far (causal within the replay).
 ///
 /// `q` holds the chunk's rotated queries `[q_heads, t, d]`; `keys` every held key
 /// `[kv_heads, n, d]` in position order: the context's `context` rows, then the replay's
-/// rows up to and including this chunk.
+/// rows up to and including this chunk. Logits come from a GEMM per block of query rows;
+/// the masked softmax and the maximum over rows are one pass over each block.
 pub(crate) fn replay_scores(
     q: &Tensor,
     keys: &Tensor,
     context: usize,
     span: &Range<usize>,
     sinks: usize,
-) -> Result<Tensor> {
+) -> Result<Vec<Vec<f32>>> {
     let (q_heads, t, d) = q.dims3()?;
     let (kv_heads, n, _) = keys.dims3()?;
     let group = q_heads / kv_heads;
@@ -74,41 +80,75 @@ pub(crate) fn replay_scores(
         1,
     )?;
     let m = picked.dim(1)?;
-    // Query heads of one key/value head are adjacent (transformers' repeat_kv order).
-    let logits = (q
-        .to_dtype(DType::F32)?
-        .reshape((kv_heads, group * t, d))?
-        .matmul(&picked.transpose(1, 2)?.contiguous()?)?
-        / (d as f64).sqrt())?
-    .reshape((kv_heads, group, t, m))?;
-    // Query i of the chunk is replay token `replayed - t + i`: it reads replay keys up to it.
     let fixed = sinks + span.len();
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..m).map(move |j| match j < fixed || j - fixed <= replayed - t + i {
-                true => 0.0,
-                false => f32::NEG_INFINITY,
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (1, 1, t, m), &Device::Cpu)?;
-    let weights = candle_nn::ops::softmax_last_dim(&logits.broadcast_add(&mask)?)?;
-    Ok(weights
-        .narrow(D::Minus1, sinks, span.len())?
-        .max(2)?
-        .max(1)?)
+    // Query heads of one key/value head are adjacent (transformers' repeat_kv order); the
+    // scale is folded into the queries.
+    let queries =
+        (q.to_dtype(DType::F32)? / (d as f64).sqrt())?.reshape((kv_heads, group * t, d))?;
+    let mut out = Vec::with_capacity(kv_heads);
+    for g in 0..kv_heads {
+        let transposed = picked.get(g)?.t()?.contiguous()?;
+        let rows = queries.get(g)?;
+        let mut best = vec![0f32; span.len()];
+        for from in (0..group * t).step_by(BLOCK) {
+            let count = BLOCK.min(group * t - from);
+            let logits: Vec<f32> = rows
+                .narrow(0, from, count)?
+                .matmul(&transposed)?
+                .flatten_all()?
+                .to_vec1()?;
+            let block_best = logits
+                .par_chunks(m)
+                .enumerate()
+                .fold(
+                    || vec![0f32; span.len()],
+                    |mut acc, (r, row)| {
+                        // Query i of the chunk is replay token `replayed - t + i`: it reads
+                        // the replay's keys up to itself.
+                        let i = (from + r) % t;
+                        let visible = &row[..fixed + replayed - t + i + 1];
+                        let top = visible.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                        let total: f32 = visible.iter().map(|l| (l - top).exp()).sum();
+                        for (a, l) in acc.iter_mut().zip(&row[sinks..fixed]) {
+                            *a = a.max((l - top).exp() / total);
+                        }
+                        acc
+                    },
+                )
+                .reduce(
+                    || vec![0f32; span.len()],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x = x.max(y));
+                        a
+                    },
+                );
+            best.iter_mut()
+                .zip(block_best)
+                .for_each(|(x, y)| *x = x.max(y));
+        }
+        out.push(best);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::noise;
+    use candle_core::Device;
 
     /// Brute force in f64 over explicit key lists, per query head.
     #[test]
     fn replay_scores_are_the_largest_masked_softmax_weights() {
+        // A chunk of 4, and one of 70 whose 140 query rows per head span two blocks.
+        for (replay, t) in [(9, 4), (80, 70)] {
+            replay_case(replay, t);
+        }
+    }
+
+    fn replay_case(replay: usize, t: usize) {
         let (q_heads, kv_heads, d) = (4, 2, 8);
-        let (context, replay, t) = (20, 9, 4);
+        let context = 20;
         let n = context + replay;
         let span = 6..14;
         let sinks = 3;
@@ -116,10 +156,7 @@ mod tests {
         let keys = noise(kv_heads * n * d, 2);
         let qt = Tensor::from_vec(q.clone(), (q_heads, t, d), &Device::Cpu).unwrap();
         let kt = Tensor::from_vec(keys.clone(), (kv_heads, n, d), &Device::Cpu).unwrap();
-        let ours: Vec<Vec<f32>> = replay_scores(&qt, &kt, context, &span, sinks)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let ours = replay_scores(&qt, &kt, context, &span, sinks).unwrap();
         for g in 0..kv_heads {
             let key = |p: usize| &keys[(g * n + p) * d..(g * n + p + 1) * d];
             let mut want = vec![0f64; span.len()];

@@ -34,7 +34,7 @@ pub use cache::{
 };
 pub use drop_then_quantize::DropThenQuantize;
 pub use dropping::{
-    Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Selection, Sinks,
+    Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Schedule, Selection, Sinks,
 };
 pub use error::{KvError, Result};
 pub use expected_attention::ExpectedAttention;

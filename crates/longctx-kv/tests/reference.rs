@@ -42,7 +42,7 @@ use longctx_kv::{
     Budget, DecodeActivations, DropPolicy, DropSettings, DroppingCache, FlexGenSettings, Heads,
     InfLlmCache, InfLlmRemainder, InfLlmSettings, KiviCache, KiviSettings, KvCache, KvPrecision,
     KvShape, Pool, QuantizedPrefill, Reservation, RopeSettings, RopeStyle, RopeTable,
-    RowQuantCache, Selection, Sinks,
+    RowQuantCache, Schedule, Selection, Sinks,
 };
 use serde_json::Value;
 
@@ -229,6 +229,7 @@ fn streamingllm_equals_the_benchmarks_stream_llm() {
     let (n_init, n_local) = (number(case, "n_init"), number(case, "n_local"));
     let settings = DropSettings {
         selection: Selection::PerHead,
+        schedule: Schedule::Uniform,
         policy: DropPolicy::StreamingLlm {
             sinks: Sinks::Count(n_init),
             reindex: true,
@@ -248,7 +249,7 @@ fn kept_after_prefill(
     selection: &Value,
     layers: &[Value],
     tokens: usize,
-    policy: DropPolicy,
+    (policy, schedule): (DropPolicy, Schedule),
 ) -> Vec<Vec<Vec<usize>>> {
     let (heads, kv_heads, d) = (
         number(selection, "q_heads"),
@@ -263,6 +264,7 @@ fn kept_after_prefill(
     };
     let settings = DropSettings {
         selection: Selection::PerHead,
+        schedule,
         policy,
         budget: Budget::Tokens(number(selection, "capacity")),
     };
@@ -299,24 +301,17 @@ fn kept_after_prefill(
 fn snapkv_and_pyramidkv_keep_what_kvcache_factory_keeps() {
     let selection = load("selection.json");
     let (window, kernel) = (number(&selection, "window"), number(&selection, "kernel"));
+    let snapkv = DropPolicy::SnapKv {
+        window,
+        kernel,
+        pool: Pool::Max,
+    };
+    let pyramid = Schedule::Pyramid {
+        beta: number(&selection, "beta"),
+    };
     let policies = [
-        (
-            "snapkv",
-            DropPolicy::SnapKv {
-                window,
-                kernel,
-                pool: Pool::Max,
-            },
-        ),
-        (
-            "pyramidkv",
-            DropPolicy::PyramidKv {
-                window,
-                kernel,
-                pool: Pool::Max,
-                beta: number(&selection, "beta"),
-            },
-        ),
+        ("snapkv", (snapkv, Schedule::Uniform)),
+        ("pyramidkv", (snapkv, pyramid)),
     ];
     let (mut compared, mut ties) = (0, 0);
     for case in selection["cases"].as_array().unwrap() {
@@ -367,6 +362,7 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
     let ratio = 0.5 / f.json["heavy_ratio"].as_f64().unwrap();
     let settings = DropSettings {
         selection: Selection::PerHead,
+        schedule: Schedule::Uniform,
         policy: DropPolicy::H2O {
             count_prefill: false,
             heads: Heads::Query,
@@ -424,6 +420,7 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
     let size = number(&load("tova.json"), "cache_size");
     let settings = DropSettings {
         selection: Selection::PerHead,
+        schedule: Schedule::Uniform,
         policy: DropPolicy::Tova,
         budget: Budget::Tokens(size),
     };
@@ -437,6 +434,7 @@ fn h2o_original_keeps_and_attends_as_fminference_h2o() {
     let f = load("h2o_original.json");
     let settings = DropSettings {
         selection: Selection::PerHead,
+        schedule: Schedule::Uniform,
         policy: DropPolicy::H2O {
             count_prefill: true,
             heads: Heads::KeyValue,

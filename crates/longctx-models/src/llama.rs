@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DroppingCache, FullCache, GroupedCache,
     KvCache, KvError, KvPrecision, KvShape, LayerGroup, Reservation, RopeScaling, RopeSettings,
-    RopeTable, Selection, Sinks, MAX_STREAM_POSITIONS,
+    RopeTable, Schedule, Selection, Sinks, MAX_STREAM_POSITIONS,
 };
 
 use crate::config::{Architecture, LlamaConfig, MAX_CONTEXT};
@@ -649,6 +649,7 @@ impl LanguageModel for LlamaModel {
                 };
                 let window = DropSettings {
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                     policy: DropPolicy::StreamingLlm {
                         sinks: Sinks::Count(0),
                         reindex: false,

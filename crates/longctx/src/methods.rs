@@ -15,8 +15,8 @@ use longctx_kv::{
     Budget, CacheNumerics, DropPolicy, DropSettings, DropThenQuantize, DroppingCache,
     ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder,
     InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape, KvZip, Pool,
-    QuantizedPrefill, RopeTable, RowFormat, RowQuantCache, RowQuantSettings, Selection, Sinks,
-    MAX_STREAM_POSITIONS,
+    QuantizedPrefill, RopeTable, RowFormat, RowQuantCache, RowQuantSettings, Schedule, Selection,
+    Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -300,20 +300,37 @@ pub enum MethodError {
     Setting { spec: String, reason: String },
 }
 
-/// `key=value` pairs of a spec, each consumed once; leftovers are unknown keys.
+/// `key=value` pairs of a spec, each consumed once; leftovers are unknown keys. A wrapper's
+/// `press=P` ends its own keys: everything after it is the inner method's (`P:...`), so
+/// wrappers nest.
 struct Settings<'a> {
     spec: &'a str,
     pairs: Vec<(&'a str, &'a str)>,
+    /// `press=`'s family and the keys after it.
+    press: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> Settings<'a> {
     fn parse(spec: &'a str, text: &'a str) -> Result<Self, MethodError> {
         let mut pairs = Vec::new();
-        for item in text.split(',').filter(|s| !s.is_empty()) {
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (item, after) = rest.split_once(',').unwrap_or((rest, ""));
+            rest = after;
+            if item.is_empty() {
+                continue;
+            }
             let (k, v) = item.split_once('=').ok_or_else(|| MethodError::Setting {
                 spec: spec.into(),
                 reason: format!("\"{item}\" is not key=value"),
             })?;
+            if k == "press" {
+                return Ok(Self {
+                    spec,
+                    pairs,
+                    press: Some((v, after)),
+                });
+            }
             if pairs.iter().any(|(seen, _)| *seen == k) {
                 return Err(MethodError::Setting {
                     spec: spec.into(),
@@ -322,7 +339,24 @@ impl<'a> Settings<'a> {
             }
             pairs.push((k, v));
         }
-        Ok(Self { spec, pairs })
+        Ok(Self {
+            spec,
+            pairs,
+            press: None,
+        })
+    }
+
+    /// A wrapper's inner method: `press=`'s family and the keys after it, as a spec.
+    fn take_press(&mut self) -> Result<(&'a str, String), MethodError> {
+        let (press, rest) = self
+            .press
+            .take()
+            .ok_or_else(|| self.error("missing required key \"press\"".into()))?;
+        // A preset alone (`press=snapkv-4x`) names its whole spec.
+        match rest.is_empty() {
+            true => Ok((press, press.to_string())),
+            false => Ok((press, format!("{press}:{rest}"))),
+        }
     }
 
     fn error(&self, reason: String) -> MethodError {
@@ -457,13 +491,6 @@ impl<'a> Settings<'a> {
         }
     }
 
-    /// Every key not taken yet, as `key=value,...`: another spec's settings.
-    fn take_rest(&mut self) -> String {
-        let rest: Vec<String> = self.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.pairs.clear();
-        rest.join(",")
-    }
-
     /// SnapKV-style observation window and odd pooling kernel.
     fn take_window_kernel(&mut self) -> Result<(usize, usize), MethodError> {
         let window = self.take_positive("window")?;
@@ -475,9 +502,12 @@ impl<'a> Settings<'a> {
     }
 
     fn finish(self) -> Result<(), MethodError> {
-        match self.pairs.first() {
-            Some((k, _)) => Err(self.error(format!("unknown key \"{k}\""))),
-            None => Ok(()),
+        match (self.pairs.first(), self.press) {
+            (Some((k, _)), _) => Err(self.error(format!("unknown key \"{k}\""))),
+            (None, Some(_)) => Err(self.error(
+                "press= belongs to a wrapper (chunkkv, adakv, pyramid) and ends its keys".into(),
+            )),
+            (None, None) => Ok(()),
         }
     }
 }
@@ -548,6 +578,7 @@ impl Method {
                 let reindex = s.take_bool("reindex")?;
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                     policy: DropPolicy::StreamingLlm { sinks, reindex },
                     budget,
                 })
@@ -566,6 +597,7 @@ impl Method {
                 };
                 let settings = DropSettings {
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                     policy: DropPolicy::H2O {
                         count_prefill,
                         heads,
@@ -587,28 +619,26 @@ impl Method {
                         )))
                     }
                 };
-                let policy = if name == "snapkv" {
-                    DropPolicy::SnapKv {
-                        window,
-                        kernel,
-                        pool,
-                    }
-                } else {
-                    DropPolicy::PyramidKv {
-                        window,
-                        kernel,
-                        pool,
+                let schedule = match name {
+                    "snapkv" => Schedule::Uniform,
+                    _ => Schedule::Pyramid {
                         beta: s.take_positive("beta")?,
-                    }
+                    },
                 };
                 Method::Drop(DropSettings {
-                    policy,
+                    policy: DropPolicy::SnapKv {
+                        window,
+                        kernel,
+                        pool,
+                    },
                     budget,
                     selection: Selection::PerHead,
+                    schedule,
                 })
             }
             "tova" => Method::Drop(DropSettings {
                 selection: Selection::PerHead,
+                schedule: Schedule::Uniform,
                 policy: DropPolicy::Tova,
                 budget: s.take_budget()?,
             }),
@@ -623,6 +653,7 @@ impl Method {
                 };
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                     policy: DropPolicy::Keys(scorer),
                     budget,
                 })
@@ -637,18 +668,39 @@ impl Method {
                 };
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
+                    schedule: Schedule::Uniform,
                     policy: DropPolicy::ExpectedAttention(expected),
                     budget,
                 })
             }
             "kvzip" => Method::Drop(DropSettings {
                 selection: Selection::PerHead,
+                schedule: Schedule::Uniform,
                 budget: s.take_budget()?,
                 policy: DropPolicy::KvZip(KvZip {
                     sinks: s.take_u64("sinks")? as usize,
                     chunk: s.take_positive("chunk")?,
                 }),
             }),
+            "pyramid" => {
+                let beta = s.take_positive("beta")?;
+                let (press, inner) = s.take_press()?;
+                match Method::parse(&inner)? {
+                    Method::Drop(d) if d.selects_once() && d.schedule == Schedule::Uniform => {
+                        let settings = DropSettings {
+                            schedule: Schedule::Pyramid { beta },
+                            ..d
+                        };
+                        settings.validate().map_err(|e| s.error(e.to_string()))?;
+                        Method::Drop(settings)
+                    }
+                    other => {
+                        return Err(s.error(format!(
+                            "press={press}: pyramid needs a policy that chooses once, when the prompt ends, with no schedule of its own (snapkv, random, knorm, keydiff, expected-attention), not {other}"
+                        )))
+                    }
+                }
+            }
             "chunkkv" | "adakv" => {
                 let selection = if name == "chunkkv" {
                     Selection::Chunks(s.take_positive("chunk")?)
@@ -661,8 +713,7 @@ impl Method {
                     }
                     Selection::AdaKv(share)
                 };
-                let press = s.take("press")?;
-                let inner = format!("{press}:{}", s.take_rest());
+                let (press, inner) = s.take_press()?;
                 match Method::parse(&inner)? {
                     Method::Drop(d) if d.selects_once() && d.selection == Selection::PerHead => {
                         let settings = DropSettings { selection, ..d };
@@ -780,7 +831,7 @@ impl Method {
             Method::Drop(d) if d.selects_once() => d,
             other => {
                 return Err(error(format!(
-                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention)"
+                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip)"
                 )))
             }
         };
@@ -813,17 +864,18 @@ impl Method {
             Method::Kivi(_) => "kivi",
             Method::KvQuant(_) => "kvquant",
             Method::DropThenQuantize { .. } => "drop+quantize",
-            Method::Drop(d) => match (d.selection, d.policy) {
-                (Selection::Chunks(_), _) => "chunkkv",
-                (Selection::AdaKv(_), _) => "adakv",
-                (_, DropPolicy::StreamingLlm { .. }) => "streamingllm",
-                (_, DropPolicy::H2O { .. }) => "h2o",
-                (_, DropPolicy::SnapKv { .. }) => "snapkv",
-                (_, DropPolicy::PyramidKv { .. }) => "pyramidkv",
-                (_, DropPolicy::Tova) => "tova",
-                (_, DropPolicy::Keys(scorer)) => scorer.name(),
-                (_, DropPolicy::ExpectedAttention(_)) => "expected-attention",
-                (_, DropPolicy::KvZip(_)) => "kvzip",
+            Method::Drop(d) => match (d.selection, d.schedule, d.policy) {
+                (Selection::Chunks(_), ..) => "chunkkv",
+                (Selection::AdaKv(_), ..) => "adakv",
+                (_, Schedule::Pyramid { .. }, DropPolicy::SnapKv { .. }) => "pyramidkv",
+                (_, Schedule::Pyramid { .. }, _) => "pyramid",
+                (_, _, DropPolicy::StreamingLlm { .. }) => "streamingllm",
+                (_, _, DropPolicy::H2O { .. }) => "h2o",
+                (_, _, DropPolicy::SnapKv { .. }) => "snapkv",
+                (_, _, DropPolicy::Tova) => "tova",
+                (_, _, DropPolicy::Keys(scorer)) => scorer.name(),
+                (_, _, DropPolicy::ExpectedAttention(_)) => "expected-attention",
+                (_, _, DropPolicy::KvZip(_)) => "kvzip",
             },
             Method::InfLlm(_) => "infllm",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
@@ -977,6 +1029,21 @@ impl fmt::Display for Method {
                 let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
                 write!(f, "{}:{setting},press={press},{rest}", self.family())
             }
+            // PyramidKV over any policy but SnapKV, whose pyramid is `pyramidkv`.
+            Method::Drop(
+                d @ DropSettings {
+                    schedule: Schedule::Pyramid { beta },
+                    ..
+                },
+            ) if !matches!(d.policy, DropPolicy::SnapKv { .. }) => {
+                let each = Method::Drop(DropSettings {
+                    schedule: Schedule::Uniform,
+                    ..*d
+                })
+                .to_string();
+                let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
+                write!(f, "pyramid:beta={beta},press={press},{rest}")
+            }
             Method::Drop(d) => {
                 write!(f, "{}:{}", self.family(), BudgetSpec(&d.budget))?;
                 match d.policy {
@@ -1001,17 +1068,13 @@ impl fmt::Display for Method {
                         window,
                         kernel,
                         pool,
-                    } => write!(f, ",window={window},kernel={kernel},pool={}", pool_name(pool)),
-                    DropPolicy::PyramidKv {
-                        window,
-                        kernel,
-                        pool,
-                        beta,
-                    } => write!(
-                        f,
-                        ",window={window},kernel={kernel},pool={},beta={beta}",
-                        pool_name(pool)
-                    ),
+                    } => {
+                        write!(f, ",window={window},kernel={kernel},pool={}", pool_name(pool))?;
+                        match d.schedule {
+                            Schedule::Pyramid { beta } => write!(f, ",beta={beta}"),
+                            Schedule::Uniform => Ok(()),
+                        }
+                    }
                     DropPolicy::Tova
                     | DropPolicy::Keys(KeyScorer::Knorm | KeyScorer::KeyDiff) => Ok(()),
                     DropPolicy::Keys(KeyScorer::Random { seed }) => write!(f, ",seed={seed}"),
@@ -1071,7 +1134,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 13 * 4 + 3 * 4);
+        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 15 * 4 + 3 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
@@ -1208,6 +1271,41 @@ mod tests {
         assert!(err("h2o-4x+q4_0").contains("cannot come first"));
         assert!(err("snapkv-4x+kivi-4bit").contains("cannot quantize what is kept"));
         assert!(err("snapkv-4x+q9").contains("unknown method \"q9\""));
+    }
+
+    /// A wrapper's `press=` ends its keys, so wrappers nest in either order and print back
+    /// one canonical spec; PyramidKV is SnapKV under the pyramid schedule.
+    #[test]
+    fn schedules_and_selections_wrap_any_policy_that_chooses_once() {
+        let parse = |s: &str| Method::parse(s).unwrap();
+        assert_eq!(
+            parse("pyramid:beta=20,press=snapkv,ratio=4,window=8,kernel=7,pool=max"),
+            parse("pyramidkv-4x")
+        );
+        assert_eq!(
+            parse("pyramidkv-4x").to_string(),
+            "pyramidkv:ratio=4,window=8,kernel=7,pool=max,beta=20"
+        );
+        let knorm = parse("pyramid:beta=10,press=knorm,ratio=4");
+        assert_eq!(knorm.to_string(), "pyramid:beta=10,press=knorm,ratio=4");
+        assert_eq!(knorm.family(), "pyramid");
+        let nested = parse("chunkkv:chunk=20,press=pyramid,beta=10,press=knorm,ratio=4");
+        assert_eq!(
+            nested,
+            parse("pyramid:beta=10,press=chunkkv,chunk=20,press=knorm,ratio=4")
+        );
+        assert_eq!(parse(&nested.to_string()), nested);
+        assert_eq!(
+            nested.to_string(),
+            "chunkkv:chunk=20,press=pyramid,beta=10,press=knorm,ratio=4"
+        );
+        let err = |s: &str| Method::parse(s).unwrap_err().to_string();
+        assert!(err("pyramid:beta=10,press=h2o-4x").contains("chooses once"));
+        assert!(err("pyramid:beta=0,press=knorm,ratio=4").contains("beta"));
+        assert!(err("pyramid:beta=10,press=kvzip-4x").contains("no per-layer schedule"));
+        assert!(err("adakv:safeguard=0.2,press=kvzip-4x").contains("at once"));
+        assert!(err("knorm:ratio=4,press=snapkv").contains("ends its keys"));
+        assert!(err("pyramid:beta=10").contains("missing required key \"press\""));
     }
 
     /// `DROP+QUANT` parses each side (presets included), prints back its full spec, and

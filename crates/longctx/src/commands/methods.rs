@@ -43,6 +43,11 @@ Specs take explicit settings too; every key is required and checked:
   adakv:safeguard=A,press=P,<P's keys>        P's scores over all heads of a layer, each head's best
                                               share A of the budget safeguarded: heads keep
                                               different counts
+  pyramid:beta=B,press=P,<P's keys>           PyramidKV's layer budgets (KVCache-Factory's integer
+                                              steps, the last layer keeping 1/B of the budget outside
+                                              P's window) over P's scores; pyramidkv is SnapKV's.
+                                              press= ends a wrapper's keys: wrappers nest, e.g.
+                                              chunkkv:chunk=20,press=pyramid,beta=20,press=knorm,ratio=4
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
                                               knorm, keydiff, expected-attention, kvzip), QUANT is a kvquant
