@@ -209,6 +209,13 @@ pub trait KvCache: Send {
     /// Forget the sequence, keeping allocations for reuse.
     fn reset(&mut self);
 
+    /// Bytes of keys, values and their metadata that decoding steps have read in this
+    /// sequence, with the steps: what a policy that reads part of what it holds (Quest)
+    /// saves in memory traffic. `None` where every step reads all the cache holds.
+    fn decode_reads(&self) -> Option<DecodeReads> {
+        None
+    }
+
     /// Context tokens per replay pass, when the policy scores the prompt by having the
     /// model repeat it (KVzip) before [`KvCache::end_prefill`]; `None` for every other.
     fn replay_chunk(&self) -> Option<usize> {
@@ -238,6 +245,22 @@ pub trait KvCache: Send {
         Err(crate::KvError::Invalid(format!(
             "this cache policy cannot forget tokens {range:?}: only the uncompressed cache (baseline) can rewind"
         )))
+    }
+}
+
+/// What decoding steps have read from a cache that reads part of what it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeReads {
+    /// Decoding steps (one token through every layer).
+    pub steps: usize,
+    /// Bytes read over those steps, every layer together.
+    pub bytes: u64,
+}
+
+impl DecodeReads {
+    /// Mean bytes read per decoded token; `None` before the first step.
+    pub fn per_step(&self) -> Option<f64> {
+        (self.steps > 0).then(|| self.bytes as f64 / self.steps as f64)
     }
 }
 

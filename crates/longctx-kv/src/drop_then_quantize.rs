@@ -180,6 +180,7 @@ mod tests {
         DropSettings {
             selection: Selection::PerHead,
             schedule: crate::Schedule::Uniform,
+            decoding: None,
             policy: DropPolicy::Keys(KeyScorer::Knorm),
             budget: Budget::Ratio(ratio),
         }
@@ -293,6 +294,7 @@ mod tests {
         let h2o = DropSettings {
             selection: Selection::PerHead,
             schedule: crate::Schedule::Uniform,
+            decoding: None,
             policy: DropPolicy::Tova,
             budget: Budget::Ratio(4.0),
         };

@@ -187,6 +187,20 @@ pub struct DropSettings {
     pub selection: Selection,
     /// How the budget is spread over layers.
     pub schedule: Schedule,
+    /// A budget enforced while decoding, for long answers; `None` keeps every decoded token.
+    pub decoding: Option<DecodingBudget>,
+}
+
+/// kvpress's `DecodingPress`: every `interval` decoding steps, a layer holding more than
+/// `target` tokens keeps the `target` its policy scores highest over everything it holds
+/// (the prompt's kept tokens and the decoded ones). SnapKV scores by its window of the
+/// latest decoding queries, protecting the latest tokens; the key scorers by the keys alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodingBudget {
+    /// Decoding steps between choices (`compression_interval`).
+    pub interval: usize,
+    /// Tokens each head keeps after a choice (`target_size`).
+    pub target: usize,
 }
 
 /// How a policy that chooses once spreads its budget over layers.
@@ -228,6 +242,25 @@ impl DropSettings {
             _ if self.schedule != Schedule::Uniform && !self.selects_once() => {
                 Err(KvError::Setting(
                     "a per-layer schedule needs a policy that chooses once, when the prompt ends (snapkv, random, knorm, keydiff, expected-attention)".into(),
+                ))
+            }
+            _ if matches!(self.decoding, Some(d) if d.interval == 0 || d.target == 0) => {
+                Err(KvError::Setting(
+                    "interval and target must be positive (decoding steps between choices, tokens kept)".into(),
+                ))
+            }
+            _ if self.decoding.is_some()
+                && !matches!(self.policy, DropPolicy::SnapKv { .. } | DropPolicy::Keys(_)) =>
+            {
+                Err(KvError::Setting(
+                    "a budget while decoding needs a policy that scores what decoding adds: snapkv (its window of decoding queries) or a key scorer (random, knorm, keydiff)".into(),
+                ))
+            }
+            DropPolicy::SnapKv { .. }
+                if self.decoding.is_some() && matches!(self.selection, Selection::AdaKv(_)) =>
+            {
+                Err(KvError::Setting(
+                    "a budget while decoding scores SnapKV's window over heads of one length: AdaKV's heads of different lengths are not built for it (use a key scorer)".into(),
                 ))
             }
             DropPolicy::KvZip(_) if self.schedule != Schedule::Uniform => Err(KvError::Setting(
@@ -312,6 +345,8 @@ pub struct DroppingCache {
     views: Vec<Option<QueryHeadViews>>,
     /// Expected Attention's prompt query statistics per layer, until the prompt ends.
     moments: Vec<Option<QueryMoments>>,
+    /// Decoding steps per layer since its last choice under a decoding budget.
+    decode_steps: Vec<usize>,
     /// KVzip's replay in progress: the prompt span repeated and the prompt's length.
     replaying: Option<(Range<usize>, usize)>,
     /// Whether KVzip's replay ran over this prompt.
@@ -347,6 +382,7 @@ impl DroppingCache {
             prefilled: false,
             views: (0..shape.layers).map(|_| None).collect(),
             moments: vec![None; shape.layers],
+            decode_steps: vec![0; shape.layers],
             replaying: None,
             replayed: false,
         })
@@ -754,6 +790,55 @@ impl DroppingCache {
         Ok(())
     }
 
+    /// Keep `q` (rotated) among the layer's latest queries, as many as the policy's window
+    /// reads when it chooses.
+    fn remember_queries(&mut self, layer: usize, q: &Tensor) -> Result<()> {
+        if self.query_window() == 0 {
+            return Ok(());
+        }
+        let recent = match self.recent_queries[layer].take() {
+            Some(prev) => Tensor::cat(&[&prev, q], 1)?,
+            None => q.clone(),
+        };
+        let keep = self.query_window().min(recent.dim(1)?);
+        self.recent_queries[layer] = Some(
+            recent
+                .narrow(1, recent.dim(1)? - keep, keep)?
+                .contiguous()?,
+        );
+        Ok(())
+    }
+
+    /// A decoding budget's choice, every `interval` steps of `layer` once it holds more than
+    /// `target`: the policy's scores over everything held (SnapKV's by its latest decoding
+    /// queries), the best `target` kept, room left for the next interval.
+    fn choose_while_decoding(&mut self, layer: usize, q: &Tensor) -> Result<()> {
+        let Some(budget) = self.settings.decoding else {
+            return Ok(());
+        };
+        self.remember_queries(layer, q)?;
+        self.decode_steps[layer] += 1;
+        let held = self.layers[layer]
+            .iter()
+            .map(TokenRows::len)
+            .max()
+            .unwrap_or(0);
+        if self.decode_steps[layer] < budget.interval || held <= budget.target {
+            return Ok(());
+        }
+        self.decode_steps[layer] = 0;
+        self.score_by_recent_queries(layer)?;
+        if let Some(keep) = self.survivors(layer, budget.target)? {
+            for (h, k) in self.layers[layer].iter_mut().zip(keep) {
+                h.retain(&k);
+            }
+        }
+        self.layers[layer]
+            .iter_mut()
+            .for_each(|h| h.set_capacity(h.len() + budget.interval));
+        Ok(())
+    }
+
     /// The post-prefill choice: score the prompt by its last queries' attention.
     fn score_by_recent_queries(&mut self, layer: usize) -> Result<()> {
         let Some(q) = self.recent_queries[layer].take() else {
@@ -829,6 +914,7 @@ impl DroppingCache {
             let mut weights: Vec<Vec<f32>> = heads.iter().map(|h| vec![0f32; h.len()]).collect();
             let out = attend_rows(&query, heads, d, Some(&mut weights))?;
             self.fold_scores(layer, &weights);
+            self.choose_while_decoding(layer, q)?;
             out
         };
         Ok(Tensor::from_vec(
@@ -1106,17 +1192,8 @@ impl KvCache for DroppingCache {
             if let Some(w) = weights {
                 self.fold_scores(layer, &w);
             }
-            if !self.prefilled && self.query_window() > 0 {
-                let recent = match self.recent_queries[layer].take() {
-                    Some(prev) => Tensor::cat(&[&prev, &q], 1)?,
-                    None => q.clone(),
-                };
-                let keep = self.query_window().min(recent.dim(1)?);
-                self.recent_queries[layer] = Some(
-                    recent
-                        .narrow(1, recent.dim(1)? - keep, keep)?
-                        .contiguous()?,
-                );
+            if !self.prefilled {
+                self.remember_queries(layer, &q)?;
             }
             out
         };
@@ -1216,6 +1293,7 @@ impl KvCache for DroppingCache {
         self.moments.iter_mut().for_each(|m| *m = None);
         self.replaying = None;
         self.replayed = false;
+        self.decode_steps.iter_mut().for_each(|n| *n = 0);
     }
 
     fn replay_chunk(&self) -> Option<usize> {
@@ -1285,6 +1363,7 @@ mod tests {
                 budget,
                 selection: Selection::PerHead,
                 schedule,
+                decoding: None,
             },
             precision,
         )
@@ -1553,6 +1632,47 @@ mod tests {
         }
     }
 
+    /// A budget while decoding: every 3 steps a layer holding more than 10 keeps Knorm's
+    /// best 10 of everything it holds; a brute-force replay of the rule gives the same sets.
+    #[test]
+    fn a_decoding_budget_rechooses_every_interval_over_everything_held() {
+        let data = sequence(30);
+        let (_, k) = rotated(&data.0, &data.1);
+        let settings = DropSettings {
+            policy: DropPolicy::Keys(KeyScorer::Knorm),
+            budget: Budget::Tokens(8),
+            selection: Selection::PerHead,
+            schedule: Schedule::Uniform,
+            decoding: Some(DecodingBudget {
+                interval: 3,
+                target: 10,
+            }),
+        };
+        let mut c =
+            DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
+        let (_, seen) = run(&mut c, &data, &[20], kept);
+        for g in 0..2 {
+            let norm = |p: &usize| -> f32 { k[g][*p].iter().map(|x| x * x).sum::<f32>() };
+            let best = |alive: &[usize], n: usize| -> Vec<usize> {
+                let mut order = alive.to_vec();
+                order.sort_by(|a, b| norm(a).total_cmp(&norm(b)));
+                order.truncate(n);
+                order.sort_unstable();
+                order
+            };
+            let prompt: Vec<usize> = (0..20).collect();
+            assert_eq!(seen[0][g], prompt, "the prompt is held until it ends");
+            let mut alive = best(&prompt, 8);
+            for step in 1..=10 {
+                alive.push(19 + step);
+                if step % 3 == 0 && alive.len() > 10 {
+                    alive = best(&alive, 10);
+                }
+                assert_eq!(seen[step][g], alive, "head {g} after step {step}");
+            }
+        }
+    }
+
     /// KVzip's replay: its chunks attend as the full cache would, score the repeated span,
     /// and are forgotten; the choice keeps the best scores over both layers and heads.
     #[test]
@@ -1680,6 +1800,7 @@ mod tests {
             budget: Budget::Ratio(2.0),
             selection: Selection::Chunks(5),
             schedule: Schedule::Uniform,
+            decoding: None,
         };
         let mut c =
             DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
@@ -1724,6 +1845,7 @@ mod tests {
             budget: Budget::Tokens(8),
             selection: Selection::AdaKv(0.5),
             schedule: Schedule::Uniform,
+            decoding: None,
         };
         let mut c =
             DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
@@ -1914,6 +2036,7 @@ mod tests {
                     budget,
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                 },
                 KvPrecision::F32,
             )

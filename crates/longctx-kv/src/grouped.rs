@@ -167,6 +167,7 @@ mod tests {
         let settings = DropSettings {
             selection: Selection::PerHead,
             schedule: crate::Schedule::Uniform,
+            decoding: None,
             policy: DropPolicy::StreamingLlm {
                 sinks: Sinks::Count(0),
                 reindex: false,

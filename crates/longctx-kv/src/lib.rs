@@ -19,6 +19,7 @@ mod key_scorers;
 mod kivi;
 mod kvzip;
 mod query_heads;
+mod quest;
 mod rope;
 mod row_cache;
 mod row_formats;
@@ -30,11 +31,13 @@ mod window;
 
 pub use attention::{causal_attention, causal_attention_with_weights};
 pub use cache::{
-    CacheNumerics, DecodeActivations, KvCache, KvPrecision, KvShape, Reservation, DECODE_RESERVE,
+    CacheNumerics, DecodeActivations, DecodeReads, KvCache, KvPrecision, KvShape, Reservation,
+    DECODE_RESERVE,
 };
 pub use drop_then_quantize::DropThenQuantize;
 pub use dropping::{
-    Budget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Schedule, Selection, Sinks,
+    Budget, DecodingBudget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Schedule,
+    Selection, Sinks,
 };
 pub use error::{KvError, Result};
 pub use expected_attention::ExpectedAttention;
@@ -45,6 +48,7 @@ pub use infllm::{InfLlmCache, InfLlmRemainder, InfLlmSettings, InfLlmSplit};
 pub use key_scorers::KeyScorer;
 pub use kivi::{KiviCache, KiviSettings};
 pub use kvzip::KvZip;
+pub use quest::{QuestCache, QuestSettings};
 pub use rope::{RopeScaling, RopeSettings, RopeStyle, RopeTable, MAX_STREAM_POSITIONS};
 pub use row_cache::{FlexGenSettings, QuantizedPrefill, RowQuantCache, RowQuantSettings};
 pub use row_formats::{hadamard, rotation_blocks, GgmlType, QuantRows, RowFormat};

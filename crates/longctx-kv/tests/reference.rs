@@ -230,6 +230,7 @@ fn streamingllm_equals_the_benchmarks_stream_llm() {
     let settings = DropSettings {
         selection: Selection::PerHead,
         schedule: Schedule::Uniform,
+        decoding: None,
         policy: DropPolicy::StreamingLlm {
             sinks: Sinks::Count(n_init),
             reindex: true,
@@ -265,6 +266,7 @@ fn kept_after_prefill(
     let settings = DropSettings {
         selection: Selection::PerHead,
         schedule,
+        decoding: None,
         policy,
         budget: Budget::Tokens(number(selection, "capacity")),
     };
@@ -363,6 +365,7 @@ fn h2o_equals_the_benchmarks_heavy_hitter_attention() {
     let settings = DropSettings {
         selection: Selection::PerHead,
         schedule: Schedule::Uniform,
+        decoding: None,
         policy: DropPolicy::H2O {
             count_prefill: false,
             heads: Heads::Query,
@@ -421,6 +424,7 @@ fn tova_keeps_and_attends_as_tovas_own_cache() {
     let settings = DropSettings {
         selection: Selection::PerHead,
         schedule: Schedule::Uniform,
+        decoding: None,
         policy: DropPolicy::Tova,
         budget: Budget::Tokens(size),
     };
@@ -435,6 +439,7 @@ fn h2o_original_keeps_and_attends_as_fminference_h2o() {
     let settings = DropSettings {
         selection: Selection::PerHead,
         schedule: Schedule::Uniform,
+        decoding: None,
         policy: DropPolicy::H2O {
             count_prefill: true,
             heads: Heads::KeyValue,

@@ -650,6 +650,7 @@ impl LanguageModel for LlamaModel {
                 let window = DropSettings {
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                     policy: DropPolicy::StreamingLlm {
                         sinks: Sinks::Count(0),
                         reindex: false,

@@ -12,11 +12,11 @@ use crate::compress::{
     LlmLingua, LlmLingua2Spec, LlmLinguaSettings, PromptCompressor, Split, Target,
 };
 use longctx_kv::{
-    Budget, CacheNumerics, DropPolicy, DropSettings, DropThenQuantize, DroppingCache,
-    ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache, InfLlmRemainder,
-    InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape, KvZip, Pool,
-    QuantizedPrefill, RopeTable, RowFormat, RowQuantCache, RowQuantSettings, Schedule, Selection,
-    Sinks, MAX_STREAM_POSITIONS,
+    Budget, CacheNumerics, DecodingBudget, DropPolicy, DropSettings, DropThenQuantize,
+    DroppingCache, ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache,
+    InfLlmRemainder, InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape,
+    KvZip, Pool, QuantizedPrefill, QuestCache, QuestSettings, RopeTable, RowFormat, RowQuantCache,
+    RowQuantSettings, Schedule, Selection, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -43,6 +43,9 @@ pub enum Method {
     Drop(DropSettings),
     /// InfLLM's sinks, local window and retrieved memory blocks.
     InfLlm(InfLlmSettings),
+    /// Quest's query-aware page reads: every token kept, each decoding query reading the
+    /// pages its key bounds rank highest.
+    Quest(QuestSettings),
     /// A prompt compressor (LLMLingua): the prompt's text shortened before the model reads
     /// it with the full cache.
     Compressor(PromptCompressor),
@@ -270,6 +273,14 @@ pub fn presets() -> Vec<Preset> {
             spec: format!("llmlingua2:rate={:?},model=default", 1.0 / r as f64),
             paper_ratio: Some(r as f64),
             note: "the benchmark's (pipeline/llmlingua2): LLMLingua-2 as llmlingua 0.2.2 ran it with force tokens \\n . ! ? , and drop_consecutive (word labels equal to its outputs on a tiny random classifier in tests); needs microsoft/llmlingua-2-xlm-roberta-large-meetingbank in a local folder (model=default: see the README), which cannot be fetched here",
+        });
+    }
+    for r in DROP_RATIOS {
+        all.push(Preset {
+            name: format!("quest-{r}x"),
+            spec: format!("quest:ratio={r},page=16,dense_layers=2"),
+            paper_ratio: None,
+            note: "Quest (Tang et al., 2024) as its evaluation code (evaluation/quest_attention.py): every token kept; each decoding query of each head reads the floor(budget/16) pages of 16 tokens (at least 3) whose element-wise key minimum and maximum bound q.k highest, the budget 1/X of the prompt; prefill and the first 2 layers attend in full; memory is not reduced, reads are (bytes read per decoded token reported); not in the paper",
         });
     }
     for family in DROPPING {
@@ -579,6 +590,7 @@ impl Method {
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                     policy: DropPolicy::StreamingLlm { sinks, reindex },
                     budget,
                 })
@@ -598,6 +610,7 @@ impl Method {
                 let settings = DropSettings {
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                     policy: DropPolicy::H2O {
                         count_prefill,
                         heads,
@@ -634,11 +647,13 @@ impl Method {
                     budget,
                     selection: Selection::PerHead,
                     schedule,
+                    decoding: None,
                 })
             }
             "tova" => Method::Drop(DropSettings {
                 selection: Selection::PerHead,
                 schedule: Schedule::Uniform,
+                decoding: None,
                 policy: DropPolicy::Tova,
                 budget: s.take_budget()?,
             }),
@@ -654,6 +669,7 @@ impl Method {
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                     policy: DropPolicy::Keys(scorer),
                     budget,
                 })
@@ -669,6 +685,7 @@ impl Method {
                 Method::Drop(DropSettings {
                     selection: Selection::PerHead,
                     schedule: Schedule::Uniform,
+                    decoding: None,
                     policy: DropPolicy::ExpectedAttention(expected),
                     budget,
                 })
@@ -676,12 +693,35 @@ impl Method {
             "kvzip" => Method::Drop(DropSettings {
                 selection: Selection::PerHead,
                 schedule: Schedule::Uniform,
+                decoding: None,
                 budget: s.take_budget()?,
                 policy: DropPolicy::KvZip(KvZip {
                     sinks: s.take_u64("sinks")? as usize,
                     chunk: s.take_positive("chunk")?,
                 }),
             }),
+            "decoding" => {
+                let budget = DecodingBudget {
+                    interval: s.take_positive("interval")?,
+                    target: s.take_positive("target")?,
+                };
+                let (press, inner) = s.take_press()?;
+                match Method::parse(&inner)? {
+                    Method::Drop(d) if d.decoding.is_none() => {
+                        let settings = DropSettings {
+                            decoding: Some(budget),
+                            ..d
+                        };
+                        settings.validate().map_err(|e| s.error(e.to_string()))?;
+                        Method::Drop(settings)
+                    }
+                    other => {
+                        return Err(s.error(format!(
+                            "press={press}: decoding needs a token-dropping policy without a decoding budget of its own (snapkv, random, knorm, keydiff), not {other}"
+                        )))
+                    }
+                }
+            }
             "pyramid" => {
                 let beta = s.take_positive("beta")?;
                 let (press, inner) = s.take_press()?;
@@ -748,6 +788,15 @@ impl Method {
                 };
                 settings.validate().map_err(|e| s.error(e.to_string()))?;
                 Method::InfLlm(settings)
+            }
+            "quest" => {
+                let settings = QuestSettings {
+                    budget: s.take_budget()?,
+                    page: s.take_positive("page")?,
+                    dense_layers: s.take_u64("dense_layers")? as usize,
+                };
+                settings.validate().map_err(|e| s.error(e.to_string()))?;
+                Method::Quest(settings)
             }
             "llmlingua" => {
                 let target = s.take_target()?;
@@ -828,7 +877,7 @@ impl Method {
             reason,
         };
         let drop = match Method::parse(drop)? {
-            Method::Drop(d) if d.selects_once() => d,
+            Method::Drop(d) if d.selects_once() && d.decoding.is_none() => d,
             other => {
                 return Err(error(format!(
                     "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip)"
@@ -856,6 +905,17 @@ impl Method {
         }
     }
 
+    /// Prefills' worth of work a cache adds to each prompt's: KVzip's replay, measured at
+    /// 3.6 (`longctx bench --contexts 2048 --decode-tokens 4 --threads 2`: prefill 144
+    /// tokens/s under kvzip-4x against 664 under snapkv-4x); none for every other method.
+    pub fn extra_prefills(&self) -> f64 {
+        let replays = |d: &DropSettings| matches!(d.policy, DropPolicy::KvZip(_));
+        match self {
+            Method::Drop(d) | Method::DropThenQuantize { drop: d, .. } if replays(d) => 3.6,
+            _ => 0.0,
+        }
+    }
+
     /// The method family's name (the part of the spec before `:`).
     pub fn family(&self) -> &'static str {
         match self {
@@ -867,6 +927,7 @@ impl Method {
             Method::Drop(d) => match (d.selection, d.schedule, d.policy) {
                 (Selection::Chunks(_), ..) => "chunkkv",
                 (Selection::AdaKv(_), ..) => "adakv",
+                _ if d.decoding.is_some() => "decoding",
                 (_, Schedule::Pyramid { .. }, DropPolicy::SnapKv { .. }) => "pyramidkv",
                 (_, Schedule::Pyramid { .. }, _) => "pyramid",
                 (_, _, DropPolicy::StreamingLlm { .. }) => "streamingllm",
@@ -878,6 +939,7 @@ impl Method {
                 (_, _, DropPolicy::KvZip(_)) => "kvzip",
             },
             Method::InfLlm(_) => "infllm",
+            Method::Quest(_) => "quest",
             Method::Compressor(PromptCompressor::LlmLingua(_)) => "llmlingua",
             Method::Compressor(PromptCompressor::LlmLingua2(_)) => "llmlingua2",
         }
@@ -898,6 +960,7 @@ impl Method {
             Method::FlexGen(_) | Method::Kivi(_) | Method::KvQuant(_) => "KV quantization",
             Method::DropThenQuantize { .. } => "dropping + quantization",
             Method::Drop(_) | Method::InfLlm(_) => "token dropping",
+            Method::Quest(_) => "sparse reads",
             Method::Compressor(_) => "prompt compression",
         }
     }
@@ -906,7 +969,7 @@ impl Method {
     /// (the property the paper found matters most).
     pub fn compresses_after_prefill(&self) -> bool {
         match self {
-            Method::Baseline | Method::Kivi(_) => true,
+            Method::Baseline | Method::Kivi(_) | Method::Quest(_) => true,
             Method::FlexGen(_) | Method::KvQuant(_) => {
                 self.row_settings().map(|s| s.prefill) == Some(QuantizedPrefill::Full)
             }
@@ -921,7 +984,8 @@ impl Method {
     /// fixed token budget (its ratio depends on the prompt).
     pub fn nominal_ratio(&self) -> Option<f64> {
         let budget = match self {
-            Method::Baseline => return Some(1.0),
+            // Quest holds every token: its budget is what a query reads.
+            Method::Baseline | Method::Quest(_) => return Some(1.0),
             Method::FlexGen(s) => return Some(s.nominal_ratio()),
             Method::Kivi(s) => return Some(s.nominal_ratio()),
             Method::KvQuant(s) => return Some(s.nominal_ratio()),
@@ -967,6 +1031,7 @@ impl Method {
             }
             Method::Drop(s) => Box::new(DroppingCache::new(shape, rope, cpu, *s, precision)?),
             Method::InfLlm(s) => Box::new(InfLlmCache::new(shape, rope, cpu, *s)?),
+            Method::Quest(s) => Box::new(QuestCache::new(shape, rope, cpu, *s, precision)?),
         })
     }
 }
@@ -1029,6 +1094,24 @@ impl fmt::Display for Method {
                 let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
                 write!(f, "{}:{setting},press={press},{rest}", self.family())
             }
+            Method::Drop(
+                d @ DropSettings {
+                    decoding: Some(budget),
+                    ..
+                },
+            ) => {
+                let each = Method::Drop(DropSettings {
+                    decoding: None,
+                    ..*d
+                })
+                .to_string();
+                let (press, rest) = each.split_once(':').unwrap_or((&each, ""));
+                write!(
+                    f,
+                    "decoding:interval={},target={},press={press},{rest}",
+                    budget.interval, budget.target
+                )
+            }
             // PyramidKV over any policy but SnapKV, whose pyramid is `pyramidkv`.
             Method::Drop(
                 d @ DropSettings {
@@ -1086,6 +1169,13 @@ impl fmt::Display for Method {
                     DropPolicy::KvZip(z) => write!(f, ",sinks={},chunk={}", z.sinks, z.chunk),
                 }
             }
+            Method::Quest(s) => write!(
+                f,
+                "quest:{},page={},dense_layers={}",
+                BudgetSpec(&s.budget),
+                s.page,
+                s.dense_layers
+            ),
             Method::InfLlm(s) => write!(
                 f,
                 "infllm:{},sinks={:?},retrieved={:?},block={},representatives={},chunk={},remainder={}",
@@ -1134,7 +1224,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 15 * 4 + 3 * 4);
+        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 15 * 4 + 4 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
@@ -1306,6 +1396,27 @@ mod tests {
         assert!(err("adakv:safeguard=0.2,press=kvzip-4x").contains("at once"));
         assert!(err("knorm:ratio=4,press=snapkv").contains("ends its keys"));
         assert!(err("pyramid:beta=10").contains("missing required key \"press\""));
+        // A budget while decoding wraps SnapKV and the key scorers, under the others.
+        let decoding = parse("decoding:interval=16,target=128,press=knorm-4x");
+        assert_eq!(
+            decoding.to_string(),
+            "decoding:interval=16,target=128,press=knorm,ratio=4"
+        );
+        assert_eq!(decoding.family(), "decoding");
+        let stacked =
+            parse("chunkkv:chunk=20,press=decoding,interval=16,target=128,press=snapkv-4x");
+        assert_eq!(parse(&stacked.to_string()), stacked);
+        assert_eq!(
+            stacked,
+            parse("decoding:interval=16,target=128,press=chunkkv,chunk=20,press=snapkv-4x")
+        );
+        assert!(
+            err("decoding:interval=16,target=128,press=expected-attention-4x")
+                .contains("scores what decoding adds")
+        );
+        assert!(err("decoding:interval=0,target=128,press=knorm-4x").contains("interval"));
+        assert!(err("decoding:interval=16,target=128,press=knorm-4x+q4_0")
+            .contains("cannot come first"));
     }
 
     /// `DROP+QUANT` parses each side (presets included), prints back its full spec, and

@@ -12,9 +12,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// The layout this build writes. Version 2 added the protocol to the key and named settings
 /// to every row; version 3 the prompt's tokens before a prompt compressor and the time it
-/// took. A version 2 database is read as it is (nothing compressed) and brought to version 3
-/// when opened for writing; any other version is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+/// took; version 4 the bytes a decoding step read, where a cache reads part of what it holds
+/// (Quest). Versions 2 and 3 are read as they are (nothing compressed, nothing read
+/// sparsely) and brought to version 4 when opened for writing; any other version is refused.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The oldest layout this build still reads.
 const OLDEST_READABLE: i64 = 2;
@@ -150,6 +151,9 @@ pub struct ResultRow {
     pub new_tokens: i64,
     /// Peak resident memory of the process during the sample.
     pub peak_rss: i64,
+    /// Mean bytes of keys, values and metadata a decoding step read, where the cache reads
+    /// part of what it holds (Quest); `None` where every step reads all the cache holds.
+    pub read_bytes: Option<f64>,
     /// Everything besides the key that decided the outcome.
     pub settings: Settings,
     /// The longctx version that produced it.
@@ -169,11 +173,14 @@ pub struct Store {
     schema: i64,
 }
 
-const COLUMNS: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, original_tokens, compress_ms";
+const COLUMNS: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, original_tokens, compress_ms, read_bytes";
 
 /// What a version 2 database's rows are read with: no compressor ran, so the prompt before
-/// compression is the prompt.
-const COLUMNS_V2: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, prompt_tokens, 0.0";
+/// compression is the prompt, and no cache read sparsely.
+const COLUMNS_V2: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, prompt_tokens, 0.0, NULL";
+
+/// What a version 3 database's rows are read with: no cache read sparsely.
+const COLUMNS_V3: &str = "model, method, protocol, task, sample, prediction, score, score2, prompt_tokens, kept_tokens, kv_bytes, offloaded_bytes, uncompressed_bytes, fp16_bytes, prefill_ms, decode_ms, new_tokens, peak_rss, settings, version, timestamp, original_tokens, compress_ms, NULL";
 
 const KEY_MATCH: &str =
     "model = ?1 AND method = ?2 AND protocol = ?3 AND task = ?4 AND sample = ?5";
@@ -231,6 +238,7 @@ impl Store {
                     peak_rss INTEGER NOT NULL, settings TEXT NOT NULL,
                     version TEXT NOT NULL, timestamp TEXT NOT NULL,
                     original_tokens INTEGER NOT NULL, compress_ms REAL NOT NULL,
+                    read_bytes REAL,
                     PRIMARY KEY (model, method, protocol, task, sample));
                  CREATE TABLE plans (fingerprint TEXT PRIMARY KEY);
                  PRAGMA user_version = {SCHEMA_VERSION};"
@@ -238,16 +246,26 @@ impl Store {
                 .map_err(|e| self.fail(e))?;
         } else {
             self.check_schema()?;
-            if self.schema == 2 {
-                // Rows written before prompt compressors read their prompt whole.
+            // Rows written before prompt compressors read their prompt whole; rows written
+            // before sparse reads were recorded have none.
+            let upgrades = [
+                (
+                    2,
+                    "ALTER TABLE results ADD COLUMN original_tokens INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE results ADD COLUMN compress_ms REAL NOT NULL DEFAULT 0;
+                     UPDATE results SET original_tokens = prompt_tokens;",
+                ),
+                (3, "ALTER TABLE results ADD COLUMN read_bytes REAL;"),
+            ];
+            let steps: String = upgrades
+                .iter()
+                .filter(|(from, _)| *from >= self.schema)
+                .map(|(_, step)| *step)
+                .collect();
+            if !steps.is_empty() {
                 self.conn
                     .execute_batch(&format!(
-                        "BEGIN;
-                         ALTER TABLE results ADD COLUMN original_tokens INTEGER NOT NULL DEFAULT 0;
-                         ALTER TABLE results ADD COLUMN compress_ms REAL NOT NULL DEFAULT 0;
-                         UPDATE results SET original_tokens = prompt_tokens;
-                         PRAGMA user_version = {SCHEMA_VERSION};
-                         COMMIT;"
+                        "BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
                     .map_err(|e| self.fail(e))?;
                 self.schema = SCHEMA_VERSION;
@@ -312,6 +330,7 @@ impl Store {
     fn columns(&self) -> &'static str {
         match self.schema {
             2 => COLUMNS_V2,
+            3 => COLUMNS_V3,
             _ => COLUMNS,
         }
     }
@@ -499,14 +518,14 @@ fn insert_row(conn: &Connection, row: &ResultRow, replace: bool) -> rusqlite::Re
     };
     let k = &row.key;
     conn.execute(
-        &format!("{verb} INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
+        &format!("{verb} INTO results ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
         params![
             k.model, k.method, k.protocol, k.task, k.sample, row.prediction, row.score,
             if row.score2.is_nan() { None } else { Some(row.score2) },
             row.prompt_tokens, row.kept_tokens, row.kv_bytes, row.offloaded_bytes,
             row.uncompressed_bytes, row.fp16_bytes, row.prefill_ms, row.decode_ms,
             row.new_tokens, row.peak_rss, row.settings.to_json(), row.version, row.timestamp,
-            row.original_tokens, row.compress_ms
+            row.original_tokens, row.compress_ms, row.read_bytes
         ],
     )
     .map(|_| ())
@@ -539,6 +558,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResultRow> {
         timestamp: r.get(20)?,
         original_tokens: r.get(21)?,
         compress_ms: r.get(22)?,
+        read_bytes: r.get(23)?,
     })
 }
 
@@ -570,6 +590,7 @@ pub(crate) mod tests {
             decode_ms: 2.0,
             new_tokens: 3,
             peak_rss: 4,
+            read_bytes: None,
             settings: Settings::default().with("rope_theta", "trained"),
             version: "0".into(),
             timestamp: "t".into(),
@@ -634,34 +655,50 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_version_2_database_is_read_as_it_is_and_upgraded_for_writing() {
-        let path = temp("v2");
-        // Version 2's layout: this one without the two columns version 3 added.
-        drop(Store::open(&path).unwrap());
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
+    fn older_databases_are_read_as_they_are_and_upgraded_for_writing() {
+        // Version 2's layout lacks the columns versions 3 and 4 added; version 3's the one
+        // version 4 added.
+        let cases = [
+            (
+                2,
                 "ALTER TABLE results DROP COLUMN original_tokens;
                  ALTER TABLE results DROP COLUMN compress_ms;
-                 INSERT INTO results VALUES ('m', 'baseline', 'paper', 'needle/passkey', 'a', 'x', 1.0, 0.5, 77, 77, 100, 0, 100, 50, 1.0, 2.0, 3, 4, '{}', '0', '0');
-                 PRAGMA user_version = 2;",
-            )
-            .unwrap();
-        let read = Store::open_read_only(&path).unwrap().rows().unwrap();
-        assert_eq!((read[0].original_tokens, read[0].compress_ms), (77, 0.0));
-        let version = |p: &Path| -> i64 {
-            Connection::open(p)
+                 ALTER TABLE results DROP COLUMN read_bytes;
+                 INSERT INTO results VALUES ('m', 'baseline', 'paper', 'needle/passkey', 'a', 'x', 1.0, 0.5, 77, 77, 100, 0, 100, 50, 1.0, 2.0, 3, 4, '{}', '0', '0');",
+            ),
+            (
+                3,
+                "ALTER TABLE results DROP COLUMN read_bytes;
+                 INSERT INTO results VALUES ('m', 'baseline', 'paper', 'needle/passkey', 'a', 'x', 1.0, 0.5, 77, 77, 100, 0, 100, 50, 1.0, 2.0, 3, 4, '{}', '0', '0', 77, 0.0);",
+            ),
+        ];
+        for (old, layout) in cases {
+            let path = temp(&format!("v{old}"));
+            drop(Store::open(&path).unwrap());
+            Connection::open(&path)
                 .unwrap()
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .unwrap()
-        };
-        assert_eq!(version(&path), 2, "reading changed nothing");
-        let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.rows().unwrap(), read);
-        store.insert(&row("b", "y"), false).unwrap();
-        assert_eq!(store.rows().unwrap().len(), 2);
-        drop(store);
-        assert_eq!(version(&path), SCHEMA_VERSION);
+                .execute_batch(&format!("{layout} PRAGMA user_version = {old};"))
+                .unwrap();
+            let read = Store::open_read_only(&path).unwrap().rows().unwrap();
+            assert_eq!((read[0].original_tokens, read[0].compress_ms), (77, 0.0));
+            assert_eq!(read[0].read_bytes, None);
+            let version = |p: &Path| -> i64 {
+                Connection::open(p)
+                    .unwrap()
+                    .query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .unwrap()
+            };
+            assert_eq!(version(&path), old, "reading changed nothing");
+            let mut store = Store::open(&path).unwrap();
+            assert_eq!(store.rows().unwrap(), read);
+            let mut sparse = row("b", "y");
+            sparse.read_bytes = Some(1234.0);
+            store.insert(&sparse, false).unwrap();
+            assert_eq!(store.rows().unwrap().len(), 2);
+            assert_eq!(store.rows().unwrap()[1].read_bytes, Some(1234.0));
+            drop(store);
+            assert_eq!(version(&path), SCHEMA_VERSION);
+        }
     }
 
     #[test]

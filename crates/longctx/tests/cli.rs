@@ -401,6 +401,9 @@ fn every_4x_dropping_preset_holds_about_a_quarter_of_the_baseline_bytes() {
         "tova-4x",
         "chunkkv-4x",
         "adakv-4x",
+        "expected-attention-4x",
+        "kvzip-4x",
+        "pyramid:beta=20,press=knorm,ratio=4",
     ] {
         let row = bench_row(method, 1024);
         let share = row["kv_bytes"].as_f64().unwrap() / baseline;
@@ -408,7 +411,7 @@ fn every_4x_dropping_preset_holds_about_a_quarter_of_the_baseline_bytes() {
         // position and score: a quarter of the tokens is 0.258 of the baseline's bytes.
         // PyramidKV's integer schedule (KVCache-Factory's) keeps a little more than the
         // uniform budget: 7,800 tokens over 30 layers here against 30 x 256 = 7,680.
-        let most = if method == "pyramidkv-4x" {
+        let most = if method.starts_with("pyramid") {
             0.275
         } else {
             0.265
@@ -431,6 +434,19 @@ fn every_4x_dropping_preset_holds_about_a_quarter_of_the_baseline_bytes() {
     assert!(row["kept_tokens"].as_f64().unwrap() >= 517.0, "{row}");
     let layers = row["kept_tokens_per_layer"].as_array().unwrap();
     assert_eq!(layers.len(), 30);
+    // Quest holds every token (and its pages' key bounds) but its decoding steps read
+    // less; a cache that reads all it holds reports no read bytes.
+    assert!(bench_row("baseline", 1024)["read_bytes_per_decoded_token"].is_null());
+    let row = bench_row("quest-4x", 1024);
+    let (held, read) = (
+        row["kv_bytes"].as_f64().unwrap(),
+        row["read_bytes_per_decoded_token"].as_f64().unwrap(),
+    );
+    assert!(held >= baseline, "quest-4x holds {held} against {baseline}");
+    assert!(
+        read < 0.75 * held,
+        "quest-4x reads {read} of {held} per decoded token"
+    );
 }
 
 #[test]

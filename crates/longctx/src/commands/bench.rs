@@ -53,6 +53,9 @@ struct BenchRow {
     kv_bytes_by_group: std::collections::BTreeMap<&'static str, usize>,
     /// Bytes of evicted context kept for retrieval (InfLLM).
     offloaded_bytes: usize,
+    /// Mean bytes of keys, values and metadata a decoding step read, where the cache reads
+    /// part of what it holds (Quest); `None` where a step reads all it holds.
+    read_bytes_per_decoded_token: Option<f64>,
     /// Every token seen in the method's uncompressed format.
     uncompressed_bytes: usize,
     /// `uncompressed_bytes / kv_bytes`.
@@ -117,8 +120,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 println!("|--:|--:|--:|--:|--:|");
             }
             false => {
-                println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | measured ratio | KV fp16-equivalent | peak RSS MiB |");
-                println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+                println!("| context | prefill tok/s | decode tok/s | kept tokens | KV bytes | offloaded bytes | bytes read per decoded token | measured ratio | KV fp16-equivalent | peak RSS MiB |");
+                println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
             }
         }
     }
@@ -155,6 +158,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     kv_bytes: cache.stored_bytes(),
                     kv_bytes_by_group: cache.stored_bytes_by_group().into_iter().collect(),
                     offloaded_bytes: cache.offloaded_bytes(),
+                    read_bytes_per_decoded_token: cache.decode_reads().and_then(|r| r.per_step()),
                     uncompressed_bytes: cache.uncompressed_bytes_per_token() * seen,
                     measured_ratio: (cache.uncompressed_bytes_per_token() * seen) as f64
                         / cache.stored_bytes().max(1) as f64,
@@ -173,6 +177,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 kv_bytes: model.state_bytes(),
                 kv_bytes_by_group: [("state", model.state_bytes())].into_iter().collect(),
                 offloaded_bytes: 0,
+                read_bytes_per_decoded_token: None,
                 uncompressed_bytes: model.state_bytes(),
                 measured_ratio: 1.0,
                 kv_fp16_equivalent_bytes: 0,
@@ -192,13 +197,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
         } else {
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2}x | {} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2}x | {} | {} |",
                 row.context,
                 row.prefill_tokens_per_s,
                 row.decode_tokens_per_s,
                 row.kept_tokens,
                 kv_bytes_cell(&row),
                 row.offloaded_bytes,
+                row.read_bytes_per_decoded_token
+                    .map_or("all held".into(), |b| format!("{b:.0}")),
                 row.measured_ratio,
                 row.kv_fp16_equivalent_bytes,
                 memory::mib(row.peak_rss_bytes)

@@ -74,6 +74,9 @@ Specs take explicit settings too; every key is required and checked:
                                               remainder: which queries of a chunk read the tokens
                                               waiting for a block (chunk: all, as the benchmark's
                                               code; query: those outside their own window)
+  quest:ratio=X,page=N,dense_layers=N         X: prompt tokens / tokens a decoding query reads
+                                              (nothing is dropped); N tokens per page; the first
+                                              dense_layers layers read everything
   llmlingua:rate=R|tokens=N,window=W,context_budget=B,split=none|paragraphs,question=none|condition,scorer=MODEL
                                               R in (0, 1]: share of the prompt's tokens kept; W: tokens
                                               per window of the token-level stage (200); B: tokens

@@ -363,6 +363,8 @@ fn measured(group: &[&ResultRow]) -> f64 {
 struct Costs {
     kv_bytes: f64,
     offloaded_bytes: f64,
+    /// Mean bytes a decoding step read, where the cache reads part of what it holds.
+    read_bytes: Option<f64>,
     /// Every token seen at 16 bits / bytes held.
     vs_fp16: f64,
     prefill_tokens_per_s: f64,
@@ -380,12 +382,23 @@ impl Costs {
         Self {
             kv_bytes: mean(group, |r| r.kv_bytes as f64),
             offloaded_bytes: mean(group, |r| r.offloaded_bytes as f64),
+            read_bytes: {
+                let read: Vec<f64> = group.iter().filter_map(|r| r.read_bytes).collect();
+                (!read.is_empty()).then(|| read.iter().sum::<f64>() / read.len() as f64)
+            },
             vs_fp16: mean(group, |r| r.fp16_bytes as f64 / r.kv_bytes.max(1) as f64),
             prefill_tokens_per_s: total(|r| r.original_tokens as f64) / prefill_s.max(1e-9),
             decode_tokens_per_s: total(|r| r.new_tokens as f64) / decode_s.max(1e-9),
             peak_rss_mib: group.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64
                 / (1024.0 * 1024.0),
         }
+    }
+
+    /// The bytes read per decoded token, or `all held` where every step reads all the cache
+    /// holds.
+    fn read_cell(&self) -> String {
+        self.read_bytes
+            .map_or("all held".into(), |b| format!("{b:.0}"))
     }
 }
 
@@ -432,12 +445,12 @@ fn needle_table(rows: &[ResultRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| model | method | samples | exact % | partial % | {} | nominal ratio | measured ratio | KV bytes held | offloaded bytes | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |",
+        "| model | method | samples | exact % | partial % | {} | nominal ratio | measured ratio | KV bytes held | offloaded bytes | bytes read per decoded token | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |",
         lengths.iter().map(|l| format!("{l} words")).collect::<Vec<_>>().join(" | ")
     );
     let _ = writeln!(
         out,
-        "|---|---|--:|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         "--:|".repeat(lengths.len())
     );
     for ((model, method), group) in &groups {
@@ -459,7 +472,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
         let c = Costs::of(group);
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
             score_cell(group, rows),
             100.0 * mean(group, |r| r.score2),
@@ -468,6 +481,7 @@ fn needle_table(rows: &[ResultRow]) -> String {
             ratio_cell(group, measured(group)),
             c.kv_bytes,
             c.offloaded_bytes,
+            c.read_cell(),
             ratio_cell(group, c.vs_fp16),
             c.prefill_tokens_per_s,
             c.decode_tokens_per_s,
@@ -693,7 +707,7 @@ fn suite_table(rows: &[ResultRow], prefix: &str) -> Option<String> {
 
 /// What each method really costs and saves, over every sample it ran.
 pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
-    let mut out = String::from("| model | method | samples | mean score % | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    let mut out = String::from("| model | method | samples | mean score % | mean prompt tokens | mean kept tokens | KV bytes held (mean) | offloaded bytes (mean) | bytes read per decoded token | measured ratio | vs 16-bit | prefill tok/s | decode tok/s | peak RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for ((model, method), group) in &group(rows, |_| true) {
         let c = Costs::of(group);
         // A prompt compressor's prompt: the tokens it was given → the tokens the model read.
@@ -708,12 +722,13 @@ pub(crate) fn efficiency_table(rows: &[ResultRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {model} | {method} | {} | {} | {tokens} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
+            "| {model} | {method} | {} | {} | {tokens} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.0} |",
             group.len(),
             score_cell(group, rows),
             mean(group, |r| r.kept_tokens as f64),
             c.kv_bytes,
             c.offloaded_bytes,
+            c.read_cell(),
             ratio_cell(group, measured(group)),
             ratio_cell(group, c.vs_fp16),
             c.prefill_tokens_per_s,
@@ -996,11 +1011,11 @@ fn summary_figures(rows: &[ResultRow], figures_dir: &mut FigureDir) -> Result<St
 /// Every row as CSV (RFC 4180 quoting).
 fn csv(rows: &[ResultRow]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out = String::from("model,method,protocol,task,sample,prediction,score,score2,prompt_tokens,kept_tokens,kv_bytes,offloaded_bytes,uncompressed_bytes,fp16_bytes,prefill_ms,decode_ms,new_tokens,peak_rss,settings,version,timestamp,original_tokens,compress_ms\n");
+    let mut out = String::from("model,method,protocol,task,sample,prediction,score,score2,prompt_tokens,kept_tokens,kv_bytes,offloaded_bytes,uncompressed_bytes,fp16_bytes,prefill_ms,decode_ms,new_tokens,peak_rss,settings,version,timestamp,original_tokens,compress_ms,read_bytes\n");
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{:.3},{}",
             quote(&r.key.model),
             quote(&r.key.method),
             quote(&r.key.protocol),
@@ -1027,7 +1042,8 @@ fn csv(rows: &[ResultRow]) -> String {
             r.version,
             r.timestamp,
             r.original_tokens,
-            r.compress_ms
+            r.compress_ms,
+            r.read_bytes.map_or(String::new(), |b| format!("{b:.0}"))
         );
     }
     out

@@ -526,7 +526,8 @@ impl Plan {
 }
 
 /// A sample's estimated seconds under a method on a model: a prompt compressor's time
-/// scoring the prompt, and the shorter prompt it leaves, included.
+/// scoring the prompt, and the shorter prompt it leaves, or a cache's replay of the prompt
+/// (KVzip), included.
 fn estimate(cost: &ModelCost, method: &Method, s: &TaskSample) -> f64 {
     let words = s.words as f64;
     match method.compressor() {
@@ -535,7 +536,7 @@ fn estimate(cost: &ModelCost, method: &Method, s: &TaskSample) -> f64 {
             let kept = c.rate().unwrap_or(1.0);
             cost.compressed_seconds(words, kept, c.prefills(), s.max_new_tokens)
         }
-        None => cost.seconds(words, s.max_new_tokens),
+        None => cost.compressed_seconds(words, 1.0, method.extra_prefills(), s.max_new_tokens),
     }
 }
 
@@ -823,6 +824,11 @@ fn run_sample(
         decode_ms: generation.decode.as_secs_f64() * 1e3,
         new_tokens: generation.decode_steps as i64,
         peak_rss: memory::peak_rss_bytes().unwrap_or(0) as i64,
+        read_bytes: loaded
+            .model
+            .cache()
+            .and_then(|c| c.decode_reads())
+            .and_then(|r| r.per_step()),
         settings,
         version: env!("CARGO_PKG_VERSION").into(),
         timestamp: now(),
