@@ -502,6 +502,25 @@ impl<'a> Settings<'a> {
         }
     }
 
+    /// A wrapper's method: the `press=` method, which `accepts` must take (else an error
+    /// saying it `needs` such a policy), changed by `apply` and checked again.
+    fn wrap(
+        &mut self,
+        accepts: impl Fn(&DropSettings) -> bool,
+        needs: &str,
+        apply: impl FnOnce(DropSettings) -> DropSettings,
+    ) -> Result<Method, MethodError> {
+        let (press, inner) = self.take_press()?;
+        match Method::parse(&inner)? {
+            Method::Drop(d) if accepts(&d) => {
+                let settings = apply(d);
+                settings.validate().map_err(|e| self.error(e.to_string()))?;
+                Ok(Method::Drop(settings))
+            }
+            other => Err(self.error(format!("press={press}: needs {needs}, not {other}"))),
+        }
+    }
+
     /// SnapKV-style observation window and odd pooling kernel.
     fn take_window_kernel(&mut self) -> Result<(usize, usize), MethodError> {
         let window = self.take_positive("window")?;
@@ -705,41 +724,25 @@ impl Method {
                     interval: s.take_positive("interval")?,
                     target: s.take_positive("target")?,
                 };
-                let (press, inner) = s.take_press()?;
-                match Method::parse(&inner)? {
-                    Method::Drop(d) if d.decoding.is_none() => {
-                        let settings = DropSettings {
-                            decoding: Some(budget),
-                            ..d
-                        };
-                        settings.validate().map_err(|e| s.error(e.to_string()))?;
-                        Method::Drop(settings)
-                    }
-                    other => {
-                        return Err(s.error(format!(
-                            "press={press}: decoding needs a token-dropping policy without a decoding budget of its own (snapkv, random, knorm, keydiff), not {other}"
-                        )))
-                    }
-                }
+                s.wrap(
+                    |d| d.decoding.is_none(),
+                    "a token-dropping policy without a decoding budget of its own (snapkv, random, knorm, keydiff)",
+                    |d| DropSettings {
+                        decoding: Some(budget),
+                        ..d
+                    },
+                )?
             }
             "pyramid" => {
                 let beta = s.take_positive("beta")?;
-                let (press, inner) = s.take_press()?;
-                match Method::parse(&inner)? {
-                    Method::Drop(d) if d.selects_once() && d.schedule == Schedule::Uniform => {
-                        let settings = DropSettings {
-                            schedule: Schedule::Pyramid { beta },
-                            ..d
-                        };
-                        settings.validate().map_err(|e| s.error(e.to_string()))?;
-                        Method::Drop(settings)
-                    }
-                    other => {
-                        return Err(s.error(format!(
-                            "press={press}: pyramid needs a policy that chooses once, when the prompt ends, with no schedule of its own (snapkv, random, knorm, keydiff, expected-attention), not {other}"
-                        )))
-                    }
-                }
+                s.wrap(
+                    |d| d.selects_once() && d.schedule == Schedule::Uniform,
+                    "a policy that chooses once, when the prompt ends, with no schedule of its own (snapkv, random, knorm, keydiff, expected-attention)",
+                    |d| DropSettings {
+                        schedule: Schedule::Pyramid { beta },
+                        ..d
+                    },
+                )?
             }
             "chunkkv" | "adakv" => {
                 let selection = if name == "chunkkv" {
@@ -753,19 +756,11 @@ impl Method {
                     }
                     Selection::AdaKv(share)
                 };
-                let (press, inner) = s.take_press()?;
-                match Method::parse(&inner)? {
-                    Method::Drop(d) if d.selects_once() && d.selection == Selection::PerHead => {
-                        let settings = DropSettings { selection, ..d };
-                        settings.validate().map_err(|e| s.error(e.to_string()))?;
-                        Method::Drop(settings)
-                    }
-                    other => {
-                        return Err(s.error(format!(
-                            "press={press}: {name} needs a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention), not {other}"
-                        )))
-                    }
-                }
+                s.wrap(
+                    |d| d.selects_once() && d.selection == Selection::PerHead,
+                    "a policy that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention)",
+                    |d| DropSettings { selection, ..d },
+                )?
             }
             "infllm" => {
                 let budget = s.take_budget()?;
