@@ -216,6 +216,23 @@ pub trait KvCache: Send {
         None
     }
 
+    /// Take a token-dropping policy's kept rows of `layer` (per key/value head: keys rotated
+    /// at their positions and values, f32 row-major) as this cache's own prompt of `prompt`
+    /// tokens, already attended, with room for `after` more: what composing dropping with a
+    /// quantizer needs (`DROP+QUANT`). [`KvCache::end_prefill`] follows once every layer has
+    /// adopted. A cache that cannot hold rows chosen elsewhere refuses.
+    fn adopt(
+        &mut self,
+        layer: usize,
+        _kept: Vec<(Vec<f32>, Vec<f32>)>,
+        _prompt: usize,
+        _after: usize,
+    ) -> Result<()> {
+        Err(crate::KvError::Invalid(format!(
+            "this cache policy cannot take the rows a dropping policy kept (layer {layer}): compose dropping with a quantizer (kvquant, flexgen, kivi)"
+        )))
+    }
+
     /// Context tokens per replay pass, when the policy scores the prompt by having the
     /// model repeat it (KVzip) before [`KvCache::end_prefill`]; `None` for every other.
     fn replay_chunk(&self) -> Option<usize> {

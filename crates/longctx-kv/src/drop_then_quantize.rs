@@ -1,76 +1,58 @@
 //! Token dropping followed by quantization of what is kept: a policy that chooses once, when
-//! the prompt ends (SnapKV, PyramidKV, the key scorers), holds and attends the prompt as it
-//! does alone; at the prompt's end its kept rows move into per-token quantized rows
-//! ([`RowQuantSettings`]: llama.cpp's types, min–max codes, rotated or not) and the
-//! dropping cache's storage is freed. Decoding appends quantized rows and reads them in
-//! place. The savings multiply: SnapKV-4× with q4_0 holds about 1/14 of a 16-bit cache.
+//! the prompt ends (SnapKV, PyramidKV, the key scorers, Expected Attention, KVzip), holds
+//! and attends the prompt as it does alone; at the prompt's end its kept rows move into a
+//! quantizing cache ([`KvCache::adopt`]: per-token rows of llama.cpp's types or min–max
+//! codes, rotated or not, or KIVI's per-channel keys and per-token values) and the dropping
+//! cache's storage is freed. Decoding is the quantizing cache's own. The savings multiply:
+//! SnapKV-4× with q4_0 holds about 1/14 of a 16-bit cache.
 //!
 //! The kept rows pass through the dropping cache's precision (f16 by default) before they
-//! are quantized. Under the `quantized` prefill rule a decoding token attends to its own
-//! key and value quantized (llama.cpp's); under `full`, in full precision before they are
-//! stored.
+//! are quantized.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::cache::{check_chunk, Reservation};
-use crate::row_cache::{attend_stored, LayerRows, Rotation};
+use crate::cache::Reservation;
 use crate::{
-    DropSettings, DroppingCache, KvCache, KvError, KvPrecision, KvShape, Result, RopeTable,
-    RowQuantSettings,
+    DecodeReads, DropSettings, DroppingCache, KvCache, KvError, KvPrecision, KvShape, Result,
+    RopeTable,
 };
 
 /// A dropping policy's kept tokens, quantized once the prompt ends.
 pub struct DropThenQuantize {
     shape: KvShape,
-    rope: Arc<RopeTable>,
-    device: Device,
     dropping: DroppingCache,
-    settings: RowQuantSettings,
-    rotation: Option<Rotation>,
-    /// Per layer, the quantized rows once the prompt has ended.
-    layers: Vec<LayerRows>,
-    /// Whether the kept rows have moved into `layers`.
-    quantized: bool,
-    /// Tokens each layer has been shown since the prompt ended.
-    processed: Vec<usize>,
-    /// Rows to set aside after the prompt.
-    after_prompt: usize,
+    /// The quantizing cache that adopts the kept rows.
+    store: Box<dyn KvCache>,
+    /// Whether the kept rows have moved into `store`.
+    adopted: bool,
+    /// What the sequence was reserved as.
+    reservation: Reservation,
 }
 
 impl DropThenQuantize {
     /// A cache for `shape`: `drop` must choose once, when the prompt ends; `precision` is
-    /// what the dropping cache holds the prompt in.
+    /// what the dropping cache holds the prompt in; `store` (built for the same shape) takes
+    /// the kept rows.
     pub fn new(
         shape: KvShape,
         rope: Arc<RopeTable>,
         device: &Device,
-        (drop, quantize): (DropSettings, RowQuantSettings),
+        (drop, store): (DropSettings, Box<dyn KvCache>),
         precision: KvPrecision,
     ) -> Result<Self> {
-        if !drop.selects_once() {
+        if !drop.selects_once() || drop.decoding.is_some() {
             return Err(KvError::Setting(
-                "quantizing what a policy keeps needs one that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff); streamingllm, h2o and tova evict while decoding".into(),
+                "quantizing what a policy keeps needs one that chooses once, when the prompt ends, and never again (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip); streamingllm, h2o, tova and decoding budgets evict while decoding".into(),
             ));
         }
-        let rotation = quantize
-            .validate(&shape)?
-            .map(|(keys, values)| Rotation { keys, values });
-        let dropping = DroppingCache::new(shape, rope.clone(), device, drop, precision)?;
         Ok(Self {
             shape,
-            rope,
-            device: device.clone(),
-            dropping,
-            settings: quantize,
-            rotation,
-            layers: (0..shape.layers)
-                .map(|_| LayerRows::new(&quantize, shape.kv_heads, shape.head_dim))
-                .collect(),
-            quantized: false,
-            processed: vec![0; shape.layers],
-            after_prompt: 0,
+            dropping: DroppingCache::new(shape, rope, device, drop, precision)?,
+            store,
+            adopted: false,
+            reservation: Reservation::default(),
         })
     }
 }
@@ -81,7 +63,7 @@ impl KvCache for DropThenQuantize {
     }
 
     fn reserve(&mut self, reservation: Reservation) -> Result<()> {
-        self.after_prompt = reservation.after_prompt();
+        self.reservation = reservation;
         self.dropping.reserve(reservation)
     }
 
@@ -93,76 +75,72 @@ impl KvCache for DropThenQuantize {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        if !self.quantized {
-            self.processed[layer] = pos + q.dim(1)?;
-            return self.dropping.attend(layer, pos, q, k, v);
+        match self.adopted {
+            false => self.dropping.attend(layer, pos, q, k, v),
+            true => self.store.attend(layer, pos, q, k, v),
         }
-        check_chunk(&self.shape, layer, pos, self.processed[layer])?;
-        let (q, k, v) = Rotation::inputs(self.rotation, &self.rope, pos, (q, k, v))?;
-        let rows = &mut self.layers[layer];
-        let out = attend_stored(rows, &q, (k, v), self.settings.prefill, &self.device)?;
-        self.processed[layer] = pos + q.dim(1)?;
-        Rotation::output(self.rotation, out)
     }
 
     fn end_prefill(&mut self) -> Result<()> {
-        if self.quantized {
+        if self.adopted {
             return Ok(());
         }
         self.dropping.end_prefill()?;
-        let d = self.shape.head_dim;
+        let (prompt, after) = (self.reservation.prompt, self.reservation.after_prompt());
         for layer in 0..self.shape.layers {
             let kept = self.dropping.take_kept(layer);
-            let rows = &mut self.layers[layer];
-            for (h, (mut keys, mut values)) in kept.into_iter().enumerate() {
-                if let Some(r) = &self.rotation {
-                    crate::hadamard(&mut keys, r.keys);
-                    crate::hadamard(&mut values, r.values);
-                }
-                rows.keys[h].reserve(keys.len() / d + self.after_prompt);
-                rows.values[h].reserve(values.len() / d + self.after_prompt);
-                keys.chunks_exact(d).for_each(|row| rows.keys[h].push(row));
-                values
-                    .chunks_exact(d)
-                    .for_each(|row| rows.values[h].push(row));
-            }
+            self.store.adopt(layer, kept, prompt, after)?;
         }
-        self.quantized = true;
+        self.store.end_prefill()?;
+        self.adopted = true;
         Ok(())
     }
 
     fn stored_bytes(&self) -> usize {
-        self.dropping.stored_bytes() + self.layers.iter().map(LayerRows::bytes).sum::<usize>()
+        self.dropping.stored_bytes() + self.store.stored_bytes()
     }
 
     fn uncompressed_bytes_per_token(&self) -> usize {
-        self.shape.fp16_bytes_per_token()
+        self.store.uncompressed_bytes_per_token()
     }
 
-    /// Averaged over key/value heads.
     fn kept_tokens(&self, layer: usize) -> usize {
-        if !self.quantized {
-            return self.dropping.kept_tokens(layer);
+        match self.adopted {
+            false => self.dropping.kept_tokens(layer),
+            true => self.store.kept_tokens(layer),
         }
-        self.layers.get(layer).map_or(0, |rows| {
-            rows.keys.iter().map(|h| h.rows()).sum::<usize>() / rows.keys.len().max(1)
-        })
     }
 
     /// The dropping policy's choice until the prompt ends; quantized rows keep no positions
     /// (their keys are already rotated).
     fn kept_positions(&self, layer: usize, kv_head: usize) -> Option<Vec<usize>> {
-        if self.quantized {
-            return None;
+        match self.adopted {
+            false => self.dropping.kept_positions(layer, kv_head),
+            true => None,
         }
-        self.dropping.kept_positions(layer, kv_head)
+    }
+
+    fn decode_reads(&self) -> Option<DecodeReads> {
+        self.store.decode_reads()
+    }
+
+    /// KVzip's replay runs in the dropping cache, before the prompt ends.
+    fn replay_chunk(&self) -> Option<usize> {
+        self.dropping.replay_chunk()
+    }
+
+    fn begin_replay(&mut self, span: std::ops::Range<usize>) -> Result<()> {
+        self.dropping.begin_replay(span)
+    }
+
+    fn end_replay(&mut self) -> Result<()> {
+        self.dropping.end_replay()
     }
 
     fn reset(&mut self) {
         self.dropping.reset();
-        self.layers.iter_mut().for_each(LayerRows::clear);
-        self.quantized = false;
-        self.processed.iter_mut().for_each(|p| *p = 0);
+        self.store.reset();
+        self.adopted = false;
     }
 }
 
@@ -172,8 +150,8 @@ mod tests {
     use crate::row_formats::{hadamard, QuantRows};
     use crate::testutil::{max_difference, rope, sequence, shape};
     use crate::{
-        causal_attention, Budget, DropPolicy, GgmlType, KeyScorer, QuantizedPrefill, RowFormat,
-        Selection,
+        causal_attention, Budget, DecodeActivations, DropPolicy, GgmlType, KeyScorer, KiviCache,
+        KiviSettings, QuantizedPrefill, RowFormat, RowQuantCache, RowQuantSettings, Selection,
     };
 
     fn knorm(ratio: f64) -> DropSettings {
@@ -209,11 +187,12 @@ mod tests {
             let settings = q8(true, prefill);
             let mut alone =
                 DroppingCache::new(shape(), rope(), &dev, knorm(4.0), KvPrecision::F32).unwrap();
+            let rows = RowQuantCache::new(shape(), rope(), &dev, settings).unwrap();
             let mut both = DropThenQuantize::new(
                 shape(),
                 rope(),
                 &dev,
-                (knorm(4.0), settings),
+                (knorm(4.0), Box::new(rows)),
                 KvPrecision::F32,
             )
             .unwrap();
@@ -299,13 +278,90 @@ mod tests {
             budget: Budget::Ratio(4.0),
         };
         let settings = q8(false, QuantizedPrefill::Quantized);
+        let rows = RowQuantCache::new(shape(), rope(), &Device::Cpu, settings).unwrap();
         let refused = DropThenQuantize::new(
             shape(),
             rope(),
             &Device::Cpu,
-            (h2o, settings),
+            (h2o, Box::new(rows)),
             KvPrecision::F16,
         );
         assert!(refused.is_err());
+    }
+
+    /// KVzip's replay reaches the dropping cache through the composition.
+    #[test]
+    fn the_composition_replays_for_kvzip() {
+        let kvzip = DropSettings {
+            policy: DropPolicy::KvZip(crate::KvZip {
+                sinks: 4,
+                chunk: 100,
+            }),
+            ..knorm(4.0)
+        };
+        let rows = RowQuantCache::new(
+            shape(),
+            rope(),
+            &Device::Cpu,
+            q8(true, QuantizedPrefill::Quantized),
+        )
+        .unwrap();
+        let both = DropThenQuantize::new(
+            shape(),
+            rope(),
+            &Device::Cpu,
+            (kvzip, Box::new(rows)),
+            KvPrecision::F32,
+        )
+        .unwrap();
+        assert_eq!(both.replay_chunk(), Some(100));
+    }
+
+    /// KIVI adopts the kept rows as its prompt: at 8 bits decoding tracks attention over
+    /// the exact kept rows, at 2 bits less so; KIVI's storage is smaller than the kept rows'
+    /// in f32, and the dropping cache's is freed.
+    #[test]
+    fn kivi_adopts_the_kept_rows_as_its_prompt() {
+        let (dev, p) = (Device::Cpu, 160);
+        let (q, k, v) = sequence(p + 1);
+        let prompt = |x: &Tensor| x.narrow(1, 0, p).unwrap();
+        let step = |x: &Tensor| x.narrow(1, p, 1).unwrap();
+        let mut alone =
+            DroppingCache::new(shape(), rope(), &dev, knorm(4.0), KvPrecision::F32).unwrap();
+        alone.reserve(Reservation::prompt(p, 4)).unwrap();
+        alone
+            .attend(0, 0, &prompt(&q), &prompt(&k), &prompt(&v))
+            .unwrap();
+        alone.end_prefill().unwrap();
+        let want = alone.attend(0, p, &step(&q), &step(&k), &step(&v)).unwrap();
+        let mut diffs = Vec::new();
+        for bits in [8, 2] {
+            let settings = KiviSettings {
+                bits,
+                group: 32,
+                residual: 32,
+            };
+            let exact = DecodeActivations::F32;
+            let kivi = KiviCache::new(shape(), rope(), &dev, settings, exact).unwrap();
+            let mut both = DropThenQuantize::new(
+                shape(),
+                rope(),
+                &dev,
+                (knorm(4.0), Box::new(kivi)),
+                KvPrecision::F32,
+            )
+            .unwrap();
+            both.reserve(Reservation::prompt(p, 4)).unwrap();
+            both.attend(0, 0, &prompt(&q), &prompt(&k), &prompt(&v))
+                .unwrap();
+            let before = both.stored_bytes();
+            both.end_prefill().unwrap();
+            assert_eq!(both.kept_tokens(0), p / 4);
+            assert!(both.stored_bytes() < before / 4, "{}", both.stored_bytes());
+            let got = both.attend(0, p, &step(&q), &step(&k), &step(&v)).unwrap();
+            assert_eq!(both.kept_tokens(0), p / 4 + 1);
+            diffs.push(max_difference(&[got], std::slice::from_ref(&want)));
+        }
+        assert!(diffs[0] < 0.02 && diffs[1] > diffs[0], "{diffs:?}");
     }
 }

@@ -339,11 +339,16 @@ impl KvCache for KiviCache {
         } else {
             // Several tokens after the prompt: attend over the dequantized cache, then store
             // them one by one under the decoding rules.
-            let n = pos + t;
+            // Held rows: every position's, or fewer where a dropping policy chose them.
+            let held = self.kept_tokens(layer);
+            let n = held + t;
             let mut keys = Vec::with_capacity(self.shape.kv_heads * n * d);
             let mut values = Vec::with_capacity(self.shape.kv_heads * n * d);
             for ((h, ks), vs) in self.layers[layer].iter().zip(&k).zip(&v) {
                 let (hk, hv) = self.dequantized(h);
+                if hk.len() != held * d {
+                    return Err(crate::cache::uneven_heads());
+                }
                 keys.extend(hk.into_iter().chain(ks.iter().flatten().copied()));
                 values.extend(hv.into_iter().chain(vs.iter().flatten().copied()));
             }
@@ -352,7 +357,7 @@ impl KvCache for KiviCache {
                 &q,
                 &Tensor::from_vec(keys, shape, &device)?,
                 &Tensor::from_vec(values, shape, &device)?,
-                pos,
+                held,
             );
             for ((h, ks), vs) in self.layers[layer].iter_mut().zip(&k).zip(&v) {
                 for (key, value) in ks.iter().zip(vs) {
@@ -394,8 +399,34 @@ impl KvCache for KiviCache {
         self.shape.fp16_bytes_per_token()
     }
 
+    /// Averaged over key/value heads (adopted heads may hold different counts).
     fn kept_tokens(&self, layer: usize) -> usize {
-        self.processed.get(layer).copied().unwrap_or(0)
+        let d = self.shape.head_dim;
+        self.layers.get(layer).map_or(0, |heads| {
+            let tokens = |h: &HeadState| {
+                h.key_blocks.tokens() + (h.key_residual.len() + h.prompt_keys.len()) / d
+            };
+            heads.iter().map(tokens).sum::<usize>() / heads.len().max(1)
+        })
+    }
+
+    /// The kept rows are the prompt KIVI compresses: keys in whole groups per channel, the
+    /// rest, under the residual, in 16 bits.
+    fn adopt(
+        &mut self,
+        layer: usize,
+        kept: Vec<(Vec<f32>, Vec<f32>)>,
+        prompt: usize,
+        after: usize,
+    ) -> Result<()> {
+        let d = self.shape.head_dim;
+        for (h, (keys, values)) in self.layers[layer].iter_mut().zip(kept) {
+            let total = keys.len() / d + after;
+            (h.prompt_keys, h.prompt_values) = (keys, values);
+            Self::compress_prompt(h, d, &self.settings, total);
+        }
+        self.processed[layer] = prompt;
+        Ok(())
     }
 
     fn reset(&mut self) {

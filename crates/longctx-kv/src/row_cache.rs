@@ -254,6 +254,8 @@ pub struct RowQuantCache {
     /// Under [`QuantizedPrefill::Full`], each layer's prompt keys and values in f32 until the
     /// prompt ends.
     pending: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens each layer has been shown: its rows, unless a dropping policy chose them.
+    processed: Vec<usize>,
 }
 
 /// Rows of every head dequantized, as `[heads, rows, width]`; `None` when empty.
@@ -291,6 +293,7 @@ impl RowQuantCache {
             settings,
             rotation,
             pending: vec![None; shape.layers],
+            processed: vec![0; shape.layers],
             layers: (0..shape.layers)
                 .map(|_| LayerRows::new(&settings, shape.kv_heads, shape.head_dim))
                 .collect(),
@@ -492,11 +495,35 @@ impl KvCache for RowQuantCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        let held = self.kept_tokens(layer);
-        check_chunk(&self.shape, layer, pos, held)?;
+        check_chunk(&self.shape, layer, pos, self.processed[layer])?;
         let (q, k, v) = Rotation::inputs(self.rotation, &self.rope, pos, (q, k, v))?;
+        self.processed[layer] = pos + q.dim(1)?;
         let out = self.attend_rows(layer, pos, &q, k, v)?;
         Rotation::output(self.rotation, out)
+    }
+
+    /// The kept rows are rotated (as every stored row is) and quantized.
+    fn adopt(
+        &mut self,
+        layer: usize,
+        kept: Vec<(Vec<f32>, Vec<f32>)>,
+        prompt: usize,
+        after: usize,
+    ) -> Result<()> {
+        let d = self.shape.head_dim;
+        let rows = &mut self.layers[layer];
+        for (h, (mut keys, mut values)) in kept.into_iter().enumerate() {
+            if let Some(r) = &self.rotation {
+                crate::hadamard(&mut keys, r.keys);
+                crate::hadamard(&mut values, r.values);
+            }
+            for (stored, data) in [(&mut rows.keys[h], keys), (&mut rows.values[h], values)] {
+                stored.reserve(data.len() / d + after);
+                data.chunks_exact(d).for_each(|row| stored.push(row));
+            }
+        }
+        self.processed[layer] = prompt;
+        Ok(())
     }
 
     fn end_prefill(&mut self) -> Result<()> {
@@ -522,18 +549,23 @@ impl KvCache for RowQuantCache {
         self.shape.fp16_bytes_per_token()
     }
 
+    /// Averaged over key/value heads (adopted heads may hold different counts).
     fn kept_tokens(&self, layer: usize) -> usize {
         let pending = self
             .pending
             .get(layer)
             .and_then(|p| p.as_ref())
             .map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
-        pending + self.layers.get(layer).map_or(0, LayerRows::rows)
+        pending
+            + self.layers.get(layer).map_or(0, |rows| {
+                rows.keys.iter().map(QuantRows::rows).sum::<usize>() / rows.keys.len().max(1)
+            })
     }
 
     fn reset(&mut self) {
         self.pending.iter_mut().for_each(|p| *p = None);
         self.layers.iter_mut().for_each(LayerRows::clear);
+        self.processed.iter_mut().for_each(|p| *p = 0);
     }
 }
 

@@ -36,7 +36,7 @@ pub enum Method {
     DropThenQuantize {
         /// The dropping policy.
         drop: DropSettings,
-        /// The quantizer of what it keeps: a `kvquant` or `flexgen` method.
+        /// The quantizer of what it keeps: a `kvquant`, `flexgen` or `kivi` method.
         quantize: Box<Method>,
     },
     /// A token-dropping policy (StreamingLLM, H2O, SnapKV, PyramidKV, TOVA).
@@ -880,9 +880,9 @@ impl Method {
             }
         };
         let quantize = Method::parse(quantize)?;
-        if quantize.row_settings().is_none() {
+        if quantize.row_settings().is_none() && !matches!(quantize, Method::Kivi(_)) {
             return Err(error(format!(
-                "{quantize} cannot quantize what is kept: give a per-token quantizer (a kvquant preset such as q4_0, or flexgen)"
+                "{quantize} cannot quantize what is kept: give a quantizer (a kvquant preset such as q4_0, flexgen or kivi)"
             )));
         }
         Ok(Method::DropThenQuantize {
@@ -1012,12 +1012,12 @@ impl Method {
             Method::FlexGen(s) => Box::new(RowQuantCache::new(shape, rope, cpu, s.rows())?),
             Method::KvQuant(s) => Box::new(RowQuantCache::new(shape, rope, cpu, *s)?),
             Method::DropThenQuantize { drop, quantize } => {
-                let rows = quantize.row_settings().expect("checked by parse");
+                let store = quantize.build_cache(shape, rope.clone(), numerics)?;
                 Box::new(DropThenQuantize::new(
                     shape,
                     rope,
                     cpu,
-                    (*drop, rows),
+                    (*drop, store),
                     precision,
                 )?)
             }
@@ -1354,7 +1354,7 @@ mod tests {
         assert!(format.contains("keys=q5_0") && format.contains("use one of q8_0, q4_0"));
         assert!(err("kvquant:keys=q4_0,values=q4_0,rotate=true").contains("\"prefill\""));
         assert!(err("h2o-4x+q4_0").contains("cannot come first"));
-        assert!(err("snapkv-4x+kivi-4bit").contains("cannot quantize what is kept"));
+        assert!(err("snapkv-4x+h2o-4x").contains("cannot quantize what is kept"));
         assert!(err("snapkv-4x+q9").contains("unknown method \"q9\""));
     }
 

@@ -50,9 +50,9 @@ Specs take explicit settings too; every key is required and checked:
                                               chunkkv:chunk=20,press=pyramid,beta=20,press=knorm,ratio=4
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
-                                              knorm, keydiff, expected-attention, kvzip), QUANT is a kvquant
-                                              or flexgen method,
-                                              e.g. snapkv-4x+q4_0
+                                              knorm, keydiff, expected-attention, kvzip), QUANT is a
+                                              kvquant, flexgen or kivi method, e.g. snapkv-4x+q4_0,
+                                              snapkv-4x+kivi-4bit
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
                                               reindex: sinks at a fixed distance from every query
   h2o:ratio=X,count_prefill=B,heads=query|kv B=true: prefill attention counts (the original H2O);
