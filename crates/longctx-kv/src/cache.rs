@@ -352,10 +352,10 @@ pub(crate) fn check_chunk(shape: &KvShape, layer: usize, pos: usize, held: usize
 }
 
 /// The refusal of a chunk of several tokens over key/value heads that keep different
-/// numbers of tokens (AdaKV's): its causal attention needs heads of one length, and
+/// numbers of tokens (AdaKV's, KVzip's): its causal attention needs heads of one length, and
 /// decoding one token at a time reads each head alone.
 pub(crate) fn uneven_heads() -> KvError {
     KvError::Invalid(
-        "the key/value heads keep different numbers of tokens (adakv): feed the tokens after the prompt one at a time".into(),
+        "the key/value heads keep different numbers of tokens (adakv, kvzip): feed the tokens after the prompt one at a time".into(),
     )
 }
