@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::attention::{attend_read_rows, attend_rows};
 use crate::cache::{check_chunk, DecodeReads, Reservation};
@@ -157,38 +158,46 @@ impl QuestCache {
         Ok(())
     }
 
-    /// One decoding query per head over the pages it chooses; counts the bytes read.
+    /// One decoding query per head over the pages it chooses, the heads in parallel; counts
+    /// the bytes read.
     fn decode_sparse(&mut self, layer: usize, query: &[f32], budget: usize) -> Result<Vec<f32>> {
         let d = self.shape.head_dim;
         let group = self.shape.q_heads / self.shape.kv_heads;
         let page = self.settings.page;
-        let row_bytes = 2 * d * self.precision.bytes();
-        let mut out = Vec::with_capacity(query.len());
-        for (g, rows) in self.layers[layer].iter().enumerate() {
-            let bounds = &self.bounds[layer][g];
-            let n = rows.len();
-            let pages = n.div_ceil(page);
-            let chosen_pages = self.settings.pages_read(budget.min(n), pages);
-            let mut read_by_group = vec![false; pages];
-            for h in g * group..(g + 1) * group {
-                let q = &query[h * d..(h + 1) * d];
-                let chosen = top_k(&bounds.upper_bounds(q), chosen_pages);
+        let (heads, bounds) = (&self.layers[layer], &self.bounds[layer]);
+        let settings = self.settings;
+        // Each query head's chosen pages and output.
+        let per_head: Vec<(Vec<usize>, Vec<f32>)> = (0..self.shape.q_heads)
+            .into_par_iter()
+            .map(|h| {
+                let (rows, q) = (&heads[h / group], &query[h * d..(h + 1) * d]);
+                let n = rows.len();
+                let chosen_pages = settings.pages_read(budget.min(n), n.div_ceil(page));
+                let chosen = top_k(&bounds[h / group].upper_bounds(q), chosen_pages);
                 let read: Vec<usize> = chosen
                     .iter()
                     .flat_map(|&p| p * page..((p + 1) * page).min(n))
                     .collect();
-                chosen.iter().for_each(|&p| read_by_group[p] = true);
                 let mut received = vec![0f32; read.len()];
-                out.extend(attend_read_rows(q, rows, &read, &mut received)?);
+                Ok((chosen, attend_read_rows(q, rows, &read, &mut received)?))
+            })
+            .collect::<Result<_>>()?;
+        // Every page's bounds, then each page any head of the group chose, read once.
+        let row_bytes = 2 * d * self.precision.bytes();
+        for (g, rows) in heads.iter().enumerate() {
+            let n = rows.len();
+            let pages = n.div_ceil(page);
+            let mut read_by_group = vec![false; pages];
+            for (chosen, _) in &per_head[g * group..(g + 1) * group] {
+                chosen.iter().for_each(|&p| read_by_group[p] = true);
             }
-            // Every page's bounds, then each page any head of the group chose, read once.
             let read_rows: usize = (0..pages)
                 .filter(|&p| read_by_group[p])
                 .map(|p| ((p + 1) * page).min(n) - p * page)
                 .sum();
             self.reads.bytes += (2 * pages * d * 4 + read_rows * row_bytes) as u64;
         }
-        Ok(out)
+        Ok(per_head.into_iter().flat_map(|(_, out)| out).collect())
     }
 }
 
