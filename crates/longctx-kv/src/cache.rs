@@ -19,7 +19,12 @@ impl KvShape {
     /// Bytes one token's keys and values take in every layer at 16-bit precision: the
     /// reference against which compression ratios are stated.
     pub fn fp16_bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * 2
+        self.bytes_per_token(KvPrecision::F16)
+    }
+
+    /// Bytes one token's keys and values take in every layer at `precision`.
+    pub fn bytes_per_token(&self, precision: KvPrecision) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim * precision.bytes()
     }
 }
 
@@ -41,6 +46,14 @@ impl KvPrecision {
         match self {
             KvPrecision::F16 => DType::F16,
             KvPrecision::F32 => DType::F32,
+        }
+    }
+
+    /// `x` as it reads back once stored at this precision.
+    pub fn rounded(self, x: f32) -> f32 {
+        match self {
+            KvPrecision::F16 => half::f16::from_f32(x).to_f32(),
+            KvPrecision::F32 => x,
         }
     }
 

@@ -725,20 +725,21 @@ impl DroppingCache {
         Ok(())
     }
 
-    /// KVzip's score of the repeated span from this replay chunk's queries (`q` rotated):
-    /// each prompt row keeps the most attention any replay query has paid it.
+    /// KVzip's score of the repeated span from this replay chunk's queries (`q` rotated),
+    /// over `keys`, every held key with the chunk's (those the chunk's attention read): each
+    /// prompt row keeps the most attention any replay query has paid it.
     fn score_replay(
         &mut self,
         layer: usize,
         q: &Tensor,
+        keys: &Tensor,
         span: Range<usize>,
         prompt: usize,
     ) -> Result<()> {
         let DropPolicy::KvZip(zip) = self.settings.policy else {
             unreachable!("only KVzip replays");
         };
-        let (keys, _) = stack_heads(&self.layers[layer], &self.device)?;
-        let scores = replay_scores(q, &keys, prompt, &span, zip.sinks)?;
+        let scores = replay_scores(q, keys, prompt, &span, zip.sinks)?;
         // The whole prompt is held in order while it is prefilled: row p is position p.
         for (h, s) in self.layers[layer].iter_mut().zip(scores) {
             for (slot, score) in h.scores_mut()[span.clone()].iter_mut().zip(s) {
@@ -833,9 +834,14 @@ impl DroppingCache {
                 h.retain(&k);
             }
         }
+        // Room for the next interval, never more than the sequence may still add.
+        let room = self
+            .sequence
+            .map_or(0, |s| s.reservation.after_prompt())
+            .min(budget.interval);
         self.layers[layer]
             .iter_mut()
-            .for_each(|h| h.set_capacity(h.len() + budget.interval));
+            .for_each(|h| h.set_capacity(h.len() + room));
         Ok(())
     }
 
@@ -1180,7 +1186,7 @@ impl KvCache for DroppingCache {
             };
             self.push_chunk(layer, pos, &k, &v)?;
             if let Some((span, prompt)) = self.replaying.clone() {
-                self.score_replay(layer, &q, span, prompt)?;
+                self.score_replay(layer, &q, &keys, span, prompt)?;
             }
             if let DropPolicy::ExpectedAttention(expected) = self.settings.policy {
                 self.moments[layer]
@@ -1268,8 +1274,7 @@ impl KvCache for DroppingCache {
     }
 
     fn uncompressed_bytes_per_token(&self) -> usize {
-        let s = self.shape;
-        2 * s.layers * s.kv_heads * s.head_dim * self.precision.bytes()
+        self.shape.bytes_per_token(self.precision)
     }
 
     /// Averaged over key/value heads, which hold different unions under `heads=query`.

@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::{KvError, Result, RopeTable};
 
+/// Most future positions whose rotations are averaged: far beyond any context served here.
+const MAX_FUTURE: usize = 1 << 20;
+
 /// Settings of Expected Attention (kvpress's defaults: 512 future positions, 4 sinks,
 /// covariance and value norms on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +115,11 @@ pub(crate) struct PromptRows<'a> {
 impl ExpectedAttention {
     /// Settings that cannot score are refused.
     pub fn validate(&self) -> Result<()> {
-        if self.future == 0 {
-            return Err(KvError::Setting(
-                "future must be positive (positions whose rotations are averaged; kvpress uses 512)"
-                    .into(),
-            ));
+        if !(1..=MAX_FUTURE).contains(&self.future) {
+            return Err(KvError::Setting(format!(
+                "future={} must be between 1 and {MAX_FUTURE} (positions whose rotations are averaged; kvpress uses 512)",
+                self.future
+            )));
         }
         Ok(())
     }

@@ -142,8 +142,7 @@ impl KvCache for FullCache {
     }
 
     fn uncompressed_bytes_per_token(&self) -> usize {
-        let s = self.shape;
-        2 * s.layers * s.kv_heads * s.head_dim * self.precision.bytes()
+        self.shape.bytes_per_token(self.precision)
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {

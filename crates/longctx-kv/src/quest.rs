@@ -57,14 +57,15 @@ struct PageBounds {
 
 impl PageBounds {
     /// Fold in the key of row `row` (rows arrive in order).
-    fn push(&mut self, row: usize, key: &[f32], page: usize) {
+    fn push(&mut self, row: usize, key: impl Iterator<Item = f32>, width: usize, page: usize) {
         if row.is_multiple_of(page) {
-            self.min.extend_from_slice(key);
-            self.max.extend_from_slice(key);
+            let at = self.min.len();
+            self.min.extend(key);
+            self.max.extend_from_slice(&self.min[at..]);
             return;
         }
-        let at = self.min.len() - key.len();
-        for (i, &k) in key.iter().enumerate() {
+        let at = self.min.len() - width;
+        for (i, k) in key.enumerate() {
             self.min[at + i] = self.min[at + i].min(k);
             self.max[at + i] = self.max[at + i].max(k);
         }
@@ -150,9 +151,9 @@ impl QuestCache {
             let rows = &mut self.layers[layer][g];
             for (i, (key, value)) in keys.iter().zip(values).enumerate() {
                 rows.push(key, value, pos + i, 0.0);
-                let row = rows.len() - 1;
-                let stored = rows.keys().rows(row..row + 1, d).to_f32();
-                self.bounds[layer][g].push(row, &stored, self.settings.page);
+                // The key as stored.
+                let stored = key.iter().map(|&k| self.precision.rounded(k));
+                self.bounds[layer][g].push(rows.len() - 1, stored, d, self.settings.page);
             }
         }
         Ok(())
@@ -280,8 +281,7 @@ impl KvCache for QuestCache {
     }
 
     fn uncompressed_bytes_per_token(&self) -> usize {
-        let s = self.shape;
-        2 * s.layers * s.kv_heads * s.head_dim * self.precision.bytes()
+        self.shape.bytes_per_token(self.precision)
     }
 
     fn kept_tokens(&self, layer: usize) -> usize {

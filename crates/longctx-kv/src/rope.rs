@@ -85,6 +85,9 @@ impl RopeSettings {
     }
 }
 
+/// Positions whose rotations [`RopeTable::mean_rotation`] reads at once.
+const MEAN_ROTATION_SLICE: usize = 4096;
+
 /// Most positions a stream may reach (16M): only policies whose attention spans a bounded
 /// window are fed past the model's context, and none needs more.
 pub const MAX_STREAM_POSITIONS: usize = 1 << 24;
@@ -190,20 +193,20 @@ impl RopeTable {
         if count == 0 {
             return Ok(matrix);
         }
-        let (cos, sin) = self.rows(start, count)?;
-        let (cos, sin): (Vec<f32>, Vec<f32>) =
-            (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+        // Summed a slice of positions at a time, so that no table outgrows a slice.
+        let (mut cos_sum, mut sin_sum) = (vec![0f64; half], vec![0f64; half]);
+        for from in (start..start + count).step_by(MEAN_ROTATION_SLICE) {
+            let n = MEAN_ROTATION_SLICE.min(start + count - from);
+            let (cos, sin) = self.rows(from, n)?;
+            for (sum, table) in [(&mut cos_sum, cos), (&mut sin_sum, sin)] {
+                let table: Vec<f32> = table.flatten_all()?.to_vec1()?;
+                for row in table.chunks_exact(half) {
+                    sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+                }
+            }
+        }
         for i in 0..half {
-            let mean = |table: &[f32]| {
-                table
-                    .iter()
-                    .skip(i)
-                    .step_by(half)
-                    .map(|&v| v as f64)
-                    .sum::<f64>()
-                    / count as f64
-            };
-            let (c, s) = (mean(&cos), mean(&sin));
+            let (c, s) = (cos_sum[i] / count as f64, sin_sum[i] / count as f64);
             // The pair a rotation turns: (i, i + half) or (2i, 2i + 1).
             let (a, b) = match self.style {
                 RopeStyle::Half => (i, i + half),
@@ -266,6 +269,16 @@ mod tests {
             for (i, want) in mean.iter().enumerate() {
                 let got: f64 = (0..4).map(|j| r[i * 4 + j] * x[j] as f64).sum();
                 assert!((got - want).abs() < 1e-5, "{style:?} {i}: {got} vs {want}");
+            }
+            // Past one slice of positions, the mean is the slices' weighted means.
+            let whole = table.mean_rotation(3, 5000).unwrap();
+            let (first, rest) = (
+                table.mean_rotation(3, 4096).unwrap(),
+                table.mean_rotation(4099, 904).unwrap(),
+            );
+            for (i, w) in whole.iter().enumerate() {
+                let parts = (4096.0 * first[i] + 904.0 * rest[i]) / 5000.0;
+                assert!((w - parts).abs() < 1e-12, "{style:?} {i}: {w} vs {parts}");
             }
         }
     }

@@ -503,7 +503,7 @@ impl<'a> Settings<'a> {
     }
 
     /// A wrapper's method: the `press=` method, which `accepts` must take (else an error
-    /// saying it `needs` such a policy), changed by `apply` and checked again.
+    /// saying it `needs` such a policy), changed by `apply` (checked with the whole spec).
     fn wrap(
         &mut self,
         accepts: impl Fn(&DropSettings) -> bool,
@@ -512,11 +512,7 @@ impl<'a> Settings<'a> {
     ) -> Result<Method, MethodError> {
         let (press, inner) = self.take_press()?;
         match Method::parse(&inner)? {
-            Method::Drop(d) if accepts(&d) => {
-                let settings = apply(d);
-                settings.validate().map_err(|e| self.error(e.to_string()))?;
-                Ok(Method::Drop(settings))
-            }
+            Method::Drop(d) if accepts(&d) => Ok(Method::Drop(apply(d))),
             other => Err(self.error(format!("press={press}: needs {needs}, not {other}"))),
         }
     }
@@ -636,7 +632,6 @@ impl Method {
                     },
                     budget,
                 };
-                settings.validate().map_err(|e| s.error(e.to_string()))?;
                 Method::Drop(settings)
             }
             "snapkv" | "pyramidkv" => {
@@ -848,6 +843,14 @@ impl Method {
             other => return Err(MethodError::Unknown(other.to_string())),
         };
         s.finish()?;
+        // Every token-dropping spec, a wrapper's included, is checked whole here: a setting
+        // no cache could run is refused before anything is planned or fetched.
+        if let Method::Drop(d) = &method {
+            d.validate().map_err(|e| MethodError::Setting {
+                spec: spec.into(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(method)
     }
 
