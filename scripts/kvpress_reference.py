@@ -48,6 +48,14 @@ keys against an uncompressed prefill's. The presses and their counterparts here:
   too. Our `kvzip-4x`. Again with chunks of 100 tokens (`kvzip_chunked`), so that later
   passes quote the previous chunk's last 8 tokens: our `kvzip:ratio=4,sinks=4,chunk=100`.
 
+- DuoAttentionPress(head_compression_ratio=0.75): the lowest-scoring 75% of all layers' key/value
+  heads keep their sinks and recent window, the others everything. kvpress loads the head
+  pattern and both sizes from DuoAttention's released files over the network; its loader is
+  handed instead a pattern drawn from torch's generator with seed 0 (scores in [0, 1), as the
+  released ones after clipping), 16 sinks and a window of 64, all stored (`duo_pattern`).
+  Read from `masked_key_indices`. Our `duo-attention:ratio=4,sinks=16,recent=64` with that
+  pattern.
+
 Besides the kept positions, each layer records how far the last kept and first dropped
 tokens' scores are apart at the cut, so that a test can tell a real disagreement from a
 near-tie that float rounding may flip.
@@ -62,6 +70,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from kvpress import (
     AdaKVPress,
     ChunkKVPress,
+    DuoAttentionPress,
     ExpectedAttentionPress,
     KeyDiffPress,
     KnormPress,
@@ -218,6 +227,22 @@ def main():
             _, heads, positions = layer.self_attn.masked_key_indices
             masked = [set(positions[heads == h].tolist()) for h in range(fused.config.num_key_value_heads)]
             cases[name].append([[p for p in range(kvzip_ids.shape[1]) if p not in m] for m in masked])
+    # DuoAttentionPress with a given pattern (its loader fetches DuoAttention's files).
+    import kvpress.presses.duo_attention_press as duo_module
+
+    duo_pattern = torch.rand(
+        fused.config.num_hidden_layers,
+        fused.config.num_key_value_heads,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    ).numpy()
+    duo_module.DuoAttentionPress.load_attention_pattern = staticmethod(lambda model: (16, 64, duo_pattern))
+    prefill(fused, ids, DuoAttentionPress(head_compression_ratio=RATIO))
+    cases["duo_attention"] = []
+    for layer in fused.model.layers:
+        _, heads, positions = layer.self_attn.masked_key_indices
+        masked = [set(positions[heads == h].tolist()) for h in range(fused.config.num_key_value_heads)]
+        cases["duo_attention"].append([[p for p in range(ids.shape[1]) if p not in m] for m in masked])
     fixture = {
         "model": gguf.name,
         "kvpress": __import__("kvpress").__version__ if hasattr(__import__("kvpress"), "__version__") else "0.5.5",
@@ -234,6 +259,7 @@ def main():
         "kvzip_ids": kvzip_ids[0].tolist(),
         "kvzip_scores": kvzip_scores["kvzip"],
         "kvzip_chunked_scores": kvzip_scores["kvzip_chunked"],
+        "duo_pattern": duo_pattern.tolist(),
         "answers": answers,
     }
     Path(sys.argv[2]).write_text(json.dumps(fixture))

@@ -9,15 +9,10 @@
 //! The kept rows pass through the dropping cache's precision (f16 by default) before they
 //! are quantized.
 
-use std::sync::Arc;
-
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::cache::Reservation;
-use crate::{
-    DecodeReads, DropSettings, DroppingCache, KvCache, KvError, KvPrecision, KvShape, Result,
-    RopeTable,
-};
+use crate::{DecodeReads, DroppingCache, KvCache, KvError, KvShape, Result};
 
 /// A dropping policy's kept tokens, quantized once the prompt ends.
 pub struct DropThenQuantize {
@@ -32,24 +27,18 @@ pub struct DropThenQuantize {
 }
 
 impl DropThenQuantize {
-    /// A cache for `shape`: `drop` must choose once, when the prompt ends; `precision` is
-    /// what the dropping cache holds the prompt in; `store` (built for the same shape) takes
-    /// the kept rows.
-    pub fn new(
-        shape: KvShape,
-        rope: Arc<RopeTable>,
-        device: &Device,
-        (drop, store): (DropSettings, Box<dyn KvCache>),
-        precision: KvPrecision,
-    ) -> Result<Self> {
+    /// `dropping`'s kept rows, moved into `store` (built for the same shape) when the
+    /// prompt ends: its policy must choose once, then and never again.
+    pub fn new(dropping: DroppingCache, store: Box<dyn KvCache>) -> Result<Self> {
+        let drop = dropping.settings();
         if !drop.selects_once() || drop.decoding.is_some() {
             return Err(KvError::Setting(
-                "quantizing what a policy keeps needs one that chooses once, when the prompt ends, and never again (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip); streamingllm, h2o, tova and decoding budgets evict while decoding".into(),
+                "quantizing what a policy keeps needs one that chooses once, when the prompt ends, and never again (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip, duo-attention); streamingllm, h2o, tova and decoding budgets evict while decoding".into(),
             ));
         }
         Ok(Self {
-            shape,
-            dropping: DroppingCache::new(shape, rope, device, drop, precision)?,
+            shape: dropping.shape(),
+            dropping,
             store,
             adopted: false,
             reservation: Reservation::default(),
@@ -147,11 +136,14 @@ impl KvCache for DropThenQuantize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
     use crate::row_formats::{hadamard, QuantRows};
     use crate::testutil::{max_difference, rope, sequence, shape};
     use crate::{
-        causal_attention, Budget, DecodeActivations, DropPolicy, GgmlType, KeyScorer, KiviCache,
-        KiviSettings, QuantizedPrefill, RowFormat, RowQuantCache, RowQuantSettings, Selection,
+        causal_attention, Budget, DecodeActivations, DropPolicy, DropSettings, GgmlType, KeyScorer,
+        KiviCache, KiviSettings, KvPrecision, QuantizedPrefill, RowFormat, RowQuantCache,
+        RowQuantSettings, Selection,
     };
 
     fn knorm(ratio: f64) -> DropSettings {
@@ -189,11 +181,8 @@ mod tests {
                 DroppingCache::new(shape(), rope(), &dev, knorm(4.0), KvPrecision::F32).unwrap();
             let rows = RowQuantCache::new(shape(), rope(), &dev, settings).unwrap();
             let mut both = DropThenQuantize::new(
-                shape(),
-                rope(),
-                &dev,
-                (knorm(4.0), Box::new(rows)),
-                KvPrecision::F32,
+                DroppingCache::new(shape(), rope(), &dev, knorm(4.0), KvPrecision::F32).unwrap(),
+                Box::new(rows),
             )
             .unwrap();
             let reservation = Reservation::prompt(p, 4);
@@ -280,11 +269,8 @@ mod tests {
         let settings = q8(false, QuantizedPrefill::Quantized);
         let rows = RowQuantCache::new(shape(), rope(), &Device::Cpu, settings).unwrap();
         let refused = DropThenQuantize::new(
-            shape(),
-            rope(),
-            &Device::Cpu,
-            (h2o, Box::new(rows)),
-            KvPrecision::F16,
+            DroppingCache::new(shape(), rope(), &Device::Cpu, h2o, KvPrecision::F16).unwrap(),
+            Box::new(rows),
         );
         assert!(refused.is_err());
     }
@@ -307,11 +293,8 @@ mod tests {
         )
         .unwrap();
         let both = DropThenQuantize::new(
-            shape(),
-            rope(),
-            &Device::Cpu,
-            (kvzip, Box::new(rows)),
-            KvPrecision::F32,
+            DroppingCache::new(shape(), rope(), &Device::Cpu, kvzip, KvPrecision::F32).unwrap(),
+            Box::new(rows),
         )
         .unwrap();
         assert_eq!(both.replay_chunk(), Some(100));
@@ -344,11 +327,8 @@ mod tests {
             let exact = DecodeActivations::F32;
             let kivi = KiviCache::new(shape(), rope(), &dev, settings, exact).unwrap();
             let mut both = DropThenQuantize::new(
-                shape(),
-                rope(),
-                &dev,
-                (knorm(4.0), Box::new(kivi)),
-                KvPrecision::F32,
+                DroppingCache::new(shape(), rope(), &dev, knorm(4.0), KvPrecision::F32).unwrap(),
+                Box::new(kivi),
             )
             .unwrap();
             both.reserve(Reservation::prompt(p, 4)).unwrap();

@@ -34,6 +34,11 @@
 //!   each key/value head keeps the tokens future queries, estimated from the prompt's, are
 //!   expected to attend to; no eviction while decoding.
 //!
+//! - **DuoAttention** ([`DuoAttention`]): full prefill, then the streaming heads of a
+//!   calibrated [`HeadPattern`] keep their sinks and recent window, the retrieval heads
+//!   everything; the budget's ratio sets the share of heads that stream (`1 − 1/ratio`);
+//!   no eviction while decoding.
+//!
 //! Storage is budget-sized: evicting compacts rows in place, and policies that prefill in
 //! full shrink their allocation to the budget once the prompt is done, so the memory is
 //! really returned, not masked.
@@ -45,6 +50,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{attend_rows, attend_rows_with_memory};
 use crate::cache::{check_chunk, growth_step, uneven_heads, Reservation};
+use crate::duo::{DuoAttention, HeadPattern};
 use crate::expected_attention::{ExpectedAttention, PromptRows, QueryMoments};
 use crate::kvzip::{replay_scores, KvZip};
 use crate::query_heads::QueryHeadViews;
@@ -152,6 +158,10 @@ pub enum DropPolicy {
     /// while repeating the prompt; the lowest scores over all layers and heads dropped at
     /// once, so they keep different counts.
     KvZip(KvZip),
+    /// Streaming heads (the lowest scores of a [`HeadPattern`], `1 − 1/ratio` of all heads)
+    /// keep their sinks and recent window, retrieval heads every token; chosen once at the
+    /// end of the prompt.
+    Duo(DuoAttention),
 }
 
 /// How a policy that chooses once, when the prompt ends (SnapKV, the key
@@ -194,7 +204,11 @@ pub struct DropSettings {
 /// kvpress's `DecodingPress`: every `interval` decoding steps, a layer holding more than
 /// `target` tokens keeps the `target` its policy scores highest over everything it holds
 /// (the prompt's kept tokens and the decoded ones). SnapKV scores by its window of the
-/// latest decoding queries, protecting the latest tokens; the key scorers by the keys alone.
+/// latest decoding queries, protecting the latest tokens; the key scorers by the keys alone;
+/// Expected Attention by the statistics of the decoding queries since its last choice,
+/// turned towards the positions after the newest token (kvpress turns them towards the
+/// positions after the length of its buffer of decoding states, and leaves the buffer's
+/// first 4 states out as if they were sinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodingBudget {
     /// Decoding steps between choices (`compression_interval`).
@@ -250,10 +264,15 @@ impl DropSettings {
                 ))
             }
             _ if self.decoding.is_some()
-                && !matches!(self.policy, DropPolicy::SnapKv { .. } | DropPolicy::Keys(_)) =>
+                && !matches!(
+                    self.policy,
+                    DropPolicy::SnapKv { .. }
+                        | DropPolicy::Keys(_)
+                        | DropPolicy::ExpectedAttention(_)
+                ) =>
             {
                 Err(KvError::Setting(
-                    "a budget while decoding needs a policy that scores what decoding adds: snapkv (its window of decoding queries) or a key scorer (random, knorm, keydiff)".into(),
+                    "a budget while decoding needs a policy that scores what decoding adds: snapkv (its window of decoding queries), expected-attention (the statistics of the decoding queries since its last choice) or a key scorer (random, knorm, keydiff)".into(),
                 ))
             }
             DropPolicy::SnapKv { .. }
@@ -263,6 +282,17 @@ impl DropSettings {
                     "a budget while decoding scores SnapKV's window over heads of one length: AdaKV's heads of different lengths are not built for it (use a key scorer)".into(),
                 ))
             }
+            DropPolicy::Duo(duo) if duo.validate().is_err() => duo.validate(),
+            DropPolicy::Duo(_)
+                if self.schedule != Schedule::Uniform || self.selection != Selection::PerHead =>
+            {
+                Err(KvError::Setting(
+                    "duo-attention's head pattern says which heads keep what: it takes no per-layer schedule, chunk or head-budget selection".into(),
+                ))
+            }
+            DropPolicy::Duo(_) if self.budget.fraction().is_none() => Err(KvError::Setting(
+                "duo-attention needs ratio= (or fraction=): its share of streaming heads is 1 - 1/ratio, not a token count".into(),
+            )),
             DropPolicy::KvZip(_) if self.schedule != Schedule::Uniform => Err(KvError::Setting(
                 "kvzip spreads one budget over all layers by its scores: it takes no per-layer schedule".into(),
             )),
@@ -296,7 +326,8 @@ impl DropSettings {
     }
 
     /// Whether the policy chooses its tokens once, when the prompt ends, and never evicts
-    /// while decoding (SnapKV, the key scorers, Expected Attention, KVzip): what lets the kept tokens move
+    /// while decoding (SnapKV, the key scorers, Expected Attention, KVzip, DuoAttention):
+    /// what lets the kept tokens move
     /// into another store, such as quantized rows.
     pub fn selects_once(&self) -> bool {
         matches!(
@@ -305,6 +336,7 @@ impl DropSettings {
                 | DropPolicy::Keys(_)
                 | DropPolicy::ExpectedAttention(_)
                 | DropPolicy::KvZip(_)
+                | DropPolicy::Duo(_)
         )
     }
 
@@ -351,6 +383,8 @@ pub struct DroppingCache {
     replaying: Option<(Range<usize>, usize)>,
     /// Whether KVzip's replay ran over this prompt.
     replayed: bool,
+    /// DuoAttention's streaming heads, `[layer][kv_head]`, from its head pattern.
+    streaming_heads: Option<Vec<Vec<bool>>>,
 }
 
 impl DroppingCache {
@@ -385,7 +419,36 @@ impl DroppingCache {
             decode_steps: vec![0; shape.layers],
             replaying: None,
             replayed: false,
+            streaming_heads: None,
         })
+    }
+
+    /// The settings it runs.
+    pub fn settings(&self) -> DropSettings {
+        self.settings
+    }
+
+    /// DuoAttention's cache with its head pattern: the `1 − 1/ratio` lowest-scoring heads
+    /// stream. The pattern must cover this cache's layers and key/value heads.
+    pub fn with_head_pattern(mut self, pattern: &HeadPattern) -> Result<Self> {
+        let (DropPolicy::Duo(_), Some(kept)) =
+            (self.settings.policy, self.settings.budget.fraction())
+        else {
+            return Err(KvError::Setting(
+                "only duo-attention reads a head pattern".into(),
+            ));
+        };
+        if (pattern.layers(), pattern.kv_heads()) != (self.shape.layers, self.shape.kv_heads) {
+            return Err(KvError::Invalid(format!(
+                "the head pattern covers {} layers × {} key/value heads, the model's cache {} × {}: calibrate it for this model",
+                pattern.layers(),
+                pattern.kv_heads(),
+                self.shape.layers,
+                self.shape.kv_heads
+            )));
+        }
+        self.streaming_heads = Some(pattern.streaming(1.0 - kept));
+        Ok(self)
     }
 
     /// Each key/value head's kept keys and values of `layer` as f32 rows (row-major), handed
@@ -500,7 +563,8 @@ impl DroppingCache {
             DropPolicy::SnapKv { .. }
             | DropPolicy::Keys(_)
             | DropPolicy::ExpectedAttention(_)
-            | DropPolicy::KvZip(_) => false,
+            | DropPolicy::KvZip(_)
+            | DropPolicy::Duo(_) => false,
         }
     }
 
@@ -521,6 +585,24 @@ impl DroppingCache {
     /// scores already folded in; `None` keeps everything.
     fn survivors(&self, layer: usize, budget: usize) -> Result<Option<Vec<Vec<bool>>>> {
         let heads = &self.layers[layer];
+        if let DropPolicy::Duo(duo) = self.settings.policy {
+            let streaming = self.streaming_heads.as_ref().ok_or_else(|| {
+                KvError::Invalid(
+                    "duo-attention runs with its head pattern: build the cache with_head_pattern"
+                        .into(),
+                )
+            })?;
+            return Ok(Some(
+                heads
+                    .iter()
+                    .zip(&streaming[layer])
+                    .map(|(h, &streams)| match streams {
+                        true => duo.streaming_keep(h.positions()),
+                        false => vec![true; h.len()],
+                    })
+                    .collect(),
+            ));
+        }
         let n = heads[0].len();
         if n <= budget {
             return Ok(None);
@@ -600,11 +682,19 @@ impl DroppingCache {
                 let moments = self.moments[layer].as_ref().ok_or_else(|| {
                     KvError::Invalid("expected attention scores a prompt it was shown".into())
                 })?;
-                let scores = expected.scores(moments, &self.rope, self.processed[layer], &rows)?;
+                // Future queries come after the newest row held (the prompt's last token, or
+                // under a decoding budget the token being decoded).
+                let next = held
+                    .iter()
+                    .flat_map(|h| h.2.last())
+                    .max()
+                    .map_or(0, |p| p + 1);
+                let scores = expected.scores(moments, &self.rope, next, &rows)?;
                 Some(self.select(scores, budget, 0))
             }
             // Chosen over every layer at once when the prompt ends (`choose_by_replay`).
             DropPolicy::KvZip(_) => None,
+            DropPolicy::Duo(_) => unreachable!("chosen above"),
             DropPolicy::SnapKv {
                 window,
                 kernel,
@@ -834,6 +924,9 @@ impl DroppingCache {
                 h.retain(&k);
             }
         }
+        // The next choice reads the queries that come after this one (kvpress clears its
+        // buffer of decoding states).
+        self.moments[layer] = None;
         // Room for the next interval, never more than the sequence may still add.
         let room = self
             .sequence
@@ -1169,6 +1262,17 @@ impl KvCache for DroppingCache {
         } else if matches!(self.settings.policy, DropPolicy::StreamingLlm { .. }) {
             self.attend_streaming(layer, pos, q, &q_rotated, &k, &v)?
         } else if t == 1 && self.prefilled {
+            // Under a decoding budget Expected Attention scores by the decoding queries
+            // since its last choice.
+            if let (DropPolicy::ExpectedAttention(expected), Some(_)) =
+                (self.settings.policy, self.settings.decoding)
+            {
+                self.moments[layer]
+                    .get_or_insert_with(|| {
+                        QueryMoments::new(self.shape.q_heads, self.shape.head_dim)
+                    })
+                    .add(q, pos, expected.sinks)?;
+            }
             self.decode_in_place(layer, (&q_rotated, None), &k, &v, pos)?
         } else if self.views[layer].is_some() {
             return Err(KvError::Invalid(
@@ -1229,6 +1333,7 @@ impl KvCache for DroppingCache {
             match self.settings.policy {
                 DropPolicy::StreamingLlm { .. }
                 | DropPolicy::Keys(_)
+                | DropPolicy::Duo(_)
                 | DropPolicy::H2O {
                     count_prefill: true,
                     ..
@@ -1678,6 +1783,77 @@ mod tests {
         }
     }
 
+    /// Expected Attention under a decoding budget: each choice scores everything held by the
+    /// statistics of the decoding queries since the last choice, turned towards the
+    /// positions after the newest token; replayed here step by step with the same scoring.
+    #[test]
+    fn a_decoding_budget_over_expected_attention_scores_by_the_latest_decoding_queries() {
+        let data = sequence(30);
+        let (_, k) = rotated(&data.0, &data.1);
+        let v: HeadRows = data.2.to_vec3().unwrap();
+        let settings = DropSettings {
+            policy: DropPolicy::ExpectedAttention(EXPECTED),
+            budget: Budget::Tokens(8),
+            selection: Selection::PerHead,
+            schedule: Schedule::Uniform,
+            decoding: Some(DecodingBudget {
+                interval: 3,
+                target: 10,
+            }),
+        };
+        let mut c =
+            DroppingCache::new(shape(), rope(), &Device::Cpu, settings, KvPrecision::F32).unwrap();
+        let (_, seen) = run(&mut c, &data, &[20], kept);
+        // After the first decoding step: the prompt's choice and the new token.
+        let mut alive: Vec<Vec<usize>> = seen[1].clone();
+        assert!(alive.iter().all(|a| a.len() == 9 && a.ends_with(&[20])));
+        let mut moments = QueryMoments::new(4, 64);
+        moments
+            .add(&data.0.narrow(1, 20, 1).unwrap(), 20, 2)
+            .unwrap();
+        let mut since = 1;
+        for (step, held) in seen.iter().enumerate().skip(2) {
+            let pos = 19 + step;
+            alive.iter_mut().for_each(|a| a.push(pos));
+            moments
+                .add(&data.0.narrow(1, pos, 1).unwrap(), pos, 2)
+                .unwrap();
+            since += 1;
+            if since >= 3 && alive[0].len() > 10 {
+                let flat = |rows: &HeadRows, g: usize, a: &[usize]| -> Vec<f32> {
+                    a.iter().flat_map(|&p| rows[g][p].clone()).collect()
+                };
+                let held_rows: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                    .map(|g| (flat(&k, g, &alive[g]), flat(&v, g, &alive[g])))
+                    .collect();
+                let rows: Vec<PromptRows> = (0..2)
+                    .map(|g| PromptRows {
+                        keys: &held_rows[g].0,
+                        values: &held_rows[g].1,
+                        positions: &alive[g],
+                    })
+                    .collect();
+                let scores = EXPECTED.scores(&moments, &rope(), pos + 1, &rows).unwrap();
+                alive = (0..2)
+                    .map(|g| {
+                        let mut best: Vec<usize> = top_k(&scores[g], 10)
+                            .into_iter()
+                            .map(|i| alive[g][i])
+                            .collect();
+                        best.sort_unstable();
+                        best
+                    })
+                    .collect();
+                moments = QueryMoments::new(4, 64);
+                since = 0;
+            }
+            assert_eq!(held, &alive, "after decoding step {step}");
+        }
+        assert!(alive
+            .iter()
+            .all(|a| a.len() <= 12 && a.starts_with(&[0, 1])));
+    }
+
     /// KVzip's replay: its chunks attend as the full cache would, score the repeated span,
     /// and are forgotten; the choice keeps the best scores over both layers and heads.
     #[test]
@@ -1888,6 +2064,75 @@ mod tests {
             }
         }
         assert_eq!((seen[2][0].len(), seen[2][1].len()), (12 + 1, 4 + 1));
+    }
+
+    /// DuoAttention: the pattern's lowest heads over both layers stream (sinks and window),
+    /// the others keep everything; decoding reads each head's rows; a ratio of 1 streams no
+    /// head and equals the full cache.
+    #[test]
+    fn duo_streaming_heads_keep_sinks_and_window_and_retrieval_heads_everything() {
+        let data = sequence(30);
+        let duo = DropPolicy::Duo(DuoAttention {
+            sinks: 2,
+            recent: 5,
+        });
+        // Layer 0 head 1 and layer 1 head 0 score lowest: at 2x, half the heads stream.
+        let pattern = HeadPattern::new(2, 2, vec![0.9, 0.1, 0.2, 0.8]).unwrap();
+        let build = |ratio: f64| {
+            cache(duo, Budget::Ratio(ratio))
+                .with_head_pattern(&pattern)
+                .unwrap()
+        };
+        let all = |c: &DroppingCache| {
+            (0..2)
+                .map(|l| (0..2).map(|g| c.kept_positions(l, g).unwrap()).collect())
+                .collect::<Vec<Vec<Vec<usize>>>>()
+        };
+        let mut c = build(2.0);
+        let (outs, seen) = run(&mut c, &data, &[10, 14], all);
+        let everything: Vec<usize> = (0..25).collect();
+        let streamed: Vec<usize> = [0, 1, 19, 20, 21, 22, 23, 24].to_vec();
+        assert_eq!(seen[2][0], vec![everything.clone(), streamed.clone()]);
+        assert_eq!(seen[2][1], vec![streamed, everything]);
+        // The first decoding step (position 24) of layer 0 reads each head's kept rows.
+        let (q, k) = rotated(&data.0, &data.1);
+        let v: HeadRows = data.2.to_vec3().unwrap();
+        for (h, query) in q.iter().enumerate() {
+            let g = h / 2;
+            let want = &seen[2][0][g];
+            let products: Vec<Vec<f32>> = want
+                .iter()
+                .map(|&p| product(&query[24], &k[g][p]))
+                .collect();
+            let values: Vec<&Vec<f32>> = want.iter().map(|&p| &v[g][p]).collect();
+            let got: Vec<f32> = outs[2].get(h).unwrap().get(0).unwrap().to_vec1().unwrap();
+            let diff = row_difference(&got, &oracle_output(&products, &values));
+            assert!(diff < 1e-4, "query head {h}: {diff}");
+        }
+        // Keeping everything equals the full cache.
+        let mut kept_all = build(1.0);
+        let outs = run(&mut kept_all, &data, &[10, 14], |_| ()).0;
+        assert!(max_difference(&outs, &full_outputs(&data, &[10, 14])) < 1e-5);
+        // Without its pattern the policy refuses to choose; a pattern of another shape is refused.
+        let mut bare = cache(duo, Budget::Ratio(2.0));
+        bare.reserve(Reservation::prompt(10, 0)).unwrap();
+        let (q, k, v) = &data;
+        for layer in 0..2 {
+            let part = |x: &Tensor| x.narrow(1, 0, 10).unwrap();
+            bare.attend(layer, 0, &part(q), &part(k), &part(v)).unwrap();
+        }
+        assert!(bare
+            .end_prefill()
+            .unwrap_err()
+            .to_string()
+            .contains("head pattern"));
+        let wide = HeadPattern::new(2, 3, vec![0.0; 6]).unwrap();
+        assert!(cache(duo, Budget::Ratio(2.0))
+            .with_head_pattern(&wide)
+            .is_err());
+        assert!(cache(SNAPKV, Budget::Ratio(2.0))
+            .with_head_pattern(&pattern)
+            .is_err());
     }
 
     #[test]

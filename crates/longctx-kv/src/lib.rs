@@ -9,6 +9,7 @@ mod attention;
 mod cache;
 mod drop_then_quantize;
 mod dropping;
+mod duo;
 mod error;
 mod expected_attention;
 mod full;
@@ -39,6 +40,7 @@ pub use dropping::{
     Budget, DecodingBudget, DropPolicy, DropSettings, DroppingCache, Heads, Pool, Schedule,
     Selection, Sinks,
 };
+pub use duo::{DuoAttention, DuoCalibration, DuoTally, HeadPattern};
 pub use error::{KvError, Result};
 pub use expected_attention::ExpectedAttention;
 pub use full::FullCache;

@@ -6,6 +6,7 @@ pub mod infinitebench;
 pub mod longbench;
 pub mod metrics;
 pub mod needle;
+pub mod passkeys;
 pub mod predictions;
 pub mod prompt;
 mod rng;

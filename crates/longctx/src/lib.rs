@@ -6,6 +6,7 @@ pub mod commands;
 pub mod compress;
 pub mod experiment;
 pub mod figures;
+pub mod head_patterns;
 pub mod html;
 pub mod memory;
 pub mod methods;

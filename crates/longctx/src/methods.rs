@@ -13,10 +13,10 @@ use crate::compress::{
 };
 use longctx_kv::{
     Budget, CacheNumerics, DecodingBudget, DropPolicy, DropSettings, DropThenQuantize,
-    DroppingCache, ExpectedAttention, FlexGenSettings, FullCache, Heads, InfLlmCache,
-    InfLlmRemainder, InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache, KvError, KvShape,
-    KvZip, Pool, QuantizedPrefill, QuestCache, QuestSettings, RopeTable, RowFormat, RowQuantCache,
-    RowQuantSettings, Schedule, Selection, Sinks, MAX_STREAM_POSITIONS,
+    DroppingCache, DuoAttention, ExpectedAttention, FlexGenSettings, FullCache, HeadPattern, Heads,
+    InfLlmCache, InfLlmRemainder, InfLlmSettings, KeyScorer, KiviCache, KiviSettings, KvCache,
+    KvError, KvShape, KvZip, Pool, QuantizedPrefill, QuestCache, QuestSettings, RopeTable,
+    RowFormat, RowQuantCache, RowQuantSettings, Schedule, Selection, Sinks, MAX_STREAM_POSITIONS,
 };
 
 /// A parsed method.
@@ -88,7 +88,7 @@ struct Family {
     note: &'static str,
 }
 
-const DROPPING: [Family; 15] = [
+const DROPPING: [Family; 16] = [
     Family {
         name: "streamingllm",
         spec: "streamingllm:{budget},sinks=0.021,reindex=true",
@@ -166,6 +166,12 @@ const DROPPING: [Family; 15] = [
         spec: "kvzip:{budget},sinks=4,chunk=2048",
         six: "ratio=6",
         note: "KVzip (Kim et al., 2025) as kvpress's KVzipPress (its defaults, layerwise=False): after prefill the model is asked to repeat the prompt (\"Repeat the previous context exactly.\", chunks of 2,048 tokens after the chat template's opening); a token scores the most attention any repetition query pays it over the sinks, the chunk and the repetition; the lowest scores over all layers and heads are dropped at once, so layers and heads keep different counts; 4 sinks always kept; the replay, about a second prefill, is counted in prefill time (kept sets equal to kvpress's in tests); not in the paper",
+    },
+    Family {
+        name: "duo-attention",
+        spec: "duo-attention:{budget},sinks=64,recent=256",
+        six: "ratio=6",
+        note: "DuoAttention (Xiao et al., ICLR 2025) as kvpress's DuoAttentionPress applies it: 1 - 1/ratio of the key/value heads (the lowest scores of the model's head pattern, over all layers) stream, keeping 64 sinks and the last 256 prompt tokens (DuoAttention's released patterns' sizes); the others keep everything; full prefill, decoded tokens kept. The pattern is calibrated once per model on synthetic passkey prompts by how far each head's output moves on the answers when it streams, instead of DuoAttention's trained gates (cached under the cache directory; `longctx calibrate-duo` prints it); at short prompts the sinks and window hold much of the prompt, so the measured ratio falls below the nominal one; not in the paper",
     },
     Family {
         name: "chunkkv",
@@ -714,6 +720,16 @@ impl Method {
                     chunk: s.take_positive("chunk")?,
                 }),
             }),
+            "duo-attention" => Method::Drop(DropSettings {
+                selection: Selection::PerHead,
+                schedule: Schedule::Uniform,
+                decoding: None,
+                budget: s.take_budget()?,
+                policy: DropPolicy::Duo(DuoAttention {
+                    sinks: s.take_u64("sinks")? as usize,
+                    recent: s.take_positive("recent")?,
+                }),
+            }),
             "decoding" => {
                 let budget = DecodingBudget {
                     interval: s.take_positive("interval")?,
@@ -721,7 +737,7 @@ impl Method {
                 };
                 s.wrap(
                     |d| d.decoding.is_none(),
-                    "a token-dropping policy without a decoding budget of its own (snapkv, random, knorm, keydiff)",
+                    "a token-dropping policy without a decoding budget of its own (snapkv, random, knorm, keydiff, expected-attention)",
                     |d| DropSettings {
                         decoding: Some(budget),
                         ..d
@@ -878,7 +894,7 @@ impl Method {
             Method::Drop(d) if d.selects_once() && d.decoding.is_none() => d,
             other => {
                 return Err(error(format!(
-                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip)"
+                    "{other} cannot come first: give a token-dropping method that chooses once, when the prompt ends (snapkv, pyramidkv, random, knorm, keydiff, expected-attention, kvzip, duo-attention)"
                 )))
             }
         };
@@ -935,6 +951,7 @@ impl Method {
                 (_, _, DropPolicy::Keys(scorer)) => scorer.name(),
                 (_, _, DropPolicy::ExpectedAttention(_)) => "expected-attention",
                 (_, _, DropPolicy::KvZip(_)) => "kvzip",
+                (_, _, DropPolicy::Duo(_)) => "duo-attention",
             },
             Method::InfLlm(_) => "infllm",
             Method::Quest(_) => "quest",
@@ -998,14 +1015,38 @@ impl Method {
         budget.fraction().map(|f| 1.0 / f)
     }
 
+    /// DuoAttention's settings, for a method whose cache needs the model's head pattern
+    /// (calibrated with these sinks and window before [`Method::build_cache`]).
+    pub fn head_pattern_settings(&self) -> Option<DuoAttention> {
+        match self {
+            Method::Drop(d) | Method::DropThenQuantize { drop: d, .. } => match d.policy {
+                DropPolicy::Duo(duo) => Some(duo),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Build the method's cache for a model (settings that depend on the model, such as a
-    /// group dividing the head dimension, are checked here).
+    /// group dividing the head dimension, are checked here); `heads` is the model's head
+    /// pattern where [`Method::head_pattern_settings`] asks for one.
     pub fn build_cache(
         &self,
         shape: KvShape,
         rope: Arc<RopeTable>,
         numerics: CacheNumerics,
+        heads: Option<&HeadPattern>,
     ) -> Result<Box<dyn KvCache>, KvError> {
+        let dropping = |drop: DropSettings, rope: Arc<RopeTable>| {
+            let cache = DroppingCache::new(shape, rope, &Device::Cpu, drop, numerics.precision)?;
+            match (self.head_pattern_settings(), heads) {
+                (None, _) => Ok(cache),
+                (Some(_), Some(pattern)) => cache.with_head_pattern(pattern),
+                (Some(_), None) => Err(KvError::Invalid(format!(
+                    "{self} needs the model's head pattern (calibrated by `longctx calibrate-duo`, or at the start of a run)"
+                ))),
+            }
+        };
         let (cpu, precision) = (&Device::Cpu, numerics.precision);
         Ok(match self {
             // A compressed prompt is read with the full cache.
@@ -1015,19 +1056,13 @@ impl Method {
             Method::FlexGen(s) => Box::new(RowQuantCache::new(shape, rope, cpu, s.rows())?),
             Method::KvQuant(s) => Box::new(RowQuantCache::new(shape, rope, cpu, *s)?),
             Method::DropThenQuantize { drop, quantize } => {
-                let store = quantize.build_cache(shape, rope.clone(), numerics)?;
-                Box::new(DropThenQuantize::new(
-                    shape,
-                    rope,
-                    cpu,
-                    (*drop, store),
-                    precision,
-                )?)
+                let store = quantize.build_cache(shape, rope.clone(), numerics, None)?;
+                Box::new(DropThenQuantize::new(dropping(*drop, rope)?, store)?)
             }
             Method::Kivi(s) => {
                 Box::new(KiviCache::new(shape, rope, cpu, *s, numerics.activations)?)
             }
-            Method::Drop(s) => Box::new(DroppingCache::new(shape, rope, cpu, *s, precision)?),
+            Method::Drop(s) => Box::new(dropping(*s, rope)?),
             Method::InfLlm(s) => Box::new(InfLlmCache::new(shape, rope, cpu, *s)?),
             Method::Quest(s) => Box::new(QuestCache::new(shape, rope, cpu, *s, precision)?),
         })
@@ -1165,6 +1200,7 @@ impl fmt::Display for Method {
                         e.future, e.sinks, e.covariance, e.vnorm
                     ),
                     DropPolicy::KvZip(z) => write!(f, ",sinks={},chunk={}", z.sinks, z.chunk),
+                    DropPolicy::Duo(duo) => write!(f, ",sinks={},recent={}", duo.sinks, duo.recent),
                 }
             }
             Method::Quest(s) => write!(
@@ -1222,7 +1258,7 @@ mod tests {
             assert_eq!(Method::parse(&p.spec).unwrap(), m, "{}", p.name);
             assert_eq!(Method::parse(&m.to_string()).unwrap(), m, "{}", p.name);
         }
-        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 15 * 4 + 4 * 4);
+        assert_eq!(presets().len(), 5 + KV_TYPES.len() + 4 + 16 * 4 + 4 * 4);
         assert_eq!(
             Method::parse("flexgen:group=64,bits=8,prefill=full").unwrap(),
             Method::FlexGen(FlexGenSettings {
@@ -1391,6 +1427,30 @@ mod tests {
         assert!(err("pyramid:beta=10,press=h2o-4x").contains("chooses once"));
         assert!(err("pyramid:beta=0,press=knorm,ratio=4").contains("beta"));
         assert!(err("pyramid:beta=10,press=kvzip-4x").contains("no per-layer schedule"));
+        // DuoAttention's pattern decides per head: no schedule or selection over it, and its
+        // ratio is a share of heads.
+        let duo = parse("duo-attention-4x");
+        assert_eq!(duo.to_string(), "duo-attention:ratio=4,sinks=64,recent=256");
+        assert_eq!(
+            duo.head_pattern_settings(),
+            Some(DuoAttention {
+                sinks: 64,
+                recent: 256
+            })
+        );
+        assert_eq!(
+            parse("duo-attention-4x+kivi-4bit").head_pattern_settings(),
+            duo.head_pattern_settings()
+        );
+        assert_eq!(parse("snapkv-4x").head_pattern_settings(), None);
+        assert!(err("pyramid:beta=10,press=duo-attention-4x").contains("head pattern"));
+        assert!(err("chunkkv:chunk=20,press=duo-attention-4x").contains("head pattern"));
+        assert!(err("duo-attention:budget=64,sinks=4,recent=8").contains("share of streaming"));
+        assert!(err("duo-attention:ratio=4,sinks=4,recent=0").contains("recent"));
+        assert!(
+            err("decoding:interval=16,target=128,press=duo-attention-4x")
+                .contains("scores what decoding adds")
+        );
         assert!(err("adakv:safeguard=0.2,press=kvzip-4x").contains("at once"));
         assert!(err("knorm:ratio=4,press=snapkv").contains("ends its keys"));
         assert!(err("pyramid:beta=10").contains("missing required key \"press\""));
@@ -1408,9 +1468,11 @@ mod tests {
             stacked,
             parse("decoding:interval=16,target=128,press=chunkkv,chunk=20,press=snapkv-4x")
         );
-        assert!(
-            err("decoding:interval=16,target=128,press=expected-attention-4x")
-                .contains("scores what decoding adds")
+        assert!(err("decoding:interval=16,target=128,press=kvzip-4x")
+            .contains("scores what decoding adds"));
+        assert_eq!(
+            parse("decoding:interval=16,target=128,press=expected-attention-4x").family(),
+            "decoding"
         );
         assert!(err("decoding:interval=0,target=128,press=knorm-4x").contains("interval"));
         assert!(err("decoding:interval=16,target=128,press=knorm-4x+q4_0")

@@ -50,7 +50,7 @@ fn allocations_per_decoded_token() {
         loaded
             .model
             .set_cache(Box::new(|shape, rope, numerics| {
-                method.build_cache(shape, rope, numerics)
+                method.build_cache(shape, rope, numerics, None)
             }))
             .unwrap();
         let tokens = loaded.prompt_tokens(&prompt, true).unwrap();

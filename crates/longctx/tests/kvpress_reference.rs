@@ -2,9 +2,10 @@
 //! positions each layer and key/value head keeps after the same prompt's prefill. The fixture
 //! and the script that wrote it: `tests/fixtures/kvpress.json`, `scripts/kvpress_reference.py`
 //! (kvpress 0.5.5, transformers 5.2, float32 weights dequantized from the same GGUF).
-//! ExpectedAttentionPress and KVzipPress with their defaults. ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
+//! ExpectedAttentionPress and KVzipPress with their defaults; DuoAttentionPress with a given head pattern. ChunkKVPress and AdaKVPress are compared over KnormPress. RandomPress is left out: its draws come from torch's generator, which ours does not copy.
 
 use longctx::methods::Method;
+use longctx_kv::HeadPattern;
 use longctx_models::{load_model, DecodeActivations, KvPrecision, LoadOptions, Reservation};
 use serde_json::Value;
 
@@ -33,9 +34,14 @@ fn f32_options() -> LoadOptions {
 
 /// Positions every layer and key/value head keeps after prefilling `ids` under `spec`.
 fn kept(spec: &str, ids: &[u32]) -> Vec<Vec<Vec<usize>>> {
+    kept_with(spec, None, ids)
+}
+
+/// [`kept`] with DuoAttention's head pattern given.
+fn kept_with(spec: &str, heads: Option<&HeadPattern>, ids: &[u32]) -> Vec<Vec<Vec<usize>>> {
     let path = longctx::assets::default_model().expect("fetching the default model");
     let mut loaded = load_model(&path, &f32_options()).unwrap();
-    longctx::commands::install(&mut loaded, &Method::parse(spec).unwrap()).unwrap();
+    longctx::commands::install_with(&mut loaded, &Method::parse(spec).unwrap(), heads).unwrap();
     let model = &mut loaded.model;
     model.reserve(Reservation::prompt(ids.len(), 0)).unwrap();
     model.prefill(ids).unwrap();
@@ -374,6 +380,48 @@ fn adakv_keeps_what_kvpress_keeps_per_head() {
         ragged > 0,
         "AdaKV should give heads different budgets somewhere"
     );
+}
+
+/// DuoAttentionPress (head_compression_ratio 0.75) with the fixture's head pattern, 16
+/// sinks and a window of 64 (kvpress reads these from DuoAttention's released patterns,
+/// which cannot be fetched here; the script hands it a seeded one): the same heads stream,
+/// each keeping the same positions, and the others keep everything.
+#[test]
+fn duo_attention_keeps_what_kvpress_keeps_per_head() {
+    let f = fixture();
+    let ids: Vec<u32> = as_positions(&f["ids"]).iter().map(|&i| i as u32).collect();
+    let rows: Vec<Vec<f64>> = f["duo_pattern"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let pattern = HeadPattern::new(rows.len(), rows[0].len(), rows.concat()).unwrap();
+    let ours = kept_with(
+        "duo-attention:ratio=4,sinks=16,recent=64",
+        Some(&pattern),
+        &ids,
+    );
+    let mut streaming = 0;
+    for (l, layer) in f["kept"]["duo_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for (g, head) in layer.as_array().unwrap().iter().enumerate() {
+            let want = as_positions(head);
+            streaming += usize::from(want.len() < ids.len());
+            assert_eq!(ours[l][g], want, "layer {l} head {g}");
+        }
+    }
+    assert_eq!(streaming, 68, "round(90 heads x 0.75) stream");
 }
 
 /// kvpress's pipeline is the query-agnostic protocol: the context prefilled and compressed,

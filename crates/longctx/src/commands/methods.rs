@@ -48,9 +48,15 @@ Specs take explicit settings too; every key is required and checked:
                                               P's window) over P's scores; pyramidkv is SnapKV's.
                                               press= ends a wrapper's keys: wrappers nest, e.g.
                                               chunkkv:chunk=20,press=pyramid,beta=20,press=knorm,ratio=4
+  decoding:interval=N,target=T,press=P,<P's keys>
+                                              kvpress's DecodingPress: every N decoding steps each
+                                              head keeps the T tokens P scores highest over all it
+                                              holds (P: snapkv, pyramidkv, random, knorm, keydiff,
+                                              expected-attention)
   DROP+QUANT                                  dropping, then quantizing what is kept: DROP chooses
                                               once when the prompt ends (snapkv, pyramidkv, random,
-                                              knorm, keydiff, expected-attention, kvzip), QUANT is a
+                                              knorm, keydiff, expected-attention, kvzip, duo-attention),
+                                              QUANT is a
                                               kvquant, flexgen or kivi method, e.g. snapkv-4x+q4_0,
                                               snapkv-4x+kivi-4bit
   streamingllm:ratio=X,sinks=F|N,reindex=B    sinks: a fraction of the budget (0.021) or a count (4);
@@ -69,6 +75,10 @@ Specs take explicit settings too; every key is required and checked:
                                               sinks: leading tokens always kept and left out of the
                                               query statistics; covariance, vnorm: kvpress's
                                               use_covariance and use_vnorm
+  duo-attention:ratio=X,sinks=N,recent=N     1 - 1/X of the key/value heads (the lowest scores of
+                                              the model's calibrated head pattern) keep N sinks and
+                                              the last N prompt tokens, the others everything;
+                                              `longctx calibrate-duo` prints the pattern
   infllm:ratio=X,sinks=F,retrieved=F,block=N,representatives=N,chunk=N,remainder=chunk|query
                                               chunk: queries per retrieval, and the smallest window;
                                               remainder: which queries of a chunk read the tokens

@@ -1,6 +1,7 @@
 //! Subcommands and the options they share.
 
 pub mod bench;
+pub mod calibrate_duo;
 pub mod export;
 pub mod generate;
 pub mod merge;
@@ -23,6 +24,7 @@ use longctx_models::{
 
 use crate::assets;
 use crate::methods::Method;
+use longctx_kv::HeadPattern;
 
 /// Most worker threads allowed per core: inference pools spin-wait, so far more threads than
 /// cores only slow every one of them down (100,000 hang the machine).
@@ -49,6 +51,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List the KV-cache methods and presets.
     Methods,
+    /// Calibrate DuoAttention's head pattern of a model (done at the first use of a
+    /// duo-attention method too) and print it.
+    CalibrateDuo(calibrate_duo::CalibrateDuoArgs),
     /// List the models fetchable by name.
     Models,
     /// Run methods over tasks and store every sample's result (resumable).
@@ -119,7 +124,7 @@ fn parse_precision(text: &str) -> std::result::Result<KvPrecision, String> {
 pub struct MethodArg {
     /// KV-cache method: a preset or spec (see `longctx methods`).
     #[arg(long, default_value = "baseline")]
-    method: String,
+    pub method: String,
 }
 
 impl MethodArg {
@@ -138,10 +143,25 @@ pub fn install(loaded: &mut LoadedModel, method: &Method) -> Result<()> {
     {
         return Ok(());
     }
+    // DuoAttention's cache reads the model's head pattern (calibrated on first use).
+    let heads = match method.head_pattern_settings() {
+        Some(duo) => Some(crate::head_patterns::head_pattern(loaded, duo)?),
+        None => None,
+    };
+    install_with(loaded, method, heads.as_ref())
+}
+
+/// [`install`] with DuoAttention's head pattern given rather than calibrated (`None` for
+/// every other method).
+pub fn install_with(
+    loaded: &mut LoadedModel,
+    method: &Method,
+    heads: Option<&HeadPattern>,
+) -> Result<()> {
     loaded
         .model
         .set_cache(Box::new(|shape, rope, numerics| {
-            method.build_cache(shape, rope, numerics)
+            method.build_cache(shape, rope, numerics, heads)
         }))
         .with_context(|| format!("method \"{method}\""))?;
     // KVzip's cache has the model repeat each prompt: its instructions in the model's tokens.
@@ -263,6 +283,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
         Command::Methods => methods::run(),
+        Command::CalibrateDuo(args) => calibrate_duo::run(args),
         Command::Models => models::run(),
         Command::Run(args) => run::run(args),
         Command::Plan(args) => run::print_plan(args),

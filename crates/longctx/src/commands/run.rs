@@ -29,7 +29,7 @@ use crate::experiment::{
 use crate::methods::{presets, Method};
 use crate::store::{ResultRow, RowKey, Settings, Store, MODEL_SCHOOL};
 use crate::tokenize::haystack_tokens_per_word;
-use crate::{assets, memory};
+use crate::{assets, head_patterns, memory};
 
 /// Options that choose the plan, shared by `run` and `plan`.
 #[derive(Args, Clone)]
@@ -942,6 +942,21 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
                 Ok(probe.model.cache().is_some_and(|c| c.streams()))
             })
             .collect::<Result<_>>()?;
+        // DuoAttention's rows record the head pattern they ran with (calibrated above).
+        let patterns: Vec<Option<String>> = plan
+            .methods
+            .iter()
+            .map(|method| {
+                method
+                    .head_pattern_settings()
+                    .map(|duo| {
+                        Ok(head_patterns::fingerprint(&head_patterns::head_pattern(
+                            &mut probe, duo,
+                        )?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let mut of_sample: std::collections::BTreeMap<(usize, Protocol, bool), Settings> =
             std::collections::BTreeMap::new();
         for item in mine {
@@ -967,6 +982,10 @@ fn run_plan(args: &RunArgs, plan: &Plan, store: &mut Store) -> Result<()> {
             // A compressor's row: the prompt above is the one it was given.
             let settings = match &scorers[item.method] {
                 Some((_, sha)) => settings.with("scorer_sha256", sha),
+                None => settings,
+            };
+            let settings = match &patterns[item.method] {
+                Some(sha) => settings.with("head_pattern_sha256", sha),
                 None => settings,
             };
             let key = row_key(plan, &names, item);
