@@ -275,13 +275,6 @@ impl DropSettings {
                     "a budget while decoding needs a policy that scores what decoding adds: snapkv (its window of decoding queries), expected-attention (the statistics of the decoding queries since its last choice) or a key scorer (random, knorm, keydiff)".into(),
                 ))
             }
-            DropPolicy::SnapKv { .. }
-                if self.decoding.is_some() && matches!(self.selection, Selection::AdaKv(_)) =>
-            {
-                Err(KvError::Setting(
-                    "a budget while decoding scores SnapKV's window over heads of one length: AdaKV's heads of different lengths are not built for it (use a key scorer)".into(),
-                ))
-            }
             DropPolicy::Duo(duo) if duo.validate().is_err() => duo.validate(),
             DropPolicy::Duo(_)
                 if self.schedule != Schedule::Uniform || self.selection != Selection::PerHead =>
@@ -603,7 +596,7 @@ impl DroppingCache {
                     .collect(),
             ));
         }
-        let n = heads[0].len();
+        let n = heads.iter().map(TokenRows::len).max().unwrap_or(0);
         if n <= budget {
             return Ok(None);
         }
@@ -700,10 +693,13 @@ impl DroppingCache {
                 kernel,
                 pool: how,
             } => {
-                let window = window.min(budget);
+                // The latest rows are protected in every head; heads of different lengths
+                // (AdaKV's, under a decoding budget) protect what the shortest holds.
+                let shortest = heads.iter().map(TokenRows::len).min().unwrap_or(0);
+                let window = window.min(budget).min(shortest);
                 let scores = heads
                     .iter()
-                    .map(|h| pool(&h.scores()[..n - window], kernel, how))
+                    .map(|h| pool(&h.scores()[..h.len() - window], kernel, how))
                     .collect();
                 Some(self.select(scores, budget, window))
             }
@@ -712,12 +708,14 @@ impl DroppingCache {
 
     /// Kept flags per head from each head's scores of the tokens before a protected tail of
     /// `window` tokens (always kept), under the settings' [`Selection`].
+    /// Heads may hold different numbers of rows (after AdaKV's choice, under a decoding
+    /// budget): each head's scores cover its own rows but the window.
     fn select(&self, scores: Vec<Vec<f32>>, budget: usize, window: usize) -> Vec<Vec<bool>> {
-        let n = scores[0].len() + window;
         if self.settings.selection == Selection::PerHead {
             return scores
                 .iter()
                 .map(|s| {
+                    let n = s.len() + window;
                     let mut keep = vec![false; n];
                     for i in top_k(s, budget - window) {
                         keep[i] = true;
@@ -732,10 +730,12 @@ impl DroppingCache {
         let padded: Vec<Vec<f32>> = scores
             .into_iter()
             .map(|mut s| {
-                s.resize(n, highest);
+                s.resize(s.len() + window, highest);
                 s
             })
             .collect();
+        // ChunkKV's heads always hold the same rows (it keeps whole chunks for every head).
+        let n = padded[0].len();
         match self.settings.selection {
             Selection::PerHead => unreachable!("chosen above"),
             Selection::Chunks(length) => {
@@ -764,17 +764,22 @@ impl DroppingCache {
                     true => ((budget as f64 * safeguard) as usize).max(1),
                     false => 0,
                 };
-                let mut all = Vec::with_capacity(padded.len() * n);
-                for s in &padded {
+                let mut all = Vec::with_capacity(padded.iter().map(Vec::len).sum());
+                // (head, row) of each entry of `all`.
+                let mut owner = Vec::with_capacity(all.capacity());
+                for (g, s) in padded.iter().enumerate() {
                     let mut lifted = s.clone();
                     top_k(s, safe)
                         .into_iter()
                         .for_each(|i| lifted[i] = f32::MAX);
                     all.extend(lifted);
+                    owner.extend((0..s.len()).map(|i| (g, i)));
                 }
-                let mut keep = vec![vec![false; n]; padded.len()];
+                let mut keep: Vec<Vec<bool>> =
+                    padded.iter().map(|s| vec![false; s.len()]).collect();
                 for i in top_k(&all, padded.len() * budget) {
-                    keep[i / n][i % n] = true;
+                    let (g, row) = owner[i];
+                    keep[g][row] = true;
                 }
                 keep
             }
@@ -943,9 +948,23 @@ impl DroppingCache {
         let Some(q) = self.recent_queries[layer].take() else {
             return Ok(());
         };
-        let n = self.layers[layer][0].len();
-        let (keys, values) = stack_heads(&self.layers[layer], &self.device)?;
-        let (_, weights) = causal_attention_with_weights(&q, &keys, &values, n - q.dim(1)?)?;
+        let heads = &self.layers[layer];
+        let weights = if heads.iter().all(|h| h.len() == heads[0].len()) {
+            let (keys, values) = stack_heads(heads, &self.device)?;
+            causal_attention_with_weights(&q, &keys, &values, heads[0].len() - q.dim(1)?)?.1
+        } else {
+            // Heads of different lengths (AdaKV's): each with its group of query heads, the
+            // window's queries reading that head's latest rows.
+            let group = self.shape.q_heads / self.shape.kv_heads;
+            let mut weights = Vec::with_capacity(heads.len());
+            for (g, h) in heads.iter().enumerate() {
+                let (keys, values) = stack_heads(std::slice::from_ref(h), &self.device)?;
+                let queries = q.narrow(0, g * group, group)?;
+                let first = h.len().saturating_sub(q.dim(1)?);
+                weights.extend(causal_attention_with_weights(&queries, &keys, &values, first)?.1);
+            }
+            weights
+        };
         for (h, w) in self.layers[layer].iter_mut().zip(weights) {
             h.scores_mut().copy_from_slice(&w);
         }
@@ -2133,6 +2152,90 @@ mod tests {
         assert!(cache(SNAPKV, Budget::Ratio(2.0))
             .with_head_pattern(&pattern)
             .is_err());
+    }
+
+    /// A decoding budget over AdaKV's heads of different lengths: each choice keeps the best
+    /// Knorm scores over both heads (each head's best safeguarded), replayed here; SnapKV's
+    /// window of decoding queries reads each head's own rows and protects the latest.
+    #[test]
+    fn a_decoding_budget_over_adakv_chooses_over_heads_of_different_lengths() {
+        let (q, k, v) = sequence(40);
+        // Head 0's keys are half as long: Knorm prefers them, so the heads differ in length.
+        let halved = Tensor::cat(
+            &[
+                &(k.narrow(0, 0, 1).unwrap() * 0.5).unwrap(),
+                &k.narrow(0, 1, 1).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let data = (q, halved, v);
+        let (_, keys) = rotated(&data.0, &data.1);
+        let settings = |policy| DropSettings {
+            policy,
+            budget: Budget::Tokens(8),
+            selection: Selection::AdaKv(0.5),
+            schedule: Schedule::Uniform,
+            decoding: Some(DecodingBudget {
+                interval: 3,
+                target: 6,
+            }),
+        };
+        let build = |policy| {
+            DroppingCache::new(
+                shape(),
+                rope(),
+                &Device::Cpu,
+                settings(policy),
+                KvPrecision::F32,
+            )
+            .unwrap()
+        };
+        let mut knorm = build(DropPolicy::Keys(KeyScorer::Knorm));
+        let (_, seen) = run(&mut knorm, &data, &[20], kept);
+        let norm =
+            |g: usize, p: usize| -> f32 { -keys[g][p].iter().map(|x| x * x).sum::<f32>().sqrt() };
+        let mut alive: Vec<Vec<usize>> = seen[1].clone();
+        assert_ne!(
+            alive[0].len(),
+            alive[1].len(),
+            "AdaKV's heads differ in length"
+        );
+        let mut since = 1;
+        for (step, held) in seen.iter().enumerate().skip(2) {
+            alive.iter_mut().for_each(|a| a.push(19 + step));
+            since += 1;
+            if since >= 3 && alive.iter().map(Vec::len).max().unwrap() > 6 {
+                // Each head's best 3 lifted, then the best 12 over both heads.
+                let mut all: Vec<(f32, usize, usize)> = Vec::new();
+                for (g, rows) in alive.iter().enumerate() {
+                    let mut order: Vec<usize> = rows.clone();
+                    order.sort_by(|&a, &b| norm(g, b).total_cmp(&norm(g, a)).then(a.cmp(&b)));
+                    for &p in rows {
+                        let lifted = order[..3].contains(&p);
+                        all.push((if lifted { f32::MAX } else { norm(g, p) }, g, p));
+                    }
+                }
+                let mut order: Vec<usize> = (0..all.len()).collect();
+                order.sort_by(|&a, &b| all[b].0.total_cmp(&all[a].0).then(a.cmp(&b)));
+                alive = vec![Vec::new(); 2];
+                for &i in &order[..12] {
+                    alive[all[i].1].push(all[i].2);
+                }
+                alive.iter_mut().for_each(|a| a.sort_unstable());
+                since = 0;
+            }
+            assert_eq!(held, &alive, "after decoding step {step}");
+        }
+        // SnapKV's window (4 decoding queries) over heads of different lengths.
+        let mut snapkv = build(SNAPKV);
+        let (_, seen) = run(&mut snapkv, &data, &[20], kept);
+        let last = seen.last().unwrap();
+        // The last choice, at position 37, kept 12 over both heads, the latest 4 in each.
+        assert_eq!(last[0].len() + last[1].len(), 12 + 2 * 2);
+        for head in last {
+            assert!(head.ends_with(&[34, 35, 36, 37, 38, 39]), "{head:?}");
+        }
     }
 
     #[test]
