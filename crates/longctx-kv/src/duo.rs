@@ -256,6 +256,14 @@ impl DuoCalibration {
             tally,
         })
     }
+
+    /// Drop the rows seen, keeping their allocations: a new sequence starts.
+    fn forget_rows(&mut self) {
+        for (keys, values) in self.held.iter_mut().flatten() {
+            keys.clear();
+            values.clear();
+        }
+    }
 }
 
 /// The relative distance between a query's attention output over all `n` rows (`full`,
@@ -303,10 +311,7 @@ impl KvCache for DuoCalibration {
     }
 
     fn reserve(&mut self, reservation: Reservation) -> Result<()> {
-        self.held
-            .iter_mut()
-            .flatten()
-            .for_each(|(k, v)| (k.clear(), v.clear()).1);
+        self.forget_rows();
         self.inner.reserve(reservation)
     }
 
@@ -375,10 +380,7 @@ impl KvCache for DuoCalibration {
     }
 
     fn reset(&mut self) {
-        self.held
-            .iter_mut()
-            .flatten()
-            .for_each(|(k, v)| (k.clear(), v.clear()).1);
+        self.forget_rows();
         self.inner.reset()
     }
 }
