@@ -2023,14 +2023,10 @@ mod tests {
         assert!(refused.validate().is_err());
     }
 
-    /// AdaKV over Knorm: the layer keeps its 2 × 8 best scores over both heads after each
-    /// head's best 4 are safeguarded, so heads may keep different counts; each head stores
-    /// only its own rows, and a decoding query reads exactly its head's rows.
-    #[test]
-    fn adakv_keeps_the_layers_best_scores_and_decodes_over_ragged_heads() {
-        // Head 0's keys are half as long: Knorm prefers them, so head 1 keeps only its
-        // safeguarded 4 and head 0 the other 12.
-        let (q, k, v) = sequence(30);
+    /// [`sequence`] with head 0's keys half as long: Knorm prefers them, so AdaKV's heads
+    /// keep different counts.
+    fn head0_keys_halved(tokens: usize) -> (Tensor, Tensor, Tensor) {
+        let (q, k, v) = sequence(tokens);
         let halved = Tensor::cat(
             &[
                 &(k.narrow(0, 0, 1).unwrap() * 0.5).unwrap(),
@@ -2039,7 +2035,16 @@ mod tests {
             0,
         )
         .unwrap();
-        let data = (q, halved, v);
+        (q, halved, v)
+    }
+
+    /// AdaKV over Knorm: the layer keeps its 2 × 8 best scores over both heads after each
+    /// head's best 4 are safeguarded, so heads may keep different counts; each head stores
+    /// only its own rows, and a decoding query reads exactly its head's rows.
+    #[test]
+    fn adakv_keeps_the_layers_best_scores_and_decodes_over_ragged_heads() {
+        // Head 1 keeps only its safeguarded 4 and head 0 the other 12.
+        let data = head0_keys_halved(30);
         let settings = DropSettings {
             policy: DropPolicy::Keys(KeyScorer::Knorm),
             budget: Budget::Tokens(8),
@@ -2159,17 +2164,7 @@ mod tests {
     /// window of decoding queries reads each head's own rows and protects the latest.
     #[test]
     fn a_decoding_budget_over_adakv_chooses_over_heads_of_different_lengths() {
-        let (q, k, v) = sequence(40);
-        // Head 0's keys are half as long: Knorm prefers them, so the heads differ in length.
-        let halved = Tensor::cat(
-            &[
-                &(k.narrow(0, 0, 1).unwrap() * 0.5).unwrap(),
-                &k.narrow(0, 1, 1).unwrap(),
-            ],
-            0,
-        )
-        .unwrap();
-        let data = (q, halved, v);
+        let data = head0_keys_halved(40);
         let (_, keys) = rotated(&data.0, &data.1);
         let settings = |policy| DropSettings {
             policy,
